@@ -1,0 +1,125 @@
+"""Per-element steps of ``prepare``, as plain functions: split a tokenized document into
+sequences, lay parts out so that seq_ids and doc_ids are dense and deterministic, and encode a
+part as a Parquet file.
+
+Layout rule: the corpus order is (input file, document in file, piece of document). Runs of
+consecutive small input files are packed into one part of about ``data.part_text_bytes``
+(measured by file size on disk); a file at least that large gets parts of its own, cut by the
+text offset of each document. Part keys (group, chunk) increase with the corpus order, parts
+are numbered in key order, and a part's first seq_id/doc_id is the number of sequences/
+documents in all parts before it. Nothing depends on worker, bundle or runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trainer.shards import CORPUS_SCHEMA
+from trainer.tokenizer import CLS_ID, SEP_ID
+
+PartKey = tuple[int, int]
+ZSTD_LEVEL = 3
+
+
+@dataclass
+class TokenizedDoc:
+    doc_index: int
+    """Place of the document in its input file."""
+    sequences: list[np.ndarray]
+    """Each (T,) int32 with [CLS] first and [SEP] last, T <= max_seq_len."""
+    tokens: int
+    """Tokens of the document (excluding [CLS]/[SEP]) kept in ``sequences``."""
+    dropped_tokens: int
+    """Tokens of a short tail dropped per data.min_tail_tokens."""
+    text_bytes: int
+    """UTF-8 bytes of the document's text."""
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    ordinal: int
+    """The part's number: part-{ordinal:05d}.parquet."""
+    seq_id_start: int
+    doc_id_start: int
+
+
+def split_sequences(ids: np.ndarray, max_seq_len: int,
+                    min_tail_tokens: int = 0) -> tuple[list[np.ndarray], int]:
+    """Cut one document's token ids (no specials) into [CLS] piece [SEP] sequences of at
+    most ``max_seq_len``; never joins two documents (paper, appendix B). A last piece shorter
+    than ``min_tail_tokens`` is dropped when the document has more than one piece. Returns
+    (sequences, number of dropped tokens)."""
+    body = max_seq_len - 2
+    ids = np.asarray(ids, dtype=np.int32)
+    starts = range(0, len(ids), body)
+    pieces = [ids[s:s + body] for s in starts]
+    dropped = 0
+    if len(pieces) > 1 and len(pieces[-1]) < min_tail_tokens:
+        dropped = len(pieces.pop())
+    cls, sep = np.array([CLS_ID], np.int32), np.array([SEP_ID], np.int32)
+    return [np.concatenate([cls, p, sep]) for p in pieces], dropped
+
+
+def group_files(sizes: list[int], part_text_bytes: int) -> list[tuple[int, bool]]:
+    """Per input file: (group, chunked). Consecutive small files share a group until it would
+    exceed ``part_text_bytes``; a file of at least that size is a group alone, chunked by
+    document offset."""
+    groups, group, filled = [], -1, part_text_bytes
+    for size in sizes:
+        big = size >= part_text_bytes
+        if big or filled + size > part_text_bytes:
+            group, filled = group + 1, 0
+        groups.append((group, big))
+        filled = part_text_bytes if big else filled + size
+    return groups
+
+
+def part_key(group: tuple[int, bool], offset: int, part_text_bytes: int) -> PartKey:
+    """The part of a document at text ``offset`` of a file in ``group`` (from group_files)."""
+    index, chunked = group
+    return (index, offset // part_text_bytes if chunked else 0)
+
+
+def plan_parts(counts: dict[PartKey, tuple[int, int]]) -> dict[PartKey, PartPlan]:
+    """{key: (documents, sequences)} of every non-empty part -> {key: PartPlan}."""
+    plans, seq_start, doc_start = {}, 0, 0
+    for ordinal, key in enumerate(sorted(counts)):
+        plans[key] = PartPlan(ordinal, seq_start, doc_start)
+        doc_start += counts[key][0]
+        seq_start += counts[key][1]
+    return plans
+
+
+def part_rows(docs: list[TokenizedDoc], plan: PartPlan):
+    """(seq_ids, doc_ids, sequences) of one part in corpus order."""
+    seq_ids, doc_ids, seqs = [], [], []
+    doc_id = plan.doc_id_start
+    for doc in sorted(docs, key=lambda d: d.doc_index):
+        for s in doc.sequences:
+            seq_ids.append(plan.seq_id_start + len(seqs))
+            doc_ids.append(doc_id)
+            seqs.append(s)
+        doc_id += 1
+    return seq_ids, doc_ids, seqs
+
+
+def encode_part(seq_ids: list[int], doc_ids: list[int], seqs: list[np.ndarray],
+                row_group_rows: int) -> bytes:
+    """One part as Parquet bytes: CORPUS_SCHEMA, zstd, ``row_group_rows`` rows per group."""
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int32, count=len(seqs))
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(seqs) if seqs else np.zeros(0, np.int32)
+    input_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32()),
+                                         type=CORPUS_SCHEMA.field("input_ids").type)
+    table = pa.Table.from_arrays(
+        [pa.array(seq_ids, pa.int64()), pa.array(doc_ids, pa.int64()), input_ids],
+        schema=CORPUS_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", compression_level=ZSTD_LEVEL,
+                   row_group_size=row_group_rows)
+    return sink.getvalue().to_pybytes()

@@ -1,0 +1,295 @@
+"""trainer.model: shapes, masking, tying, dropout control, Table-2 sizes, and that it learns."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.config import ConfigError, build_config
+from trainer.model import (
+    MASK_ID,
+    NUM_SPECIAL,
+    PAD_ID,
+    Discriminator,
+    Encoder,
+    EncoderConfig,
+    MLMModel,
+    count_parameters,
+    relative_position_bucket,
+    weight_decay_groups,
+)
+
+TINY = EncoderConfig(vocab_size=60, num_layers=2, hidden_size=32, num_heads=4, ffn_size=64,
+                     rel_num_buckets=8, rel_max_distance=16, max_seq_len=32)
+VARIANTS = {
+    "post-relative": TINY,
+    "pre-relative": dataclasses.replace(TINY, layer_norm="pre"),
+    "post-absolute": dataclasses.replace(TINY, position="absolute"),
+    "pre-absolute": dataclasses.replace(TINY, position="absolute", layer_norm="pre"),
+}
+
+
+def random_ids(B, T, vocab=TINY.vocab_size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(NUM_SPECIAL, vocab, (B, T), generator=g)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# --- config ----------------------------------------------------------------------------------
+
+def test_config_from_run_config_and_aux_defaults():
+    run = build_config({"tokenizer": {"vocab_size": 1000}, "data": {"max_seq_len": 128},
+                        "model": {"num_layers": 6, "hidden_size": 256, "num_heads": 4,
+                                  "ffn_size": 1024, "layer_norm": "pre"},
+                        "aux": {"num_layers": 2, "ffn_size": 512}})
+    main, aux = EncoderConfig.main(run), EncoderConfig.aux(run)
+    assert (main.vocab_size, main.max_seq_len, main.num_layers, main.layer_norm) == (
+        1000, 128, 6, "pre")
+    assert (aux.num_layers, aux.hidden_size, aux.num_heads, aux.ffn_size) == (2, 256, 4, 512)
+    assert aux.layer_norm == "pre" and aux.vocab_size == 1000
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"num_heads": 5}, "num_heads"),
+    ({"position": "rotary"}, "position"),
+    ({"rel_num_buckets": 2}, "rel_num_buckets"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"vocab_size": 5}, "vocab_size"),
+])
+def test_config_validation(change, match):
+    with pytest.raises(ConfigError, match=match):
+        dataclasses.replace(TINY, **change)
+
+
+# --- encoder ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_shapes_all_variants(name):
+    cfg = VARIANTS[name]
+    ids = random_ids(3, 20)
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[1, 15:] = False
+    enc = Encoder(cfg)
+    assert enc(ids, mask).shape == (3, 20, cfg.hidden_size)
+    assert Discriminator(cfg)(ids, mask).shape == (3, 20)
+    mlm = MLMModel(cfg)
+    assert mlm(ids, mask).shape == (3, 20, cfg.vocab_size)
+    assert mlm(ids, mask, ids % 3 == 0).shape == ((ids % 3 == 0).sum().item(), cfg.vocab_size)
+    assert torch.isfinite(mlm(ids, mask)).all()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_padding_invariance(name):
+    """A sequence's outputs do not depend on masked [PAD] positions after it, nor on the other
+    sequences of its batch."""
+    enc = Encoder(VARIANTS[name]).eval()
+    ids = random_ids(1, 10)
+    alone = enc(ids, torch.ones(1, 10, dtype=torch.long))  # int mask works too
+    padded_ids = torch.full((2, 24), PAD_ID)
+    padded_ids[0, :10] = ids[0]
+    padded_ids[1] = random_ids(1, 24, seed=1)[0]
+    mask = padded_ids != PAD_ID
+    padded = enc(padded_ids, mask)
+    torch.testing.assert_close(padded[0, :10], alone[0], atol=1e-5, rtol=0)
+
+
+def test_all_padding_row_is_finite():
+    enc = Encoder(TINY).train()
+    ids = random_ids(2, 8)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1] = False
+    out = enc(ids, mask)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in enc.parameters() if p.grad is not None)
+
+
+def test_relative_bias_is_one_shared_table():
+    enc = Encoder(TINY)
+    shape = (TINY.rel_num_buckets, TINY.num_heads)
+    tables = [n for n, p in enc.named_parameters() if tuple(p.shape) == shape]
+    assert tables == ["rel_bias"]
+    assert not any("rel" in n for n, _ in enc.blocks.named_parameters())
+    # Every layer sees it: its gradient collects contributions through the whole stack.
+    enc(random_ids(2, 12)).pow(2).sum().backward()
+    assert enc.rel_bias.grad is not None and enc.rel_bias.grad.abs().sum() > 0
+    assert Encoder(VARIANTS["post-absolute"]).rel_bias is None
+
+
+def test_relative_position_buckets_t5():
+    rel = torch.arange(-300, 301)
+    b = relative_position_bucket(rel, num_buckets=32, max_distance=128)
+    assert b.min() == 0 and b.max() == 31
+    assert b[300] == 0  # distance 0
+    # exact buckets for |d| < 8, separate halves for the two directions
+    assert b[300 + 1:300 + 8].tolist() == list(range(17, 24))
+    assert b[300 - 7:300].tolist() == list(range(7, 0, -1))
+    assert (b[300 + 128:] == 31).all() and (b[:300 - 127] == 15).all()  # saturated beyond 128
+    assert (b[300:].diff() >= 0).all() and (b[:301].diff() <= 0).all()  # monotone in |d|
+
+
+def test_early_exit_num_layers():
+    enc = Encoder(TINY).eval()
+    ids = random_ids(2, 8)
+    one = enc(ids, num_layers=1)
+    torch.testing.assert_close(one, enc.blocks[0](enc.embed(ids),
+                                                  enc.attention_bias(ids > 0, torch.float32),
+                                                  0.0, 0.0))
+    torch.testing.assert_close(enc(ids, num_layers=None), enc(ids))
+
+
+# --- init ------------------------------------------------------------------------------------
+
+def test_admin_omegas_profiled_for_post_ln_only():
+    enc = Encoder(dataclasses.replace(TINY, num_layers=4, hidden_size=64, ffn_size=256))
+    omegas = [b.omega_attn[0].item() for b in enc.blocks] + [b.omega_ffn[0].item()
+                                                            for b in enc.blocks]
+    assert omegas[0] == 1.0 and len(set(omegas)) > 1  # profiled, not left at 1
+    # omega_i^2 accumulates sublayer variances, so it never falls far below 1 and grows
+    # with depth
+    attn = [b.omega_attn[0].item() for b in enc.blocks]
+    assert all(w > 0.9 for w in omegas) and attn[-1] > attn[0]
+    # Re-profiling on other inputs gives about the same omegas: no data needed at construction.
+    again = enc.admin_init_(random_ids(4, 32, seed=3))
+    assert again[1::2] == pytest.approx([b.omega_ffn[0].item() for b in enc.blocks])
+    assert again[::2] == pytest.approx(attn, rel=0.05)
+    assert not hasattr(Encoder(VARIANTS["pre-relative"]).blocks[0], "omega_attn")
+    with pytest.raises(ValueError, match="post-LN"):
+        Encoder(VARIANTS["pre-relative"]).admin_init_()
+
+
+def test_weight_decay_groups():
+    model = MLMModel(TINY)
+    decay, no_decay = weight_decay_groups(model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim == 2 for p in decay["params"])
+    assert any(p is model.encoder.rel_bias for p in no_decay["params"])
+    n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert n == model.num_parameters()  # tied weight exactly once
+
+
+# --- heads -----------------------------------------------------------------------------------
+
+def test_mlm_head_is_tied_to_word_embeddings():
+    model = MLMModel(TINY)
+    assert model.head.weight is model.encoder.word_emb.weight
+    with torch.no_grad():
+        model.encoder.word_emb.weight[7].zero_()
+    assert model.head.weight[7].abs().sum() == 0
+
+
+def test_mlm_positions_equal_gathered_full_logits():
+    model = MLMModel(TINY).eval()
+    ids = random_ids(3, 16)
+    mask = torch.ones(3, 16, dtype=torch.bool)
+    mask[2, 10:] = False
+    positions = torch.rand(3, 16) < 0.3
+    positions[0, 0] = True
+    full = model(ids, mask)  # (B, T, V)
+    sel = model(ids, mask, positions_mask=positions)  # (N, V)
+    assert sel.shape == (positions.sum().item(), TINY.vocab_size)
+    torch.testing.assert_close(sel, full[positions], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="bool mask"):
+        model(ids, mask, positions_mask=positions.long())
+
+
+def test_shared_word_embeddings_between_models():
+    disc = Discriminator(TINY)
+    before = disc.encoder.word_emb.weight.detach().clone()
+    gen = MLMModel(dataclasses.replace(TINY, num_layers=1), disc.encoder.word_emb)
+    assert gen.head.weight is disc.encoder.word_emb.weight
+    torch.testing.assert_close(disc.encoder.word_emb.weight.detach(), before)  # not re-initialised
+    with pytest.raises(ValueError, match="shape"):
+        MLMModel(dataclasses.replace(TINY, hidden_size=16), disc.encoder.word_emb)
+
+
+# --- dropout ---------------------------------------------------------------------------------
+
+def test_set_dropout_takes_effect_at_run_time():
+    model = Discriminator(dataclasses.replace(TINY, dropout=0.0, attention_dropout=0.0))
+    ids = random_ids(2, 16)
+    model.train()
+    torch.testing.assert_close(model(ids), model(ids))  # rate 0 in train mode: deterministic
+    model.encoder.set_dropout(0.3, 0.0)
+    assert not torch.allclose(model(ids), model(ids))
+    model.encoder.set_dropout(0.0, 0.5)  # attention dropout alone changes outputs too
+    assert not torch.allclose(model(ids), model(ids))
+    model.eval()
+    torch.testing.assert_close(model(ids), model(ids))  # eval ignores the rates
+    model.encoder.set_dropout(0.0, 0.0)
+    reference = model(ids)
+    model.train()
+    torch.testing.assert_close(model(ids), reference)
+    with pytest.raises(ValueError, match="attention"):
+        model.encoder.set_dropout(0.1, 1.5)
+
+
+# --- sizes (Fast-ELECTRA, arXiv 2310.07347, Table 2) --------------------------------------------
+
+TABLE2 = {  # vocab 128K SentencePiece, 512 tokens
+    "base": dict(model=dict(num_layers=12, hidden_size=768, ffn_size=3072, num_heads=12,
+                            rel_num_buckets=32, rel_max_distance=128),
+                 aux_layers=4, main=184e6, aux=127e6, embeddings=98e6),
+    "large": dict(model=dict(num_layers=24, hidden_size=1024, ffn_size=4096, num_heads=16,
+                             rel_num_buckets=128, rel_max_distance=256),
+                  aux_layers=6, main=434e6, aux=208e6, embeddings=131e6),
+}
+
+
+def _table2_configs(size):
+    spec = TABLE2[size]
+    run = build_config({"tokenizer": {"vocab_size": 128_000}, "data": {"max_seq_len": 512},
+                        "model": spec["model"], "aux": {"num_layers": spec["aux_layers"]}})
+    return EncoderConfig.main(run), EncoderConfig.aux(run)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_analytic_count_equals_real_model(name):
+    cfg = VARIANTS[name]
+    for model, head in ((Discriminator(cfg), "rtd"), (MLMModel(cfg), "mlm")):
+        n = count_parameters(cfg, head)
+        assert model.num_parameters() == sum(p.numel() for p in model.parameters()) == n["total"]
+        assert model.num_parameters(exclude_embeddings=True) == n["total"] - n["embeddings"]
+        assert sum(p.numel() for p in model.encoder.parameters()) == n["encoder"]
+
+
+@pytest.mark.parametrize("size", TABLE2)
+def test_table2_parameter_counts(size):
+    spec = TABLE2[size]
+    main_cfg, aux_cfg = _table2_configs(size)
+    main, aux = count_parameters(main_cfg, "rtd"), count_parameters(aux_cfg, "mlm")
+    assert main["total"] == pytest.approx(spec["main"], rel=0.02)
+    assert aux["total"] == pytest.approx(spec["aux"], rel=0.02)
+    assert main["embeddings"] == aux["embeddings"] == pytest.approx(spec["embeddings"], rel=0.02)
+    # The real modules, built on the meta device (no memory, no init), have the same counts.
+    with torch.device("meta"):
+        disc, gen = Discriminator(main_cfg), MLMModel(aux_cfg)
+    assert disc.num_parameters() == main["total"]
+    assert gen.num_parameters() == aux["total"]
+    assert disc.num_parameters() - disc.num_parameters(True) == main["embeddings"]
+
+
+# --- learning --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer_norm", ["post", "pre"])
+def test_tiny_mlm_overfits_one_batch(layer_norm):
+    cfg = dataclasses.replace(TINY, layer_norm=layer_norm, dropout=0.0, attention_dropout=0.0)
+    model = MLMModel(cfg).train()
+    ids = random_ids(8, 24)
+    positions = torch.rand(8, 24, generator=torch.Generator().manual_seed(1)) < 0.25
+    inputs = ids.masked_fill(positions, MASK_ID)
+    targets = ids[positions]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(50):
+        loss = F.cross_entropy(model(inputs, None, positions), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
