@@ -27,6 +27,8 @@ ZSTD_LEVEL = 3
 
 @dataclass
 class TokenizedDoc:
+    file_index: int
+    """Place of the document's file in the input list."""
     doc_index: int
     """Place of the document in its input file."""
     sequences: list[np.ndarray]
@@ -98,7 +100,7 @@ def part_rows(docs: list[TokenizedDoc], plan: PartPlan):
     """(seq_ids, doc_ids, sequences) of one part in corpus order."""
     seq_ids, doc_ids, seqs = [], [], []
     doc_id = plan.doc_id_start
-    for doc in sorted(docs, key=lambda d: d.doc_index):
+    for doc in sorted(docs, key=lambda d: (d.file_index, d.doc_index)):
         for s in doc.sequences:
             seq_ids.append(plan.seq_id_start + len(seqs))
             doc_ids.append(doc_id)

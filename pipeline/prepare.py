@@ -116,7 +116,8 @@ class TokenizeFn(beam.DoFn):
         tokens = len(ids) - dropped
         key = part_key(self.file_groups[file_index], doc.offset, self.part_text_bytes)
         yield (key,
-               TokenizedDoc(doc.doc_index, seqs, tokens, dropped, len(doc.text.encode())))
+               TokenizedDoc(file_index, doc.doc_index, seqs, tokens, dropped,
+                            len(doc.text.encode())))
 
 
 def count_part(element) -> tuple:

@@ -1,0 +1,89 @@
+"""Shared fixtures: small real-text corpora (docstrings of a few standard-library modules, so
+no download and no synthetic gibberish) and one prepared corpus reused by many tests."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import sysconfig
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from pipeline.sources import FileReport, read_pydoc
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "tiny.toml")
+STDLIB = sysconfig.get_paths()["stdlib"]
+PROSE_MODULES = ["argparse.py", "dataclasses.py", "textwrap.py", "json/__init__.py",
+                 "logging/__init__.py", "subprocess.py", "tarfile.py", "zipfile.py"]
+# Beam's in-process runner: fast start, one worker. Tests of parallelism ask for more.
+IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+@pytest.fixture(scope="session")
+def prose() -> list[str]:
+    """~500 real English documents (standard-library docstrings)."""
+    docs = []
+    for name in PROSE_MODULES:
+        path = os.path.join(STDLIB, name)
+        docs += [d.text for d in read_pydoc(path, FileReport(path))]
+    assert len(docs) > 300
+    return docs
+
+
+def write_corpus(root, docs: list[str]) -> dict[str, list[str]]:
+    """Spread ``docs`` over a plain-text, a gzip text, a zstd JSONL and a Parquet file, plus
+    one very long document; returns {path: documents in file order}."""
+    root.mkdir(parents=True, exist_ok=True)
+    q = len(docs) // 4
+    # In a plain-text file a blank line ends a document, so paragraphs become lines there.
+    one_block = [re.sub(r"\n\s*\n", "\n", d) for d in docs[:2 * q]]
+    files = {
+        str(root / "a.txt"): one_block[:q],
+        str(root / "b.txt.gz"): one_block[q:],
+        str(root / "c.jsonl.zst"): docs[2 * q:3 * q],
+        str(root / "d.parquet"): docs[3 * q:] + [" ".join(docs[:40])],  # >> max_seq_len
+    }
+    blocks = lambda ds: "\n\n".join(ds).encode() + b"\n"  # noqa: E731
+    (root / "a.txt").write_bytes(blocks(files[str(root / "a.txt")]))
+    (root / "b.txt.gz").write_bytes(gzip.compress(blocks(files[str(root / "b.txt.gz")]), mtime=0))
+    jsonl = "".join(json.dumps({"text": d, "id": i}) + "\n"
+                    for i, d in enumerate(files[str(root / "c.jsonl.zst")]))
+    (root / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl.encode()))
+    pq.write_table(pa.table({"text": files[str(root / "d.parquet")]}), root / "d.parquet")
+    return files
+
+
+def prepare_argv(inputs_dir, corpus_dir, *extra: str, vocab: int = 600,
+                 max_seq_len: int = 64) -> list[str]:
+    return ["--config", TINY,
+            "--set", f'data.input=["{inputs_dir}/*"]',
+            "--set", "data.format=auto",
+            "--set", f"data.corpus_dir={corpus_dir}",
+            "--set", f"data.max_seq_len={max_seq_len}",
+            "--set", "data.part_text_bytes=20000",
+            "--set", "data.row_group_rows=64",
+            "--set", f"tokenizer.vocab_size={vocab}",
+            *extra]
+
+
+@pytest.fixture(scope="session")
+def corpus_inputs(tmp_path_factory, prose):
+    root = tmp_path_factory.mktemp("inputs")
+    return root, write_corpus(root, prose)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, corpus_inputs):
+    """One corpus prepared in-process; returns (corpus_dir, manifest, {path: docs})."""
+    from pipeline.prepare import run
+
+    inputs_dir, files = corpus_inputs
+    corpus_dir = tmp_path_factory.mktemp("prepared") / "corpus"
+    manifest = run(prepare_argv(inputs_dir, corpus_dir, *IN_MEMORY))
+    return corpus_dir, manifest, files
