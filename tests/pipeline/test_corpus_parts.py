@@ -1,0 +1,69 @@
+"""Per-element steps of prepare: splitting, part layout, Parquet encoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.corpus_parts import (
+    encode_part,
+    group_files,
+    part_key,
+    plan_parts,
+    split_sequences,
+)
+from trainer.shards import CORPUS_SCHEMA
+from trainer.tokenizer import CLS_ID, SEP_ID
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 6, 7, 12, 13, 100])
+def test_split_sequences_keeps_every_token_in_order(n):
+    ids = np.arange(10, 10 + n, dtype=np.int32)
+    seqs, dropped = split_sequences(ids, max_seq_len=8)
+    assert dropped == 0
+    assert all(len(s) <= 8 and s[0] == CLS_ID and s[-1] == SEP_ID for s in seqs)
+    assert all(len(s) == 8 for s in seqs[:-1])
+    glued = np.concatenate([s[1:-1] for s in seqs]) if seqs else np.zeros(0)
+    assert glued.tolist() == ids.tolist()
+
+
+def test_short_tail_is_dropped_and_counted_only_when_asked():
+    ids = np.arange(10, 23, dtype=np.int32)  # 13 tokens = 6 + 6 + 1
+    assert len(split_sequences(ids, 8, min_tail_tokens=0)[0]) == 3
+    seqs, dropped = split_sequences(ids, 8, min_tail_tokens=2)
+    assert len(seqs) == 2 and dropped == 1
+    # A short document is its own only piece: never dropped as a "tail".
+    seqs, dropped = split_sequences(ids[:1], 8, min_tail_tokens=2)
+    assert len(seqs) == 1 and dropped == 0
+
+
+def test_group_files_packs_small_files_and_isolates_big_ones():
+    sizes = [10, 20, 30, 100, 5, 5, 200, 60, 60]
+    groups = group_files(sizes, part_text_bytes=64)
+    assert groups == [(0, False), (0, False), (0, False), (1, True), (2, False), (2, False),
+                      (3, True), (4, False), (5, False)]
+    # Keys are non-decreasing in (file, offset): the corpus order survives the shuffle.
+    keys = [part_key(g, off, 64) for g in groups for off in (0, 63, 64, 300)]
+    assert keys == sorted(keys)
+
+
+def test_plan_parts_is_dense_and_ordered():
+    counts = {(2, 0): (3, 5), (0, 1): (1, 4), (0, 0): (2, 2)}
+    plans = plan_parts(counts)
+    assert [(k, p.ordinal, p.seq_id_start, p.doc_id_start) for k, p in sorted(plans.items())] \
+        == [((0, 0), 0, 0, 0), ((0, 1), 1, 2, 2), ((2, 0), 2, 6, 3)]
+
+
+def test_encode_part_round_trip(tmp_path):
+    seqs = [np.array([CLS_ID, 7, 8, SEP_ID], np.int32), np.array([CLS_ID, 9, SEP_ID], np.int32)]
+    data = encode_part([5, 6], [1, 1], seqs, row_group_rows=1)
+    path = tmp_path / "p.parquet"
+    path.write_bytes(data)
+    pf = pq.ParquetFile(path)
+    assert pf.schema_arrow == CORPUS_SCHEMA
+    assert pf.metadata.num_row_groups == 2
+    table = pf.read()
+    assert table.column("input_ids").to_pylist() == [s.tolist() for s in seqs]
+    assert table.column("seq_id").to_pylist() == [5, 6]
+    assert encode_part([5, 6], [1, 1], seqs, row_group_rows=1) == data  # deterministic bytes
