@@ -22,14 +22,15 @@ Initialisation. Every Linear / Embedding weight is N(0, 0.02) with zero biases (
 blocks additionally use Admin (Liu et al. 2020, "Understanding the Difficulty of Training
 Transformers"): each residual is ``LN(omega * x + f(x))`` with a learnable per-channel
 ``omega``, initialised by a profiling forward pass so that every sublayer changes its output by
-about the same relative amount. Plain post-LN with BERT init lets the last layers' residual
-branches dominate; that amplifies parameter updates and diverges at the large learning rates
-(1e-3) and depths (24 layers) of paper Tables 2-3, which is why the paper pairs post-LN with
-Admin. The profiling pass (``Encoder.admin_init_``) runs automatically at construction on a
-small random batch (the sublayer inputs are LayerNorm outputs, so their statistics hardly
-depend on the tokens; no data is needed) and can be re-run on real data. It is skipped on the
-meta device. Pre-LN needs no such fix: its residual stream is never normalised, so it uses
-plain BERT init and a final LayerNorm.
+about the same relative amount. Plain post-LN leans heavily on its residual branches, which
+amplifies the effect of each parameter update; at a peak learning rate of 1e-3 (train.lr) and
+24 layers that is the classic post-LN divergence, and the project's setting (model.layer_norm:
+"post-LN, with Admin-style init") follows the paper there. The profiling pass
+(``Encoder.admin_init_``) runs automatically at construction on a small random batch (the
+sublayer inputs are LayerNorm outputs, so their statistics hardly depend on the tokens; no data
+is needed) and can be re-run on real data. It is skipped on the meta device. Pre-LN needs no
+such fix: its residual stream is never normalised, so it uses plain BERT init and a final
+LayerNorm.
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainer.config import ConfigError, RunConfig
+from trainer.tokenizer import NUM_SPECIAL
 
-PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
-NUM_SPECIAL = 5
 INIT_STD = 0.02  # BERT
 
 

@@ -15,6 +15,8 @@ import sentencepiece as spm
 from trainer.errors import UserError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
+NUM_SPECIAL = 5
+"""Ids below this are special tokens; ordinary pieces start here."""
 SPECIAL_TOKENS: dict[str, int] = {
     "[PAD]": PAD_ID, "[UNK]": UNK_ID, "[CLS]": CLS_ID, "[SEP]": SEP_ID, "[MASK]": MASK_ID,
 }

@@ -9,6 +9,8 @@ import pytest
 from pipeline.corpus_parts import (
     encode_part,
     group_files,
+    kept_tokens,
+    num_sequences,
     part_key,
     plan_parts,
     split_sequences,
@@ -20,22 +22,20 @@ from trainer.tokenizer import CLS_ID, SEP_ID
 @pytest.mark.parametrize("n", [0, 1, 5, 6, 7, 12, 13, 100])
 def test_split_sequences_keeps_every_token_in_order(n):
     ids = np.arange(10, 10 + n, dtype=np.int32)
-    seqs, dropped = split_sequences(ids, max_seq_len=8)
-    assert dropped == 0
+    seqs = split_sequences(ids, max_seq_len=8)
+    assert len(seqs) == num_sequences(n, 8)
     assert all(len(s) <= 8 and s[0] == CLS_ID and s[-1] == SEP_ID for s in seqs)
     assert all(len(s) == 8 for s in seqs[:-1])
     glued = np.concatenate([s[1:-1] for s in seqs]) if seqs else np.zeros(0)
     assert glued.tolist() == ids.tolist()
 
 
-def test_short_tail_is_dropped_and_counted_only_when_asked():
-    ids = np.arange(10, 23, dtype=np.int32)  # 13 tokens = 6 + 6 + 1
-    assert len(split_sequences(ids, 8, min_tail_tokens=0)[0]) == 3
-    seqs, dropped = split_sequences(ids, 8, min_tail_tokens=2)
-    assert len(seqs) == 2 and dropped == 1
+def test_short_tail_is_dropped_only_when_asked():
+    assert kept_tokens(13, 8, min_tail_tokens=0) == 13  # 13 tokens = 6 + 6 + 1
+    assert kept_tokens(13, 8, min_tail_tokens=2) == 12
+    assert kept_tokens(12, 8, min_tail_tokens=7) == 12  # no tail: pieces are full
     # A short document is its own only piece: never dropped as a "tail".
-    seqs, dropped = split_sequences(ids[:1], 8, min_tail_tokens=2)
-    assert len(seqs) == 1 and dropped == 0
+    assert kept_tokens(1, 8, min_tail_tokens=2) == 1
 
 
 def test_group_files_packs_small_files_and_isolates_big_ones():
