@@ -13,6 +13,7 @@ documents in all parts before it. Nothing depends on worker, bundle or runner.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -25,20 +26,27 @@ PartKey = tuple[int, int]
 ZSTD_LEVEL = 3
 
 
-@dataclass
-class TokenizedDoc:
+class TokenizedDoc(NamedTuple):
+    """One tokenised document in flight between Tokenize and WriteParts. Beam moves it as a
+    plain tuple of ints and bytes (``tuple(doc)``), which its fast coder encodes without
+    pickling; ``TokenizedDoc(*t)`` restores the names."""
+
     file_index: int
     """Place of the document's file in the input list."""
     doc_index: int
     """Place of the document in its input file."""
-    sequences: list[np.ndarray]
-    """Each (T,) int32 with [CLS] first and [SEP] last, T <= max_seq_len."""
-    tokens: int
-    """Tokens of the document (excluding [CLS]/[SEP]) kept in ``sequences``."""
+    ids: bytes
+    """The kept token ids (no specials) as little-endian int32."""
+    num_sequences: int
+    """Sequences the kept ids make (see split_sequences)."""
     dropped_tokens: int
     """Tokens of a short tail dropped per data.min_tail_tokens."""
     text_bytes: int
     """UTF-8 bytes of the document's text."""
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids) // 4
 
 
 @dataclass(frozen=True)
@@ -49,21 +57,26 @@ class PartPlan:
     doc_id_start: int
 
 
-def split_sequences(ids: np.ndarray, max_seq_len: int,
-                    min_tail_tokens: int = 0) -> tuple[list[np.ndarray], int]:
-    """Cut one document's token ids (no specials) into [CLS] piece [SEP] sequences of at
-    most ``max_seq_len``; never joins two documents (paper, appendix B). A last piece shorter
-    than ``min_tail_tokens`` is dropped when the document has more than one piece. Returns
-    (sequences, number of dropped tokens)."""
+def kept_tokens(num_tokens: int, max_seq_len: int, min_tail_tokens: int = 0) -> int:
+    """How many of a document's tokens to keep: all, except that the last piece of a document
+    split into several is dropped when shorter than ``min_tail_tokens``."""
     body = max_seq_len - 2
-    ids = np.asarray(ids, dtype=np.int32)
-    starts = range(0, len(ids), body)
-    pieces = [ids[s:s + body] for s in starts]
-    dropped = 0
-    if len(pieces) > 1 and len(pieces[-1]) < min_tail_tokens:
-        dropped = len(pieces.pop())
+    tail = num_tokens % body
+    if num_tokens > body and 0 < tail < min_tail_tokens:
+        return num_tokens - tail
+    return num_tokens
+
+
+def num_sequences(num_tokens: int, max_seq_len: int) -> int:
+    return -(-num_tokens // (max_seq_len - 2))
+
+
+def split_sequences(ids: np.ndarray, max_seq_len: int) -> list[np.ndarray]:
+    """Cut one document's token ids (no specials) into [CLS] piece [SEP] sequences of at
+    most ``max_seq_len``; never joins two documents (paper, appendix B)."""
+    body = max_seq_len - 2
     cls, sep = np.array([CLS_ID], np.int32), np.array([SEP_ID], np.int32)
-    return [np.concatenate([cls, p, sep]) for p in pieces], dropped
+    return [np.concatenate([cls, ids[s:s + body], sep]) for s in range(0, len(ids), body)]
 
 
 def group_files(sizes: list[int], part_text_bytes: int) -> list[tuple[int, bool]]:
@@ -96,12 +109,12 @@ def plan_parts(counts: dict[PartKey, tuple[int, int]]) -> dict[PartKey, PartPlan
     return plans
 
 
-def part_rows(docs: list[TokenizedDoc], plan: PartPlan):
+def part_rows(docs: list[TokenizedDoc], plan: PartPlan, max_seq_len: int):
     """(seq_ids, doc_ids, sequences) of one part in corpus order."""
     seq_ids, doc_ids, seqs = [], [], []
     doc_id = plan.doc_id_start
     for doc in sorted(docs, key=lambda d: (d.file_index, d.doc_index)):
-        for s in doc.sequences:
+        for s in split_sequences(np.frombuffer(doc.ids, "<i4"), max_seq_len):
             seq_ids.append(plan.seq_id_start + len(seqs))
             doc_ids.append(doc_id)
             seqs.append(s)

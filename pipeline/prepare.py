@@ -41,10 +41,11 @@ from pipeline.corpus_parts import (
     TokenizedDoc,
     encode_part,
     group_files,
+    kept_tokens,
+    num_sequences,
     part_key,
     part_rows,
     plan_parts,
-    split_sequences,
 )
 from pipeline.sources import FileReport, InputError, expand_inputs, read_file, resolve_format
 from pipeline.tokenizer_train import train_tokenizer
@@ -71,8 +72,9 @@ class PrepareError(UserError):
 # ---------------------------------------------------------------------------------------------
 
 class ReadDocumentsFn(beam.DoFn):
-    """(file_index, path) -> (file_index, Document)...; the file's FileReport as a side
-    output, so bad bytes and records are counted, never silently lost."""
+    """(file_index, path) -> (file_index, doc_index, offset, text)...; the file's FileReport
+    as a side output, so bad bytes and records are counted, never silently lost. Elements
+    are plain tuples so that Beam's fast coder moves them without pickling."""
 
     REPORTS = "reports"
 
@@ -85,15 +87,15 @@ class ReadDocumentsFn(beam.DoFn):
         file_index, path = element
         report = FileReport(path)
         for doc in read_file(path, self.fmt, report, self.text_field, self.doc_split):
-            yield file_index, doc
+            yield file_index, doc.doc_index, doc.offset, doc.text
         self.documents.inc(report.documents)
         self.undecodable.inc(report.undecodable_bytes)
         yield TaggedOutput(self.REPORTS, (file_index, report.as_dict()))
 
 
 class TokenizeFn(beam.DoFn):
-    """(file_index, Document) -> (part key, TokenizedDoc). The tokenizer loads once per
-    worker in ``setup``."""
+    """(file_index, doc_index, offset, text) -> (part key, tuple(TokenizedDoc)). The
+    tokenizer loads once per worker in ``setup``."""
 
     def __init__(self, tokenizer_path: str, max_seq_len: int, min_tail_tokens: int,
                  part_text_bytes: int, file_groups: list[tuple[int, bool]]):
@@ -106,23 +108,21 @@ class TokenizeFn(beam.DoFn):
         self.sp = load_tokenizer_bytes(read_bytes(self.tokenizer_path), self.tokenizer_path)
 
     def process(self, element):
-        file_index, doc = element
-        ids = self.sp.encode(doc.text)
+        file_index, doc_index, offset, text = element
+        ids = self.sp.encode(text)
         if not ids:
             self.empty.inc()
             return
-        seqs, dropped = split_sequences(np.asarray(ids, np.int32), self.max_seq_len,
-                                        self.min_tail_tokens)
-        tokens = len(ids) - dropped
-        key = part_key(self.file_groups[file_index], doc.offset, self.part_text_bytes)
-        yield (key,
-               TokenizedDoc(file_index, doc.doc_index, seqs, tokens, dropped,
-                            len(doc.text.encode())))
+        kept = kept_tokens(len(ids), self.max_seq_len, self.min_tail_tokens)
+        doc = TokenizedDoc(file_index, doc_index, np.asarray(ids[:kept], "<i4").tobytes(),
+                           num_sequences(kept, self.max_seq_len), len(ids) - kept,
+                           len(text.encode()))
+        yield part_key(self.file_groups[file_index], offset, self.part_text_bytes), tuple(doc)
 
 
 def count_part(element) -> tuple:
     key, doc = element
-    return key, (1, len(doc.sequences))
+    return key, (1, TokenizedDoc(*doc).num_sequences)
 
 
 def sum_pairs(pairs) -> tuple[int, int]:
@@ -138,15 +138,15 @@ class WritePartFn(beam.DoFn):
 
     UNIGRAM = "unigram"
 
-    def __init__(self, corpus_dir: str, row_group_rows: int, vocab_size: int):
+    def __init__(self, corpus_dir: str, row_group_rows: int, vocab_size: int, max_seq_len: int):
         self.corpus_dir, self.row_group_rows = corpus_dir, row_group_rows
-        self.vocab_size = vocab_size
+        self.vocab_size, self.max_seq_len = vocab_size, max_seq_len
 
     def process(self, element, plans):
         key, docs = element
-        docs = list(docs)
+        docs = [TokenizedDoc(*d) for d in docs]
         plan = plans[key]
-        seq_ids, doc_ids, seqs = part_rows(docs, plan)
+        seq_ids, doc_ids, seqs = part_rows(docs, plan, self.max_seq_len)
         data = encode_part(seq_ids, doc_ids, seqs, self.row_group_rows)
         name = f"part-{plan.ordinal:05d}.parquet"
         write_atomic(join(self.corpus_dir, name), data)
@@ -251,7 +251,8 @@ def build(p: beam.Pipeline, files: list[tuple[str, int]], cfg: RunConfig, contex
         tokenized
         | "GroupByPart" >> beam.GroupByKey()
         | "WriteParts" >> beam.ParDo(
-            WritePartFn(corpus_dir, data.row_group_rows, cfg.tokenizer.vocab_size),
+            WritePartFn(corpus_dir, data.row_group_rows, cfg.tokenizer.vocab_size,
+                        data.max_seq_len),
             plans=AsSingleton(plans)
         ).with_outputs(WritePartFn.UNIGRAM, main="parts")
     )
