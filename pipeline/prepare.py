@@ -20,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import io
 import sys
+from importlib.metadata import version
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -277,8 +279,12 @@ def preflight(files: list[tuple[str, int]], cfg: RunConfig) -> None:
         raise InputError(f"all {len(files)} input file(s) are empty (first: {files[0][0]})")
     for path, _ in files:
         if resolve_format(path, cfg.data.format) == "parquet":
-            with FileSystems.open(path) as f:
-                names = pq.ParquetFile(f).schema_arrow.names
+            try:
+                with FileSystems.open(path) as f:
+                    names = pq.ParquetFile(f).schema_arrow.names
+            except pa.ArrowInvalid as e:
+                raise InputError(f"{path} is not a readable Parquet file ({e}); fix or remove "
+                                 "it, or set data.format if it is not Parquet") from None
             if cfg.data.text_field not in names:
                 raise InputError(f"{path}: no column {cfg.data.text_field!r}; columns are "
                                  f"{names}. Set data.text_field to the column with the text")
@@ -306,7 +312,8 @@ def fingerprint(cfg: RunConfig, files: list[tuple[str, int]], model: bytes | Non
     """Everything that decides the corpus bytes, to recognise a re-run of the same job."""
     data = {k: v for k, v in to_dict(cfg)["data"].items() if k != "corpus_dir"}
     tok = dict(to_dict(cfg)["tokenizer"], model_sha256=sha256_hex(model) if model else None)
-    return {"data": data, "tokenizer": tok, "inputs": [list(f) for f in files]}
+    return {"schema_version": SCHEMA_VERSION, "data": data, "tokenizer": tok,
+            "inputs": [list(f) for f in files]}
 
 
 def clear_output(corpus_dir: str, fp: dict, overwrite: bool) -> bool:
@@ -386,6 +393,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         "header": {
             "schema_version": SCHEMA_VERSION,
             "kind": "corpus",
+            "created_by": f"fast-electra {version('fast-electra')}",
             "tokenizer": {"file": TOKENIZER_FILE, "sha256": sha256_hex(model),
                           "vocab_size": cfg.tokenizer.vocab_size, "special_ids": SPECIAL_IDS,
                           "source": cfg.tokenizer.model or "trained by prepare"},

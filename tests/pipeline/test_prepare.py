@@ -196,3 +196,22 @@ def test_given_tokenizer_is_used_and_checked(prepared, corpus_inputs, tmp_path, 
                              "--set", f"tokenizer.model={model}", vocab=700))
     err = capsys.readouterr().err
     assert code == 2 and "tokenizer.vocab_size=600" in err
+
+
+def test_short_tails_dropped_on_request_and_counted(corpus_inputs, prepared, tmp_path):
+    inputs_dir, _ = corpus_inputs
+    _, full, _ = prepared
+    manifest = run(prepare_argv(inputs_dir, tmp_path / "corpus", *IN_MEMORY,
+                                "--set", "data.min_tail_tokens=20"))
+    assert manifest["num_dropped_tail_tokens"] > 0
+    assert manifest["num_tokens"] + manifest["num_dropped_tail_tokens"] == full["num_tokens"]
+    assert manifest["num_documents"] == full["num_documents"]
+
+
+def test_unreadable_parquet_is_a_clear_error(tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "x.parquet").write_bytes(b"PAR1 this is not parquet")
+    code = main(prepare_argv(inputs, tmp_path / "corpus", *IN_MEMORY))
+    err = capsys.readouterr().err
+    assert code == 2 and "x.parquet is not a readable Parquet file" in err
