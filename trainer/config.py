@@ -207,6 +207,25 @@ class GenerateConfig:
 
 
 @dataclass
+class MLMConfig:
+    """Dynamic masking of ``train.mode = "mlm"`` (pre-training the auxiliary model; BERT)."""
+
+    mask_prob: float = 0.15
+    """Fraction of non-special tokens selected for prediction."""
+    mask_token_prob: float = 0.8
+    """Of the selected tokens, the fraction replaced by [MASK]."""
+    random_token_prob: float = 0.1
+    """Of the selected tokens, the fraction replaced by a random token; the rest are kept."""
+
+    def __post_init__(self):
+        _check(0.0 < self.mask_prob < 1.0, "mlm.mask_prob", "must be in (0, 1)")
+        _check_prob(self.mask_token_prob, "mlm.mask_token_prob")
+        _check_prob(self.random_token_prob, "mlm.random_token_prob")
+        _check(self.mask_token_prob + self.random_token_prob <= 1.0, "mlm.random_token_prob",
+               "mlm.mask_token_prob + mlm.random_token_prob must be <= 1")
+
+
+@dataclass
 class TrainConfig:
     """The trainer (``torchrun -m trainer.train``)."""
 
@@ -222,8 +241,9 @@ class TrainConfig:
     """Linear warm-up steps (paper: 10K), then linear decay to 0 at max_steps."""
     micro_batch_size_per_rank: int = 32
     """Sequences per forward/backward on one rank."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step. Global batch = micro * grad_accum * world size."""
+    grad_accum: int = 0
+    """Micro-batches per optimizer step; 0 = derive it at launch as global_batch_size /
+    (micro_batch_size_per_rank * world size), so one config runs on any number of ranks."""
     global_batch_size: int = 2048
     """Sequences per optimizer step across all ranks (paper: 2048); must equal
     micro_batch_size_per_rank * grad_accum * world size."""
@@ -243,18 +263,35 @@ class TrainConfig:
     """Steps per checkpoint."""
     keep_checkpoints: int = 3
     """Checkpoints kept (oldest deleted first)."""
+    eval_every: int = 1000
+    """Steps between evaluations on the held-out documents (0 = never)."""
+    holdout_fraction: float = 0.01
+    """Fraction of the corpus documents held out of MLM training for evaluation (chosen by a
+    fixed hash of doc_id, the same for every run on the corpus)."""
+    eval_sequences: int = 512
+    """At most this many held-out sequences per evaluation."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto`` = the rank's GPU when CUDA is visible, else CPU."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """``auto`` = bf16 autocast on GPU, fp32 on CPU."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
 
     def __post_init__(self):
-        for name in ("max_steps", "micro_batch_size_per_rank", "grad_accum", "global_batch_size",
+        _check(self.eval_every >= 0, "train.eval_every", "must be >= 0")
+        _check(0.0 <= self.holdout_fraction < 1.0, "train.holdout_fraction", "must be in [0, 1)")
+        _check(self.eval_sequences >= 1, "train.eval_sequences", "must be >= 1")
+        for name in ("max_steps", "micro_batch_size_per_rank", "global_batch_size",
                      "log_every", "checkpoint_every", "keep_checkpoints"):
             _check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        _check(self.grad_accum >= 0, "train.grad_accum", "must be >= 0 (0 = derive it)")
         _check(0 <= self.warmup_steps <= self.max_steps, "train.warmup_steps",
                f"must be in [0, train.max_steps={self.max_steps}], got {self.warmup_steps}")
         _check(self.lr > 0 and math.isfinite(self.lr), "train.lr", f"must be > 0, got {self.lr}")
-        _check(self.global_batch_size % (self.micro_batch_size_per_rank * self.grad_accum) == 0,
-               "train.global_batch_size",
+        per_rank_step = self.micro_batch_size_per_rank * max(self.grad_accum, 1)
+        _check(self.global_batch_size % per_rank_step == 0, "train.global_batch_size",
                f"{self.global_batch_size} is not a multiple of micro_batch_size_per_rank * "
-               f"grad_accum = {self.micro_batch_size_per_rank * self.grad_accum}")
+               f"grad_accum = {per_rank_step}")
 
 
 @dataclass
@@ -267,6 +304,7 @@ class RunConfig:
     aux: AuxConfig = field(default_factory=AuxConfig)
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    mlm: MLMConfig = field(default_factory=MLMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -1,0 +1,127 @@
+"""Atomic, self-describing checkpoints: ``<out_dir>/checkpoints/step_SSSSSSSS/``.
+
+A checkpoint folder holds ``state.pt`` (model, optimizer, scheduler), ``rng_rank{R}.pt`` (each
+rank's RNG states, so dropout continues exactly) and ``meta.json`` (step, data position,
+resolved config, the data set's manifest sha256). It is written under a temporary name, every
+file fsynced, then renamed: a crash leaves either the previous checkpoint or the new one, never
+a half-written folder that looks complete. The last ``train.keep_checkpoints`` are kept.
+
+    path = save(out_dir, step, state, meta, rank, world, barrier)
+    latest = find_latest(out_dir)                       # None when there is none
+    state, meta, rng = load(path, rank)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from trainer.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def step_dir(out_dir: str, step: int) -> str:
+    return os.path.join(out_dir, CHECKPOINTS, f"step_{step:08d}")
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(out_dir: str, step: int, state: dict, meta: dict, rank: int, keep: int,
+         barrier: Callable[[], None]) -> str:
+    """Collective: every rank calls it. Rank 0 writes model/optimizer state and meta, each
+    rank its RNG state; rank 0 then renames the folder into place and prunes old ones."""
+    final = step_dir(out_dir, step)
+    tmp = os.path.join(out_dir, CHECKPOINTS, f".tmp-step_{step:08d}")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # a crash's leftover of this very step
+        os.makedirs(tmp)
+    barrier()
+    torch.save(rng_state(), os.path.join(tmp, f"rng_rank{rank}.pt"))
+    _fsync_file(os.path.join(tmp, f"rng_rank{rank}.pt"))
+    if rank == 0:
+        torch.save(state, os.path.join(tmp, "state.pt"))
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=1, sort_keys=True)
+    barrier()
+    if rank == 0:
+        for name in os.listdir(tmp):
+            _fsync_file(os.path.join(tmp, name))
+        _fsync_dir(tmp)
+        if os.path.exists(final):  # re-saving a step after a resume: replace it whole
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(os.path.dirname(final))
+        for old in list_steps(out_dir)[:-keep]:
+            shutil.rmtree(step_dir(out_dir, old), ignore_errors=True)
+    barrier()
+    return final
+
+
+def list_steps(out_dir: str) -> list[int]:
+    """Steps of the complete checkpoints in ``out_dir``, ascending."""
+    root = os.path.join(out_dir, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return []
+    steps = []
+    for name in os.listdir(root):
+        m = _STEP_DIR.match(name)
+        if m and os.path.isfile(os.path.join(root, name, "meta.json")):
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def find_latest(out_dir: str) -> str | None:
+    steps = list_steps(out_dir)
+    return step_dir(out_dir, steps[-1]) if steps else None
+
+
+def load(path: str, rank: int, map_location="cpu") -> tuple[dict, dict, dict | None]:
+    """(state, meta, this rank's RNG state or None when the checkpoint was written by a run
+    with fewer ranks)."""
+    meta_path = os.path.join(path, "meta.json")
+    if not os.path.isfile(meta_path):
+        raise UserError(f"{path} is not a complete checkpoint (no meta.json); give a "
+                        "checkpoints/step_* folder, or train.resume = 'auto'")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    state = torch.load(os.path.join(path, "state.pt"), map_location=map_location,
+                       weights_only=False)
+    rng_path = os.path.join(path, f"rng_rank{rank}.pt")
+    rng = torch.load(rng_path, weights_only=False) if os.path.isfile(rng_path) else None
+    return state, meta, rng

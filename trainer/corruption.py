@@ -1,0 +1,649 @@
+"""Corruption for replaced token detection: masking, replacement distributions, curriculum
+schedules, augmentations and Gumbel-max sampling. ONE implementation, used offline (the Beam
+``generate`` job) and online (the trainer's joint / fast-online modes), so that both produce the
+same bytes for the same (seed, epoch, seq_id).
+
+    from trainer.corruption import corrupt_batch, schedule_value
+
+    out = corrupt_batch(input_ids, attention_mask,   # (B, T) long / bool, [CLS] at index 0
+                        seq_ids, epoch, u,            # (B,) long, int, (B,) fraction done
+                        cfg.corruption, seed, aux=aux_model, unigram_counts=None)
+    out.input_ids, out.labels                         # (B, T) corrupted ids, uint8 RTD labels
+    out.temperature                                   # (B,) float32 schedule value used
+    schedule_value("exponential", 0.0, t0=2.0, tau=0.1)  # -> 2.0 (Eq. 2)
+    compile_sampling()   # optional, once per process: fuses the Gumbel-max over the vocabulary
+
+Randomness. Every random decision is a pure function of integer counters
+(seed, epoch, seq_id, stream, position[, vocabulary index]) pushed through a 32-bit integer hash
+(``_mix32``, Wellons' "lowbias32" finaliser, applied twice per draw). There is no generator
+state, so a sequence's corruption does not depend on the batch it is in, its row, the padded
+length, the worker, a Beam retry, or the device. The hash uses only int64 xor, shifts, masks,
+additions and multiplications whose exact products stay below 2**63 (32-bit x 16-bit limbs),
+on values kept in [0, 2**32): no signed overflow, no arithmetic-shift surprise, no uint64, so
+CPU and CUDA (eager or compiled) compute identical bits. Selection, [MASK]/keep/random
+decisions, random token ids and token dropping use only these integers (thresholds are
+integers too): they are bit-exact everywhere. Gumbel noise needs ``log``; libm/SLEEF/CUDA
+``log`` may differ in the last ulp, and so do auxiliary-model logits across devices and matmul
+shapes, so a *sample* can differ only at a float near-tie of the two best candidates (rare;
+never systematic). Exception: the dropout augmentations' masks come from torch's RNG (the
+model offers no keyed dropout), seeded from the batch's keys: reproducible for the same batch
+only.
+
+Sequences are left-aligned ([CLS] at index 0, padding on the right): the position counter is
+the index in the row, so left padding would change the draws.
+
+Schedules and the meaning of the schedule value. ``schedule_value`` returns a temperature-like
+value T(u), T = 1 meaning "no augmentation", for every schedule; the augmentation *strength* is
+g(u) = T(u) - 1, from g_max = t0 - 1 at the start of training to (about) 0 at the end. That value
+T is what the ``temperature`` column of the RTD shards stores, for every augmentation. The
+curriculum always goes from EASY to HARD, as in Fast-ELECTRA (T > 1 flattens the auxiliary
+distribution, so early replacements are more random and easier to detect; T -> 1 gives the
+auxiliary model's own, harder, replacements):
+
+- ``temperature``: sample from softmax(log p / T). Also valid for model-free replacements
+  (flattens them toward uniform over normal tokens). Note that log p / T is exactly the
+  log-interpolation of p with the uniform distribution with weight 1 - 1/T.
+- ``log_interp_unigram``: p ~ p_unigram^g * p_aux^(1-g): starts at the unigram distribution
+  (g = 1 when t0 = 2; frequent tokens, context-free, easy) and ends at the aux model (g = 0).
+- ``dropout`` / ``drop_attention``: the frozen aux model samples in train mode with hidden /
+  attention dropout rate g (a degraded, easier generator), ending with no dropout (g = 0).
+- ``drop_token``: a fraction g of the aux model's input tokens (normal, not selected) become
+  [UNK], so it sees less context (easier replacements), ending with full context.
+- Replacements ``p1->p2`` (``uniform->smoothed_onehot``, ``unigram->smoothed_onehot``): the
+  schedule drives the replacement itself, p ~ p1^g * p2^(1-g): from p1 at the start (g = 1 when
+  t0 = 2; every selected token replaced by a context-free token, easy) to p2 = smoothed one-hot
+  at the end (g = 0; the original kept with mass alpha, so fewer and sparser replacements; the
+  replaced tokens stay context-free either way, which is why these are ablations). Their
+  augmentation must be the default ``temperature``, which for them means exactly this.
+
+Strengths used as weights or rates must lie in [0, 1] (dropout rates in [0, 1)), i.e.
+1 <= t0 <= 2; ``validate_corruption`` raises ConfigError otherwise. Granularity: the caller
+passes u per sample; with ``corruption.granularity = "epoch"`` it passes the epoch's u for every
+sample of the epoch. The dropout augmentations act on a whole forward pass, so they use one rate
+per batch (the mean strength of its samples; consecutive samples have nearly equal u) and report
+1 + that rate as every sample's temperature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from trainer.config import ConfigError, CorruptionConfig
+from trainer.tokenizer import MASK_ID, NUM_SPECIAL, UNK_ID
+
+# Independent random streams: one per kind of decision, so e.g. changing mask_token_prob does
+# not move which positions are selected.
+STREAM_SELECT = 1  # which positions are selected
+STREAM_MASK_KIND = 2  # selected -> [MASK] / random token / keep
+STREAM_RANDOM_TOKEN = 3  # the id of a random replacement token (80/10/10 recipe)
+STREAM_GUMBEL = 4  # Gumbel noise, counters (position, vocabulary index)
+STREAM_DROP_TOKEN = 5  # aux input tokens replaced by [UNK] (drop_token augmentation)
+STREAM_DROPOUT = 6  # seed of the aux model's dropout masks (dropout augmentations)
+
+_M32 = 0xFFFFFFFF
+_IV = 0x6A09E667  # any non-zero start for the key chain (sqrt(2) fraction bits)
+_K2 = 0x9E3779B9  # derives the second per-row key from the first (golden ratio)
+_CHUNK_ELEMENTS = 1 << 24  # (rows x V) elements per sampling chunk: bounds temporary memory
+
+INTERP_REPLACEMENTS = {"uniform->smoothed_onehot": "uniform",
+                       "unigram->smoothed_onehot": "unigram"}
+MODEL_FREE = ("uniform", "unigram", "smoothed_onehot", *INTERP_REPLACEMENTS)
+DROPOUT_AUGMENTATIONS = ("dropout", "drop_attention")
+
+
+# ---------------------------------------------------------------------------------------------
+# Counter-based hashing
+# ---------------------------------------------------------------------------------------------
+
+def _mul32(x, c: int):
+    """(x * c) mod 2**32 for x in [0, 2**32) (int64 tensor or Python int) and a constant c.
+    c is split into 16-bit halves so every partial product stays below 2**48: int64 never
+    overflows, on any device."""
+    lo = x * (c & 0xFFFF)  # < 2**48
+    hi = (x * (c >> 16)) & 0xFFFF  # only its low 16 bits survive the shift below
+    return (lo + (hi << 16)) & _M32
+
+
+def _mix32(x):
+    """lowbias32 (C. Wellons, hash-prospector): a bijection of [0, 2**32) with near-ideal
+    avalanche. Python ints, or int64 tensors (values are non-negative, so >> is a logical
+    shift)."""
+    if isinstance(x, torch.Tensor):
+        return _mix32_(x.clone())
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x21F0AAAD)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x735A2D97)
+    return x ^ (x >> 15)
+
+
+def _mul32_(x: torch.Tensor, c: int) -> torch.Tensor:
+    hi = x * (c >> 16)
+    hi.bitwise_and_(0xFFFF).bitwise_left_shift_(16)
+    return x.mul_(c & 0xFFFF).add_(hi).bitwise_and_(_M32)
+
+
+def _mix32_(x: torch.Tensor) -> torch.Tensor:
+    """``_mix32`` in place on a tensor the caller owns: the hash dominates the cost of
+    sampling over a whole vocabulary, and in-place ops halve its memory traffic."""
+    x.bitwise_xor_(x >> 16)
+    _mul32_(x, 0x21F0AAAD)
+    x.bitwise_xor_(x >> 15)
+    _mul32_(x, 0x735A2D97)
+    return x.bitwise_xor_(x >> 15)
+
+
+def _stream_key(seed: int, epoch: int, stream: int) -> int:
+    """The (seed, epoch, stream) part of every key, on the host: 64-bit seeds and epochs enter
+    as two 32-bit halves (negative values as their two's complement)."""
+    h = _IV
+    for v in (seed, epoch):
+        v &= (1 << 64) - 1
+        h = _mix32(h ^ (v & _M32))
+        h = _mix32(h ^ (v >> 32))
+    return _mix32(h ^ (stream & _M32))
+
+
+def _row_keys(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,
+              sub_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent 32-bit keys per row, (B,) int64 each, from (seed, epoch, stream,
+    seq_id[, sub_id])."""
+    s = seq_ids.long()
+    h = _mix32(_stream_key(seed, epoch, stream) ^ (s & _M32))
+    h = _mix32(h ^ ((s >> 32) & _M32))  # arithmetic shift, then masked: any int64 is fine
+    if sub_ids is not None:
+        h = _mix32(h ^ (sub_ids.long() & _M32))
+    return h, _mix32(h ^ _K2)
+
+
+def keyed_bits(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,
+               shape_tail: tuple[int, ...] = (), sub_ids: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """Uniform 32-bit integers, (B, *shape_tail) int64 in [0, 2**32), on seq_ids' device.
+
+    Element (b, i...) depends only on (seed, epoch, seq_ids[b], stream, sub_ids[b], the
+    row-major flat index of i in shape_tail): a row is the same alone or in any batch, and for
+    a 1-D shape_tail a longer tail (more padding) only appends values. ``sub_ids`` (B,) adds
+    one more counter to the row key (the position, for Gumbel noise over the vocabulary).
+    """
+    n = math.prod(shape_tail)
+    if n > 1 << 32:
+        raise ValueError(f"keyed_bits: {n} counters per row exceed 2**32")
+    k1, k2 = _row_keys(seed, epoch, seq_ids, stream, sub_ids)  # (B,), (B,)
+    counter = torch.arange(n, device=seq_ids.device).view(shape_tail)
+    return _bits_from_keys(k1, k2, counter)  # (B, *shape_tail)
+
+
+def _bits_from_keys(k1: torch.Tensor, k2: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
+    """Row keys k1, k2 (B,) and counters (*tail) -> (B, *tail) 32-bit draws."""
+    shape = (-1,) + (1,) * counter.ndim
+    # Two rounds: one round of xor-then-mix would make rows share noise values at permuted
+    # counters (k1 ^ c == k1' ^ c'); the second key breaks that relation.
+    return _mix32_(_mix32_(k1.view(shape) ^ counter).bitwise_xor_(k2.view(shape)))
+
+
+def keyed_uniform(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,
+                  shape_tail: tuple[int, ...] = (), sub_ids: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """(B, *shape_tail) float32 in the open interval (0, 1); see ``keyed_bits``. The top 23
+    bits give u = (2k + 1) / 2**24, exactly representable, so never 0 or 1."""
+    k = keyed_bits(seed, epoch, seq_ids, stream, shape_tail, sub_ids) >> 9  # [0, 2**23)
+    return (2 * k + 1).float() * 2.0**-24
+
+
+def _gumbel_from_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from 32-bit draws, float32. The winners of a Gumbel-max have u
+    close to 1, so use x = 1 - u = (2j + 1) / 2**33 with log1p: distinct draws stay distinct
+    there (a float32 u near 1 would collapse ~2**8 of them into one value and create ties)."""
+    x = ((2 * bits + 1).float() * 2.0**-33).clamp_(max=1.0 - 2.0**-24)
+    return -torch.log(-torch.log1p(-x))
+
+
+def threshold(p: float) -> int:
+    """The integer t with P(bits < t) = p (to 2**-32) for 32-bit uniform bits."""
+    return int(round(min(max(p, 0.0), 1.0) * 2**32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules
+# ---------------------------------------------------------------------------------------------
+
+SCHEDULES = ("exponential", "constant", "polynomial", "stepwise", "fixed")
+
+
+def schedule_value(kind: str, u, t0: float, tau: float):
+    """T(u), the schedule value at training progress u in [0, 1] (float, or a tensor of any
+    shape, e.g. (B,) per sample); T = 1 + g where g is the augmentation strength:
+
+    exponential  T = 1 + (t0 - 1) exp(-u / tau)               Eq. 2; paper t0 = 2, tau = 0.1
+    constant     T = t0
+    polynomial   T = 1 + (t0 - 1) (1 - u)**tau                tau = the power (1 = linear)
+    stepwise     T = 1 + (t0 - 1) (1 - floor(u tau) / tau)    tau = the number of steps
+    fixed        T = 1                                        no curriculum (ablation)
+
+    u is clamped to [0, 1]. A tensor is computed in its own dtype (pass float64 for values
+    that do not depend on the device's float32 exp).
+    """
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; valid: {', '.join(SCHEDULES)}")
+    scalar = not isinstance(u, torch.Tensor)
+    uu = torch.tensor(float(u), dtype=torch.float64) if scalar else u
+    uu = uu.clamp(0.0, 1.0)
+    g_max = t0 - 1.0
+    if kind == "exponential":
+        value = 1.0 + g_max * torch.exp(-uu / tau)
+    elif kind == "constant":
+        value = torch.full_like(uu, t0)
+    elif kind == "polynomial":
+        value = 1.0 + g_max * (1.0 - uu) ** tau
+    elif kind == "stepwise":
+        value = 1.0 + g_max * (1.0 - torch.floor(uu * tau) / tau)
+    else:
+        value = torch.ones_like(uu)
+    return float(value) if scalar else value
+
+
+def schedule_strength(kind: str, u, t0: float, tau: float):
+    """g(u) = T(u) - 1: the augmentation strength (weight, rate or fraction), g_max = t0 - 1."""
+    return schedule_value(kind, u, t0, tau) - 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Masking
+# ---------------------------------------------------------------------------------------------
+
+def mask_positions(input_ids: torch.Tensor, seq_ids: torch.Tensor, seed: int, epoch: int,
+                   mask_prob: float, mask_token_prob: float, random_token_prob: float = 0.0,
+                   vocab_size: int | None = None, attention_mask: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Select positions to predict and build the masked input.
+
+    input_ids (B, T) long, seq_ids (B,) long. Returns (masked_input_ids (B, T), selected (B, T)
+    bool). Exactly max(1, round(mask_prob * n)) (half up) of a sequence's n normal tokens (ids >=
+    NUM_SPECIAL, inside attention_mask) are selected (ELECTRA / BERT select an exact count,
+    which keeps short sequences from getting none): every sequence with a normal token
+    contributes at least one prediction; specials ([PAD], [UNK], [CLS], [SEP], [MASK]) never.
+    Of the selected, each independently becomes [MASK] with probability mask_token_prob, a
+    uniformly random normal token with random_token_prob (needs vocab_size), or keeps the
+    original: ELECTRA's recipe is 0.85 / 0 / 0.15, BERT's MLM recipe 0.8 / 0.1 / 0.1.
+    """
+    if mask_token_prob + random_token_prob > 1.0 + 1e-12 or random_token_prob < 0.0:
+        raise ValueError(f"mask_token_prob ({mask_token_prob}) + random_token_prob "
+                         f"({random_token_prob}) must be <= 1")
+    if random_token_prob > 0.0 and (vocab_size is None or vocab_size <= NUM_SPECIAL):
+        raise ValueError("random_token_prob > 0 needs vocab_size > NUM_SPECIAL")
+    B, T = input_ids.shape
+    normal = input_ids >= NUM_SPECIAL  # (B, T)
+    if attention_mask is not None:
+        normal &= attention_mask.bool()
+    # Exact count round(mask_prob * n), half up, in integers so no device float enters:
+    # mask_prob to 2**-32, plus 2**-16 of slack so a decimal half such as 0.15 * 50 = 7.5
+    # rounds up as written although the float 0.15 is slightly below 0.15.
+    n = normal.sum(1)  # (B,)
+    k = (n * threshold(mask_prob) + 2**31 + 2**16) >> 32
+    k = torch.where(n > 0, k.clamp(min=1), 0)  # (B,)
+    # The k normal positions with the smallest keyed draws; others sort last. A stable sort
+    # breaks (2**-32-rare) ties by position, so padding and batch never change the choice.
+    bits = keyed_bits(seed, epoch, seq_ids, STREAM_SELECT, (T,))  # (B, T)
+    score = torch.where(normal, bits, 1 << 32)
+    order = torch.sort(score, dim=1, stable=True).indices  # (B, T)
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(T, device=input_ids.device).expand(B, T))
+    selected = rank < k[:, None]  # (B, T)
+
+    kind = keyed_bits(seed, epoch, seq_ids, STREAM_MASK_KIND, (T,))  # (B, T)
+    t_mask = threshold(mask_token_prob)
+    t_rand = t_mask + threshold(random_token_prob)
+    masked = torch.where(selected & (kind < t_mask), MASK_ID, input_ids)
+    if random_token_prob > 0.0:
+        r = keyed_bits(seed, epoch, seq_ids, STREAM_RANDOM_TOKEN, (T,))
+        # Multiply-shift maps 32 bits onto [0, V - NUM_SPECIAL) with bias < V / 2**32.
+        rand_ids = NUM_SPECIAL + ((r * (vocab_size - NUM_SPECIAL)) >> 32)  # (B, T)
+        masked = torch.where(selected & (kind >= t_mask) & (kind < t_rand), rand_ids, masked)
+    return masked, selected
+
+
+def drop_tokens(input_ids: torch.Tensor, selected: torch.Tensor, seq_ids: torch.Tensor,
+                seed: int, epoch: int, rate) -> torch.Tensor:
+    """The ``drop_token`` augmentation: each normal, non-selected token of the aux model's
+    input becomes [UNK] with probability rate (float or (B,) per sample), keyed (own stream).
+    input_ids, selected (B, T) -> (B, T)."""
+    B, T = input_ids.shape
+    rate = torch.as_tensor(rate, dtype=torch.float64).cpu().expand(B)
+    # Per-row integer thresholds computed on the host in float64: identical on every device.
+    thr = torch.tensor([threshold(float(r)) for r in rate], device=input_ids.device)  # (B,)
+    bits = keyed_bits(seed, epoch, seq_ids, STREAM_DROP_TOKEN, (T,))  # (B, T)
+    drop = (input_ids >= NUM_SPECIAL) & ~selected & (bits < thr[:, None])
+    return torch.where(drop, UNK_ID, input_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Replacement distributions: (N, V) log-probabilities, -inf (zero mass) on special tokens
+# ---------------------------------------------------------------------------------------------
+
+def special_mask(vocab_size: int, device=None) -> torch.Tensor:
+    return torch.arange(vocab_size, device=device) < NUM_SPECIAL  # (V,) bool
+
+
+def aux_logprobs(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax of aux logits (N, V) in float32, renormalised over normal tokens: the aux
+    model's mass on [MASK], [PAD], ... is removed, never sampled."""
+    special = special_mask(logits.shape[-1], logits.device)
+    return logits.float().masked_fill(special, -math.inf).log_softmax(-1)
+
+
+def uniform_logprobs(n: int, vocab_size: int, device=None) -> torch.Tensor:
+    """Uniform over the V - NUM_SPECIAL normal tokens; an (n, V) expanded view (no memory)."""
+    lp = torch.full((vocab_size,), -math.log(vocab_size - NUM_SPECIAL), device=device)
+    return lp.masked_fill(special_mask(vocab_size, device), -math.inf).expand(n, vocab_size)
+
+
+def unigram_logprobs(counts, n: int = 1, device=None) -> torch.Tensor:
+    """Term frequencies of the corpus, counts (V,) int (``CorpusShards.unigram_counts()``).
+    Add-one smoothing over normal tokens, so a token never seen in the corpus (e.g. an unused
+    byte-fallback piece) keeps a tiny non-zero probability 1 / (total + V'), finite log-probs
+    for the log-interpolations; specials (whose counts include every [CLS]/[SEP]) get zero.
+    Computed in float64 then cast. Returns an (n, V) expanded view."""
+    counts = torch.as_tensor(counts)
+    if counts.ndim != 1 or counts.numel() <= NUM_SPECIAL or bool((counts < 0).any()):
+        raise ValueError(f"unigram counts must be a (V,) non-negative vector, got shape "
+                         f"{tuple(counts.shape)}")
+    c = counts.to(device=device, dtype=torch.float64) + 1.0
+    c[:NUM_SPECIAL] = 0.0
+    lp = (c / c.sum()).log().float()  # (V,), -inf on specials
+    return lp.expand(n, counts.numel())
+
+
+def smoothed_onehot_logprobs(original: torch.Tensor, vocab_size: int, alpha: float
+                             ) -> torch.Tensor:
+    """Mass alpha on the original token (N,), the rest 1 - alpha spread uniformly over the
+    other V - NUM_SPECIAL - 1 normal tokens. (N, V)."""
+    others = vocab_size - NUM_SPECIAL - 1
+    if others < 1:
+        raise ValueError("smoothed_onehot needs at least two normal tokens")
+    dev = original.device
+    log_rest = torch.tensor((1.0 - alpha) / others, device=dev).log()  # -inf when alpha = 1
+    lp = log_rest.expand(original.shape[0], vocab_size).clone()
+    lp[:, :NUM_SPECIAL] = -math.inf
+    lp.scatter_(1, original.long()[:, None], torch.tensor(alpha, device=dev).log().expand(
+        original.shape[0], 1).contiguous())
+    return lp
+
+
+def log_interp(logp1: torch.Tensor, logp2: torch.Tensor, weight) -> torch.Tensor:
+    """normalize(p1^w * p2^(1-w)) as log-probs (N, V); weight a float or (N,) per row. w = 1
+    gives p1, w = 0 gives p2 exactly (0 * log 0 counts as 0, so a zero in the unused side does
+    not turn into NaN)."""
+    w = torch.as_tensor(weight, dtype=torch.float32, device=logp1.device)
+    w = w.view(-1, 1) if w.ndim else w  # (N, 1) or ()
+    a = torch.where(w == 0, 0.0, w * logp1)
+    b = torch.where(w == 1, 0.0, (1 - w) * logp2)
+    return (a + b).log_softmax(-1)
+
+
+def replacement_logprobs(replacement: str, original: torch.Tensor, vocab_size: int, *,
+                         weight=None, alpha: float = 0.35, unigram_counts=None,
+                         aux_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """The replacement distribution (N, V) at N selected positions whose original tokens are
+    original (N,). ``weight`` (float or (N,)) is the weight of p1 for the ``p1->p2`` kinds."""
+    n, dev = original.shape[0], original.device
+    if replacement == "aux":
+        if aux_logits is None:
+            raise ValueError("replacement 'aux' needs aux_logits")
+        return aux_logprobs(aux_logits)
+    if replacement == "uniform":
+        return uniform_logprobs(n, vocab_size, dev)
+    if replacement == "unigram":
+        if unigram_counts is None:
+            raise ValueError("replacement 'unigram' needs unigram_counts")
+        return unigram_logprobs(unigram_counts, n, dev)
+    if replacement == "smoothed_onehot":
+        return smoothed_onehot_logprobs(original, vocab_size, alpha)
+    if replacement in INTERP_REPLACEMENTS:
+        first, _ = replacement.split("->")
+        lp1 = replacement_logprobs(first, original, vocab_size, unigram_counts=unigram_counts)
+        lp2 = smoothed_onehot_logprobs(original, vocab_size, alpha)
+        return log_interp(lp1, lp2, 1.0 if weight is None else weight)
+    raise ValueError(f"unknown replacement {replacement!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentations
+# ---------------------------------------------------------------------------------------------
+
+def validate_corruption(cfg: CorruptionConfig) -> None:
+    """Raise ConfigError for combinations that make no sense (called by corrupt_batch; call it
+    at start-up to fail before any work)."""
+    rep, aug = cfg.replacement, cfg.augmentation
+    if rep != "aux" and aug != "temperature":
+        hint = ("the log-interpolated replacements 'unigram->smoothed_onehot' / "
+                "'uniform->smoothed_onehot' already mix with the unigram"
+                if aug == "log_interp_unigram" else
+                f"'{aug}' acts on the auxiliary model, which a model-free replacement never runs")
+        raise ConfigError(f"corruption.augmentation: '{aug}' does not apply to the model-free "
+                          f"corruption.replacement = '{rep}' ({hint}); use augmentation = "
+                          "'temperature' or replacement = 'aux'")
+    if cfg.schedule == "stepwise" and cfg.tau < 1:
+        raise ConfigError(f"corruption.tau: the stepwise schedule uses tau as its number of "
+                          f"steps, which must be >= 1, got {cfg.tau}")
+    weight_like = rep in INTERP_REPLACEMENTS or aug == "log_interp_unigram"
+    rate_like = aug in (*DROPOUT_AUGMENTATIONS, "drop_token")
+    if (weight_like or rate_like) and cfg.schedule != "fixed":
+        g_max = cfg.t0 - 1.0
+        ok = 0.0 <= g_max < 1.0 if rate_like else 0.0 <= g_max <= 1.0
+        what = (f"the initial {aug} rate" if rate_like else "the initial interpolation weight")
+        if not ok:
+            bound = "[1, 2)" if rate_like else "[1, 2]"
+            raise ConfigError(f"corruption.t0: {what} is t0 - 1 = {g_max:g}, which must be a "
+                              f"{'rate' if rate_like else 'weight'}; set t0 in {bound}, e.g. "
+                              f"t0 = {1.2 if rate_like else 2.0} for "
+                              f"{0.2 if rate_like else 1.0}")
+
+
+@dataclass(frozen=True)
+class AugmentationPlan:
+    """What the schedule value asks for, for one batch of B samples."""
+
+    temperature: torch.Tensor  # (B,) divide log-probs by this (1 = unchanged)
+    weight: torch.Tensor  # (B,) weight of the easy side of a log-interpolation (0 = none)
+    drop_token: torch.Tensor  # (B,) fraction of aux input tokens to replace by [UNK]
+    hidden_dropout: float  # rates to set on the aux encoder (train mode); both 0 = eval mode
+    attention_dropout: float
+    used: torch.Tensor  # (B,) float32 schedule value actually used (the shards' column)
+
+
+def plan_augmentation(cfg: CorruptionConfig, value: torch.Tensor) -> AugmentationPlan:
+    """Map the schedule value T (B,) (float64 preferred) to the augmentation's parameters."""
+    value = value.double()
+    g = value - 1.0  # (B,) strength
+    ones, zeros = torch.ones_like(value), torch.zeros_like(value)
+    aug, rep = cfg.augmentation, cfg.replacement
+    temperature, weight, drop, hidden, attention, used = ones, zeros, zeros, 0.0, 0.0, value
+    if rep in INTERP_REPLACEMENTS or aug == "log_interp_unigram":
+        weight = g
+    elif aug == "temperature":
+        temperature = value
+    elif aug == "drop_token":
+        drop = g
+    elif aug in DROPOUT_AUGMENTATIONS:
+        # One forward pass has one dropout rate: use the batch's mean strength.
+        rate = float(g.mean()) if g.numel() else 0.0
+        hidden, attention = (rate, 0.0) if aug == "dropout" else (0.0, rate)
+        used = torch.full_like(value, 1.0 + rate)
+    return AugmentationPlan(temperature, weight, drop, hidden, attention, used.float())
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+def _row_chunks(n: int, vocab_size: int):
+    step = max(1, _CHUNK_ELEMENTS // vocab_size)
+    return (slice(i, min(i + step, n)) for i in range(0, n, step))
+
+
+def _gumbel_argmax_chunk(logp: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor,
+                         temperature: torch.Tensor) -> torch.Tensor:
+    """argmax(logp / T + G) for logp (n, V), Gumbel row keys k1, k2 (n,), T (n,) -> (n,)."""
+    counter = torch.arange(logp.shape[1], device=logp.device)  # the vocabulary index
+    noise = _gumbel_from_bits(_bits_from_keys(k1, k2, counter))  # (n, V)
+    return (logp.float() / temperature[:, None] + noise).argmax(-1)
+
+
+_sample_chunk = _gumbel_argmax_chunk
+
+
+def compile_sampling(enable: bool = True) -> None:
+    """Fuse hash, Gumbel noise and argmax into one kernel with ``torch.compile`` (process-wide).
+
+    Eager, the ~50 elementwise int64/float ops per (position, vocabulary) element cost far
+    more than the aux model's LM head (about 10x on CPU); fused they cost about 15x less on CPU
+    and the (n, V) temporaries disappear. Same integer draws, so the same samples up to float
+    near-ties. Worth it for ``generate`` and online corruption; the first call compiles (tens
+    of seconds), which is why it is not the default.
+    """
+    global _sample_chunk
+    _sample_chunk = (torch.compile(_gumbel_argmax_chunk, dynamic=True) if enable
+                     else _gumbel_argmax_chunk)
+
+
+def gumbel_argmax(logp: torch.Tensor, seed: int, epoch: int, seq_ids: torch.Tensor,
+                  positions: torch.Tensor, temperature=None) -> torch.Tensor:
+    """One sample per row of softmax(logp / T): argmax(logp / T + G), logp (N, V) (normalised
+    or not), G Gumbel noise keyed by (seed, epoch, seq_ids (N,), positions (N,), vocab index),
+    so a row's sample does not depend on the other rows. temperature: None, float or (N,).
+    Returns (N,) long. Processed in row chunks to bound the (rows, V) temporaries."""
+    N, V = logp.shape
+    out = torch.empty(N, dtype=torch.long, device=logp.device)
+    temperature = torch.as_tensor(1.0 if temperature is None else temperature,
+                                  dtype=torch.float32, device=logp.device).expand(N)
+    k1, k2 = _row_keys(seed, epoch, seq_ids.to(logp.device), STREAM_GUMBEL,
+                       positions.to(logp.device))  # (N,) each
+    for rows in _row_chunks(N, V):
+        out[rows] = _sample_chunk(logp[rows], k1[rows], k2[rows], temperature[rows])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class CorruptedBatch:
+    input_ids: torch.Tensor  # (B, T) long: the discriminator's input
+    labels: torch.Tensor  # (B, T) uint8: 1 = replaced by a different token
+    temperature: torch.Tensor  # (B,) float32: the schedule value used for each sample
+    selected: torch.Tensor  # (B, T) bool: the positions that were masked and resampled
+
+
+@contextlib.contextmanager
+def _seeded_dropout_rng(seed: int, epoch: int, seq_ids: torch.Tensor, device: torch.device):
+    """A forked global RNG seeded from the batch's keys: dropout masks cannot be keyed per
+    sequence, but this makes them reproducible for the same batch (e.g. a Beam retry), and the
+    caller's RNG stream is left untouched."""
+    s = int(keyed_bits(seed, epoch, seq_ids, STREAM_DROPOUT, (1,)).sum())
+    devices = [device.index if device.index is not None else torch.cuda.current_device()
+               ] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(s)
+        if devices:
+            with torch.cuda.device(devices[0]):
+                torch.cuda.manual_seed(s)
+        yield
+
+
+def _aux_logits(aux, input_ids, attention_mask, selected, plan, seed, epoch, seq_ids):
+    """Run the frozen aux model (N, V) at the selected positions: eval mode, or train mode
+    with the planned dropout rates; the model's mode and rates are restored afterwards."""
+    enc = aux.encoder
+    saved = (aux.training, enc.dropout, enc.attention_dropout)
+    use_dropout = plan.hidden_dropout > 0 or plan.attention_dropout > 0
+    try:
+        if use_dropout:
+            aux.train()
+            enc.set_dropout(plan.hidden_dropout, plan.attention_dropout)
+            rng = _seeded_dropout_rng(seed, epoch, seq_ids, input_ids.device)
+        else:
+            aux.eval()  # a frozen generator left in train mode would add unkeyed dropout
+            rng = contextlib.nullcontext()
+        with rng:
+            return aux(input_ids, attention_mask, positions_mask=selected)  # (N, V)
+    finally:
+        enc.set_dropout(saved[1], saved[2])
+        aux.train(saved[0])
+
+
+def corrupt_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_ids: torch.Tensor,
+                  epoch: int, u, cfg: CorruptionConfig, seed: int, aux=None,
+                  unigram_counts=None, vocab_size: int | None = None) -> CorruptedBatch:
+    """Mask, sample replacements and label one batch; the same code offline and online.
+
+    input_ids (B, T) long (left-aligned, [CLS] first), attention_mask (B, T), seq_ids (B,)
+    long, u: float or (B,) training progress per sample (granularity is the caller's: pass the
+    epoch's u for every sample for ``epoch``), aux: the frozen ``MLMModel`` (replacement
+    ``aux`` only; model-free replacements never touch a model), unigram_counts (V,) for the
+    unigram-based kinds, vocab_size when neither aux nor unigram_counts fixes it.
+    The aux model runs under inference_mode with its LM head only at selected positions; every
+    sample is drawn by Gumbel-max at the selected positions, including those that kept their
+    original token in the aux input (ELECTRA). Labels are 1 where the sample differs from the
+    original token.
+    """
+    validate_corruption(cfg)
+    rep, aug = cfg.replacement, cfg.augmentation
+    if rep == "aux" and aux is None:
+        raise ValueError("corruption.replacement = 'aux' needs the auxiliary model (aux=...)")
+    needs_unigram = "unigram" in rep or aug == "log_interp_unigram"
+    if needs_unigram and unigram_counts is None:
+        raise ValueError(f"corruption '{rep}' / '{aug}' needs the corpus unigram counts "
+                         "(CorpusShards.unigram_counts())")
+    sizes = {"vocab_size": vocab_size,
+             "the auxiliary model": None if aux is None else aux.cfg.vocab_size,
+             "the unigram counts": None if unigram_counts is None else len(unigram_counts)}
+    known = {k: v for k, v in sizes.items() if v is not None}
+    if len(set(known.values())) != 1:
+        raise ValueError("corrupt_batch: the vocabulary size must be given (vocab_size, aux or "
+                         f"unigram_counts) and agree; got {known}")
+    V = next(iter(known.values()))
+    B, T = input_ids.shape
+    dev = input_ids.device
+    seq_ids = seq_ids.to(dev).long()
+    u = torch.as_tensor(u, dtype=torch.float64).cpu().expand(B)
+    # On the host in float64: the schedule value (and any threshold derived from it) must not
+    # depend on the device's float32 exp.
+    plan = plan_augmentation(cfg, schedule_value(cfg.schedule, u, cfg.t0, cfg.tau))
+
+    with torch.inference_mode():
+        masked, selected = mask_positions(input_ids, seq_ids, seed, epoch, cfg.mask_prob,
+                                          cfg.mask_token_prob, attention_mask=attention_mask)
+        b_idx, t_idx = selected.nonzero(as_tuple=True)  # (N,) each, batch-then-time order
+        original = input_ids[b_idx, t_idx]  # (N,)
+        logits = None
+        if rep == "aux" and original.numel():
+            aux_in = masked
+            if aug == "drop_token":
+                aux_in = drop_tokens(masked, selected, seq_ids, seed, epoch, plan.drop_token)
+            logits = _aux_logits(aux, aux_in, attention_mask, selected, plan, seed, epoch,
+                                 seq_ids)  # (N, V)
+        temp = plan.temperature.float().to(dev)[b_idx]  # (N,)
+        weight = plan.weight.float().to(dev)[b_idx]  # (N,)
+        sampled = torch.empty_like(original)
+        for rows in _row_chunks(original.numel(), V):
+            lp = replacement_logprobs(
+                rep, original[rows], V, weight=weight[rows], alpha=cfg.smoothed_onehot_alpha,
+                unigram_counts=unigram_counts,
+                aux_logits=None if logits is None else logits[rows])  # (n, V)
+            if aug == "log_interp_unigram":
+                lp = log_interp(unigram_logprobs(unigram_counts, lp.shape[0], dev), lp,
+                                weight[rows])
+            sampled[rows] = gumbel_argmax(lp, seed, epoch, seq_ids[b_idx[rows]], t_idx[rows],
+                                          temp[rows])
+    # Leave inference mode with ordinary tensors: the discriminator's embedding saves its
+    # indices for backward, which an inference tensor refuses.
+    corrupted = input_ids.clone()
+    corrupted[b_idx.clone(), t_idx.clone()] = sampled.clone()
+    labels = (corrupted != input_ids).to(torch.uint8)
+    return CorruptedBatch(corrupted, labels, plan.used.to(dev), selected.clone())

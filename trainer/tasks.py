@@ -1,0 +1,163 @@
+"""Training modes as tasks: what a micro-batch is, what the loss is, what gets logged.
+
+``trainer.train`` runs the same loop for every task; a task owns its model, its data order and
+its metrics. Sums returned by ``loss``/``evaluate`` are added over micro-batches, ranks and
+the log interval before ``train_metrics``/``eval_metrics`` turn them into ratios.
+
+    task = build_task(cfg, dist)            # e.g. MLMTask for train.mode = "mlm"
+    batch = task.micro_batch(step, micro, dist)
+    loss, sums = task.loss(model, batch)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.config import RunConfig
+from trainer.corruption import mask_positions
+from trainer.data import CorpusTokens, TrainOrder
+from trainer.distributed import Dist
+from trainer.errors import UserError
+from trainer.model import EncoderConfig, MLMModel
+from trainer.shards import CorpusShards
+from trainer.tokenizer import NUM_SPECIAL
+
+# Held-out masks are fixed across runs, steps and seeds: evaluations stay comparable.
+_EVAL_SEED = 7
+
+
+class Task(Protocol):
+    model: torch.nn.Module
+    model_kind: str
+    data_fingerprint: str
+    samples_per_epoch: int
+
+    def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]: ...
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def train_metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+    def evaluate(self, model: torch.nn.Module, d: Dist) -> dict[str, float]: ...
+
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+
+def manifest_fingerprint(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def open_corpus(cfg: RunConfig) -> CorpusShards:
+    """The corpus of data.corpus_dir, checked against the model config."""
+    corpus = CorpusShards(cfg.data.corpus_dir)
+    if corpus.vocab_size != cfg.tokenizer.vocab_size:
+        raise UserError(f"{cfg.data.corpus_dir} was tokenised with a vocabulary of "
+                        f"{corpus.vocab_size}, the config says tokenizer.vocab_size = "
+                        f"{cfg.tokenizer.vocab_size}; set --set tokenizer.vocab_size="
+                        f"{corpus.vocab_size} or prepare the corpus again")
+    if corpus.max_seq_len > cfg.data.max_seq_len:
+        raise UserError(f"{cfg.data.corpus_dir} holds sequences of up to {corpus.max_seq_len} "
+                        f"tokens, the model takes data.max_seq_len = {cfg.data.max_seq_len}")
+    return corpus
+
+
+class MLMTask:
+    """``train.mode = "mlm"``: pre-train the auxiliary model (sizes from [aux]) by masked
+    language modelling with dynamic masking ([mlm]: BERT's 80/10/10 by default), keyed by
+    (seed, epoch, seq_id) so a step's masks never depend on world size or resumption."""
+
+    model_kind = "mlm"
+
+    def __init__(self, cfg: RunConfig, d: Dist):
+        self.cfg, self.device = cfg, d.device
+        corpus = open_corpus(cfg)
+        self.data_fingerprint = manifest_fingerprint(corpus.manifest)
+        self.tokens = CorpusTokens(corpus)
+        train_ids, heldout = self.tokens.split(cfg.train.holdout_fraction)
+        if len(train_ids) == 0:
+            raise UserError(f"train.holdout_fraction = {cfg.train.holdout_fraction} leaves no "
+                            f"training sequences in {cfg.data.corpus_dir}")
+        self.order = TrainOrder(train_ids, cfg.train.global_batch_size, cfg.train.seed)
+        self.heldout = heldout[:cfg.train.eval_sequences]
+        self.samples_per_epoch = len(train_ids)
+        self.model = MLMModel(EncoderConfig.aux(cfg))
+        counts = corpus.unigram_counts().astype(np.float64)
+        counts[:NUM_SPECIAL] = 0
+        counts[NUM_SPECIAL:] += 1  # unseen tokens get a small, finite probability
+        self.unigram_logp = torch.from_numpy(np.log(np.maximum(counts, 1e-300) / counts.sum()))
+        if d.is_main:
+            print(f"train: mlm on {cfg.data.corpus_dir}: {len(train_ids):,} training and "
+                  f"{len(heldout):,} held-out sequences; aux model "
+                  f"{self.model.num_parameters():,} parameters", flush=True)
+
+    def _masked(self, seq_ids: np.ndarray, epochs: np.ndarray, seed: int
+                ) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = self.tokens.batch(seq_ids)  # (B, T) each
+        m = self.cfg.mlm
+        masked = input_ids.clone()
+        selected = torch.zeros_like(input_ids, dtype=torch.bool)
+        sid = torch.from_numpy(seq_ids)
+        for e in np.unique(epochs):  # a global batch can straddle an epoch boundary
+            rows = torch.from_numpy(epochs == e)
+            masked[rows], selected[rows] = mask_positions(
+                input_ids[rows], sid[rows], seed=seed, epoch=int(e), mask_prob=m.mask_prob,
+                mask_token_prob=m.mask_token_prob, random_token_prob=m.random_token_prob,
+                vocab_size=self.cfg.tokenizer.vocab_size)
+        return {"input_ids": masked.to(self.device), "attention_mask": attention_mask.to(
+            self.device), "selected": selected.to(self.device),
+            "labels": input_ids[selected].to(self.device)}
+
+    def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]:
+        seq_ids, epochs = self.order.micro_batch(step, micro, d.rank, d.world_size,
+                                                 self.cfg.train.micro_batch_size_per_rank)
+        return self._masked(seq_ids, epochs, self.cfg.train.seed)
+
+    def _forward(self, model, b):
+        logits = model(b["input_ids"], b["attention_mask"], positions_mask=b["selected"])
+        return logits.float()  # (N, V)
+
+    def loss(self, model, b):
+        logits = self._forward(model, b)  # (N, V)
+        loss = F.cross_entropy(logits, b["labels"])
+        return loss, {"mlm_correct": (logits.argmax(-1) == b["labels"]).sum().detach(),
+                      "mlm_count": torch.tensor(float(len(b["labels"]))),
+                      "tokens": b["attention_mask"].sum().detach()}
+
+    def train_metrics(self, sums):
+        return {"mlm_accuracy": sums["mlm_correct"] / max(sums["mlm_count"], 1.0)}
+
+    def evaluate(self, model, d):
+        sums = {"nll": 0.0, "correct": 0.0, "count": 0.0, "unigram_nll": 0.0}
+        mine = self.heldout[d.rank::d.world_size]
+        size = self.cfg.train.micro_batch_size_per_rank
+        for i in range(0, len(mine), size):
+            seq_ids = mine[i:i + size]
+            b = self._masked(seq_ids, np.zeros(len(seq_ids), np.int64), _EVAL_SEED)
+            logits = self._forward(model, b)
+            labels = b["labels"]
+            sums["nll"] += F.cross_entropy(logits, labels, reduction="sum").item()
+            sums["correct"] += (logits.argmax(-1) == labels).sum().item()
+            sums["count"] += len(labels)
+            sums["unigram_nll"] -= self.unigram_logp[labels.cpu()].sum().item()
+        return sums
+
+    def eval_metrics(self, sums):
+        if sums["count"] == 0:
+            return {}
+        return {"eval_mlm_loss": sums["nll"] / sums["count"],
+                "eval_mlm_accuracy": sums["correct"] / sums["count"],
+                "eval_unigram_loss": sums["unigram_nll"] / sums["count"]}
+
+
+def build_task(cfg: RunConfig, d: Dist) -> Task:
+    if cfg.train.mode == "mlm":
+        return MLMTask(cfg, d)
+    raise UserError(f"train.mode = {cfg.train.mode!r} is not available in this version yet; "
+                    "available: 'mlm'")

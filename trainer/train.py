@@ -1,0 +1,245 @@
+"""The trainer: one loop for every mode, launched with torchrun (DDP) or as one process.
+
+    torchrun --nproc_per_node 2 -m trainer.train --config configs/tiny.toml --set train.mode=mlm
+    python -m trainer.train --config configs/tiny.toml --set train.mode=mlm      # 1 process
+    torchrun ... -m trainer.train --config C --resume           # = --set train.resume=auto
+
+Global batch = train.micro_batch_size_per_rank * grad_accum * world size = train.global_batch_size
+(train.grad_accum = 0 derives grad_accum from the world size): the data order is defined per
+global batch, so any world size sees the same samples at each step. Rank 0 writes ``config.toml``, ``metrics.jsonl`` and the
+checkpoints (``trainer.checkpoint``) into train.out_dir. A non-finite loss or gradient stops
+the run with a message; the last checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from trainer import checkpoint, distributed
+from trainer.cli import config_parser, main_guard, resolve_config
+from trainer.config import RunConfig, to_dict, to_toml
+from trainer.errors import UserError
+from trainer.logger import MetricsLog, peak_memory_gb
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.tasks import Task, build_task
+
+# Keys whose change would make a resumed run diverge from the one it continues.
+_RESUME_MUST_MATCH = ("data.max_seq_len", "tokenizer.vocab_size", "model.*", "aux.*",
+                      "mlm.*", "corruption.*", "train.mode", "train.global_batch_size",
+                      "train.seed", "train.lr", "train.warmup_steps", "train.weight_decay",
+                      "train.clip_grad_norm", "train.holdout_fraction")
+
+
+class TrainingError(UserError):
+    """The run cannot go on (non-finite loss, inconsistent resume)."""
+
+
+def autocast_context(device: torch.device, precision: str):
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
+    """train.grad_accum, or the value that makes the global batch when it is 0; raises when
+    micro-batch x grad_accum x world size cannot equal train.global_batch_size."""
+    t = cfg.train
+    per_rank = t.micro_batch_size_per_rank * world_size
+    if t.grad_accum == 0 and t.global_batch_size % per_rank == 0:
+        return t.global_batch_size // per_rank
+    if per_rank * t.grad_accum == t.global_batch_size:
+        return t.grad_accum
+    hint = (f"with {world_size} process(es) set train.grad_accum = "
+            f"{t.global_batch_size // per_rank} (or 0)" if t.global_batch_size % per_rank == 0
+            else f"{t.global_batch_size} is not divisible by micro_batch_size_per_rank x world "
+                 f"size = {per_rank}: change one of them")
+    raise UserError(f"train.global_batch_size = {t.global_batch_size}, but "
+                    f"micro_batch_size_per_rank ({t.micro_batch_size_per_rank}) x grad_accum "
+                    f"({t.grad_accum or 'auto'}) x world size ({world_size}) cannot make it; "
+                    + hint)
+
+
+def _flat(cfg_dict: dict) -> dict:
+    return {f"{s}.{k}": v for s, sec in cfg_dict.items() for k, v in sec.items()}
+
+
+def check_resume_config(saved: dict, cfg: RunConfig) -> list[str]:
+    """Raise on changes that break an exact continuation; return the harmless ones."""
+    old, new = _flat(saved), _flat(to_dict(cfg))
+    changed = sorted(k for k in new if old.get(k) != new[k])
+    fatal = [k for k in changed if any(k == p or (p.endswith(".*") and k.startswith(p[:-1]))
+                                       for p in _RESUME_MUST_MATCH)]
+    if fatal:
+        raise TrainingError(
+            "cannot resume: the checkpoint was trained with different "
+            + ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in fatal)
+            + ". Resume with the checkpoint's config.toml, or start a new train.out_dir")
+    return changed
+
+
+def resolve_resume(cfg: RunConfig) -> str | None:
+    out_dir, resume = cfg.train.out_dir, cfg.train.resume
+    if resume == "auto":
+        return checkpoint.find_latest(out_dir)
+    if resume:
+        return resume
+    existing = checkpoint.list_steps(out_dir)
+    if existing:
+        raise UserError(f"{out_dir} already holds checkpoints (up to step {existing[-1]}): pass "
+                        "--resume to continue that run, or set train.out_dir to a new folder")
+    return None
+
+
+def evaluate(task: Task, model: torch.nn.Module, d: distributed.Dist, precision: str) -> dict:
+    model.eval()
+    with torch.inference_mode(), autocast_context(d.device, precision):
+        sums = task.evaluate(model, d)
+    model.train()
+    keys = sorted(sums)
+    total = distributed.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64),
+                                       d)
+    return task.eval_metrics(dict(zip(keys, total.tolist(), strict=True)))
+
+
+def train(cfg: RunConfig, d: distributed.Dist) -> None:
+    t = cfg.train
+    accum = grad_accum_steps(cfg, d.world_size)
+    resume_path = resolve_resume(cfg)
+
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    task = build_task(cfg, d)
+    model = task.model.to(d.device)
+    raw_model = model
+    if t.compile:
+        model = torch.compile(model)
+    ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None) \
+        if d.enabled else model
+    opt = build_optimizer(raw_model, t)
+    sched = build_scheduler(opt, t)
+    # Dropout differs per rank (as it would across devices) but is reproducible.
+    torch.manual_seed(t.seed * 1_000_003 + d.rank + 1)
+
+    start = 0
+    if resume_path:
+        state, meta, rng = checkpoint.load(resume_path, d.rank)
+        for key in check_resume_config(meta["config"], cfg):
+            if d.is_main:
+                print(f"train: note: {key} differs from the checkpoint's config")
+        if meta["data_fingerprint"] != task.data_fingerprint:
+            raise TrainingError(f"cannot resume from {resume_path}: it was trained on data "
+                                f"{meta['data_fingerprint'][:12]}..., this config reads "
+                                f"{task.data_fingerprint[:12]}... (a different shard set)")
+        raw_model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = meta["step"]
+        if rng is not None:
+            checkpoint.set_rng_state(rng)
+        if d.is_main:
+            print(f"train: resumed from {resume_path} at step {start}", flush=True)
+
+    log = None
+    if d.is_main:
+        os.makedirs(t.out_dir, exist_ok=True)
+        with open(os.path.join(t.out_dir, "config.toml"), "w") as f:
+            f.write(to_toml(cfg))
+        log = MetricsLog(t.out_dir, t.max_steps, start)
+
+    def save(step: int) -> None:
+        state = {"model": raw_model.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict()}
+        meta = {"step": step, "samples_seen": step * t.global_batch_size, "mode": t.mode,
+                "world_size": d.world_size, "config": to_dict(cfg),
+                "data_fingerprint": task.data_fingerprint, "model_kind": task.model_kind}
+        checkpoint.save(t.out_dir, step, state, meta, d.rank, t.keep_checkpoints,
+                        lambda: distributed.barrier(d))
+
+    interval: dict[str, float] = {}
+    pending_eval: dict[str, float] = {}
+    interval_start, interval_steps = time.perf_counter(), 0
+    ddp.train()
+    for step in range(start, t.max_steps):
+        for micro in range(accum):
+            batch = task.micro_batch(step, micro, d)
+            sync = micro == accum - 1 or not d.enabled
+            with (contextlib.nullcontext() if sync else ddp.no_sync()), \
+                    autocast_context(d.device, t.precision):
+                loss, sums = task.loss(ddp, batch)
+            (loss / accum).backward()
+            # Tensors stay on the device until the log step: no host sync per micro-batch.
+            sums["loss_sum"] = loss.detach().float()
+            sums["micro_batches"] = 1.0
+            for k, v in sums.items():
+                interval[k] = interval.get(k, 0.0) + v
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), t.clip_grad_norm)
+        bad = torch.tensor([0.0 if torch.isfinite(grad_norm) and torch.isfinite(loss) else 1.0],
+                           dtype=torch.float64)
+        if distributed.all_reduce_sum(bad, d).item() > 0:
+            last = checkpoint.find_latest(t.out_dir)
+            raise TrainingError(
+                f"non-finite loss or gradient at step {step + 1} (loss {loss.item()}, grad norm "
+                f"{grad_norm.item()}); stopped without updating. Last good checkpoint: "
+                f"{last or 'none'}. Lower train.lr, raise train.warmup_steps, or check the data")
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        interval["grad_norm_sum"] = interval.get("grad_norm_sum", 0.0) + grad_norm.detach()
+        interval_steps += 1
+        done = step + 1
+
+        if t.eval_every and (done % t.eval_every == 0 or done == t.max_steps):
+            pending_eval = evaluate(task, ddp, d, t.precision)
+        if done % t.log_every == 0 or done == t.max_steps:
+            keys = sorted(interval)
+            totals = distributed.all_reduce_sum(
+                torch.tensor([float(interval[k]) for k in keys], dtype=torch.float64), d)
+            sums = dict(zip(keys, totals.tolist(), strict=True))
+            seconds = time.perf_counter() - interval_start
+            record = {
+                "step": done,
+                "epoch": done * t.global_batch_size / task.samples_per_epoch,
+                "loss": sums["loss_sum"] / sums["micro_batches"],
+                "lr": sched.get_last_lr()[0],
+                "grad_norm": sums["grad_norm_sum"] / d.world_size / interval_steps,
+                "tokens_per_s": sums["tokens"] / seconds,
+                "seconds_per_step": seconds / interval_steps,
+                "peak_memory_gb": peak_memory_gb(d.device),
+                **task.train_metrics(sums), **pending_eval,
+            }
+            if log is not None:
+                log.write(record)
+            interval, pending_eval = {}, {}
+            interval_start, interval_steps = time.perf_counter(), 0
+        if done % t.checkpoint_every == 0 or done == t.max_steps:
+            save(done)
+
+
+def run(argv: list[str] | None = None) -> None:
+    parser = config_parser("torchrun -m trainer.train", __doc__)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in train.out_dir "
+                             "(same as --set train.resume=auto)")
+    args = parser.parse_args(argv)
+    if args.resume:
+        args.overrides.append("train.resume=auto")
+    rank = int(os.environ.get("RANK", 0))
+    cfg = resolve_config(args, echo=rank == 0)
+    d = distributed.setup(cfg.train.device)
+    try:
+        train(cfg, d)
+    finally:
+        distributed.teardown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_guard(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
