@@ -14,9 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Whole flow on the embedded default corpus (docstrings of the Python standard library).
+# Whole flow on the embedded default corpus (docstrings of the Python standard library):
+# prepare the corpus, then pre-train a tiny auxiliary MLM on it with 2 DDP ranks (gloo).
 demo: $(STAMP)
 	$(PY) -m pipeline.prepare --config configs/tiny.toml --overwrite
+	rm -rf runs/tiny/aux
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node 2 -m trainer.train \
+	    --config configs/tiny.toml --set train.mode=mlm --set train.out_dir=runs/tiny/aux
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -4,11 +4,12 @@
     python -m trainer.train --config configs/tiny.toml --set train.mode=mlm      # 1 process
     torchrun ... -m trainer.train --config C --resume           # = --set train.resume=auto
 
-Global batch = train.micro_batch_size_per_rank * grad_accum * world size = train.global_batch_size
+train.micro_batch_size_per_rank * grad_accum * world size must equal train.global_batch_size
 (train.grad_accum = 0 derives grad_accum from the world size): the data order is defined per
-global batch, so any world size sees the same samples at each step. Rank 0 writes ``config.toml``, ``metrics.jsonl`` and the
-checkpoints (``trainer.checkpoint``) into train.out_dir. A non-finite loss or gradient stops
-the run with a message; the last checkpoint stays intact.
+global batch, so any world size sees the same samples at each step. Rank 0 writes
+``config.toml``, ``metrics.jsonl`` and the checkpoints (``trainer.checkpoint``) into
+train.out_dir. A non-finite loss or gradient stops the run with a message; the last
+checkpoint stays intact.
 """
 
 from __future__ import annotations

@@ -1,0 +1,155 @@
+"""The trainer as users run it: real processes, real torchrun (gloo), kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, TINY
+from trainer import checkpoint
+from trainer.config import load_config
+from trainer.errors import UserError
+from trainer.train import check_resume_config, grad_accum_steps, resolve_resume
+
+# A model small enough for many steps a second on one core.
+SMALL = ["model.num_layers=2", "model.hidden_size=32", "model.num_heads=2", "model.ffn_size=64",
+         "aux.num_layers=2", "train.mode=mlm", "train.warmup_steps=2", "train.lr=2e-3",
+         "train.log_every=1", "train.eval_every=0", "train.holdout_fraction=0.05",
+         "tokenizer.vocab_size=600", "data.max_seq_len=64"]
+
+
+def train_argv(corpus_dir, out_dir, *overrides: str) -> list[str]:
+    argv = ["--config", TINY]
+    for o in [*SMALL, f"data.corpus_dir={corpus_dir}", f"train.out_dir={out_dir}", *overrides]:
+        argv += ["--set", o]
+    return argv
+
+
+def env() -> dict:
+    # One thread per process: two ranks on two cores, and identical numerics run to run.
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+
+
+def train_proc(argv: list[str], nproc: int = 1, **kw) -> subprocess.Popen:
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "trainer.train", *argv]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(nproc), "-m", "trainer.train", *argv]
+    return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def run_train(argv: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
+    p = train_proc(argv, nproc)
+    out, err = p.communicate(timeout=300)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def metrics(out_dir) -> list[dict]:
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_mlm_one_process_equals_two_ranks(prepared, tmp_path):
+    """Same global batch, 1 process with grad accumulation vs torchrun with 2 gloo ranks:
+    the same samples and masks per step, so the same losses (dropout off: it is per rank)."""
+    corpus_dir, _, _ = prepared
+    common = ["train.max_steps=12", "train.global_batch_size=16",
+              "train.micro_batch_size_per_rank=8", "model.dropout=0",
+              "model.attention_dropout=0", "train.checkpoint_every=12"]
+    one = run_train(train_argv(corpus_dir, tmp_path / "one", *common))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_train(train_argv(corpus_dir, tmp_path / "two", *common), nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1, m2 = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [r["step"] for r in m1] == [r["step"] for r in m2] == list(range(1, 13))
+    for a, b in zip(m1, m2, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+        assert a["mlm_accuracy"] == pytest.approx(b["mlm_accuracy"], abs=1e-6)
+    assert m1[-1]["loss"] < m1[0]["loss"]
+    assert checkpoint.list_steps(str(tmp_path / "two")) == [12]
+
+
+def test_kill_9_then_resume_gives_identical_losses(prepared, tmp_path):
+    corpus_dir, _, _ = prepared
+    common = ["train.max_steps=300", "train.checkpoint_every=20", "train.keep_checkpoints=2",
+              "train.global_batch_size=8", "train.micro_batch_size_per_rank=4",
+              "train.eval_every=100"]
+    straight = run_train(train_argv(corpus_dir, tmp_path / "straight", *common))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    p = train_proc(train_argv(corpus_dir, out, *common), start_new_session=True)
+    deadline = time.time() + 120
+    while checkpoint.list_steps(str(out)) == [] and time.time() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None, "training ended before it could be killed"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    killed_at = checkpoint.list_steps(str(out))
+    assert killed_at and killed_at[-1] < 300
+
+    resumed = run_train(train_argv(corpus_dir, out, *common) + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    timing = {"tokens_per_s", "seconds_per_step", "peak_memory_gb"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa
+    assert strip(metrics(out)) == strip(metrics(tmp_path / "straight"))
+    assert checkpoint.list_steps(str(out)) == [280, 300]
+
+
+def test_non_finite_loss_stops_cleanly_and_keeps_last_checkpoint(prepared, tmp_path):
+    corpus_dir, _, _ = prepared
+    out = tmp_path / "nan"
+    r = run_train(train_argv(corpus_dir, out, "train.max_steps=20", "train.lr=1e30",
+                             "train.warmup_steps=0", "train.checkpoint_every=1",
+                             "train.global_batch_size=8", "train.micro_batch_size_per_rank=8"))
+    assert r.returncode == 2
+    assert "error: non-finite loss or gradient at step" in r.stderr
+    assert "Traceback" not in r.stderr
+    steps = checkpoint.list_steps(str(out))
+    assert steps, "the step before the blow-up must be checkpointed"
+    state, meta, _ = checkpoint.load(checkpoint.step_dir(str(out), steps[-1]), 0)
+    assert meta["step"] == steps[-1] and "model" in state
+
+
+def test_fresh_start_refuses_a_folder_with_checkpoints(tmp_path):
+    cfg = load_config(TINY, [f"train.out_dir={tmp_path}"])
+    assert resolve_resume(cfg) is None
+    os.makedirs(checkpoint.step_dir(str(tmp_path), 40))
+    (tmp_path / "checkpoints" / "step_00000040" / "meta.json").write_text("{}")
+    os.makedirs(tmp_path / "checkpoints" / ".tmp-step_00000050")  # a crash's leftover
+    with pytest.raises(UserError, match=r"up to step 40\): pass --resume"):
+        resolve_resume(cfg)
+    cfg = load_config(TINY, [f"train.out_dir={tmp_path}", "train.resume=auto"])
+    assert resolve_resume(cfg) == checkpoint.step_dir(str(tmp_path), 40)
+
+
+def test_batch_geometry():
+    cfg = load_config(TINY, ["train.global_batch_size=32", "train.micro_batch_size_per_rank=8"])
+    assert [grad_accum_steps(cfg, w) for w in (1, 2, 4)] == [4, 2, 1]
+    with pytest.raises(UserError, match="not divisible by micro_batch_size_per_rank x world"):
+        grad_accum_steps(cfg, 3)
+    fixed = load_config(TINY, ["train.global_batch_size=32", "train.micro_batch_size_per_rank=8",
+                               "train.grad_accum=2"])
+    assert grad_accum_steps(fixed, 2) == 2
+    with pytest.raises(UserError, match=r"with 1 process\(es\) set train.grad_accum = 4"):
+        grad_accum_steps(fixed, 1)
+
+
+def test_resume_config_check():
+    from trainer.config import to_dict
+
+    saved = to_dict(load_config(TINY))
+    assert check_resume_config(saved, load_config(TINY, ["train.max_steps=100",
+                                                         "train.log_every=5"])) \
+        == ["train.log_every", "train.max_steps"]
+    with pytest.raises(UserError, match=r"model.hidden_size \(64 -> 128\)"):
+        check_resume_config(saved, load_config(TINY, ["model.hidden_size=128"]))
