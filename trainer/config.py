@@ -38,6 +38,15 @@ def _check_prob(value: float, key: str) -> None:
     _check(0.0 <= value <= 1.0, key, f"must be in [0, 1], got {value}")
 
 
+def _check_masking(section: str, mask_prob: float, mask_token_prob: float,
+                   random_token_prob: float = 0.0) -> None:
+    _check(0.0 < mask_prob < 1.0, f"{section}.mask_prob", f"must be in (0, 1), got {mask_prob}")
+    _check_prob(mask_token_prob, f"{section}.mask_token_prob")
+    _check_prob(random_token_prob, f"{section}.random_token_prob")
+    _check(mask_token_prob + random_token_prob <= 1.0, f"{section}.mask_token_prob",
+           f"{section}.mask_token_prob + random_token_prob must be <= 1")
+
+
 @dataclass
 class DataConfig:
     """Raw text in, corpus shards out (``pipeline.prepare``)."""
@@ -177,8 +186,7 @@ class CorruptionConfig:
     """Mass the smoothed one-hot distribution puts on the original token."""
 
     def __post_init__(self):
-        _check(0.0 < self.mask_prob < 1.0, "corruption.mask_prob", "must be in (0, 1)")
-        _check_prob(self.mask_token_prob, "corruption.mask_token_prob")
+        _check_masking("corruption", self.mask_prob, self.mask_token_prob)
         _check_prob(self.smoothed_onehot_alpha, "corruption.smoothed_onehot_alpha")
         _check(self.t0 > 0, "corruption.t0", f"must be > 0, got {self.t0}")
         _check(self.tau > 0, "corruption.tau", f"must be > 0, got {self.tau}")
@@ -218,11 +226,7 @@ class MLMConfig:
     """Of the selected tokens, the fraction replaced by a random token; the rest are kept."""
 
     def __post_init__(self):
-        _check(0.0 < self.mask_prob < 1.0, "mlm.mask_prob", "must be in (0, 1)")
-        _check_prob(self.mask_token_prob, "mlm.mask_token_prob")
-        _check_prob(self.random_token_prob, "mlm.random_token_prob")
-        _check(self.mask_token_prob + self.random_token_prob <= 1.0, "mlm.random_token_prob",
-               "mlm.mask_token_prob + mlm.random_token_prob must be <= 1")
+        _check_masking("mlm", self.mask_prob, self.mask_token_prob, self.random_token_prob)
 
 
 @dataclass

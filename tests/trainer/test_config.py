@@ -69,7 +69,7 @@ def test_overrides_are_typed():
     ("data.max_seq_len=1.5", "data.max_seq_len: got 1.5 (float), expected int"),
     ("data.max_seq_len=true", "expected int"),
     ("data.format=xml", "data.format: got 'xml', expected one of 'auto', 'text'"),
-    ("model.num_heads=5", "model.num_heads: must divide model.hidden_size (64), got 5"),
+    ("model.num_heads=5", "model.num_heads: must divide model.hidden_size (128), got 5"),
     ("train.global_batch_size=33", "train.global_batch_size: 33 is not a multiple of"),
     ("corruption.mask_prob=1.5", "corruption.mask_prob: must be in (0, 1)"),
     ("lr=1", "expected section.key=value"),

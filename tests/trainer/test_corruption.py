@@ -24,12 +24,7 @@ AUX_CFG = EncoderConfig(vocab_size=V, num_layers=2, hidden_size=32, num_heads=4,
 M32 = 0xFFFFFFFF
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -151,5 +151,5 @@ def test_resume_config_check():
     assert check_resume_config(saved, load_config(TINY, ["train.max_steps=100",
                                                          "train.log_every=5"])) \
         == ["train.log_every", "train.max_steps"]
-    with pytest.raises(UserError, match=r"model.hidden_size \(64 -> 128\)"):
-        check_resume_config(saved, load_config(TINY, ["model.hidden_size=128"]))
+    with pytest.raises(UserError, match=r"model.hidden_size \(128 -> 256\)"):
+        check_resume_config(saved, load_config(TINY, ["model.hidden_size=256"]))
