@@ -35,7 +35,6 @@ from pipeline.beam_util import (
     join,
     pipeline_options,
     read_bytes,
-    user_error_in,
     write_atomic,
     write_json_atomic,
 )
@@ -49,6 +48,7 @@ from pipeline.corpus_parts import (
     part_rows,
     plan_parts,
 )
+from pipeline.shard_sets import prepare_output, run_pipeline
 from pipeline.sources import FileReport, InputError, expand_inputs, read_file, resolve_format
 from pipeline.tokenizer_train import train_tokenizer
 from trainer.cli import config_parser, main_guard, resolve_config
@@ -316,33 +316,6 @@ def fingerprint(cfg: RunConfig, files: list[tuple[str, int]], model: bytes | Non
             "inputs": [list(f) for f in files]}
 
 
-def clear_output(corpus_dir: str, fp: dict, overwrite: bool) -> bool:
-    """Make ``corpus_dir`` ready for a new corpus. Returns False when it already holds this
-    very corpus (nothing to do)."""
-    manifest_path = join(corpus_dir, MANIFEST)
-    if exists(manifest_path):
-        old = read_manifest(corpus_dir, "corpus").get("fingerprint")
-        if old == fp and not overwrite:
-            return False
-        if not overwrite:
-            differ = sorted(f"{section}.{k}" for section in ("data", "tokenizer")
-                            for k in set(fp[section]) | set((old or {}).get(section, {}))
-                            if fp[section].get(k) != (old or {}).get(section, {}).get(k))
-            if (old or {}).get("inputs") != fp["inputs"]:
-                differ.append("input files")
-            raise PrepareError(f"{corpus_dir} already holds a different corpus (differs in: "
-                               f"{', '.join(differ) or 'unknown'}). Pass --overwrite to replace "
-                               "it, or set data.corpus_dir to another folder")
-        # Drop the manifest first: from here on the folder reads as incomplete.
-        FileSystems.delete([manifest_path])
-    stale = [m.path for pattern in ("part-*.parquet", ".tmp-*", UNIGRAM_FILE)
-             for m in FileSystems.match([join(corpus_dir, pattern)])[0].metadata_list]
-    if stale:
-        print(f"prepare: removing {len(stale)} file(s) of an earlier run from {corpus_dir}")
-        FileSystems.delete(stale)
-    return True
-
-
 def print_summary(m: dict) -> None:
     problems = [r for r in m["inputs"] if r["undecodable_bytes"] or r["bad_records"]]
     for r in problems:
@@ -371,7 +344,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     preflight(files, cfg)
     given = load_given_tokenizer(cfg)
     fp = fingerprint(cfg, files, given)
-    if not clear_output(corpus_dir, fp, args.overwrite):
+    if not prepare_output(corpus_dir, "corpus", fp, args.overwrite,
+                          ["part-*.parquet", UNIGRAM_FILE], "prepare"):
         print(f"prepare: {corpus_dir} already holds this corpus (same config and inputs); "
               "nothing to do. Pass --overwrite to rebuild it.")
         manifest = read_manifest(corpus_dir, "corpus")
@@ -405,13 +379,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     }
     p = test_pipeline or beam.Pipeline(options=pipeline_options(beam_argv))
     build(p, files, cfg, context)
-    try:
-        p.run().wait_until_finish()
-    except Exception as e:
-        user_error = user_error_in(e)
-        if user_error is None:
-            raise
-        raise user_error from None
+    run_pipeline(p)
     manifest = read_manifest(corpus_dir, "corpus")
     print_summary(manifest)
     return manifest

@@ -1,0 +1,72 @@
+"""What every Beam job does around its pipeline: recognise a re-run of the same job, refuse to
+replace a different shard set, clear the leftovers of an interrupted run, and run the pipeline
+so that a UserError raised in a worker reaches the user as one.
+
+    if not prepare_output(out_dir, "corpus", fp, overwrite, ["part-*.parquet"], "prepare"):
+        return read_manifest(out_dir, "corpus")          # same inputs: nothing to do
+    run_pipeline(p)
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.beam_util import exists, join, user_error_in
+from trainer.errors import UserError
+from trainer.shards import MANIFEST, read_manifest
+
+
+class OutputError(UserError):
+    """The output folder holds something this run must not replace."""
+
+
+def _flatten(obj, prefix: str = "") -> dict:
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out = {}
+    for k, v in obj.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def fingerprint_diff(old: dict | None, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two fingerprints."""
+    a, b = _flatten(old or {}), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def prepare_output(root: str, kind: str, fp: dict, overwrite: bool, patterns: list[str],
+                   job: str) -> bool:
+    """Make ``root`` ready for a new ``kind`` shard set with fingerprint ``fp``. Returns False
+    when it already holds this very set (nothing to do). A different complete set is refused
+    unless ``overwrite``; files matching ``patterns`` (and temporaries) from an earlier or
+    interrupted run are deleted, after the manifest, so the folder never looks complete."""
+    manifest_path = join(root, MANIFEST)
+    if exists(manifest_path):
+        old = read_manifest(root, kind).get("fingerprint")
+        if old == fp and not overwrite:
+            return False
+        if not overwrite:
+            differ = fingerprint_diff(old, fp)
+            raise OutputError(f"{root} already holds a different {kind} shard set (differs in: "
+                              f"{', '.join(differ) or 'unknown'}). Pass --overwrite to replace "
+                              "it, or write to another folder")
+        FileSystems.delete([manifest_path])
+    stale = [m.path for pattern in [*patterns, ".tmp-*"]
+             for m in FileSystems.match([join(root, pattern)])[0].metadata_list]
+    if stale:
+        print(f"{job}: removing {len(stale)} file(s) of an earlier run from {root}")
+        FileSystems.delete(stale)
+    return True
+
+
+def run_pipeline(p: beam.Pipeline) -> None:
+    """Run and wait; a failure caused by a UserError is re-raised as that UserError."""
+    try:
+        p.run().wait_until_finish()
+    except Exception as e:
+        user_error = user_error_in(e)
+        if user_error is None:
+            raise
+        raise user_error from None
