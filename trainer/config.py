@@ -230,6 +230,23 @@ class MLMConfig:
 
 
 @dataclass
+class JointConfig:
+    """The joint baselines: ``train.mode`` = ``electra`` or ``decoupled`` (trainer.joint)."""
+
+    embedding_sharing: Literal["shared", "none", "gdes"] = "shared"
+    """electra: generator and discriminator share token embeddings, keep their own, or use
+    DeBERTaV3's gradient-disentangled sharing. decoupled always keeps them separate."""
+    rtd_weight: float = 50.0
+    """electra: lambda in loss = MLM + lambda * RTD (ELECTRA: 50)."""
+    generator_lr: float = 2e-4
+    """decoupled: peak lr of the generator's own optimizer (paper: 2e-4; D uses train.lr)."""
+
+    def __post_init__(self):
+        _check(self.rtd_weight > 0, "joint.rtd_weight", f"must be > 0, got {self.rtd_weight}")
+        _check(self.generator_lr > 0, "joint.generator_lr", "must be > 0")
+
+
+@dataclass
 class TrainConfig:
     """The trainer (``torchrun -m trainer.train``)."""
 
@@ -309,6 +326,7 @@ class RunConfig:
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     mlm: MLMConfig = field(default_factory=MLMConfig)
+    joint: JointConfig = field(default_factory=JointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -60,9 +60,9 @@ class MetricsLog:
         done = step - self.start_step
         eta = elapsed / done * (self.max_steps - step) if done > 0 else float("nan")
         extra = " | ".join(f"{k} {r[k]:.4g}" for k in sorted(r)
-                           if k not in ("step", "loss", "lr", "tokens_per_s", "seconds_per_step",
-                                        "grad_norm", "peak_memory_gb", "epoch")
-                           and isinstance(r[k], float))
+                           if k not in ("step", "loss", "tokens_per_s", "seconds_per_step",
+                                        "peak_memory_gb", "epoch")
+                           and not k.startswith(("lr", "grad_norm")) and isinstance(r[k], float))
         print(f"step {step}/{self.max_steps} | loss {r['loss']:.4f} | "
               + (f"{extra} | " if extra else "")
               + f"lr {r['lr']:.2e} | {r['tokens_per_s'] / 1000:.1f}k tok/s | "

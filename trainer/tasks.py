@@ -38,6 +38,8 @@ class Task(Protocol):
     data_fingerprint: str
     samples_per_epoch: int
 
+    def optimized(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, float]]: ...
+
     def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]: ...
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
@@ -68,15 +70,17 @@ def open_corpus(cfg: RunConfig) -> CorpusShards:
     return corpus
 
 
-class MLMTask:
-    """``train.mode = "mlm"``: pre-train the auxiliary model (sizes from [aux]) by masked
-    language modelling with dynamic masking ([mlm]: BERT's 80/10/10 by default), keyed by
-    (seed, epoch, seq_id) so a step's masks never depend on world size or resumption."""
+class CorpusTask:
+    """What the corpus-reading modes share: the corpus in memory, the held-out split, the
+    step -> samples order, and masking keyed by (seed, epoch, seq_id), so a step's masks never
+    depend on world size or resumption. Subclasses add the model, loss and metrics."""
 
-    model_kind = "mlm"
+    eval_seed = _EVAL_SEED
 
-    def __init__(self, cfg: RunConfig, d: Dist):
+    def __init__(self, cfg: RunConfig, d: Dist, mask_prob: float, mask_token_prob: float,
+                 random_token_prob: float):
         self.cfg, self.device = cfg, d.device
+        self.masking = (mask_prob, mask_token_prob, random_token_prob)
         corpus = open_corpus(cfg)
         self.data_fingerprint = manifest_fingerprint(corpus.manifest)
         self.tokens = CorpusTokens(corpus)
@@ -87,37 +91,66 @@ class MLMTask:
         self.order = TrainOrder(train_ids, cfg.train.global_batch_size, cfg.train.seed)
         self.heldout = heldout[:cfg.train.eval_sequences]
         self.samples_per_epoch = len(train_ids)
-        self.model = MLMModel(EncoderConfig.aux(cfg))
-        counts = corpus.unigram_counts().astype(np.float64)
-        counts[:NUM_SPECIAL] = 0
-        counts[NUM_SPECIAL:] += 1  # unseen tokens get a small, finite probability
-        self.unigram_logp = torch.from_numpy(np.log(np.maximum(counts, 1e-300) / counts.sum()))
+        self.unigram_counts = corpus.unigram_counts()
+
+    def announce(self, d: Dist, what: str) -> None:
         if d.is_main:
-            print(f"train: mlm on {cfg.data.corpus_dir}: {len(train_ids):,} training and "
-                  f"{len(heldout):,} held-out sequences; aux model "
-                  f"{self.model.num_parameters():,} parameters", flush=True)
+            print(f"train: {what}; {self.samples_per_epoch:,} training and "
+                  f"{len(self.heldout):,} held-out sequences from {self.cfg.data.corpus_dir}",
+                  flush=True)
+
+    def optimized(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, float]]:
+        """(name, module, peak lr) per optimizer."""
+        return [("model", model, self.cfg.train.lr)]
 
     def _masked(self, seq_ids: np.ndarray, epochs: np.ndarray, seed: int
                 ) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = self.tokens.batch(seq_ids)  # (B, T) each
-        m = self.cfg.mlm
+        mask_prob, mask_token_prob, random_token_prob = self.masking
         masked = input_ids.clone()
         selected = torch.zeros_like(input_ids, dtype=torch.bool)
         sid = torch.from_numpy(seq_ids)
         for e in np.unique(epochs):  # a global batch can straddle an epoch boundary
             rows = torch.from_numpy(epochs == e)
             masked[rows], selected[rows] = mask_positions(
-                input_ids[rows], sid[rows], seed=seed, epoch=int(e), mask_prob=m.mask_prob,
-                mask_token_prob=m.mask_token_prob, random_token_prob=m.random_token_prob,
+                input_ids[rows], sid[rows], seed=seed, epoch=int(e), mask_prob=mask_prob,
+                mask_token_prob=mask_token_prob, random_token_prob=random_token_prob,
                 vocab_size=self.cfg.tokenizer.vocab_size)
-        return {"input_ids": masked.to(self.device), "attention_mask": attention_mask.to(
-            self.device), "selected": selected.to(self.device),
-            "labels": input_ids[selected].to(self.device)}
+        tensors = {"input_ids": masked, "original_ids": input_ids,
+                   "attention_mask": attention_mask, "selected": selected,
+                   "labels": input_ids[selected], "seq_ids": sid,
+                   "epochs": torch.from_numpy(epochs)}
+        return {k: v.to(self.device) for k, v in tensors.items()}
 
     def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]:
         seq_ids, epochs = self.order.micro_batch(step, micro, d.rank, d.world_size,
                                                  self.cfg.train.micro_batch_size_per_rank)
         return self._masked(seq_ids, epochs, self.cfg.train.seed)
+
+    def heldout_batches(self, d: Dist):
+        """This rank's share of the held-out sequences, masked with the fixed eval seed."""
+        mine = self.heldout[d.rank::d.world_size]
+        size = self.cfg.train.micro_batch_size_per_rank
+        for i in range(0, len(mine), size):
+            seq_ids = mine[i:i + size]
+            yield self._masked(seq_ids, np.zeros(len(seq_ids), np.int64), self.eval_seed)
+
+
+class MLMTask(CorpusTask):
+    """``train.mode = "mlm"``: pre-train the auxiliary model (sizes from [aux]) by masked
+    language modelling with dynamic masking ([mlm]: BERT's 80/10/10 by default)."""
+
+    model_kind = "mlm"
+
+    def __init__(self, cfg: RunConfig, d: Dist):
+        m = cfg.mlm
+        super().__init__(cfg, d, m.mask_prob, m.mask_token_prob, m.random_token_prob)
+        self.model = MLMModel(EncoderConfig.aux(cfg))
+        counts = self.unigram_counts.astype(np.float64)
+        counts[:NUM_SPECIAL] = 0
+        counts[NUM_SPECIAL:] += 1  # unseen tokens get a small, finite probability
+        self.unigram_logp = torch.from_numpy(np.log(np.maximum(counts, 1e-300) / counts.sum()))
+        self.announce(d, f"mlm, aux model {self.model.num_parameters():,} parameters")
 
     def _forward(self, model, b):
         logits = model(b["input_ids"], b["attention_mask"], positions_mask=b["selected"])
@@ -135,11 +168,7 @@ class MLMTask:
 
     def evaluate(self, model, d):
         sums = {"nll": 0.0, "correct": 0.0, "count": 0.0, "unigram_nll": 0.0}
-        mine = self.heldout[d.rank::d.world_size]
-        size = self.cfg.train.micro_batch_size_per_rank
-        for i in range(0, len(mine), size):
-            seq_ids = mine[i:i + size]
-            b = self._masked(seq_ids, np.zeros(len(seq_ids), np.int64), _EVAL_SEED)
+        for b in self.heldout_batches(d):
             logits = self._forward(model, b)
             labels = b["labels"]
             sums["nll"] += F.cross_entropy(logits, labels, reduction="sum").item()
@@ -159,5 +188,9 @@ class MLMTask:
 def build_task(cfg: RunConfig, d: Dist) -> Task:
     if cfg.train.mode == "mlm":
         return MLMTask(cfg, d)
+    if cfg.train.mode in ("electra", "decoupled"):
+        from trainer.joint import JointTask  # joint builds on this module's CorpusTask
+
+        return JointTask(cfg, d)
     raise UserError(f"train.mode = {cfg.train.mode!r} is not available in this version yet; "
-                    "available: 'mlm'")
+                    "available: 'mlm', 'electra', 'decoupled'")

@@ -32,7 +32,7 @@ from trainer.tasks import Task, build_task
 
 # Keys whose change would make a resumed run diverge from the one it continues.
 _RESUME_MUST_MATCH = ("data.max_seq_len", "tokenizer.vocab_size", "model.*", "aux.*",
-                      "mlm.*", "corruption.*", "train.mode", "train.global_batch_size",
+                      "mlm.*", "joint.*", "corruption.*", "train.mode", "train.global_batch_size",
                       "train.seed", "train.lr", "train.warmup_steps", "train.weight_decay",
                       "train.clip_grad_norm", "train.holdout_fraction")
 
@@ -121,8 +121,9 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
         model = torch.compile(model)
     ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None) \
         if d.enabled else model
-    opt = build_optimizer(raw_model, t)
-    sched = build_scheduler(opt, t)
+    optimized = task.optimized(raw_model)  # [(name, module, peak lr)], one AdamW each
+    opts = [build_optimizer(module, t, lr) for _, module, lr in optimized]
+    scheds = [build_scheduler(opt, t) for opt in opts]
     # Dropout differs per rank (as it would across devices) but is reproducible.
     torch.manual_seed(t.seed * 1_000_003 + d.rank + 1)
 
@@ -137,8 +138,10 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
                                 f"{meta['data_fingerprint'][:12]}..., this config reads "
                                 f"{task.data_fingerprint[:12]}... (a different shard set)")
         raw_model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        for opt, sched, o, sc in zip(opts, scheds, state["optimizers"], state["schedulers"],
+                                     strict=True):
+            opt.load_state_dict(o)
+            sched.load_state_dict(sc)
         start = meta["step"]
         if rng is not None:
             checkpoint.set_rng_state(rng)
@@ -153,8 +156,9 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
         log = MetricsLog(t.out_dir, t.max_steps, start)
 
     def save(step: int) -> None:
-        state = {"model": raw_model.state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict()}
+        state = {"model": raw_model.state_dict(),
+                 "optimizers": [opt.state_dict() for opt in opts],
+                 "schedulers": [sched.state_dict() for sched in scheds]}
         meta = {"step": step, "samples_seen": step * t.global_batch_size, "mode": t.mode,
                 "world_size": d.world_size, "config": to_dict(cfg),
                 "data_fingerprint": task.data_fingerprint, "model_kind": task.model_kind}
@@ -178,19 +182,25 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
             sums["micro_batches"] = 1.0
             for k, v in sums.items():
                 interval[k] = interval.get(k, 0.0) + v
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), t.clip_grad_norm)
-        bad = torch.tensor([0.0 if torch.isfinite(grad_norm) and torch.isfinite(loss) else 1.0],
-                           dtype=torch.float64)
+        # Each optimizer clips its own model's gradient (DecoupledOptim clips G and D apart).
+        norms = [torch.nn.utils.clip_grad_norm_(module.parameters(), t.clip_grad_norm)
+                 for _, module, _ in optimized]
+        grad_norm = norms[0]
+        finite = torch.isfinite(loss) and all(torch.isfinite(n) for n in norms)
+        bad = torch.tensor([0.0 if finite else 1.0], dtype=torch.float64)
         if distributed.all_reduce_sum(bad, d).item() > 0:
             last = checkpoint.find_latest(t.out_dir)
             raise TrainingError(
                 f"non-finite loss or gradient at step {step + 1} (loss {loss.item()}, grad norm "
                 f"{grad_norm.item()}); stopped without updating. Last good checkpoint: "
                 f"{last or 'none'}. Lower train.lr, raise train.warmup_steps, or check the data")
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        interval["grad_norm_sum"] = interval.get("grad_norm_sum", 0.0) + grad_norm.detach()
+        for opt, sched in zip(opts, scheds, strict=True):
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        for (name, _, _), norm in zip(optimized, norms, strict=True):
+            key = "grad_norm_sum" if len(norms) == 1 else f"grad_norm_{name}_sum"
+            interval[key] = interval.get(key, 0.0) + norm.detach()
         interval_steps += 1
         done = step + 1
 
@@ -206,8 +216,11 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
                 "step": done,
                 "epoch": done * t.global_batch_size / task.samples_per_epoch,
                 "loss": sums["loss_sum"] / sums["micro_batches"],
-                "lr": sched.get_last_lr()[0],
-                "grad_norm": sums["grad_norm_sum"] / d.world_size / interval_steps,
+                "lr": scheds[0].get_last_lr()[0],
+                **{k.removesuffix("_sum"): v / d.world_size / interval_steps
+                   for k, v in sums.items() if k.startswith("grad_norm")},
+                **{f"lr_{name}": sched.get_last_lr()[0]
+                   for (name, _, _), sched in list(zip(optimized, scheds))[1:]},
                 "tokens_per_s": sums["tokens"] / seconds,
                 "seconds_per_step": seconds / interval_steps,
                 "peak_memory_gb": peak_memory_gb(d.device),

@@ -1,0 +1,143 @@
+"""Joint baselines: ELECTRA's embedding sharing, DecoupledOptim's loss-scale invariance, and
+exact resume of a two-optimizer run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+from tests.trainer.test_train import SMALL, run_train, train_argv
+from trainer import checkpoint
+from trainer.config import load_config
+from trainer.distributed import Dist
+from trainer.joint import GDESEmbedding, JointTask
+from trainer.optim import build_optimizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = Dist(0, 1, 0, torch.device("cpu"))
+
+
+def task_for(corpus_dir, mode: str, *overrides: str) -> JointTask:
+    cfg = load_config(TINY, [*SMALL, f"data.corpus_dir={corpus_dir}", f"train.mode={mode}",
+                             "train.global_batch_size=8", "train.micro_batch_size_per_rank=8",
+                             *overrides])
+    torch.manual_seed(0)
+    return JointTask(cfg, CPU)
+
+
+def updated_params(task: JointTask, rtd_weight: float, steps: int = 3,
+                   eps: float | None = None) -> dict:
+    model = copy.deepcopy(task.model)
+    task.rtd_weight = rtd_weight
+    torch.manual_seed(1)  # the same dropout masks in every call
+    opts = [build_optimizer(m, task.cfg.train, lr) for _, m, lr in task.optimized(model)]
+    for group in (g for opt in opts for g in opt.param_groups if eps is not None):
+        group["eps"] = eps
+    for step in range(steps):
+        loss, _ = task.loss(model, task.micro_batch(step, 0, CPU))
+        loss.backward()
+        for opt in opts:
+            opt.step()
+            opt.zero_grad()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def grads(task: JointTask, rtd_weight: float) -> dict:
+    model = copy.deepcopy(task.model)
+    task.rtd_weight = rtd_weight
+    torch.manual_seed(1)  # the same dropout masks in every call
+    loss, _ = task.loss(model, task.micro_batch(0, 0, CPU))
+    loss.backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def test_decoupled_each_optimizer_sees_only_its_own_loss(prepared):
+    corpus_dir, _, _ = prepared
+    task = task_for(corpus_dir, "decoupled")
+    g1, g7 = grads(task, 1.0), grads(task, 7.0)
+    assert set(g1) == set(g7)
+    for k in g1:
+        if k.startswith("generator."):  # MLM only: the loss weight does not reach it
+            assert torch.equal(g1[k], g7[k]), k
+        else:  # RTD only: scaled exactly by the weight
+            torch.testing.assert_close(g7[k], 7.0 * g1[k], rtol=1e-5, atol=1e-7, msg=k)
+    # So Adam's updates do not depend on the weight. Two terms of Adam are not scale-invariant
+    # and are excluded: eps (made negligible here; it matters where |grad| ~ eps), and the
+    # attention key bias, whose true gradient is exactly 0 (softmax ignores a shift of all
+    # logits): Adam turns its float noise into full-size steps of random sign.
+    a, b = updated_params(task, 1.0, eps=1e-14), updated_params(task, 10.0, eps=1e-14)
+    for k in a:
+        if k.startswith("generator."):
+            assert torch.equal(a[k], b[k]), k
+        elif not k.endswith("attn.qkv.bias"):
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_electra_shares_the_rtd_gradient_with_the_generator(prepared):
+    corpus_dir, _, _ = prepared
+    task = task_for(corpus_dir, "electra", "joint.embedding_sharing=shared")
+    g1, g7 = grads(task, 1.0), grads(task, 7.0)
+    key = "generator.encoder.word_emb.weight"  # shared table: MLM + weight * RTD gradient
+    assert not torch.allclose(g1[key], g7[key])
+    a, b = updated_params(task, 1.0), updated_params(task, 10.0)
+    assert not torch.allclose(a[key], b[key], atol=1e-6)
+
+
+def test_embedding_sharing_modes(prepared):
+    corpus_dir, _, _ = prepared
+    shared = task_for(corpus_dir, "electra", "joint.embedding_sharing=shared").model
+    assert shared.discriminator.encoder.word_emb is shared.generator.encoder.word_emb
+    none = task_for(corpus_dir, "electra", "joint.embedding_sharing=none").model
+    assert none.discriminator.encoder.word_emb is not none.generator.encoder.word_emb
+    assert task_for(corpus_dir, "decoupled", "joint.embedding_sharing=shared").model \
+        .discriminator.encoder.word_emb is not None  # decoupled never shares
+
+    task = task_for(corpus_dir, "electra", "joint.embedding_sharing=gdes")
+    gdes = task.model.discriminator.encoder.word_emb
+    assert isinstance(gdes, GDESEmbedding)
+    b = task.micro_batch(0, 0, CPU)
+    _, rtd_loss, _ = task._run(task.model, b, 0)
+    rtd_loss.backward()  # the RTD loss alone: G's table must get nothing, D's delta must
+    assert task.model.generator.encoder.word_emb.weight.grad is None
+    assert gdes.delta.grad is not None and gdes.delta.grad.abs().sum() > 0
+
+
+def test_labels_mark_exactly_the_changed_tokens(prepared):
+    corpus_dir, _, _ = prepared
+    task = task_for(corpus_dir, "electra")
+    b = task.micro_batch(0, 0, CPU)
+    _, _, stats = task._run(task.model, b, 0)
+    replaced = stats["rtd_tp"] + stats["rtd_fn"]
+    assert 0 < replaced <= b["selected"].sum()
+    assert stats["gen_count"] == b["selected"].sum()
+
+
+@pytest.mark.parametrize("mode", ["electra", "decoupled"])
+def test_resume_is_exact(prepared, tmp_path, mode):
+    corpus_dir, _, _ = prepared
+    common = [f"train.mode={mode}", "train.max_steps=8", "train.checkpoint_every=4",
+              "train.global_batch_size=8", "train.micro_batch_size_per_rank=4",
+              "train.keep_checkpoints=5", "train.eval_every=8"]
+    straight = tmp_path / "straight"
+    r = run_train(train_argv(corpus_dir, straight, *common))
+    assert r.returncode == 0, r.stderr[-3000:]
+    # Cut the run back to its step-4 checkpoint, as a crash right after it would, and resume.
+    cut = tmp_path / "cut"
+    shutil.copytree(straight, cut)
+    shutil.rmtree(checkpoint.step_dir(str(cut), 8))
+    r = run_train(train_argv(corpus_dir, cut, *common) + ["--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    timing = {"tokens_per_s", "seconds_per_step", "peak_memory_gb"}
+    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing}
+             for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (straight, cut)]
+    assert rows[0] == rows[1]
+    last = rows[0][-1]
+    assert {"gen_mlm_accuracy", "rtd_f1", "rtd_precision", "rtd_recall", "eval_rtd_f1"} <= set(
+        last)
+    if mode == "decoupled":
+        assert {"grad_norm_generator", "grad_norm_discriminator", "lr_generator"} <= set(last)

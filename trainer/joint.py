@@ -1,0 +1,165 @@
+"""Joint training baselines: original ELECTRA and DecoupledOptim.
+
+    torchrun --nproc_per_node 2 -m trainer.train --config configs/tiny.toml --set train.mode=electra
+    torchrun --nproc_per_node 2 -m trainer.train --config configs/tiny.toml \\
+        --set train.mode=decoupled --set joint.generator_lr=2e-4
+
+``electra`` (Clark et al. 2020): a generator (the [aux] sizes) and a discriminator ([model])
+trained together on dynamically masked corpus sequences; loss = MLM(G) + joint.rtd_weight *
+RTD(D); one AdamW over both. Token embeddings are shared (``shared``: D reads G's table, G's
+LM head is tied to it), separate (``none``) or gradient-disentangled (``gdes``, DeBERTaV3:
+D's table = stop_grad(G's) + its own delta).
+
+``decoupled`` (DecoupledOptim, Dong et al. 2023): separate embeddings and two AdamW optimizers
+with their own learning rates (joint.generator_lr for G, train.lr for D). The sample that
+replaces a masked token carries no gradient and nothing is shared, so G's gradient comes only
+from the MLM loss and D's only from the RTD loss: each optimizer sees only its own model's
+gradient, and a loss weight no longer changes the updates (Adam is invariant to it).
+
+Replacements are Gumbel-max samples of G's distribution at the masked positions (specials
+excluded), keyed by (seed, epoch, seq_id, position) like the offline pipeline; labels are 1
+where the sample differs from the original token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trainer.config import RunConfig
+from trainer.corruption import aux_logprobs, gumbel_argmax
+from trainer.distributed import Dist
+from trainer.errors import UserError
+from trainer.model import Discriminator, EncoderConfig, MLMModel
+from trainer.tasks import CorpusTask
+
+
+class GDESEmbedding(nn.Module):
+    """DeBERTaV3's gradient-disentangled embedding: ``stop_grad(source) + delta``. The RTD
+    loss trains only ``delta``; the source table learns from the generator's MLM loss alone."""
+
+    def __init__(self, source: nn.Embedding):
+        super().__init__()
+        self.source = [source]  # a list: not a submodule, so its weights are not owned twice
+        self.delta = nn.Parameter(torch.zeros_like(source.weight))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.source[0].weight.detach() + self.delta  # (V, H)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.weight)  # (B, T, H)
+
+
+class JointModel(nn.Module):
+    """Generator + discriminator, one forward for both (DDP sees one module)."""
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        g_cfg, d_cfg = EncoderConfig.aux(cfg), EncoderConfig.main(cfg)
+        sharing = cfg.joint.embedding_sharing if cfg.train.mode == "electra" else "none"
+        if sharing != "none" and g_cfg.hidden_size != d_cfg.hidden_size:
+            raise UserError(f"joint.embedding_sharing = {sharing!r} needs aux.hidden_size == "
+                            f"model.hidden_size ({g_cfg.hidden_size} != {d_cfg.hidden_size}); "
+                            "set joint.embedding_sharing = 'none'")
+        self.generator = MLMModel(g_cfg)
+        table = self.generator.encoder.word_emb
+        shared = {"shared": table, "gdes": GDESEmbedding(table), "none": None}[sharing]
+        self.discriminator = Discriminator(d_cfg, word_embeddings=shared)
+
+    def forward(self, masked_ids, original_ids, attention_mask, selected, seq_ids, epochs,
+                seed: int):
+        """masked_ids/original_ids/attention_mask/selected (B, T); seq_ids, epochs (B,).
+        Returns (mlm_loss, rtd_loss, stats)."""
+        g_logits = self.generator(masked_ids, attention_mask, positions_mask=selected)  # (N, V)
+        targets = original_ids[selected]  # (N,)
+        mlm_loss = F.cross_entropy(g_logits.float(), targets)
+        with torch.no_grad():
+            logp = aux_logprobs(g_logits.detach())  # (N, V), specials excluded
+            rows, cols = selected.nonzero(as_tuple=True)  # (N,) each, batch-then-time order
+            sampled = torch.empty_like(targets)
+            for e in epochs.unique():  # keyed noise per epoch; a batch may straddle two
+                n = epochs[rows] == e
+                sampled[n] = gumbel_argmax(logp[n], seed, int(e), seq_ids[rows[n]], cols[n])
+            corrupted = original_ids.clone()
+            corrupted[selected] = sampled
+            labels = (corrupted != original_ids) & attention_mask  # (B, T)
+        d_logits = self.discriminator(corrupted, attention_mask)  # (B, T)
+        real = attention_mask.bool()
+        rtd_loss = F.binary_cross_entropy_with_logits(d_logits[real].float(),
+                                                      labels[real].float())
+        with torch.no_grad():
+            pred, gold = d_logits[real] > 0, labels[real]
+            stats = {"gen_correct": (g_logits.argmax(-1) == targets).sum(),
+                     "gen_count": torch.tensor(float(len(targets))),
+                     "rtd_tp": (pred & gold).sum(), "rtd_fp": (pred & ~gold).sum(),
+                     "rtd_fn": (~pred & gold).sum(), "rtd_tn": (~pred & ~gold).sum()}
+        return mlm_loss, rtd_loss, stats
+
+
+def rtd_metrics(s: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """Accuracy over all real tokens; precision/recall/F1 of the replaced class."""
+    tp, fp, fn, tn = s["rtd_tp"], s["rtd_fp"], s["rtd_fn"], s["rtd_tn"]
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {f"{prefix}rtd_accuracy": (tp + tn) / max(tp + fp + fn + tn, 1.0),
+            f"{prefix}rtd_precision": precision, f"{prefix}rtd_recall": recall,
+            f"{prefix}rtd_f1": f1, f"{prefix}replaced_fraction": (tp + fn) / max(
+                tp + fp + fn + tn, 1.0),
+            f"{prefix}gen_mlm_accuracy": s["gen_correct"] / max(s["gen_count"], 1.0)}
+
+
+class JointTask(CorpusTask):
+    """``train.mode`` = ``electra`` or ``decoupled``."""
+
+    model_kind = "joint"
+
+    def __init__(self, cfg: RunConfig, d: Dist):
+        c = cfg.corruption  # ELECTRA's recipe: 15% selected, 85% [MASK], 15% kept
+        super().__init__(cfg, d, c.mask_prob, c.mask_token_prob, 0.0)
+        self.model = JointModel(cfg)
+        self.decoupled = cfg.train.mode == "decoupled"
+        self.rtd_weight = 1.0 if self.decoupled else cfg.joint.rtd_weight
+        self.announce(d, f"{cfg.train.mode}: generator "
+                      f"{self.model.generator.num_parameters():,} + discriminator "
+                      f"{self.model.discriminator.num_parameters():,} parameters")
+
+    def optimized(self, model: JointModel) -> list[tuple[str, nn.Module, float]]:
+        if self.decoupled:
+            return [("discriminator", model.discriminator, self.cfg.train.lr),
+                    ("generator", model.generator, self.cfg.joint.generator_lr)]
+        return [("model", model, self.cfg.train.lr)]
+
+    def _run(self, model, b, seed):
+        return model(b["input_ids"], b["original_ids"], b["attention_mask"], b["selected"],
+                     b["seq_ids"], b["epochs"], seed)
+
+    def loss(self, model, b):
+        mlm_loss, rtd_loss, stats = self._run(model, b, self.cfg.train.seed)
+        stats.update(mlm_loss_sum=mlm_loss.detach(), rtd_loss_sum=rtd_loss.detach(),
+                     tokens=b["attention_mask"].sum())
+        return mlm_loss + self.rtd_weight * rtd_loss, stats
+
+    def train_metrics(self, sums):
+        n = max(sums["micro_batches"], 1.0)
+        return {"gen_mlm_loss": sums["mlm_loss_sum"] / n, "rtd_loss": sums["rtd_loss_sum"] / n,
+                **rtd_metrics(sums)}
+
+    def evaluate(self, model, d):
+        sums: dict[str, float] = {}
+        for b in self.heldout_batches(d):
+            mlm_loss, rtd_loss, stats = self._run(model, b, self.eval_seed)
+            stats.update(mlm_loss_sum=mlm_loss, rtd_loss_sum=rtd_loss, batches=1.0)
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return sums
+
+    def eval_metrics(self, sums):
+        if not sums.get("batches"):
+            return {}
+        n = sums["batches"]
+        return {"eval_gen_mlm_loss": sums["mlm_loss_sum"] / n,
+                "eval_rtd_loss": sums["rtd_loss_sum"] / n, **rtd_metrics(sums, "eval_")}
+
