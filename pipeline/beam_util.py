@@ -9,6 +9,7 @@ binary, which hangs or fails on a machine without network.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -55,6 +56,10 @@ def pipeline_options(beam_argv: list[str]) -> PipelineOptions:
 
 def join(root: str, *names: str) -> str:
     return FileSystems.join(root.rstrip("/"), *names)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_atomic(path: str, data: bytes) -> None:

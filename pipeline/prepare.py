@@ -17,7 +17,6 @@ is refused unless ``--overwrite``. Leftovers of an interrupted run are removed f
 
 from __future__ import annotations
 
-import hashlib
 import io
 import sys
 from importlib.metadata import version
@@ -35,6 +34,7 @@ from pipeline.beam_util import (
     join,
     pipeline_options,
     read_bytes,
+    sha256_hex,
     write_atomic,
     write_json_atomic,
 )
@@ -186,9 +186,6 @@ class SumArraysFn(beam.CombineFn):
     def extract_output(self, acc):
         return acc
 
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def finalize(parts: list[dict], unigram: np.ndarray, reports: list, context: dict) -> dict:

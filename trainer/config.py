@@ -208,10 +208,14 @@ class GenerateConfig:
     """Where the auxiliary model runs; ``cuda`` fails if no GPU is visible."""
     batch_tokens: int = 65_536
     """Padded tokens per inference batch of the auxiliary model."""
+    part_rows: int = 65_536
+    """Positions per output Parquet part of an epoch (fixes the file layout, so the bytes do
+    not depend on batch size or runner)."""
 
     def __post_init__(self):
         _check(self.epochs >= 1, "generate.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.batch_tokens >= 1, "generate.batch_tokens", "must be >= 1")
+        _check(self.part_rows >= 1, "generate.part_rows", "must be >= 1")
 
 
 @dataclass

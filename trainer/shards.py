@@ -6,8 +6,15 @@
     for r in corpus.rows():                          # r.seq_id, r.doc_id, r.input_ids
         ...
 
+    from trainer.shards import RTDShards
+    rtd = RTDShards("shards/tiny/rtd")               # refuses a set without its manifest
+    rtd.num_epochs, rtd.rows_per_epoch, rtd.epoch_files(0)   # parts with position ranges
+    for r in rtd.rows(epoch=0):                      # position order: r.position, r.seq_id,
+        ...                                          # r.input_ids, r.labels, r.temperature
+    batch = rtd.read_range(epoch=0, start=s, end=t)  # reads only the files and row groups
+
 Paths may be local or any URI that ``pyarrow.fs`` understands (gs://, s3://, hdfs://).
-The layout and columns are documented in shards/README.md.
+The layouts, columns, encodings and measured sizes are documented in shards/README.md.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from trainer.config import RunConfig
 from trainer.errors import UserError
+from trainer.tokenizer import SPECIAL_IDS
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -166,3 +175,214 @@ class CorpusShards:
         included; callers building a replacement distribution drop the specials)."""
         with self.fs.open_input_file(f"{self.path}/{self.manifest['unigram']['file']}") as f:
             return np.load(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# RTD shards (pipeline.generate); the encoding is described in the module docstring
+# ---------------------------------------------------------------------------------------------
+
+RTD_SCHEMA = pa.schema([
+    pa.field("position", pa.int64(), nullable=False),
+    pa.field("seq_id", pa.int64(), nullable=False),
+    pa.field("input_ids", pa.binary(), nullable=False),
+    pa.field("labels", pa.binary(), nullable=False),
+    pa.field("temperature", pa.float32(), nullable=False),
+])
+
+
+def token_dtype(vocab_size: int) -> str:
+    """The numpy dtype string of RTD ``input_ids`` bytes for a vocabulary of this size."""
+    return "<u2" if vocab_size <= 1 << 16 else "<i4"
+
+
+def epoch_dir(epoch: int) -> str:
+    return f"epoch={epoch:04d}"
+
+
+def rtd_part_name(epoch: int, part: int) -> str:
+    return f"{epoch_dir(epoch)}/part-{part:05d}.parquet"
+
+
+def encode_rtd_rows(positions: np.ndarray, seq_ids: np.ndarray, input_ids: list[np.ndarray],
+                    labels: list[np.ndarray], temperature: np.ndarray, dtype: str
+                    ) -> pa.Table:
+    """Rows (already sorted by position) as an Arrow table of RTD_SCHEMA."""
+    return pa.Table.from_arrays([
+        pa.array(np.asarray(positions, np.int64), pa.int64()),
+        pa.array(np.asarray(seq_ids, np.int64), pa.int64()),
+        pa.array([np.asarray(t, dtype).tobytes() for t in input_ids], pa.binary()),
+        pa.array([np.packbits(np.asarray(lab, np.uint8), bitorder="little").tobytes()
+                  for lab in labels], pa.binary()),
+        pa.array(np.asarray(temperature, np.float32), pa.float32()),
+    ], schema=RTD_SCHEMA)
+
+
+@dataclass(frozen=True)
+class RTDRow:
+    position: int
+    seq_id: int
+    input_ids: np.ndarray
+    """(T,) int32: the corrupted sequence ([CLS] ... [SEP])."""
+    labels: np.ndarray
+    """(T,) uint8: 1 where input_ids differs from the corpus sequence."""
+    temperature: float
+
+
+@dataclass(frozen=True)
+class RTDBatch:
+    """Decoded rows of one position range, column-wise (what a trainer wants)."""
+
+    positions: np.ndarray  # (B,) int64
+    seq_ids: np.ndarray  # (B,) int64
+    input_ids: list[np.ndarray]  # B x (T_i,) int32
+    labels: list[np.ndarray]  # B x (T_i,) uint8
+    temperature: np.ndarray  # (B,) float32
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def rows(self) -> Iterator[RTDRow]:
+        for i in range(len(self.positions)):
+            yield RTDRow(int(self.positions[i]), int(self.seq_ids[i]), self.input_ids[i],
+                         self.labels[i], float(self.temperature[i]))
+
+
+def _binary_parts(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (n + 1,) int64, values uint8) of a binary column, without Python objects."""
+    arr = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    values = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return offsets.astype(np.int64), values
+
+
+def decode_rtd_table(table: pa.Table, dtype: str) -> RTDBatch:
+    """An Arrow table of RTD_SCHEMA -> decoded numpy rows (per-row views of two flat
+    arrays: the tokens widened to int32, the labels unpacked to uint8)."""
+    width = np.dtype(dtype).itemsize
+    t_off, t_val = _binary_parts(table.column("input_ids"))
+    l_off, l_val = _binary_parts(table.column("labels"))
+    first, last = int(t_off[0]), int(t_off[-1])
+    tokens = t_val[first:last].view(dtype).astype(np.int32)
+    bits = np.unpackbits(l_val[int(l_off[0]):int(l_off[-1])], bitorder="little")
+    starts, lengths = (t_off[:-1] - first) // width, (t_off[1:] - t_off[:-1]) // width
+    bit_starts = (l_off[:-1] - l_off[0]) * 8
+    ids = [tokens[a:a + n] for a, n in zip(starts, lengths, strict=True)]
+    labels = [bits[a:a + n] for a, n in zip(bit_starts, lengths, strict=True)]
+    return RTDBatch(table.column("position").to_numpy(), table.column("seq_id").to_numpy(),
+                    ids, labels, table.column("temperature").to_numpy())
+
+
+def open_corpus(cfg: RunConfig) -> CorpusShards:
+    """The corpus of data.corpus_dir, checked (files present, row counts) and matched against
+    the config: special ids, vocabulary size, sequence length."""
+    corpus = CorpusShards(cfg.data.corpus_dir)
+    corpus.verify()
+    special = corpus.manifest["tokenizer"].get("special_ids")
+    if special != SPECIAL_IDS:
+        raise ShardError(f"{cfg.data.corpus_dir}/{MANIFEST}: special token ids {special} differ "
+                         f"from this version's {SPECIAL_IDS}; prepare the corpus again")
+    if corpus.vocab_size != cfg.tokenizer.vocab_size:
+        raise ShardError(f"{cfg.data.corpus_dir} was tokenised with a vocabulary of "
+                         f"{corpus.vocab_size}, the config says tokenizer.vocab_size = "
+                         f"{cfg.tokenizer.vocab_size}; set --set tokenizer.vocab_size="
+                         f"{corpus.vocab_size} or prepare the corpus again")
+    if corpus.max_seq_len > cfg.data.max_seq_len:
+        raise ShardError(f"{cfg.data.corpus_dir} holds sequences of up to {corpus.max_seq_len} "
+                         f"tokens, the config says data.max_seq_len = {cfg.data.max_seq_len}; "
+                         f"set --set data.max_seq_len={corpus.max_seq_len}")
+    return corpus
+
+
+class RTDShards:
+    """A complete RTD shard set written by ``pipeline.generate``.
+
+        rtd = RTDShards("shards/tiny/rtd")
+        rtd.num_epochs, rtd.rows_per_epoch
+        for r in rtd.rows(epoch=0):                 # position order
+            r.position, r.seq_id, r.input_ids, r.labels, r.temperature
+        batch = rtd.read_range(epoch=1, start=4096, end=4160)   # reads only the row groups
+    """
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+        self.fs, self.path = resolve_fs(self.root)
+        self.manifest = read_manifest(self.root, "rtd")
+        self.dtype = self.manifest["token_dtype"]
+
+    @property
+    def num_epochs(self) -> int:
+        return self.manifest["epochs"]
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return self.manifest["num_sequences"]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest["vocab_size"]
+
+    @property
+    def files(self) -> list[dict]:
+        """Every part: name, epoch, part, rows, position_start, position_end (exclusive),
+        row_group_rows, bytes, sha256."""
+        return self.manifest["files"]
+
+    def epoch_files(self, epoch: int) -> list[dict]:
+        if not 0 <= epoch < self.num_epochs:
+            raise ShardError(f"{self.root} holds epochs 0..{self.num_epochs - 1}, not {epoch}")
+        return [f for f in self.files if f["epoch"] == epoch]
+
+    def verify(self, checksums: bool = False) -> None:
+        """Every listed file present with its row count (and with ``checksums`` its sha256)."""
+        for entry in self.files:
+            path = f"{self.path}/{entry['name']}"
+            try:
+                rows = pq.ParquetFile(self.fs.open_input_file(path)).metadata.num_rows
+            except FileNotFoundError:
+                raise ShardError(f"{self.root}/{entry['name']} is listed in the manifest but "
+                                 "missing; re-run pipeline.generate --overwrite") from None
+            if rows != entry["rows"]:
+                raise ShardError(f"{self.root}/{entry['name']} has {rows} rows, the manifest "
+                                 f"says {entry['rows']}; re-run pipeline.generate --overwrite")
+            if checksums and sha256_file(self.fs, path) != entry["sha256"]:
+                raise ShardError(f"{self.root}/{entry['name']}: sha256 differs from the "
+                                 "manifest's: the file changed or is corrupt; re-run "
+                                 "pipeline.generate --overwrite")
+
+    def read_range_table(self, epoch: int, start: int, end: int) -> pa.Table:
+        """Encoded rows of positions [start, end) of ``epoch`` (RTD_SCHEMA), reading only
+        the files and row groups that hold them."""
+        n = self.rows_per_epoch
+        if not 0 <= start <= end <= n:
+            raise ShardError(f"{self.root}: position range [{start}, {end}) is outside "
+                             f"[0, {n}] of epoch {epoch}")
+        tables = []
+        for entry in self.epoch_files(epoch):
+            lo, hi = max(start, entry["position_start"]), min(end, entry["position_end"])
+            if lo >= hi:
+                continue
+            pf = pq.ParquetFile(self.fs.open_input_file(f"{self.path}/{entry['name']}"))
+            first, groups, offset = None, [], entry["position_start"]
+            for g in range(pf.metadata.num_row_groups):
+                rows = pf.metadata.row_group(g).num_rows
+                if offset < hi and offset + rows > lo:
+                    groups.append(g)
+                    first = offset if first is None else first
+                offset += rows
+            table = pf.read_row_groups(groups)
+            tables.append(table.slice(lo - first, hi - lo))
+        if not tables:
+            return RTD_SCHEMA.empty_table()
+        return pa.concat_tables(tables)
+
+    def read_range(self, epoch: int, start: int, end: int) -> RTDBatch:
+        """Decoded rows of positions [start, end) of ``epoch``."""
+        return decode_rtd_table(self.read_range_table(epoch, start, end), self.dtype)
+
+    def rows(self, epoch: int, start: int = 0, end: int | None = None,
+             chunk: int = 4096) -> Iterator[RTDRow]:
+        """The rows of ``epoch`` with positions in [start, end), in position order."""
+        end = self.rows_per_epoch if end is None else end
+        for lo in range(start, end, chunk):
+            yield from self.read_range(epoch, lo, min(lo + chunk, end)).rows()

@@ -25,7 +25,7 @@ from trainer.data import CorpusTokens, TrainOrder
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.model import EncoderConfig, MLMModel
-from trainer.shards import CorpusShards
+from trainer.shards import open_corpus
 from trainer.tokenizer import NUM_SPECIAL
 
 # Held-out masks are fixed across runs, steps and seeds: evaluations stay comparable.
@@ -54,20 +54,6 @@ class Task(Protocol):
 
 def manifest_fingerprint(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-
-
-def open_corpus(cfg: RunConfig) -> CorpusShards:
-    """The corpus of data.corpus_dir, checked against the model config."""
-    corpus = CorpusShards(cfg.data.corpus_dir)
-    if corpus.vocab_size != cfg.tokenizer.vocab_size:
-        raise UserError(f"{cfg.data.corpus_dir} was tokenised with a vocabulary of "
-                        f"{corpus.vocab_size}, the config says tokenizer.vocab_size = "
-                        f"{cfg.tokenizer.vocab_size}; set --set tokenizer.vocab_size="
-                        f"{corpus.vocab_size} or prepare the corpus again")
-    if corpus.max_seq_len > cfg.data.max_seq_len:
-        raise UserError(f"{cfg.data.corpus_dir} holds sequences of up to {corpus.max_seq_len} "
-                        f"tokens, the model takes data.max_seq_len = {cfg.data.max_seq_len}")
-    return corpus
 
 
 class CorpusTask:

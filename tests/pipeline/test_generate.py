@@ -1,0 +1,369 @@
+"""pipeline.generate end to end: a real Beam pipeline over the prepared test corpus, with a real
+(tiny, few-step) auxiliary MLM checkpoint trained by trainer.train."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.beam_util import read_bytes
+from pipeline.generate import main, run
+from pipeline.generate_fns import load_aux_model, permute, progress
+from pipeline.inspect import main as inspect_main
+from tests.conftest import IN_MEMORY, REPO, TINY
+from trainer.checkpoint import find_latest
+from trainer.config import load_config
+from trainer.corruption import corrupt_batch, schedule_value
+from trainer.shards import (
+    CorpusShards,
+    RTDShards,
+    ShardError,
+    decode_rtd_table,
+    encode_rtd_rows,
+    token_dtype,
+)
+from trainer.tokenizer import NUM_SPECIAL
+
+SMALL = ["model.num_layers=2", "model.hidden_size=32", "model.num_heads=2", "model.ffn_size=64",
+         "aux.num_layers=2", "tokenizer.vocab_size=600", "data.max_seq_len=64",
+         "data.row_group_rows=16"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread here and in Beam's worker processes: on a shared 2-core machine,
+    oversubscribed threads make the vocabulary-wide Gumbel sampling ~15x slower."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture(scope="module")
+def aux_checkpoint(prepared, tmp_path_factory):
+    """A real MLM checkpoint: 4 steps of trainer.train in mlm mode."""
+    corpus_dir, _, _ = prepared
+    out = tmp_path_factory.mktemp("aux")
+    sets = [*SMALL, "train.mode=mlm", "train.max_steps=4", "train.warmup_steps=1",
+            "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=4",
+            "train.global_batch_size=8", "train.micro_batch_size_per_rank=8",
+            "train.holdout_fraction=0.05", f"data.corpus_dir={corpus_dir}",
+            f"train.out_dir={out}"]
+    cmd = [sys.executable, "-m", "trainer.train", "--config", TINY]
+    for s in sets:
+        cmd += ["--set", s]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return find_latest(str(out))
+
+
+def gen_argv(corpus_dir, rtd_dir, *sets: str, extra=(), beam=tuple(IN_MEMORY)) -> list[str]:
+    argv = ["--config", TINY]
+    for s in [*SMALL, f"data.corpus_dir={corpus_dir}", f"generate.rtd_dir={rtd_dir}",
+              "generate.batch_tokens=1024", *sets]:
+        argv += ["--set", s]
+    return [*argv, "--set", "generate.part_rows=200", *extra, *beam]
+
+
+@pytest.fixture(scope="module")
+def aux_rtd(prepared, aux_checkpoint, tmp_path_factory):
+    corpus_dir, _, _ = prepared
+    rtd_dir = tmp_path_factory.mktemp("rtd") / "rtd"
+    manifest = run(gen_argv(corpus_dir, rtd_dir, f"generate.aux_checkpoint={aux_checkpoint}",
+                            "generate.epochs=2", "generate.seed=7", "generate.device=cpu"))
+    return rtd_dir, manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Training order
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 1000, 4099])
+def test_order_is_a_deterministic_permutation(n):
+    ids = np.arange(n)
+    p = permute(ids, n, seed=3, epoch=1)
+    assert sorted(p.tolist()) == list(range(n))
+    assert np.array_equal(p, permute(ids, n, seed=3, epoch=1))
+    # Per element: any subset in any order gives the same positions.
+    sub = ids[::-3]
+    assert np.array_equal(permute(sub, n, 3, 1), p[sub])
+    if n >= 64:
+        assert not np.array_equal(p, permute(ids, n, seed=3, epoch=2))
+        assert not np.array_equal(p, permute(ids, n, seed=4, epoch=1))
+        assert not np.array_equal(p, ids)
+
+
+def test_progress_granularity():
+    assert progress(1, np.array([0, 5]), 10, 2, "sample").tolist() == [0.5, 0.75]
+    assert progress(1, np.array([0, 5]), 10, 2, "epoch").tolist() == [0.5, 0.5]
+
+
+# ---------------------------------------------------------------------------------------------
+# The shard contract
+# ---------------------------------------------------------------------------------------------
+
+def test_rtd_shard_contract(prepared, aux_rtd):
+    corpus_dir, _, _ = prepared
+    rtd_dir, manifest = aux_rtd
+    corpus = {r.seq_id: r.input_ids for r in CorpusShards(str(corpus_dir)).rows()}
+    n = len(corpus)
+    rtd = RTDShards(str(rtd_dir))
+    rtd.verify(checksums=True)
+    assert rtd.num_epochs == 2 and rtd.rows_per_epoch == n == manifest["num_sequences"]
+    assert manifest["aux"]["config"]["aux"]["num_layers"] == 2
+    assert len(manifest["aux"]["state_sha256"]) == 64
+    assert len(rtd.epoch_files(0)) > 1  # several parts per epoch: range reads cross files
+    last_t = None
+    for e in range(2):
+        rows = list(rtd.rows(epoch=e))
+        assert [r.position for r in rows] == list(range(n))
+        assert sorted(r.seq_id for r in rows) == list(range(n))
+        for r in rows:
+            orig = corpus[r.seq_id]
+            assert r.input_ids.dtype.kind == "i" and len(r.input_ids) == len(orig)
+            assert np.array_equal(r.labels, (r.input_ids != orig).astype(np.uint8))
+            assert r.labels.dtype == np.uint8
+            special = orig < NUM_SPECIAL
+            assert not r.labels[special].any()  # specials are never selected
+            assert (r.input_ids[~special] >= NUM_SPECIAL).all()  # never sampled either
+            u = (e * n + r.position) / (2 * n)
+            assert r.temperature == pytest.approx(schedule_value("exponential", u, 2.0, 0.1),
+                                                  rel=1e-6)
+            if last_t is not None:
+                assert r.temperature <= last_t
+            last_t = r.temperature
+        replaced = sum(int(r.labels.sum()) for r in rows) / sum(len(r.labels) for r in rows)
+        assert 0.05 < replaced < 0.15  # at most the selected 15% of normal tokens
+    assert manifest["devices"] == ["cpu"]
+
+
+def test_range_reads_touch_only_needed_rows(aux_rtd):
+    rtd_dir, _ = aux_rtd
+    rtd = RTDShards(str(rtd_dir))
+    all_rows = list(rtd.rows(epoch=1))
+    for lo, hi in [(0, 1), (195, 205), (17, 433), (rtd.rows_per_epoch - 3, rtd.rows_per_epoch)]:
+        got = rtd.read_range(1, lo, hi)
+        assert got.positions.tolist() == list(range(lo, hi))
+        for a, b in zip(got.rows(), all_rows[lo:hi], strict=True):
+            assert a.seq_id == b.seq_id and np.array_equal(a.input_ids, b.input_ids)
+    assert len(rtd.read_range(0, 5, 5)) == 0
+
+
+def test_samples_equal_corrupt_batch_one_at_a_time(prepared, aux_rtd, aux_checkpoint):
+    """Batch independence: the shards equal corrupt_batch on each (epoch, seq_id) alone."""
+    corpus_dir, _, _ = prepared
+    rtd_dir, _ = aux_rtd
+    corpus = {r.seq_id: r.input_ids for r in CorpusShards(str(corpus_dir)).rows()}
+    cfg = load_config(TINY)
+    aux = load_aux_model(str(aux_checkpoint), read_bytes, "cpu")
+    rtd = RTDShards(str(rtd_dir))
+    n = rtd.rows_per_epoch
+    for e in range(2):
+        for r in list(rtd.rows(epoch=e))[::97]:
+            ids = torch.from_numpy(corpus[r.seq_id].astype(np.int64))[None]
+            out = corrupt_batch(ids, torch.ones_like(ids, dtype=torch.bool),
+                                torch.tensor([r.seq_id]), e,
+                                (e * n + r.position) / (2 * n), cfg.corruption, 7, aux=aux)
+            assert np.array_equal(out.input_ids[0].numpy(), r.input_ids)
+            assert float(out.temperature[0]) == r.temperature
+
+
+def test_multiprocess_run_writes_identical_bytes(prepared, aux_rtd, aux_checkpoint, tmp_path):
+    corpus_dir, _, _ = prepared
+    _, m1 = aux_rtd
+    m2 = run(gen_argv(corpus_dir, tmp_path / "rtd", f"generate.aux_checkpoint={aux_checkpoint}",
+                      "generate.epochs=2", "generate.seed=7", "generate.device=cpu",
+                      "generate.batch_tokens=300",  # other batches: same bytes
+                      beam=("--direct_running_mode=multi_processing", "--direct_num_workers=2")))
+    assert [f["sha256"] for f in m1["files"]] == [f["sha256"] for f in m2["files"]]
+
+
+def test_replaced_fraction_falls_with_temperature(prepared, tmp_path):
+    """smoothed_onehot keeps the original with mass 0.35 at T = 1; a higher T flattens it, so
+    more selected tokens are replaced early in the run than late."""
+    corpus_dir, _, _ = prepared
+    run(gen_argv(corpus_dir, tmp_path / "rtd", "corruption.replacement=smoothed_onehot"))
+    rows = list(RTDShards(str(tmp_path / "rtd")).rows(epoch=0))
+    frac = lambda rs: sum(int(r.labels.sum()) for r in rs) / sum(len(r.labels) for r in rs)  # noqa: E731
+    early, late = rows[:len(rows) // 10], rows[len(rows) // 2:]
+    assert early[0].temperature == 2.0 and late[-1].temperature < 1.01
+    assert frac(early) > 1.2 * frac(late)
+
+
+def test_model_free_fixed_and_epoch_granularity(prepared, tmp_path):
+    corpus_dir, _, _ = prepared
+    m = run(gen_argv(corpus_dir, tmp_path / "rtd", "corruption.replacement=uniform",
+                     "corruption.schedule=fixed", "generate.epochs=2"))
+    assert m["aux"] is None
+    rtd = RTDShards(str(tmp_path / "rtd"))
+    for e in range(2):
+        rows = list(rtd.rows(epoch=e))
+        assert {r.temperature for r in rows} == {1.0}
+        assert sum(int(r.labels.sum()) for r in rows) > 0
+    m = run(gen_argv(corpus_dir, tmp_path / "rtd2", "corruption.replacement=unigram",
+                     "corruption.granularity=epoch", "generate.epochs=2"))
+    rtd = RTDShards(str(tmp_path / "rtd2"))
+    for e in range(2):
+        want = schedule_value("exponential", e / 2, 2.0, 0.1)
+        temps = {r.temperature for r in rtd.rows(epoch=e)}
+        assert len(temps) == 1 and temps.pop() == pytest.approx(want, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-runs and errors
+# ---------------------------------------------------------------------------------------------
+
+def test_rerun_is_noop_different_refused_overwrite_cleans(prepared, tmp_path, capsys):
+    corpus_dir, _, _ = prepared
+    rtd_dir = tmp_path / "rtd"
+    base = ["corruption.replacement=uniform", "generate.epochs=2"]
+    run(gen_argv(corpus_dir, rtd_dir, *base))
+    mtime = os.path.getmtime(rtd_dir / "manifest.json")
+    capsys.readouterr()
+    assert main(gen_argv(corpus_dir, rtd_dir, *base)) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert os.path.getmtime(rtd_dir / "manifest.json") == mtime
+
+    assert main(gen_argv(corpus_dir, rtd_dir, *base, "generate.seed=1")) == 2
+    err = capsys.readouterr().err
+    assert "different rtd shard set" in err and "seed" in err and "--overwrite" in err
+
+    # An interrupted run: no manifest, a temp file and a part of an epoch no longer wanted.
+    os.remove(rtd_dir / "manifest.json")
+    (rtd_dir / "epoch=0000" / ".tmp-part-00000.parquet-x").write_bytes(b"partial")
+    (rtd_dir / "epoch=0009").mkdir()
+    (rtd_dir / "epoch=0009" / "part-00000.parquet").write_bytes(b"stale")
+    m = run(gen_argv(corpus_dir, rtd_dir, "corruption.replacement=uniform", "generate.epochs=1"))
+    left = sorted(os.path.relpath(os.path.join(d, f), rtd_dir)
+                  for d, _, fs in os.walk(rtd_dir) for f in fs)
+    assert left == sorted(["manifest.json", "config.toml", *(f["name"] for f in m["files"])])
+    with open(rtd_dir / "manifest.json") as f:
+        assert json.load(f)["epochs"] == 1
+
+
+def test_errors_are_clear(prepared, aux_checkpoint, tmp_path, capsys):
+    corpus_dir, _, _ = prepared
+
+    def fails(*sets, corpus=corpus_dir) -> str:
+        assert main(gen_argv(corpus, tmp_path / "rtd", *sets)) == 2
+        return capsys.readouterr().err
+
+    assert "generate.aux_checkpoint" in fails()  # replacement = aux, no checkpoint
+    assert "manifest.json" in fails("corruption.replacement=uniform",
+                                    corpus=tmp_path / "nowhere")
+    # A checkpoint whose meta says it is not an MLM.
+    fake = tmp_path / "disc"
+    fake.mkdir()
+    with open(os.path.join(aux_checkpoint, "meta.json")) as f:
+        meta = json.load(f)
+    (fake / "meta.json").write_text(json.dumps(dict(meta, model_kind="rtd", mode="rtd")))
+    err = fails(f"generate.aux_checkpoint={fake}")
+    assert "not an MLM" in err and str(fake) in err
+    # Vocabulary mismatch: the aux model's config says 700 tokens, the corpus has 600.
+    meta["config"]["tokenizer"]["vocab_size"] = 700
+    (fake / "meta.json").write_text(json.dumps(meta))
+    err = fails(f"generate.aux_checkpoint={fake}")
+    assert "700" in err and "600" in err
+    assert "meta.json" in fails(f"generate.aux_checkpoint={tmp_path / 'none'}")
+    err = fails("corruption.replacement=uniform", "tokenizer.vocab_size=8000")
+    assert "8000" in err and "600" in err
+    if not torch.cuda.is_available():
+        err = fails("corruption.replacement=uniform", "generate.device=cuda")
+        assert "CUDA" in err
+    assert not os.path.exists(tmp_path / "rtd" / "manifest.json")
+
+
+def test_bad_corpus_is_refused(prepared, tmp_path, capsys):
+    """A corpus part whose bytes differ from its manifest, and a manifest with other special
+    ids: clear errors, and no manifest is written."""
+    corpus_dir, _, _ = prepared
+    bad = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, bad)
+    table = pq.read_table(bad / "part-00001.parquet")
+    doc_ids = pa.array(np.asarray(table.column("doc_id")) + 1)
+    pq.write_table(table.set_column(1, "doc_id", doc_ids), bad / "part-00001.parquet")
+    argv = gen_argv(bad, tmp_path / "rtd", "corruption.replacement=uniform")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "part-00001.parquet" in err and "sha256" in err
+    assert not os.path.exists(tmp_path / "rtd" / "manifest.json")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["tokenizer"]["special_ids"]["mask"] = 9
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    assert main(argv) == 2
+    assert "special token ids" in capsys.readouterr().err
+    assert main(gen_argv(corpus_dir, tmp_path / "rtd", "generate.epochs=0")) == 2
+    assert "generate.epochs" in capsys.readouterr().err
+
+
+def test_inspect_prints_summary(aux_rtd, prepared, capsys):
+    rtd_dir, manifest = aux_rtd
+    assert inspect_main([str(rtd_dir), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert manifest["aux"]["state_sha256"][:16] in out and "verified" in out
+    epoch_lines = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(epoch_lines) == 2 and "2.0000 ->" in epoch_lines[0]
+    assert inspect_main([str(prepared[0])]) == 0
+    assert "corpus shard set" in capsys.readouterr().out
+
+
+def test_killed_run_leaves_no_manifest_and_rerun_completes(prepared, aux_checkpoint, tmp_path):
+    """kill -9 in the middle of the Beam job: the folder reads as incomplete; the next run
+    removes the leftovers and writes a complete set."""
+    corpus_dir, _, _ = prepared
+    rtd_dir = tmp_path / "rtd"
+    sets = [f"generate.aux_checkpoint={aux_checkpoint}", "generate.epochs=3"]
+    argv = gen_argv(corpus_dir, rtd_dir, *sets, beam=("--direct_num_workers=2",))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.generate", *argv], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not (rtd_dir / "config.toml").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the Beam job
+    assert proc.poll() is None, "generate finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (rtd_dir / "manifest.json").exists()
+    with pytest.raises(ShardError, match="incomplete"):
+        RTDShards(str(rtd_dir))
+    manifest = run(gen_argv(corpus_dir, rtd_dir, *sets))
+    rtd = RTDShards(str(rtd_dir))
+    rtd.verify(checksums=True)
+    assert rtd.num_epochs == 3 and len(manifest["files"]) == 3 * len(rtd.epoch_files(0))
+    assert [r.position for r in rtd.rows(epoch=2)] == list(range(rtd.rows_per_epoch))
+
+
+@pytest.mark.parametrize("vocab", [600, 70_000])
+def test_rtd_encoding_round_trips(vocab):
+    rng = np.random.default_rng(0)
+    lengths = [1, 7, 8, 9, 64, 3]
+    ids = [rng.integers(0, vocab, n) for n in lengths]
+    labels = [rng.integers(0, 2, n).astype(np.uint8) for n in lengths]
+    dtype = token_dtype(vocab)
+    assert dtype == ("<u2" if vocab <= 65536 else "<i4")
+    table = encode_rtd_rows(np.arange(6), np.arange(6)[::-1], ids, labels,
+                            np.linspace(2, 1, 6), dtype)
+    for sliced, lo in [(table, 0), (table.slice(2, 3), 2)]:
+        got = decode_rtd_table(sliced, dtype)
+        for i, r in enumerate(got.rows()):
+            assert r.position == lo + i and r.seq_id == 5 - lo - i
+            assert np.array_equal(r.input_ids, ids[lo + i]) and r.input_ids.dtype == np.int32
+            assert np.array_equal(r.labels, labels[lo + i]) and r.labels.dtype == np.uint8
