@@ -12,6 +12,7 @@ import sysconfig
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import zstandard
 
 from pipeline.sources import FileReport, read_pydoc
@@ -23,6 +24,23 @@ PROSE_MODULES = ["argparse.py", "dataclasses.py", "textwrap.py", "json/__init__.
                  "logging/__init__.py", "subprocess.py", "tarfile.py", "zipfile.py"]
 # Beam's in-process runner: fast start, one worker. Tests of parallelism ask for more.
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread, here and in the worker processes a test starts (Beam workers read
+    OMP_NUM_THREADS): the models in the tests are tiny, and on a shared 2-core machine
+    oversubscribed threads make them (and the vocabulary-wide Gumbel sampling) up to ~15x
+    slower."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
 
 
 @pytest.fixture(scope="session")

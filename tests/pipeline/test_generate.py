@@ -40,19 +40,7 @@ SMALL = ["model.num_layers=2", "model.hidden_size=32", "model.num_heads=2", "mod
          "data.row_group_rows=16"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here and in Beam's worker processes: on a shared 2-core machine,
-    oversubscribed threads make the vocabulary-wide Gumbel sampling ~15x slower."""
-    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if env is None:
-        del os.environ["OMP_NUM_THREADS"]
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +253,8 @@ def test_errors_are_clear(prepared, aux_checkpoint, tmp_path, capsys):
         assert main(gen_argv(corpus, tmp_path / "rtd", *sets)) == 2
         return capsys.readouterr().err
 
-    assert "generate.aux_checkpoint" in fails()  # replacement = aux, no checkpoint
+    # replacement = aux and no checkpoint
+    assert "needs generate.aux_checkpoint" in fails("generate.aux_checkpoint=")
     assert "manifest.json" in fails("corruption.replacement=uniform",
                                     corpus=tmp_path / "nowhere")
     # A checkpoint whose meta says it is not an MLM.
