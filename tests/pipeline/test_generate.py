@@ -24,7 +24,13 @@ from pipeline.inspect import main as inspect_main
 from tests.conftest import IN_MEMORY, REPO, TINY
 from trainer.checkpoint import find_latest
 from trainer.config import load_config
-from trainer.corruption import corrupt_batch, schedule_value
+from trainer.corruption import (
+    aux_logprobs,
+    corrupt_batch,
+    mask_positions,
+    replacement_logprobs,
+    schedule_value,
+)
 from trainer.shards import (
     CorpusShards,
     RTDShards,
@@ -356,3 +362,71 @@ def test_rtd_encoding_round_trips(vocab):
             assert r.position == lo + i and r.seq_id == 5 - lo - i
             assert np.array_equal(r.input_ids, ids[lo + i]) and r.input_ids.dtype == np.int32
             assert np.array_equal(r.labels, labels[lo + i]) and r.labels.dtype == np.uint8
+
+
+def replacement_moments(rtd_dir, corpus_dir, cfg, logprobs_of):
+    """Over every masked position of epoch 0 of a shard set: (observed, expected, std) of
+    two statistics of the sampled token under the claimed distribution p_T = softmax(logp/T):
+    the number of samples equal to the original, and the sum of p_T(sample). A sampler
+    that does not draw from p_T (wrong T, wrong distribution) moves them many std away."""
+    rtd, corpus = RTDShards(str(rtd_dir)), CorpusShards(str(corpus_dir))
+    original = {r.seq_id: r.input_ids for r in corpus.rows()}
+    rows = list(rtd.rows(epoch=0))
+    stats = np.zeros((2, 3))  # [kept, p(sample)] x [observed, expected, variance]
+    for i in range(0, len(rows), 64):
+        chunk = rows[i:i + 64]
+        seq_ids = torch.tensor([r.seq_id for r in chunk])
+        width = max(len(r.input_ids) for r in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        for j, r in enumerate(chunk):
+            ids[j, :len(r.input_ids)] = torch.from_numpy(original[r.seq_id].astype(np.int64))
+        attn = ids != 0
+        masked, selected = mask_positions(ids, seq_ids, 7, 0, cfg.corruption.mask_prob,
+                                          cfg.corruption.mask_token_prob, attention_mask=attn)
+        b, t = selected.nonzero(as_tuple=True)
+        temps = torch.tensor([r.temperature for r in chunk])[b]  # (N,)
+        p = (logprobs_of(masked, attn, selected, ids[b, t]) / temps[:, None]).softmax(-1)
+        sampled = torch.tensor([int(chunk[j].input_ids[k]) for j, k in zip(b, t)])
+        p_orig = p.gather(1, ids[b, t][:, None])[:, 0]
+        p_sample = p.gather(1, sampled[:, None])[:, 0]
+        p2 = (p * p).sum(-1)
+        stats[0] += [(sampled == ids[b, t]).sum(), p_orig.sum(), (p_orig * (1 - p_orig)).sum()]
+        stats[1] += [p_sample.sum(), p2.sum(), ((p * p * p).sum(-1) - p2 * p2).sum()]
+    return [(obs, exp, var ** 0.5) for obs, exp, var in stats]
+
+
+def test_aux_samples_follow_the_tempered_aux_distribution(prepared, aux_rtd, aux_checkpoint):
+    corpus_dir, _, _ = prepared
+    rtd_dir, _ = aux_rtd
+    cfg = load_config(TINY, SMALL)
+    aux = load_aux_model(aux_checkpoint, read_bytes, "cpu")
+
+    def aux_logprobs_of(masked, attn, selected, _original):
+        with torch.inference_mode():
+            return aux_logprobs(aux(masked, attn, positions_mask=selected))
+
+    moments = replacement_moments(rtd_dir, corpus_dir, cfg, aux_logprobs_of)
+    for obs, exp, std in moments:
+        assert abs(obs - exp) < 5 * std, (obs, exp, std)
+
+
+@pytest.mark.parametrize("replacement", ["uniform", "unigram", "smoothed_onehot"])
+def test_model_free_samples_follow_their_distribution(prepared, tmp_path, replacement):
+    corpus_dir, _, _ = prepared
+    rtd_dir = tmp_path / "rtd"
+    run(gen_argv(corpus_dir, rtd_dir, f"corruption.replacement={replacement}",
+                 "generate.epochs=1", "generate.seed=7"))
+    cfg = load_config(TINY, SMALL)
+    counts = CorpusShards(str(corpus_dir)).unigram_counts()
+
+    def model_free(kind):
+        return lambda masked, attn, selected, original: replacement_logprobs(
+            kind, original, 600, weight=torch.zeros(len(original)),
+            alpha=cfg.corruption.smoothed_onehot_alpha, unigram_counts=counts)
+
+    for obs, exp, std in replacement_moments(rtd_dir, corpus_dir, cfg, model_free(replacement)):
+        assert abs(obs - exp) < 5 * std, (obs, exp, std)
+    # The test has power: the same samples judged against another distribution fail it.
+    wrong = "unigram" if replacement == "uniform" else "uniform"
+    assert any(abs(obs - exp) > 5 * std for obs, exp, std in
+               replacement_moments(rtd_dir, corpus_dir, cfg, model_free(wrong)))
