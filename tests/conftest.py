@@ -7,7 +7,11 @@ import gzip
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import sysconfig
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,6 +28,23 @@ PROSE_MODULES = ["argparse.py", "dataclasses.py", "textwrap.py", "json/__init__.
                  "logging/__init__.py", "subprocess.py", "tarfile.py", "zipfile.py"]
 # Beam's in-process runner: fast start, one worker. Tests of parallelism ask for more.
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def kill_9_when(module: str, argv: list[str], ready, settle: float = 0.0,
+                env: dict | None = None) -> None:
+    """Run ``python -m module argv``, wait until ``ready()`` (then ``settle`` seconds more),
+    check it is still running, and kill -9 its whole process group: a real crash mid-run."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=REPO,
+                            env=env or dict(os.environ, PYTHONPATH=REPO),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not ready() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(settle)
+    assert proc.poll() is None, f"{module} finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture(scope="module")

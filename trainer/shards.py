@@ -67,6 +67,31 @@ def sha256_file(fs: pafs.FileSystem, path: str) -> str:
     return digest.hexdigest()
 
 
+def check_sha256(fs: pafs.FileSystem, path: str, root: str, name: str, expected: str,
+                 job: str) -> None:
+    got = sha256_file(fs, f"{path}/{name}")
+    if got != expected:
+        raise ShardError(f"{root}/{name}: sha256 {got} differs from the manifest's {expected}: "
+                         f"the file changed or is corrupt; re-run {job} --overwrite")
+
+
+def verify_files(fs: pafs.FileSystem, path: str, root: str, entries: list[dict], job: str,
+                 checksums: bool) -> None:
+    """Every Parquet file of ``entries`` (name, rows, sha256) is present with its row count
+    and, with ``checksums``, its sha256 (a full read). ``job`` is what re-creates the set."""
+    for entry in entries:
+        try:
+            rows = pq.ParquetFile(fs.open_input_file(f"{path}/{entry['name']}")).metadata.num_rows
+        except FileNotFoundError:
+            raise ShardError(f"{root}/{entry['name']} is listed in the manifest but missing; "
+                             f"re-run {job} --overwrite") from None
+        if rows != entry["rows"]:
+            raise ShardError(f"{root}/{entry['name']} has {rows} rows, the manifest says "
+                             f"{entry['rows']}; re-run {job} --overwrite")
+        if checksums:
+            check_sha256(fs, path, root, entry["name"], entry["sha256"], job)
+
+
 def read_manifest(root: str, kind: str) -> dict:
     """The manifest of a complete shard set of ``kind`` ("corpus" or "rtd")."""
     fs, path = resolve_fs(root)
@@ -133,24 +158,11 @@ class CorpusShards:
     def verify(self, checksums: bool = False) -> None:
         """Check every file the manifest lists: present, row count, and with ``checksums``
         its sha256 (a full read). Raises ShardError naming the first bad file."""
-        for entry in self.files:
-            path = f"{self.path}/{entry['name']}"
-            try:
-                rows = pq.ParquetFile(self.fs.open_input_file(path)).metadata.num_rows
-            except FileNotFoundError:
-                raise ShardError(f"{self.root}/{entry['name']} is listed in the manifest but "
-                                 "missing; re-run pipeline.prepare with --overwrite") from None
-            if rows != entry["rows"]:
-                raise ShardError(f"{self.root}/{entry['name']} has {rows} rows, the manifest "
-                                 f"says {entry['rows']}; re-run pipeline.prepare --overwrite")
+        verify_files(self.fs, self.path, self.root, self.files, "pipeline.prepare", checksums)
         if checksums:
-            for entry in [*self.files, self.manifest["tokenizer"], self.manifest["unigram"]]:
-                name = entry.get("name") or entry["file"]
-                got = sha256_file(self.fs, f"{self.path}/{name}")
-                if got != entry["sha256"]:
-                    raise ShardError(f"{self.root}/{name}: sha256 {got} differs from the "
-                                     f"manifest's {entry['sha256']}: the file changed or is "
-                                     "corrupt; re-run pipeline.prepare --overwrite")
+            for entry in (self.manifest["tokenizer"], self.manifest["unigram"]):
+                check_sha256(self.fs, self.path, self.root, entry["file"], entry["sha256"],
+                             "pipeline.prepare")
 
     def read_table(self, index: int) -> pa.Table:
         """Part file ``index`` as one Arrow table (columns of CORPUS_SCHEMA)."""
@@ -335,20 +347,7 @@ class RTDShards:
 
     def verify(self, checksums: bool = False) -> None:
         """Every listed file present with its row count (and with ``checksums`` its sha256)."""
-        for entry in self.files:
-            path = f"{self.path}/{entry['name']}"
-            try:
-                rows = pq.ParquetFile(self.fs.open_input_file(path)).metadata.num_rows
-            except FileNotFoundError:
-                raise ShardError(f"{self.root}/{entry['name']} is listed in the manifest but "
-                                 "missing; re-run pipeline.generate --overwrite") from None
-            if rows != entry["rows"]:
-                raise ShardError(f"{self.root}/{entry['name']} has {rows} rows, the manifest "
-                                 f"says {entry['rows']}; re-run pipeline.generate --overwrite")
-            if checksums and sha256_file(self.fs, path) != entry["sha256"]:
-                raise ShardError(f"{self.root}/{entry['name']}: sha256 differs from the "
-                                 "manifest's: the file changed or is corrupt; re-run "
-                                 "pipeline.generate --overwrite")
+        verify_files(self.fs, self.path, self.root, self.files, "pipeline.generate", checksums)
 
     def read_range_table(self, epoch: int, start: int, end: int) -> pa.Table:
         """Encoded rows of positions [start, end) of ``epoch`` (RTD_SCHEMA), reading only

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +19,7 @@ from pipeline.beam_util import read_bytes
 from pipeline.generate import main, run
 from pipeline.generate_fns import load_aux_model, permute, progress
 from pipeline.inspect import main as inspect_main
-from tests.conftest import IN_MEMORY, REPO, TINY
+from tests.conftest import IN_MEMORY, REPO, TINY, kill_9_when
 from trainer.checkpoint import find_latest
 from trainer.config import load_config
 from trainer.corruption import (
@@ -326,16 +324,8 @@ def test_killed_run_leaves_no_manifest_and_rerun_completes(prepared, aux_checkpo
     rtd_dir = tmp_path / "rtd"
     sets = [f"generate.aux_checkpoint={aux_checkpoint}", "generate.epochs=3"]
     argv = gen_argv(corpus_dir, rtd_dir, *sets, beam=("--direct_num_workers=2",))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.generate", *argv], cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while not (rtd_dir / "config.toml").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # into the Beam job
-    assert proc.poll() is None, "generate finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # Killed 1 s into the Beam job (after the launcher wrote config.toml).
+    kill_9_when("pipeline.generate", argv, (rtd_dir / "config.toml").exists, settle=1.0)
     assert not (rtd_dir / "manifest.json").exists()
     with pytest.raises(ShardError, match="incomplete"):
         RTDShards(str(rtd_dir))

@@ -5,17 +5,13 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.prepare import main, run
-from tests.conftest import IN_MEMORY, prepare_argv, write_corpus
+from tests.conftest import IN_MEMORY, kill_9_when, prepare_argv, write_corpus
 from trainer.shards import CorpusShards, ShardError
 from trainer.tokenizer import CLS_ID, SEP_ID, load_tokenizer
 
@@ -122,16 +118,8 @@ def test_killed_run_leaves_no_manifest_and_rerun_recovers(prose, tmp_path):
     corpus_dir = tmp_path / "corpus"
     argv = prepare_argv(inputs, corpus_dir, "--direct_num_workers=2",
                         "--set", "data.part_text_bytes=100000")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.prepare", *argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while not (corpus_dir / "tokenizer.model").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # into the Beam job
-    assert proc.poll() is None, "prepare finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # Killed 1 s into the Beam job (after the tokenizer is written).
+    kill_9_when("pipeline.prepare", argv, (corpus_dir / "tokenizer.model").exists, settle=1.0)
     assert not (corpus_dir / "manifest.json").exists()
     with pytest.raises(ShardError, match="incomplete"):
         CorpusShards(str(corpus_dir))

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, kill_9_when
 from trainer import checkpoint
 from trainer.config import load_config
 from trainer.errors import UserError
@@ -36,14 +34,14 @@ def env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
 
 
-def train_proc(argv: list[str], nproc: int = 1, **kw) -> subprocess.Popen:
+def train_proc(argv: list[str], nproc: int = 1) -> subprocess.Popen:
     if nproc == 1:
         cmd = [sys.executable, "-m", "trainer.train", *argv]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", str(nproc), "-m", "trainer.train", *argv]
     return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True)
 
 
 def run_train(argv: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
@@ -86,13 +84,8 @@ def test_kill_9_then_resume_gives_identical_losses(prepared, tmp_path):
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     out = tmp_path / "killed"
-    p = train_proc(train_argv(corpus_dir, out, *common), start_new_session=True)
-    deadline = time.time() + 120
-    while checkpoint.list_steps(str(out)) == [] and time.time() < deadline:
-        time.sleep(0.01)
-    assert p.poll() is None, "training ended before it could be killed"
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
+    kill_9_when("trainer.train", train_argv(corpus_dir, out, *common),
+                lambda: checkpoint.list_steps(str(out)) != [], env=env())
     killed_at = checkpoint.list_steps(str(out))
     assert killed_at and killed_at[-1] < 300
 
