@@ -32,6 +32,7 @@ from trainer.corruption import aux_logprobs, gumbel_argmax
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.model import Discriminator, EncoderConfig, MLMModel
+from trainer.rtd import rtd_counts, rtd_metrics
 from trainer.tasks import CorpusTask
 
 
@@ -90,24 +91,14 @@ class JointModel(nn.Module):
         rtd_loss = F.binary_cross_entropy_with_logits(d_logits[real].float(),
                                                       labels[real].float())
         with torch.no_grad():
-            pred, gold = d_logits[real] > 0, labels[real]
             stats = {"gen_correct": (g_logits.argmax(-1) == targets).sum(),
                      "gen_count": torch.tensor(float(len(targets))),
-                     "rtd_tp": (pred & gold).sum(), "rtd_fp": (pred & ~gold).sum(),
-                     "rtd_fn": (~pred & gold).sum(), "rtd_tn": (~pred & ~gold).sum()}
+                     **rtd_counts(d_logits, labels, real)}
         return mlm_loss, rtd_loss, stats
 
 
-def rtd_metrics(s: dict[str, float], prefix: str = "") -> dict[str, float]:
-    """Accuracy over all real tokens; precision/recall/F1 of the replaced class."""
-    tp, fp, fn, tn = s["rtd_tp"], s["rtd_fp"], s["rtd_fn"], s["rtd_tn"]
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {f"{prefix}rtd_accuracy": (tp + tn) / max(tp + fp + fn + tn, 1.0),
-            f"{prefix}rtd_precision": precision, f"{prefix}rtd_recall": recall,
-            f"{prefix}rtd_f1": f1, f"{prefix}replaced_fraction": (tp + fn) / max(
-                tp + fp + fn + tn, 1.0),
+def joint_metrics(s: dict[str, float], prefix: str = "") -> dict[str, float]:
+    return {**rtd_metrics(s, prefix),
             f"{prefix}gen_mlm_accuracy": s["gen_correct"] / max(s["gen_count"], 1.0)}
 
 
@@ -145,7 +136,7 @@ class JointTask(CorpusTask):
     def train_metrics(self, sums):
         n = max(sums["micro_batches"], 1.0)
         return {"gen_mlm_loss": sums["mlm_loss_sum"] / n, "rtd_loss": sums["rtd_loss_sum"] / n,
-                **rtd_metrics(sums)}
+                **joint_metrics(sums)}
 
     def evaluate(self, model, d):
         sums: dict[str, float] = {}
@@ -161,5 +152,5 @@ class JointTask(CorpusTask):
             return {}
         n = sums["batches"]
         return {"eval_gen_mlm_loss": sums["mlm_loss_sum"] / n,
-                "eval_rtd_loss": sums["rtd_loss_sum"] / n, **rtd_metrics(sums, "eval_")}
+                "eval_rtd_loss": sums["rtd_loss_sum"] / n, **joint_metrics(sums, "eval_")}
 

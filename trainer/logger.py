@@ -61,7 +61,7 @@ class MetricsLog:
         eta = elapsed / done * (self.max_steps - step) if done > 0 else float("nan")
         extra = " | ".join(f"{k} {r[k]:.4g}" for k in sorted(r)
                            if k not in ("step", "loss", "tokens_per_s", "seconds_per_step",
-                                        "peak_memory_gb", "epoch")
+                                        "peak_memory_gb", "epoch", "sample_id_sum")
                            and not k.startswith(("lr", "grad_norm")) and isinstance(r[k], float))
         print(f"step {step}/{self.max_steps} | loss {r['loss']:.4f} | "
               + (f"{extra} | " if extra else "")

@@ -174,9 +174,14 @@ class MLMTask(CorpusTask):
 def build_task(cfg: RunConfig, d: Dist) -> Task:
     if cfg.train.mode == "mlm":
         return MLMTask(cfg, d)
+    # These modules build on this one (CorpusTask, manifest_fingerprint): imported here.
     if cfg.train.mode in ("electra", "decoupled"):
-        from trainer.joint import JointTask  # joint builds on this module's CorpusTask
+        from trainer.joint import JointTask
 
         return JointTask(cfg, d)
+    if cfg.train.mode == "rtd":
+        from trainer.rtd import RTDTask
+
+        return RTDTask(cfg, d)
     raise UserError(f"train.mode = {cfg.train.mode!r} is not available in this version yet; "
-                    "available: 'mlm', 'electra', 'decoupled'")
+                    "available: 'rtd', 'mlm', 'electra', 'decoupled'")

@@ -103,6 +103,8 @@ def evaluate(task: Task, model: torch.nn.Module, d: distributed.Dist, precision:
         sums = task.evaluate(model, d)
     model.train()
     keys = sorted(sums)
+    if not keys:  # the task has no held-out data
+        return {}
     total = distributed.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64),
                                        d)
     return task.eval_metrics(dict(zip(keys, total.tolist(), strict=True)))

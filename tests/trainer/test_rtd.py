@@ -1,0 +1,119 @@
+"""Offline discriminator training from RTD shards: world-size invariance, exact resume,
+consistency checks with the shard set."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.generate import run as generate
+from tests.conftest import IN_MEMORY, TINY
+from tests.trainer.test_train import SMALL, run_train, train_argv
+from trainer import checkpoint
+from trainer.config import load_config
+from trainer.distributed import Dist
+from trainer.errors import UserError
+from trainer.rtd import RTDTask
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def rtd_dir(prepared, tmp_path_factory):
+    """2 epochs of shards with a model-free replacement (no aux model needed)."""
+    corpus_dir, _, _ = prepared
+    out = tmp_path_factory.mktemp("rtd") / "rtd"
+    argv = ["--config", TINY]
+    for s in [*SMALL, f"data.corpus_dir={corpus_dir}", f"generate.rtd_dir={out}",
+              "corruption.replacement=uniform", "generate.epochs=2", "generate.part_rows=300",
+              "data.row_group_rows=32"]:
+        argv += ["--set", s]
+    generate([*argv, *IN_MEMORY])
+    return out
+
+
+def rtd_argv(corpus_dir, rtd_dir, out_dir, *overrides):
+    return train_argv(corpus_dir, out_dir, "train.mode=rtd", f"train.rtd_dir={rtd_dir}",
+                      *overrides)
+
+
+def metrics(out_dir) -> list[dict]:
+    timing = {"tokens_per_s", "seconds_per_step", "peak_memory_gb"}
+    return [{k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_rank_slices_make_the_global_batch(prepared, rtd_dir):
+    corpus_dir, _, _ = prepared
+    cfg = load_config(TINY, [*SMALL, f"data.corpus_dir={corpus_dir}", "train.mode=rtd",
+                             f"train.rtd_dir={rtd_dir}", "train.max_steps=20",
+                             "train.global_batch_size=24", "train.micro_batch_size_per_rank=6"])
+    one = Dist(0, 1, 0, torch.device("cpu"))
+    task = RTDTask(cfg, one)
+    n = task.samples_per_epoch
+    step = n // 24  # this global batch straddles the end of epoch 0
+    whole = torch.cat([task.micro_batch(step, m, one)["sample_ids"] for m in range(4)])
+    assert whole.tolist() == list(range(step * 24, step * 24 + 24))
+    ranks = [Dist(r, 2, r, torch.device("cpu")) for r in range(2)]
+    split = torch.cat([task.micro_batch(step, m, d)["sample_ids"] for m in range(2)
+                       for d in ranks])
+    assert split.tolist() == whole.tolist()
+    # Each row is the shard row of its (epoch, position).
+    b = task.micro_batch(step, 3, one)
+    rows = {(e, r.position): r for e in range(2) for r in task.rtd.rows(epoch=e)}
+    for i, g in enumerate(b["sample_ids"].tolist()):
+        r = rows[divmod(g, n)]
+        assert b["input_ids"][i, :len(r.input_ids)].tolist() == r.input_ids.tolist()
+        assert np.array_equal(b["labels"][i, :len(r.labels)].numpy(), r.labels)
+
+
+def test_one_process_equals_two_ranks_and_learns(prepared, rtd_dir, tmp_path):
+    corpus_dir, _, _ = prepared
+    common = ["train.max_steps=40", "train.global_batch_size=16",
+              "train.micro_batch_size_per_rank=8", "model.dropout=0",
+              "model.attention_dropout=0", "train.checkpoint_every=40", "train.log_every=5"]
+    one = run_train(rtd_argv(corpus_dir, rtd_dir, tmp_path / "one", *common))
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "temperature schedule is truncated" in one.stdout
+    two = run_train(rtd_argv(corpus_dir, rtd_dir, tmp_path / "two", *common), nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1, m2 = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [r["sample_id_sum"] for r in m1] == [r["sample_id_sum"] for r in m2]
+    for a, b in zip(m1, m2, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+        assert a["rtd_f1"] == pytest.approx(b["rtd_f1"], abs=1e-6)
+    # Uniformly random replacements are easy to spot: the discriminator finds them.
+    assert m1[-1]["loss"] < m1[0]["loss"] and m1[-1]["rtd_f1"] > 0.2
+
+
+def test_resume_is_exact(prepared, rtd_dir, tmp_path):
+    corpus_dir, _, _ = prepared
+    common = ["train.max_steps=12", "train.global_batch_size=8",
+              "train.micro_batch_size_per_rank=4", "train.checkpoint_every=6",
+              "train.keep_checkpoints=5"]
+    straight = tmp_path / "straight"
+    r = run_train(rtd_argv(corpus_dir, rtd_dir, straight, *common))
+    assert r.returncode == 0, r.stderr[-3000:]
+    cut = tmp_path / "cut"
+    shutil.copytree(straight, cut)
+    shutil.rmtree(checkpoint.step_dir(str(cut), 12))
+    r = run_train(rtd_argv(corpus_dir, rtd_dir, cut, *common) + ["--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert metrics(cut) == metrics(straight)
+
+
+def test_shard_set_mismatches_are_refused(prepared, rtd_dir):
+    corpus_dir, _, _ = prepared
+    base = [*SMALL, f"data.corpus_dir={corpus_dir}", "train.mode=rtd",
+            f"train.rtd_dir={rtd_dir}"]
+    cpu = Dist(0, 1, 0, torch.device("cpu"))
+    with pytest.raises(UserError, match="generate more epochs or lower train.max_steps"):
+        RTDTask(load_config(TINY, [*base, "train.max_steps=100000"]), cpu)
+    with pytest.raises(UserError, match="tokenizer.vocab_size=600"):
+        RTDTask(load_config(TINY, [*base, "tokenizer.vocab_size=700"]), cpu)
+    with pytest.raises(UserError, match="incomplete"):
+        RTDTask(load_config(TINY, [*base, f"train.rtd_dir={rtd_dir}-missing"]), cpu)

@@ -1,0 +1,150 @@
+"""``train.mode = "rtd"``: the discriminator learns from the offline RTD shards, with no
+auxiliary model in the loop (the Fast-ELECTRA saving, taken to zero).
+
+    torchrun --nproc_per_node 2 -m trainer.train --config configs/tiny.toml --set train.mode=rtd
+
+The shard set (train.rtd_dir, or generate.rtd_dir) decides the training order: the sample at
+global index g = step * global_batch + i is position g % N of epoch g // N. Rank r of W reads
+its slice [(m*W + r) * B, (m*W + r + 1) * B) of each global batch for micro-batch m straight
+from the row groups that hold it, so any world size trains on the same stream and a resume
+at any step needs no scan. Batches are padded on the right to their longest sequence; padded
+positions are masked out of attention and of the loss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.config import RunConfig
+from trainer.distributed import Dist
+from trainer.errors import UserError
+from trainer.model import Discriminator, EncoderConfig
+from trainer.shards import RTDShards
+from trainer.tasks import manifest_fingerprint
+from trainer.tokenizer import PAD_ID
+
+
+def rtd_counts(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Confusion counts of the replaced class over the real tokens: logits, labels, mask
+    (B, T)."""
+    pred, gold = logits[mask] > 0, labels[mask].bool()
+    return {"rtd_tp": (pred & gold).sum(), "rtd_fp": (pred & ~gold).sum(),
+            "rtd_fn": (~pred & gold).sum(), "rtd_tn": (~pred & ~gold).sum()}
+
+
+def rtd_metrics(s: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """Accuracy over all real tokens; precision/recall/F1 of the replaced class."""
+    tp, fp, fn, tn = s["rtd_tp"], s["rtd_fp"], s["rtd_fn"], s["rtd_tn"]
+    total = max(tp + fp + fn + tn, 1.0)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {f"{prefix}rtd_accuracy": (tp + tn) / total, f"{prefix}rtd_precision": precision,
+            f"{prefix}rtd_recall": recall, f"{prefix}rtd_f1": f1,
+            f"{prefix}replaced_fraction": (tp + fn) / total}
+
+
+def open_rtd(cfg: RunConfig) -> RTDShards:
+    """The shard set to train on, checked against the model config."""
+    root = cfg.train.rtd_dir or cfg.generate.rtd_dir
+    rtd = RTDShards(root)
+    rtd.verify()
+    if rtd.vocab_size != cfg.tokenizer.vocab_size:
+        raise UserError(f"{root} was generated with a vocabulary of {rtd.vocab_size}, the "
+                        f"config says tokenizer.vocab_size = {cfg.tokenizer.vocab_size}; set "
+                        f"--set tokenizer.vocab_size={rtd.vocab_size}")
+    seq_len = rtd.manifest["corpus"]["max_seq_len"]
+    if seq_len > cfg.data.max_seq_len:
+        raise UserError(f"{root} holds sequences of up to {seq_len} tokens, the model takes "
+                        f"data.max_seq_len = {cfg.data.max_seq_len}")
+    return rtd
+
+
+class RTDTask:
+    model_kind = "discriminator"
+
+    def __init__(self, cfg: RunConfig, d: Dist):
+        self.cfg, self.device = cfg, d.device
+        self.rtd = open_rtd(cfg)
+        self.data_fingerprint = manifest_fingerprint(self.rtd.manifest)
+        self.samples_per_epoch = self.rtd.rows_per_epoch
+        total = self.rtd.num_epochs * self.samples_per_epoch
+        steps = total // cfg.train.global_batch_size
+        if cfg.train.max_steps > steps:
+            raise UserError(f"train.max_steps = {cfg.train.max_steps} needs "
+                            f"{cfg.train.max_steps * cfg.train.global_batch_size:,} samples; "
+                            f"{self.rtd.root} holds {total:,} ({self.rtd.num_epochs} epoch(s) x "
+                            f"{self.samples_per_epoch:,}) = {steps} steps of "
+                            f"{cfg.train.global_batch_size}: generate more epochs or lower "
+                            "train.max_steps")
+        self.model = Discriminator(EncoderConfig.main(cfg))
+        if d.is_main:
+            u_end = cfg.train.max_steps * cfg.train.global_batch_size / total
+            print(f"train: rtd on {self.rtd.root}: {self.rtd.num_epochs} epoch(s) x "
+                  f"{self.samples_per_epoch:,} samples, {cfg.train.max_steps} of {steps} "
+                  f"possible steps; discriminator {self.model.num_parameters():,} parameters",
+                  flush=True)
+            if u_end < 1.0:
+                print(f"train: warning: the run stops at u = {u_end:.3f} of the shard set: its "
+                      f"temperature schedule is truncated there ({1 - u_end:.1%} of the set "
+                      "unused)", flush=True)
+
+    def optimized(self, model):
+        return [("model", model, self.cfg.train.lr)]
+
+    def samples(self, start: int, count: int):
+        """Decoded rows of global samples [start, start + count), across epochs."""
+        n = self.samples_per_epoch
+        parts, g = [], start
+        while g < start + count:
+            epoch, pos = divmod(g, n)
+            end = min(pos + (start + count - g), n)
+            parts.append(self.rtd.read_range(epoch, pos, end))
+            g += end - pos
+        return parts
+
+    def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]:
+        t = self.cfg.train
+        start = step * t.global_batch_size + (micro * d.world_size + d.rank) * \
+            t.micro_batch_size_per_rank
+        rows = [(ids, lab, temp, epoch_pos)
+                for part in self.samples(start, t.micro_batch_size_per_rank)
+                for ids, lab, temp, epoch_pos in zip(part.input_ids, part.labels,
+                                                     part.temperature, part.positions,
+                                                     strict=True)]
+        width = max(len(r[0]) for r in rows)
+        ids = np.full((len(rows), width), PAD_ID, np.int64)
+        labels = np.zeros((len(rows), width), np.float32)
+        for i, (tok, lab, _, _) in enumerate(rows):
+            ids[i, :len(tok)], labels[i, :len(lab)] = tok, lab
+        input_ids = torch.from_numpy(ids)
+        tensors = {"input_ids": input_ids, "attention_mask": input_ids != PAD_ID,
+                   "labels": torch.from_numpy(labels),
+                   "temperature": torch.tensor([r[2] for r in rows], dtype=torch.float32),
+                   "sample_ids": torch.arange(start, start + len(rows))}
+        return {k: v.to(self.device) for k, v in tensors.items()}
+
+    def loss(self, model, b):
+        logits = model(b["input_ids"], b["attention_mask"]).float()  # (B, T)
+        real = b["attention_mask"]
+        loss = F.binary_cross_entropy_with_logits(logits[real], b["labels"][real])
+        with torch.no_grad():
+            sums = rtd_counts(logits, b["labels"], real)
+            sums.update(tokens=real.sum(), temperature_sum=b["temperature"].sum(),
+                        samples=torch.tensor(float(len(b["temperature"]))),
+                        sample_id_sum=b["sample_ids"].double().sum())
+        return loss, sums
+
+    def train_metrics(self, sums):
+        # sample_id_sum: the sum of global sample indices trained in the interval, the same
+        # for any world size (a cheap witness that every rank read its own slice).
+        return {**rtd_metrics(sums), "temperature": sums["temperature_sum"] / sums["samples"],
+                "sample_id_sum": sums["sample_id_sum"]}
+
+    def evaluate(self, model, d):
+        return {}
+
+    def eval_metrics(self, sums):
+        return {}
