@@ -80,6 +80,11 @@ class RTDTask:
                             f"{cfg.train.global_batch_size}: generate more epochs or lower "
                             "train.max_steps")
         self.model = Discriminator(EncoderConfig.main(cfg))
+        # An epoch the run never reaches is held out: evaluation reads its first positions.
+        last_trained = (cfg.train.max_steps * cfg.train.global_batch_size - 1) // \
+            self.samples_per_epoch
+        self.heldout_epoch = self.rtd.num_epochs - 1 \
+            if self.rtd.num_epochs - 1 > last_trained else None
         if d.is_main:
             u_end = cfg.train.max_steps * cfg.train.global_batch_size / total
             print(f"train: rtd on {self.rtd.root}: {self.rtd.num_epochs} epoch(s) x "
@@ -90,6 +95,9 @@ class RTDTask:
                 print(f"train: warning: the run stops at u = {u_end:.3f} of the shard set: its "
                       f"temperature schedule is truncated there ({1 - u_end:.1%} of the set "
                       "unused)", flush=True)
+            if self.heldout_epoch is not None:
+                print(f"train: epoch {self.heldout_epoch} is never trained on: evaluation "
+                      f"uses its first {cfg.train.eval_sequences} samples", flush=True)
 
     def optimized(self, model):
         return [("model", model, self.cfg.train.lr)]
@@ -109,22 +117,9 @@ class RTDTask:
         t = self.cfg.train
         start = step * t.global_batch_size + (micro * d.world_size + d.rank) * \
             t.micro_batch_size_per_rank
-        rows = [(ids, lab, temp, epoch_pos)
-                for part in self.samples(start, t.micro_batch_size_per_rank)
-                for ids, lab, temp, epoch_pos in zip(part.input_ids, part.labels,
-                                                     part.temperature, part.positions,
-                                                     strict=True)]
-        width = max(len(r[0]) for r in rows)
-        ids = np.full((len(rows), width), PAD_ID, np.int64)
-        labels = np.zeros((len(rows), width), np.float32)
-        for i, (tok, lab, _, _) in enumerate(rows):
-            ids[i, :len(tok)], labels[i, :len(lab)] = tok, lab
-        input_ids = torch.from_numpy(ids)
-        tensors = {"input_ids": input_ids, "attention_mask": input_ids != PAD_ID,
-                   "labels": torch.from_numpy(labels),
-                   "temperature": torch.tensor([r[2] for r in rows], dtype=torch.float32),
-                   "sample_ids": torch.arange(start, start + len(rows))}
-        return {k: v.to(self.device) for k, v in tensors.items()}
+        batch = collate(self.samples(start, t.micro_batch_size_per_rank))
+        batch["sample_ids"] = torch.arange(start, start + len(batch["temperature"]))
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def loss(self, model, b):
         logits = model(b["input_ids"], b["attention_mask"]).float()  # (B, T)
@@ -144,7 +139,41 @@ class RTDTask:
                 "sample_id_sum": sums["sample_id_sum"]}
 
     def evaluate(self, model, d):
-        return {}
+        if self.heldout_epoch is None:
+            return {}
+        n = min(self.cfg.train.eval_sequences, self.samples_per_epoch)
+        lo, hi = n * d.rank // d.world_size, n * (d.rank + 1) // d.world_size
+        size = self.cfg.train.micro_batch_size_per_rank
+        sums = {"rtd_tp": 0.0, "rtd_fp": 0.0, "rtd_fn": 0.0, "rtd_tn": 0.0, "nll": 0.0}
+        for start in range(lo, hi, size):
+            part = self.rtd.read_range(self.heldout_epoch, start, min(start + size, hi))
+            b = {k: v.to(self.device) for k, v in collate([part]).items()}
+            logits = model(b["input_ids"], b["attention_mask"]).float()
+            real = b["attention_mask"]
+            sums["nll"] += F.binary_cross_entropy_with_logits(
+                logits[real], b["labels"][real], reduction="sum").item()
+            for k, v in rtd_counts(logits, b["labels"], real).items():
+                sums[k] += v.item()
+        return sums
 
     def eval_metrics(self, sums):
-        return {}
+        tokens = sums["rtd_tp"] + sums["rtd_fp"] + sums["rtd_fn"] + sums["rtd_tn"]
+        if not tokens:
+            return {}
+        return {"eval_rtd_loss": sums["nll"] / tokens, **rtd_metrics(sums, "eval_")}
+
+
+def collate(parts: list) -> dict[str, torch.Tensor]:
+    """Decoded shard rows (RTDBatch parts, in order) -> padded tensors: input_ids (B, T)
+    long, attention_mask (B, T) bool, labels (B, T) float, temperature (B,)."""
+    ids_list = [x for p in parts for x in p.input_ids]
+    width = max(len(x) for x in ids_list)
+    ids = np.full((len(ids_list), width), PAD_ID, np.int64)
+    labels = np.zeros((len(ids_list), width), np.float32)
+    for i, (tok, lab) in enumerate(zip(ids_list, (x for p in parts for x in p.labels),
+                                       strict=True)):
+        ids[i, :len(tok)], labels[i, :len(lab)] = tok, lab
+    input_ids = torch.from_numpy(ids)
+    return {"input_ids": input_ids, "attention_mask": input_ids != PAD_ID,
+            "labels": torch.from_numpy(labels),
+            "temperature": torch.from_numpy(np.concatenate([p.temperature for p in parts]))}

@@ -75,7 +75,8 @@ def test_one_process_equals_two_ranks_and_learns(prepared, rtd_dir, tmp_path):
     corpus_dir, _, _ = prepared
     common = ["train.max_steps=40", "train.global_batch_size=16",
               "train.micro_batch_size_per_rank=8", "model.dropout=0",
-              "model.attention_dropout=0", "train.checkpoint_every=40", "train.log_every=5"]
+              "model.attention_dropout=0", "train.checkpoint_every=40", "train.log_every=5",
+              "train.eval_every=40", "train.eval_sequences=200"]
     one = run_train(rtd_argv(corpus_dir, rtd_dir, tmp_path / "one", *common))
     assert one.returncode == 0, one.stderr[-3000:]
     assert "temperature schedule is truncated" in one.stdout
@@ -88,6 +89,10 @@ def test_one_process_equals_two_ranks_and_learns(prepared, rtd_dir, tmp_path):
         assert a["rtd_f1"] == pytest.approx(b["rtd_f1"], abs=1e-6)
     # Uniformly random replacements are easy to spot: the discriminator finds them.
     assert m1[-1]["loss"] < m1[0]["loss"] and m1[-1]["rtd_f1"] > 0.2
+    # Epoch 1 is never reached, so it is the held-out evaluation set, split over the ranks.
+    assert "epoch 1 is never trained on" in one.stdout
+    assert m1[-1]["eval_rtd_f1"] > 0.2
+    assert m1[-1]["eval_rtd_f1"] == pytest.approx(m2[-1]["eval_rtd_f1"], abs=1e-6)
 
 
 def test_resume_is_exact(prepared, rtd_dir, tmp_path):
