@@ -119,7 +119,7 @@ class RTDTask:
             t.micro_batch_size_per_rank
         batch = collate(self.samples(start, t.micro_batch_size_per_rank))
         batch["sample_ids"] = torch.arange(start, start + len(batch["temperature"]))
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return batch
 
     def loss(self, model, b):
         logits = model(b["input_ids"], b["attention_mask"]).float()  # (B, T)

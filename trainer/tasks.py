@@ -40,7 +40,9 @@ class Task(Protocol):
 
     def optimized(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, float]]: ...
 
-    def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]: ...
+    def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]:
+        """This rank's micro-batch ``micro`` of step ``step``, as CPU tensors (built ahead in
+        a background thread; the loop moves them to the device)."""
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
@@ -106,7 +108,7 @@ class CorpusTask:
                    "attention_mask": attention_mask, "selected": selected,
                    "labels": input_ids[selected], "seq_ids": sid,
                    "epochs": torch.from_numpy(epochs)}
-        return {k: v.to(self.device) for k, v in tensors.items()}
+        return tensors
 
     def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]:
         seq_ids, epochs = self.order.micro_batch(step, micro, d.rank, d.world_size,
@@ -119,7 +121,8 @@ class CorpusTask:
         size = self.cfg.train.micro_batch_size_per_rank
         for i in range(0, len(mine), size):
             seq_ids = mine[i:i + size]
-            yield self._masked(seq_ids, np.zeros(len(seq_ids), np.int64), self.eval_seed)
+            batch = self._masked(seq_ids, np.zeros(len(seq_ids), np.int64), self.eval_seed)
+            yield {k: v.to(self.device) for k, v in batch.items()}
 
 
 class MLMTask(CorpusTask):

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from trainer import checkpoint, distributed
 from trainer.cli import config_parser, main_guard, resolve_config
 from trainer.config import RunConfig, to_dict, to_toml
+from trainer.data import Prefetcher
 from trainer.errors import UserError
 from trainer.logger import MetricsLog, peak_memory_gb
 from trainer.optim import build_optimizer, build_scheduler
@@ -171,70 +172,76 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
     pending_eval: dict[str, float] = {}
     interval_start, interval_steps = time.perf_counter(), 0
     ddp.train()
-    for step in range(start, t.max_steps):
-        for micro in range(accum):
-            batch = task.micro_batch(step, micro, d)
-            sync = micro == accum - 1 or not d.enabled
-            with (contextlib.nullcontext() if sync else ddp.no_sync()), \
-                    autocast_context(d.device, t.precision):
-                loss, sums = task.loss(ddp, batch)
-            (loss / accum).backward()
-            # Tensors stay on the device until the log step: no host sync per micro-batch.
-            sums["loss_sum"] = loss.detach().float()
-            sums["micro_batches"] = 1.0
-            for k, v in sums.items():
-                interval[k] = interval.get(k, 0.0) + v
-        # Each optimizer clips its own model's gradient (DecoupledOptim clips G and D apart).
-        norms = [torch.nn.utils.clip_grad_norm_(module.parameters(), t.clip_grad_norm)
-                 for _, module, _ in optimized]
-        grad_norm = norms[0]
-        finite = torch.isfinite(loss) and all(torch.isfinite(n) for n in norms)
-        bad = torch.tensor([0.0 if finite else 1.0], dtype=torch.float64)
-        if distributed.all_reduce_sum(bad, d).item() > 0:
-            last = checkpoint.find_latest(t.out_dir)
-            raise TrainingError(
-                f"non-finite loss or gradient at step {step + 1} (loss {loss.item()}, grad norm "
-                f"{grad_norm.item()}); stopped without updating. Last good checkpoint: "
-                f"{last or 'none'}. Lower train.lr, raise train.warmup_steps, or check the data")
-        for opt, sched in zip(opts, scheds, strict=True):
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-        for (name, _, _), norm in zip(optimized, norms, strict=True):
-            key = "grad_norm_sum" if len(norms) == 1 else f"grad_norm_{name}_sum"
-            interval[key] = interval.get(key, 0.0) + norm.detach()
-        interval_steps += 1
-        done = step + 1
+    prefetch = Prefetcher(lambda step, micro: task.micro_batch(step, micro, d), start,
+                          t.max_steps, accum, pin=d.device.type == "cuda")
+    try:
+        for step in range(start, t.max_steps):
+            for micro in range(accum):
+                batch = {k: v.to(d.device, non_blocking=True) for k, v in prefetch.get().items()}
+                sync = micro == accum - 1 or not d.enabled
+                with (contextlib.nullcontext() if sync else ddp.no_sync()), \
+                        autocast_context(d.device, t.precision):
+                    loss, sums = task.loss(ddp, batch)
+                (loss / accum).backward()
+                # Tensors stay on the device until the log step: no host sync per micro-batch.
+                sums["loss_sum"] = loss.detach().float()
+                sums["micro_batches"] = 1.0
+                for k, v in sums.items():
+                    interval[k] = interval.get(k, 0.0) + v
+            # Each optimizer clips its own model's gradient (DecoupledOptim clips G and D apart).
+            norms = [torch.nn.utils.clip_grad_norm_(module.parameters(), t.clip_grad_norm)
+                     for _, module, _ in optimized]
+            grad_norm = norms[0]
+            finite = torch.isfinite(loss) and all(torch.isfinite(n) for n in norms)
+            bad = torch.tensor([0.0 if finite else 1.0], dtype=torch.float64)
+            if distributed.all_reduce_sum(bad, d).item() > 0:
+                last = checkpoint.find_latest(t.out_dir)
+                raise TrainingError(
+                    f"non-finite loss or gradient at step {step + 1} (loss {loss.item()}, grad "
+                    f"norm {grad_norm.item()}); stopped without updating. Last good checkpoint: "
+                    f"{last or 'none'}. Lower train.lr, raise train.warmup_steps, or check the "
+                    "data")
+            for opt, sched in zip(opts, scheds, strict=True):
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            for (name, _, _), norm in zip(optimized, norms, strict=True):
+                key = "grad_norm_sum" if len(norms) == 1 else f"grad_norm_{name}_sum"
+                interval[key] = interval.get(key, 0.0) + norm.detach()
+            interval_steps += 1
+            done = step + 1
 
-        if t.eval_every and (done % t.eval_every == 0 or done == t.max_steps):
-            pending_eval = evaluate(task, ddp, d, t.precision)
-        if done % t.log_every == 0 or done == t.max_steps:
-            keys = sorted(interval)
-            totals = distributed.all_reduce_sum(
-                torch.tensor([float(interval[k]) for k in keys], dtype=torch.float64), d)
-            sums = dict(zip(keys, totals.tolist(), strict=True))
-            seconds = time.perf_counter() - interval_start
-            record = {
-                "step": done,
-                "epoch": done * t.global_batch_size / task.samples_per_epoch,
-                "loss": sums["loss_sum"] / sums["micro_batches"],
-                "lr": scheds[0].get_last_lr()[0],
-                **{k.removesuffix("_sum"): v / d.world_size / interval_steps
-                   for k, v in sums.items() if k.startswith("grad_norm")},
-                **{f"lr_{name}": sched.get_last_lr()[0]
-                   for (name, _, _), sched in list(zip(optimized, scheds))[1:]},
-                "tokens_per_s": sums["tokens"] / seconds,
-                "seconds_per_step": seconds / interval_steps,
-                "peak_memory_gb": peak_memory_gb(d.device),
-                **task.train_metrics(sums), **pending_eval,
-            }
-            if log is not None:
-                log.write(record)
-            interval, pending_eval = {}, {}
-            interval_start, interval_steps = time.perf_counter(), 0
-        if done % t.checkpoint_every == 0 or done == t.max_steps:
-            save(done)
+            if t.eval_every and (done % t.eval_every == 0 or done == t.max_steps):
+                pending_eval = evaluate(task, ddp, d, t.precision)
+            if done % t.log_every == 0 or done == t.max_steps:
+                keys = sorted(interval)
+                totals = distributed.all_reduce_sum(
+                    torch.tensor([float(interval[k]) for k in keys], dtype=torch.float64), d)
+                sums = dict(zip(keys, totals.tolist(), strict=True))
+                seconds = time.perf_counter() - interval_start
+                record = {
+                    "step": done,
+                    "epoch": done * t.global_batch_size / task.samples_per_epoch,
+                    "loss": sums["loss_sum"] / sums["micro_batches"],
+                    "lr": scheds[0].get_last_lr()[0],
+                    **{k.removesuffix("_sum"): v / d.world_size / interval_steps
+                       for k, v in sums.items() if k.startswith("grad_norm")},
+                    **{f"lr_{name}": sched.get_last_lr()[0]
+                       for (name, _, _), sched in list(zip(optimized, scheds))[1:]},
+                    "tokens_per_s": sums["tokens"] / seconds,
+                    "seconds_per_step": seconds / interval_steps,
+                    "peak_memory_gb": peak_memory_gb(d.device),
+                    **task.train_metrics(sums), **pending_eval,
+                }
+                if log is not None:
+                    log.write(record)
+                interval, pending_eval = {}, {}
+                interval_start, interval_steps = time.perf_counter(), 0
+            if done % t.checkpoint_every == 0 or done == t.max_steps:
+                save(done)
 
+    finally:
+        prefetch.close()
 
 def run(argv: list[str] | None = None) -> None:
     parser = config_parser("torchrun -m trainer.train", __doc__)

@@ -53,3 +53,30 @@ def test_corpus_tokens_batches_and_holdout(prepared):
     held_docs = set(tokens.doc_ids[held].tolist())
     assert not held_docs & set(tokens.doc_ids[train].tolist())  # whole documents
     assert np.array_equal(tokens.split(0.1)[1], held)
+
+
+def test_prefetcher_keeps_order_and_raises_the_workers_error():
+    import torch
+
+    from trainer.data import Prefetcher
+
+    made = lambda step, micro: {"x": torch.tensor([step, micro])}  # noqa: E731
+    p = Prefetcher(made, 3, 6, accum=2, depth=2)
+    got = [p.get()["x"].tolist() for _ in range(6)]
+    assert got == [[3, 0], [3, 1], [4, 0], [4, 1], [5, 0], [5, 1]]
+    p.close()
+
+    def broken(step, micro):
+        if step == 1:
+            raise ValueError("bad shard")
+        return {"x": torch.tensor([step])}
+
+    p = Prefetcher(broken, 0, 5, accum=1)
+    assert p.get()["x"].tolist() == [0]
+    with pytest.raises(ValueError, match="bad shard"):
+        p.get()
+    p.close()
+    # close() stops a producer that is blocked on a full queue.
+    p = Prefetcher(made, 0, 1000, accum=1, depth=1)
+    p.close()
+    assert not p._thread.is_alive()
