@@ -122,3 +122,31 @@ def test_shard_set_mismatches_are_refused(prepared, rtd_dir):
         RTDTask(load_config(TINY, [*base, "tokenizer.vocab_size=700"]), cpu)
     with pytest.raises(UserError, match="incomplete"):
         RTDTask(load_config(TINY, [*base, f"train.rtd_dir={rtd_dir}-missing"]), cpu)
+
+
+def test_sweep_runs_every_point_on_one_shard_set_and_resumes(prepared, rtd_dir, tmp_path,
+                                                             capsys):
+    from trainer.sweep import main as sweep
+
+    corpus_dir, _, _ = prepared
+    argv = ["--config", TINY]
+    for s in [*SMALL, f"data.corpus_dir={corpus_dir}", "train.mode=rtd",
+              f"train.rtd_dir={rtd_dir}", f"train.out_dir={tmp_path}", "train.max_steps=4",
+              "train.warmup_steps=1", "train.global_batch_size=8",
+              "train.micro_batch_size_per_rank=8", "train.checkpoint_every=4"]:
+        argv += ["--set", s]
+    grid = ["--grid", "train.lr=1e-3,3e-3", "--grid", "train.seed=0,1"]
+    assert sweep([*argv, *grid, "--print"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 4 and all("-m trainer.train" in line for line in printed)
+
+    assert sweep([*argv, *grid]) == 0
+    out = capsys.readouterr().out
+    for point in ("train.lr=1e-3,train.seed=0", "train.lr=3e-3,train.seed=1"):
+        assert checkpoint.list_steps(str(tmp_path / "sweep" / point)) == [4]
+        assert point in out
+    assert "rtd_f1" in out.splitlines()[-5]  # the summary table's header
+    assert sweep([*argv, *grid]) == 0  # a re-launch skips the finished points
+    assert capsys.readouterr().out.count("is finished; skipping") == 4
+    assert sweep([*argv, "--grid", "train.lrr=1"]) == 2
+    assert "unknown key train.lrr" in capsys.readouterr().err
