@@ -403,15 +403,37 @@ def build_config(raw: dict, source: str = "<dict>") -> RunConfig:
     return RunConfig(**sections)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a TOML run config and apply ``section.key=value`` overrides, strictly."""
-    path = Path(path)
+def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's tables, with ``extends = "other.toml"`` (relative to the file) resolved:
+    the file's keys override the ones it extends, key by key."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; the shipped configs are in configs/")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' makes a cycle: "
+                          + " -> ".join(str(p) for p in (*seen, path.resolve())))
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends must be a path string, got {parent!r}")
+    merged = _read_toml(path.parent / parent, (*seen, path.resolve()))
+    for section, values in raw.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a TOML run config (following ``extends``) and apply ``section.key=value``
+    overrides, strictly."""
+    path = Path(path)
+    raw = _read_toml(path)
     for text in overrides:
         section, key, value = _parse_override(text)
         if section not in SECTIONS:

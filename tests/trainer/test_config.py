@@ -20,6 +20,7 @@ from trainer.config import (
     load_config,
     to_toml,
 )
+from trainer.corruption import validate_corruption
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.toml"), recursive=True))
 
@@ -27,6 +28,7 @@ CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.toml"), recurs
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
 def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     cfg = load_config(path)
+    validate_corruption(cfg.corruption)  # the combination, not only each key, must be valid
     out = tmp_path / "resolved.toml"
     out.write_text(to_toml(cfg))
     assert load_config(out) == cfg
@@ -109,3 +111,19 @@ def test_cli_reports_config_error_without_traceback():
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: --set 'data.nope=1': unknown key data.nope")
     assert "Traceback" not in out.stderr
+
+
+def test_extends_merges_key_by_key_and_refuses_cycles(tmp_path):
+    metro = load_config(os.path.join(REPO, "configs", "joint", "metro_base.toml"))
+    base = load_config(os.path.join(REPO, "configs", "base.toml"))
+    assert (metro.train.mode, metro.joint.rtd_weight, metro.train.lr) == ("electra", 70.0, 5e-4)
+    assert metro.model == base.model and metro.train.max_steps == base.train.max_steps
+    gdes = load_config(os.path.join(REPO, "configs", "joint", "gdes_base.toml"))  # 2 levels
+    assert (gdes.joint.embedding_sharing, gdes.joint.rtd_weight) == ("gdes", 50.0)
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="'extends' makes a cycle"):
+        load_config(tmp_path / "a.toml")
+    (tmp_path / "c.toml").write_text('extends = "missing.toml"\n')
+    with pytest.raises(ConfigError, match="missing.toml does not exist"):
+        load_config(tmp_path / "c.toml")
