@@ -27,7 +27,6 @@ interrupted run are removed first. The shard encoding is documented in ``trainer
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import sys
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from importlib.metadata import version
 import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from pipeline.beam_util import (
@@ -48,6 +46,7 @@ from pipeline.beam_util import (
     write_atomic,
     write_json_atomic,
 )
+from pipeline.corpus_parts import ZSTD_LEVEL
 from pipeline.generate_fns import (
     GenerateError,
     Layout,
@@ -68,17 +67,15 @@ from trainer.shards import (
     CorpusShards,
     ShardError,
     encode_rtd_rows,
+    manifest_fingerprint,
     open_corpus,
     read_manifest,
+    resolve_fs,
     rtd_part_name,
+    sha256_file,
     token_dtype,
 )
-from trainer.tasks import manifest_fingerprint
 from trainer.tokenizer import PAD_ID
-
-ZSTD_LEVEL = 3
-
-
 
 # ---------------------------------------------------------------------------------------------
 # DoFns
@@ -286,14 +283,10 @@ def build(p: beam.Pipeline, cfg: RunConfig, corpus: CorpusShards, layout: Layout
 # ---------------------------------------------------------------------------------------------
 
 def resolve_device(device: str) -> str:
-    import torch
+    """generate.device as a torch device string ("cuda:0" or "cpu")."""
+    from trainer.distributed import pick_device
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise GenerateError("generate.device = 'cuda' but no CUDA device is visible here; "
-                            "run on a GPU machine, or set generate.device=auto or cpu")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return str(pick_device(device, 0, "generate.device"))
 
 
 def check_aux(cfg: RunConfig, corpus: CorpusShards) -> dict | None:
@@ -321,11 +314,7 @@ def check_aux(cfg: RunConfig, corpus: CorpusShards) -> dict | None:
     state_path = join(path, "state.pt")
     if not exists(state_path):
         raise GenerateError(f"{state_path} is missing: an incomplete checkpoint")
-    digest = hashlib.sha256()
-    with FileSystems.open(state_path) as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return {"checkpoint": path, "state_sha256": digest.hexdigest(),
+    return {"checkpoint": path, "state_sha256": sha256_file(*resolve_fs(state_path)),
             "meta_sha256": sha256_hex(read_bytes(join(path, "meta.json"))),
             "step": meta.get("step"), "config": meta["config"]}
 

@@ -34,10 +34,11 @@ class Dist:
         return self.world_size > 1
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    """``auto`` = this rank's GPU when CUDA is visible, else CPU; ``cuda`` insists on a GPU."""
+def pick_device(requested: str, local_rank: int, key: str = "train.device") -> torch.device:
+    """``auto`` = this rank's GPU when CUDA is visible, else CPU; ``cuda`` insists on a GPU
+    (``key`` names the config key in the error)."""
     if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device = 'cuda' but no CUDA device is visible; use 'auto' or "
+        raise UserError(f"{key} = 'cuda' but no CUDA device is visible; use 'auto' or "
                         "'cpu', or check CUDA_VISIBLE_DEVICES and the driver")
     if requested in ("auto", "cuda") and torch.cuda.is_available():
         torch.cuda.set_device(local_rank)

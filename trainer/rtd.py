@@ -21,8 +21,7 @@ from trainer.config import RunConfig
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.model import Discriminator, EncoderConfig
-from trainer.shards import RTDShards
-from trainer.tasks import manifest_fingerprint
+from trainer.shards import RTDShards, manifest_fingerprint
 from trainer.tokenizer import PAD_ID
 
 

@@ -67,6 +67,12 @@ def sha256_file(fs: pafs.FileSystem, path: str) -> str:
     return digest.hexdigest()
 
 
+def manifest_fingerprint(manifest: dict) -> str:
+    """sha256 of a shard set's manifest (canonical JSON): what runs and checkpoints record
+    to recognise the data they were made from."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
 def check_sha256(fs: pafs.FileSystem, path: str, root: str, name: str, expected: str,
                  job: str) -> None:
     got = sha256_file(fs, f"{path}/{name}")

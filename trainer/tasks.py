@@ -11,8 +11,6 @@ the log interval before ``train_metrics``/``eval_metrics`` turn them into ratios
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Protocol
 
 import numpy as np
@@ -25,7 +23,7 @@ from trainer.data import CorpusTokens, TrainOrder
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.model import EncoderConfig, MLMModel
-from trainer.shards import open_corpus
+from trainer.shards import manifest_fingerprint, open_corpus
 from trainer.tokenizer import NUM_SPECIAL
 
 # Held-out masks are fixed across runs, steps and seeds: evaluations stay comparable.
@@ -52,10 +50,6 @@ class Task(Protocol):
     def evaluate(self, model: torch.nn.Module, d: Dist) -> dict[str, float]: ...
 
     def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
-
-
-def manifest_fingerprint(manifest: dict) -> str:
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 class CorpusTask:
@@ -177,7 +171,7 @@ class MLMTask(CorpusTask):
 def build_task(cfg: RunConfig, d: Dist) -> Task:
     if cfg.train.mode == "mlm":
         return MLMTask(cfg, d)
-    # These modules build on this one (CorpusTask, manifest_fingerprint): imported here.
+    # These modules build on this one (CorpusTask): imported here.
     if cfg.train.mode in ("electra", "decoupled"):
         from trainer.joint import JointTask
 
