@@ -27,12 +27,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.beam_util import read_bytes  # noqa: E402
 from pipeline.generate import run  # noqa: E402
-from pipeline.generate_fns import load_aux_model  # noqa: E402
 from trainer.config import load_config  # noqa: E402
 from trainer.corruption import corrupt_batch, mask_positions  # noqa: E402
 from trainer.data import CorpusTokens  # noqa: E402
+from trainer.pretrained import load_generator  # noqa: E402
 from trainer.shards import CorpusShards  # noqa: E402
 
 
@@ -62,7 +61,7 @@ def main() -> None:
     manifest = beam[1][1]
     batch_rows = manifest["layout"]["batch_rows"]
 
-    aux = load_aux_model(cfg.generate.aux_checkpoint, read_bytes, "cpu")
+    aux = load_generator(cfg.generate.aux_checkpoint)
     counts = torch.from_numpy(corpus.unigram_counts())
     order = np.arange(n)
     start = time.perf_counter()

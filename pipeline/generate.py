@@ -50,15 +50,13 @@ from pipeline.corpus_parts import ZSTD_LEVEL
 from pipeline.generate_fns import (
     GenerateError,
     Layout,
-    aux_encoder_config,
-    load_aux_model,
     permute,
     progress,
-    read_aux_meta,
 )
 from pipeline.shard_sets import prepare_output, run_pipeline
 from trainer.cli import config_parser, main_guard, resolve_config
 from trainer.config import RunConfig, to_dict, to_toml
+from trainer.pretrained import GENERATOR_KINDS, generator_config, load_generator, read_meta
 from trainer.shards import (
     CONFIG_FILE,
     MANIFEST,
@@ -134,7 +132,7 @@ class CorruptionHandler(ModelHandler):
         device = resolve_device(self.gen.device)
         aux = unigram = None
         if self.corruption.replacement == "aux":
-            aux = load_aux_model(self.gen.aux_checkpoint, read_bytes, device)
+            aux = load_generator(self.gen.aux_checkpoint, device, read_bytes)
         if ("unigram" in self.corruption.replacement
                 or self.corruption.augmentation == "log_interp_unigram"):
             unigram = CorpusShards(self.corpus_dir).unigram_counts()
@@ -300,8 +298,8 @@ def check_aux(cfg: RunConfig, corpus: CorpusShards) -> dict | None:
                             "checkpoint folder of a train.mode = 'mlm' run); set it, or choose "
                             "a model-free corruption.replacement such as 'uniform'")
     path = gen.aux_checkpoint.rstrip("/")
-    meta = read_aux_meta(path, read_bytes)
-    enc = aux_encoder_config(meta)
+    meta = read_meta(path, "generator (generate.aux_checkpoint)", GENERATOR_KINDS, read_bytes)
+    enc = generator_config(meta)
     if enc.vocab_size != corpus.vocab_size:
         raise GenerateError(f"the aux checkpoint {path} has a vocabulary of {enc.vocab_size} "
                             f"tokens but the corpus tokenizer of {corpus.root} has "

@@ -20,8 +20,6 @@ part is fixed by (epoch, position) alone, never by Beam's bundling.
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,56 +127,3 @@ class Layout:
         """(part, batch within the part) of a position."""
         part, offset = divmod(position, self.rows_per_part)
         return part, offset // self.batch_rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Auxiliary checkpoint
-# ---------------------------------------------------------------------------------------------
-
-def read_aux_meta(path: str, read_bytes) -> dict:
-    """meta.json of the aux checkpoint folder ``path``, checked to be an MLM."""
-    meta_path = path.rstrip("/") + "/meta.json"
-    try:
-        meta = json.loads(read_bytes(meta_path))
-    except FileNotFoundError:
-        raise GenerateError(f"generate.aux_checkpoint {path!r} is not a checkpoint folder (no "
-                            "meta.json); give a runs/<run>/checkpoints/step_* folder of a "
-                            "train.mode = 'mlm' run") from None
-    except (OSError, ValueError) as e:
-        if "No such file" in str(e) or "not found" in str(e).lower():
-            raise GenerateError(f"generate.aux_checkpoint {path!r} is not a checkpoint folder "
-                                "(no meta.json); give a runs/<run>/checkpoints/step_* folder "
-                                "of a train.mode = 'mlm' run") from None
-        raise GenerateError(f"{meta_path} is unreadable ({e})") from None
-    kind = meta.get("model_kind")
-    if kind != "mlm":
-        raise GenerateError(f"generate.aux_checkpoint {path!r} holds a {kind!r} model (from "
-                            f"train.mode = {meta.get('mode')!r}), not an MLM; give a "
-                            "checkpoint of a train.mode = 'mlm' run")
-    if "config" not in meta:
-        raise GenerateError(f"{meta_path} has no 'config'; it was not written by trainer.train")
-    return meta
-
-
-def aux_encoder_config(meta: dict):
-    """The EncoderConfig the aux model was trained with (from its own resolved config)."""
-    from trainer.config import build_config
-    from trainer.model import EncoderConfig
-
-    return EncoderConfig.aux(build_config(meta["config"], "aux checkpoint meta.json"))
-
-
-def load_aux_model(path: str, read_bytes, device: str):
-    """The frozen MLMModel of checkpoint folder ``path`` on ``device``, in eval mode."""
-    import torch
-
-    from trainer.model import MLMModel
-
-    meta = read_aux_meta(path, read_bytes)
-    model = MLMModel(aux_encoder_config(meta))
-    state = torch.load(io.BytesIO(read_bytes(path.rstrip("/") + "/state.pt")),
-                       map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    model.requires_grad_(False)
-    return model.to(device).eval()
-

@@ -15,9 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.beam_util import read_bytes
 from pipeline.generate import main, run
-from pipeline.generate_fns import load_aux_model, permute, progress
+from pipeline.generate_fns import permute, progress
 from pipeline.inspect import main as inspect_main
 from tests.conftest import IN_MEMORY, REPO, TINY, kill_9_when
 from trainer.checkpoint import find_latest
@@ -29,6 +28,7 @@ from trainer.corruption import (
     replacement_logprobs,
     schedule_value,
 )
+from trainer.pretrained import load_generator
 from trainer.shards import (
     CorpusShards,
     RTDShards,
@@ -164,7 +164,7 @@ def test_samples_equal_corrupt_batch_one_at_a_time(prepared, aux_rtd, aux_checkp
     rtd_dir, _ = aux_rtd
     corpus = {r.seq_id: r.input_ids for r in CorpusShards(str(corpus_dir)).rows()}
     cfg = load_config(TINY)
-    aux = load_aux_model(str(aux_checkpoint), read_bytes, "cpu")
+    aux = load_generator(str(aux_checkpoint))
     rtd = RTDShards(str(rtd_dir))
     n = rtd.rows_per_epoch
     for e in range(2):
@@ -261,14 +261,14 @@ def test_errors_are_clear(prepared, aux_checkpoint, tmp_path, capsys):
     assert "needs generate.aux_checkpoint" in fails("generate.aux_checkpoint=")
     assert "manifest.json" in fails("corruption.replacement=uniform",
                                     corpus=tmp_path / "nowhere")
-    # A checkpoint whose meta says it is not an MLM.
+    # A checkpoint whose meta says it holds no generator.
     fake = tmp_path / "disc"
     fake.mkdir()
     with open(os.path.join(aux_checkpoint, "meta.json")) as f:
         meta = json.load(f)
     (fake / "meta.json").write_text(json.dumps(dict(meta, model_kind="rtd", mode="rtd")))
     err = fails(f"generate.aux_checkpoint={fake}")
-    assert "not an MLM" in err and str(fake) in err
+    assert "has no generator" in err and str(fake) in err
     # Vocabulary mismatch: the aux model's config says 700 tokens, the corpus has 600.
     meta["config"]["tokenizer"]["vocab_size"] = 700
     (fake / "meta.json").write_text(json.dumps(meta))
@@ -389,7 +389,7 @@ def test_aux_samples_follow_the_tempered_aux_distribution(prepared, aux_rtd, aux
     corpus_dir, _, _ = prepared
     rtd_dir, _ = aux_rtd
     cfg = load_config(TINY, SMALL)
-    aux = load_aux_model(aux_checkpoint, read_bytes, "cpu")
+    aux = load_generator(aux_checkpoint)
 
     def aux_logprobs_of(masked, attn, selected, _original):
         with torch.inference_mode():

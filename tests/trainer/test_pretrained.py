@@ -1,0 +1,59 @@
+"""Models out of checkpoints by role: a joint checkpoint's generator and discriminator come out
+standalone and compute exactly what they computed inside the joint model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+from tests.trainer.test_train import SMALL
+from trainer import checkpoint
+from trainer.config import load_config, to_dict
+from trainer.errors import UserError
+from trainer.joint import JointModel
+from trainer.model import EncoderConfig, MLMModel
+from trainer.pretrained import load_discriminator, load_generator, resolve_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def save(out_dir, model: torch.nn.Module, cfg, kind: str) -> str:
+    meta = {"step": 1, "mode": cfg.train.mode, "config": to_dict(cfg), "model_kind": kind}
+    return checkpoint.save(str(out_dir), 1, {"model": model.state_dict()}, meta, 0, 1,
+                           lambda: None)
+
+
+@pytest.mark.parametrize("sharing", ["shared", "gdes", "none"])
+def test_joint_checkpoint_yields_both_models(tmp_path, sharing):
+    cfg = load_config(TINY, [*SMALL, "train.mode=electra", "aux.num_layers=1",
+                             f"joint.embedding_sharing={sharing}"])
+    torch.manual_seed(0)
+    joint = JointModel(cfg).eval()
+    with torch.no_grad():  # make the gdes delta and the tables non-trivial
+        for p in joint.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = save(tmp_path, joint, cfg, "joint")
+    ids = torch.randint(5, 600, (2, 16))
+    mask = torch.ones_like(ids)
+    sel = torch.zeros_like(ids, dtype=torch.bool)
+    sel[:, 3] = True
+
+    gen = load_generator(path)
+    disc = load_discriminator(resolve_checkpoint(str(tmp_path)))
+    assert not any(p.requires_grad for p in gen.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(gen(ids, mask, positions_mask=sel),
+                                   joint.generator(ids, mask, positions_mask=sel))
+        torch.testing.assert_close(disc(ids, mask), joint.discriminator(ids, mask))
+
+
+def test_wrong_kind_and_missing_checkpoint_are_named(tmp_path):
+    cfg = load_config(TINY, [*SMALL])
+    path = save(tmp_path, MLMModel(EncoderConfig.aux(cfg)), cfg, "mlm")
+    with pytest.raises(UserError, match="has no discriminator"):
+        load_discriminator(path)
+    with pytest.raises(UserError, match="not a checkpoint folder"):
+        load_generator(str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="neither a checkpoint"):
+        resolve_checkpoint(str(tmp_path / "nowhere"))
