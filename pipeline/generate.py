@@ -47,15 +47,11 @@ from pipeline.beam_util import (
     write_json_atomic,
 )
 from pipeline.corpus_parts import ZSTD_LEVEL
-from pipeline.generate_fns import (
-    GenerateError,
-    Layout,
-    permute,
-    progress,
-)
+from pipeline.generate_fns import GenerateError, Layout
 from pipeline.shard_sets import prepare_output, run_pipeline
 from trainer.cli import config_parser, main_guard, resolve_config
 from trainer.config import RunConfig, to_dict, to_toml
+from trainer.order import permute, progress
 from trainer.pretrained import GENERATOR_KINDS, generator_config, load_generator, read_meta
 from trainer.shards import (
     CONFIG_FILE,

@@ -119,7 +119,8 @@ def load_generator(path: str, device: str | torch.device = "cpu",
     meta = read_meta(path, "generator", GENERATOR_KINDS, read_bytes)
     cfg = generator_config(meta)
     state = generator_state(meta, _state(path, read_bytes))
-    model = MLMModel(cfg)
+    with torch.random.fork_rng(devices=[]):  # loading must not move the caller's RNG
+        model = MLMModel(cfg)
     model.load_state_dict(state)
     model.requires_grad_(False)
     return model.to(device).eval()
@@ -129,7 +130,8 @@ def load_discriminator(path: str, device: str | torch.device = "cpu",
                        read_bytes: Callable[[str], bytes] = _read_local) -> Discriminator:
     """The discriminator of checkpoint ``path``, on ``device``, in eval mode."""
     meta = read_meta(path, "discriminator", DISCRIMINATOR_KINDS, read_bytes)
-    model = Discriminator(discriminator_config(meta))
+    with torch.random.fork_rng(devices=[]):
+        model = Discriminator(discriminator_config(meta))
     model.load_state_dict(discriminator_state(meta, _state(path, read_bytes)))
     return model.to(device).eval()
 

@@ -62,38 +62,46 @@ def open_rtd(cfg: RunConfig) -> RTDShards:
 
 
 class RTDTask:
+    """``train.mode = "rtd"``. The global stream is ``rows(start, count)``; subclasses that
+    compute the rows instead of reading them (``fast-online``) override ``rows``/``ready``."""
+
     model_kind = "discriminator"
 
     def __init__(self, cfg: RunConfig, d: Dist):
-        self.cfg, self.device = cfg, d.device
         self.rtd = open_rtd(cfg)
-        self.data_fingerprint = manifest_fingerprint(self.rtd.manifest)
-        self.samples_per_epoch = self.rtd.rows_per_epoch
-        total = self.rtd.num_epochs * self.samples_per_epoch
+        self.setup(cfg, d, self.rtd.num_epochs, self.rtd.rows_per_epoch,
+                   manifest_fingerprint(self.rtd.manifest), f"rtd on {self.rtd.root}",
+                   "generate more epochs or lower train.max_steps")
+
+    def setup(self, cfg: RunConfig, d: Dist, num_epochs: int, samples_per_epoch: int,
+              fingerprint: str, what: str, fix: str) -> None:
+        """The discriminator, the step budget and the held-out epoch of a stream of
+        ``num_epochs`` x ``samples_per_epoch`` samples."""
+        self.cfg, self.device = cfg, d.device
+        self.data_fingerprint = fingerprint
+        self.num_epochs, self.samples_per_epoch = num_epochs, samples_per_epoch
+        total = num_epochs * samples_per_epoch
         steps = total // cfg.train.global_batch_size
         if cfg.train.max_steps > steps:
             raise UserError(f"train.max_steps = {cfg.train.max_steps} needs "
                             f"{cfg.train.max_steps * cfg.train.global_batch_size:,} samples; "
-                            f"{self.rtd.root} holds {total:,} ({self.rtd.num_epochs} epoch(s) x "
-                            f"{self.samples_per_epoch:,}) = {steps} steps of "
-                            f"{cfg.train.global_batch_size}: generate more epochs or lower "
-                            "train.max_steps")
+                            f"{what} holds {total:,} ({num_epochs} epoch(s) x "
+                            f"{samples_per_epoch:,}) = {steps} steps of "
+                            f"{cfg.train.global_batch_size}: {fix}")
         self.model = Discriminator(EncoderConfig.main(cfg))
         # An epoch the run never reaches is held out: evaluation reads its first positions.
         last_trained = (cfg.train.max_steps * cfg.train.global_batch_size - 1) // \
-            self.samples_per_epoch
-        self.heldout_epoch = self.rtd.num_epochs - 1 \
-            if self.rtd.num_epochs - 1 > last_trained else None
+            samples_per_epoch
+        self.heldout_epoch = num_epochs - 1 if num_epochs - 1 > last_trained else None
         if d.is_main:
             u_end = cfg.train.max_steps * cfg.train.global_batch_size / total
-            print(f"train: rtd on {self.rtd.root}: {self.rtd.num_epochs} epoch(s) x "
-                  f"{self.samples_per_epoch:,} samples, {cfg.train.max_steps} of {steps} "
-                  f"possible steps; discriminator {self.model.num_parameters():,} parameters",
-                  flush=True)
+            print(f"train: {what}: {num_epochs} epoch(s) x {samples_per_epoch:,} samples, "
+                  f"{cfg.train.max_steps} of {steps} possible steps; discriminator "
+                  f"{self.model.num_parameters():,} parameters", flush=True)
             if u_end < 1.0:
-                print(f"train: warning: the run stops at u = {u_end:.3f} of the shard set: its "
-                      f"temperature schedule is truncated there ({1 - u_end:.1%} of the set "
-                      "unused)", flush=True)
+                print(f"train: warning: the run stops at u = {u_end:.3f} of the data plan: its "
+                      f"temperature schedule is truncated there ({1 - u_end:.1%} of the "
+                      "samples unused)", flush=True)
             if self.heldout_epoch is not None:
                 print(f"train: epoch {self.heldout_epoch} is never trained on: evaluation "
                       f"uses its first {cfg.train.eval_sequences} samples", flush=True)
@@ -101,8 +109,8 @@ class RTDTask:
     def optimized(self, model):
         return [("model", model, self.cfg.train.lr)]
 
-    def samples(self, start: int, count: int):
-        """Decoded rows of global samples [start, start + count), across epochs."""
+    def rows(self, start: int, count: int) -> dict[str, torch.Tensor]:
+        """Global samples [start, start + count), across epochs, as padded CPU tensors."""
         n = self.samples_per_epoch
         parts, g = [], start
         while g < start + count:
@@ -110,17 +118,22 @@ class RTDTask:
             end = min(pos + (start + count - g), n)
             parts.append(self.rtd.read_range(epoch, pos, end))
             g += end - pos
-        return parts
+        return collate(parts)
+
+    def ready(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch on the device as the discriminator sees it (shard rows already are)."""
+        return b
 
     def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]:
         t = self.cfg.train
         start = step * t.global_batch_size + (micro * d.world_size + d.rank) * \
             t.micro_batch_size_per_rank
-        batch = collate(self.samples(start, t.micro_batch_size_per_rank))
-        batch["sample_ids"] = torch.arange(start, start + len(batch["temperature"]))
+        batch = self.rows(start, t.micro_batch_size_per_rank)
+        batch["sample_ids"] = torch.arange(start, start + t.micro_batch_size_per_rank)
         return batch
 
     def loss(self, model, b):
+        b = self.ready(b)
         logits = model(b["input_ids"], b["attention_mask"]).float()  # (B, T)
         real = b["attention_mask"]
         loss = F.binary_cross_entropy_with_logits(logits[real], b["labels"][real])
@@ -143,10 +156,11 @@ class RTDTask:
         n = min(self.cfg.train.eval_sequences, self.samples_per_epoch)
         lo, hi = n * d.rank // d.world_size, n * (d.rank + 1) // d.world_size
         size = self.cfg.train.micro_batch_size_per_rank
+        first = self.heldout_epoch * self.samples_per_epoch
         sums = {"rtd_tp": 0.0, "rtd_fp": 0.0, "rtd_fn": 0.0, "rtd_tn": 0.0, "nll": 0.0}
         for start in range(lo, hi, size):
-            part = self.rtd.read_range(self.heldout_epoch, start, min(start + size, hi))
-            b = {k: v.to(self.device) for k, v in collate([part]).items()}
+            rows = self.rows(first + start, min(size, hi - start))
+            b = self.ready({k: v.to(self.device) for k, v in rows.items()})
             logits = model(b["input_ids"], b["attention_mask"]).float()
             real = b["attention_mask"]
             sums["nll"] += F.binary_cross_entropy_with_logits(

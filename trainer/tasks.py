@@ -180,5 +180,9 @@ def build_task(cfg: RunConfig, d: Dist) -> Task:
         from trainer.rtd import RTDTask
 
         return RTDTask(cfg, d)
+    if cfg.train.mode == "fast-online":
+        from trainer.fast_online import FastOnlineTask
+
+        return FastOnlineTask(cfg, d)
     raise UserError(f"train.mode = {cfg.train.mode!r} is not available in this version yet; "
-                    "available: 'rtd', 'mlm', 'electra', 'decoupled'")
+                    "available: 'rtd', 'mlm', 'electra', 'decoupled', 'fast-online'")

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from pipeline.generate import main, run
-from pipeline.generate_fns import permute, progress
 from pipeline.inspect import main as inspect_main
 from tests.conftest import IN_MEMORY, REPO, TINY, kill_9_when
 from trainer.checkpoint import find_latest
@@ -81,30 +80,6 @@ def aux_rtd(prepared, aux_checkpoint, tmp_path_factory):
     manifest = run(gen_argv(corpus_dir, rtd_dir, f"generate.aux_checkpoint={aux_checkpoint}",
                             "generate.epochs=2", "generate.seed=7", "generate.device=cpu"))
     return rtd_dir, manifest
-
-
-# ---------------------------------------------------------------------------------------------
-# Training order
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 1000, 4099])
-def test_order_is_a_deterministic_permutation(n):
-    ids = np.arange(n)
-    p = permute(ids, n, seed=3, epoch=1)
-    assert sorted(p.tolist()) == list(range(n))
-    assert np.array_equal(p, permute(ids, n, seed=3, epoch=1))
-    # Per element: any subset in any order gives the same positions.
-    sub = ids[::-3]
-    assert np.array_equal(permute(sub, n, 3, 1), p[sub])
-    if n >= 64:
-        assert not np.array_equal(p, permute(ids, n, seed=3, epoch=2))
-        assert not np.array_equal(p, permute(ids, n, seed=4, epoch=1))
-        assert not np.array_equal(p, ids)
-
-
-def test_progress_granularity():
-    assert progress(1, np.array([0, 5]), 10, 2, "sample").tolist() == [0.5, 0.75]
-    assert progress(1, np.array([0, 5]), 10, 2, "epoch").tolist() == [0.5, 0.5]
 
 
 # ---------------------------------------------------------------------------------------------

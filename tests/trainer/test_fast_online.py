@@ -1,0 +1,70 @@
+"""``fast-online``: the frozen aux in the loop produces exactly the offline shards' rows, and a
+fast-online run trains exactly like an ``rtd`` run on shards generated with the same config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+from tests.pipeline.test_generate import aux_checkpoint, aux_rtd  # noqa: F401 (fixtures)
+from tests.trainer.test_rtd import metrics
+from tests.trainer.test_train import SMALL, run_train, train_argv
+from trainer.config import load_config
+from trainer.distributed import Dist
+from trainer.errors import UserError
+from trainer.fast_online import FastOnlineTask
+from trainer.rtd import RTDTask
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = Dist(0, 1, 0, torch.device("cpu"))
+
+
+def plan(corpus_dir, aux, rtd_dir, *overrides: str) -> list[str]:
+    # generate.* as the aux_rtd fixture made its shard set: 2 epochs, seed 7.
+    return [f"data.corpus_dir={corpus_dir}", f"generate.aux_checkpoint={aux}",
+            "generate.epochs=2", "generate.seed=7", f"train.rtd_dir={rtd_dir}", *overrides]
+
+
+def test_online_rows_equal_the_offline_shards(prepared, aux_checkpoint, aux_rtd):  # noqa: F811
+    corpus_dir, _, _ = prepared
+    rtd_dir, _ = aux_rtd
+    cfg = load_config(TINY, [*SMALL, *plan(corpus_dir, aux_checkpoint, rtd_dir,
+                                           "train.max_steps=10", "train.warmup_steps=0",
+                                           "train.global_batch_size=8",
+                                           "train.micro_batch_size_per_rank=8")])
+    online, offline = FastOnlineTask(cfg, CPU), RTDTask(cfg, CPU)
+    n = online.samples_per_epoch
+    assert n == offline.samples_per_epoch
+    for start in (0, 37, n - 5):  # the last one straddles the end of epoch 0
+        want = offline.rows(start, 11)
+        got = online.ready(online.rows(start, 11))
+        for key in ("input_ids", "attention_mask", "labels", "temperature"):
+            assert torch.equal(got[key], want[key]), (start, key)
+        assert got["labels"].sum() > 0
+
+
+def test_fast_online_trains_exactly_like_rtd_on_its_shards(prepared, aux_checkpoint,  # noqa: F811
+                                                          aux_rtd, tmp_path):  # noqa: F811
+    corpus_dir, _, _ = prepared
+    rtd_dir, _ = aux_rtd
+    common = plan(corpus_dir, aux_checkpoint, rtd_dir, "train.max_steps=6",
+                  "train.global_batch_size=16", "train.micro_batch_size_per_rank=8",
+                  "train.log_every=2", "train.checkpoint_every=6")
+    online = run_train(train_argv(corpus_dir, tmp_path / "online", *common,
+                                  "train.mode=fast-online"))
+    assert online.returncode == 0, online.stderr[-3000:]
+    offline = run_train(train_argv(corpus_dir, tmp_path / "offline", *common, "train.mode=rtd"))
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    a, b = metrics(tmp_path / "online"), metrics(tmp_path / "offline")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["temperature"] for r in a] == [r["temperature"] for r in b]
+    assert "rtd_f1" in a[-1]
+
+
+def test_missing_aux_checkpoint_is_named(prepared):
+    corpus_dir, _, _ = prepared
+    cfg = load_config(TINY, [*SMALL, f"data.corpus_dir={corpus_dir}", "train.mode=fast-online",
+                             "generate.aux_checkpoint="])
+    with pytest.raises(UserError, match="needs generate.aux_checkpoint"):
+        FastOnlineTask(cfg, CPU)
