@@ -235,7 +235,8 @@ class MLMConfig:
 
 @dataclass
 class JointConfig:
-    """The joint baselines: ``train.mode`` = ``electra`` or ``decoupled`` (trainer.joint)."""
+    """The joint modes: ``electra``, ``decoupled`` (trainer.joint) and ``early-exit``
+    (trainer.early_exit)."""
 
     embedding_sharing: Literal["shared", "none", "gdes"] = "shared"
     """electra: generator and discriminator share token embeddings, keep their own, or use
@@ -244,10 +245,43 @@ class JointConfig:
     """electra: lambda in loss = MLM + lambda * RTD (ELECTRA: 50)."""
     generator_lr: float = 2e-4
     """decoupled: peak lr of the generator's own optimizer (paper: 2e-4; D uses train.lr)."""
+    exit_layers: list[int] = field(default_factory=list)
+    """early-exit: generator layers with an MLM head, ascending, the last = aux.num_layers
+    (paper: 3, 6, 9, 12). Empty = 4 exits evenly spaced up to aux.num_layers."""
+    exit_init_probs: list[float] = field(default_factory=list)
+    """early-exit: initial exit-selection probabilities P_1, one per exit. Empty = proportional
+    to 1, 2, ..., K (paper, 4 exits: 0.1, 0.2, 0.3, 0.4)."""
+    exit_update_every: int = 100
+    """early-exit: steps between updates P <- softmax(P + alpha * clip(acc_t - acc_{t-1}, -1,
+    1) * R), R = 0, 1, ..., K-1, acc = the discriminator's RTD accuracy over those steps."""
+    exit_alpha: float = 1.0
+    """early-exit: alpha of the P update (the paper's value was not available offline)."""
+    replacement: Literal["generator", "embedding_topk"] = "generator"
+    """electra/decoupled: sample replacements from the generator, or Kang et al.'s "Emb-Gen"
+    ablation: one of the embedding_topk_k nearest tokens (L2) to the original in the
+    discriminator's embedding table, with an auxiliary L2 term."""
+    embedding_topk_k: int = 10
+    """embedding_topk: neighbours to choose among (uniformly)."""
+    embedding_l2_weight: float = 1.0
+    """embedding_topk: weight of the auxiliary term, the mean squared L2 distance between the
+    discriminator embeddings of each original token and its replacement."""
 
     def __post_init__(self):
         _check(self.rtd_weight > 0, "joint.rtd_weight", f"must be > 0, got {self.rtd_weight}")
         _check(self.generator_lr > 0, "joint.generator_lr", "must be > 0")
+        _check(all(x >= 1 for x in self.exit_layers)
+               and self.exit_layers == sorted(set(self.exit_layers)), "joint.exit_layers",
+               f"must be ascending layer numbers >= 1, got {self.exit_layers}")
+        _check(not self.exit_init_probs or (
+            len(self.exit_init_probs) == len(self.exit_layers or [0] * 4)
+            and all(p >= 0 for p in self.exit_init_probs)
+            and abs(sum(self.exit_init_probs) - 1) < 1e-6), "joint.exit_init_probs",
+               "must be one non-negative probability per exit, summing to 1, got "
+               f"{self.exit_init_probs}")
+        _check(self.exit_update_every >= 1, "joint.exit_update_every", "must be >= 1")
+        _check(self.exit_alpha >= 0, "joint.exit_alpha", "must be >= 0")
+        _check(self.embedding_topk_k >= 1, "joint.embedding_topk_k", "must be >= 1")
+        _check(self.embedding_l2_weight >= 0, "joint.embedding_l2_weight", "must be >= 0")
 
 
 @dataclass

@@ -283,6 +283,12 @@ class Encoder(nn.Module):
                 num_layers: int | None = None) -> torch.Tensor:
         """input_ids (B, T) long; attention_mask (B, T) bool/int, 1 = real token (None = all
         real); num_layers runs only the first blocks (early exit). Returns (B, T, H)."""
+        return self.exits(input_ids, attention_mask, [num_layers or len(self.blocks)])[0]
+
+    def exits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+              layers: list[int]) -> list[torch.Tensor]:
+        """The hidden states (B, T, H) after each of ``layers`` blocks (ascending), from one
+        pass that stops at the last of them (the early-exit generator's exits)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         x = self.embed(input_ids)  # (B, T, H)
@@ -290,11 +296,12 @@ class Encoder(nn.Module):
         # Build the mask once, in the dtype SDPA will see, instead of casting it in every layer.
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         bias = self.attention_bias(attention_mask, dtype)
-        for block in self.blocks[:num_layers]:
+        out = []
+        for i, block in enumerate(self.blocks[:max(layers)], start=1):
             x = block(x, bias, self.dropout, self.attention_dropout)
-        if self.final_ln is not None:
-            x = self.final_ln(x)
-        return x  # (B, T, H)
+            if i in layers:
+                out.append(x if self.final_ln is None else self.final_ln(x))
+        return out  # [(B, T, H)] * len(layers)
 
     @torch.no_grad()
     def admin_init_(self, input_ids: torch.Tensor | None = None,

@@ -12,6 +12,7 @@ model_kind     written by train.mode                   holds
 mlm            mlm                                     a generator
 discriminator  rtd, fast-online                        a discriminator
 joint          electra, decoupled                      both ("from a previous training round")
+early-exit     early-exit                              both; the generator up to its last exit
 =============  ======================================  ==========================================
 
 A joint checkpoint's discriminator comes out standalone: with ``joint.embedding_sharing =
@@ -33,8 +34,8 @@ from trainer.config import RunConfig, build_config
 from trainer.errors import UserError
 from trainer.model import Discriminator, EncoderConfig, MLMModel
 
-GENERATOR_KINDS = ("mlm", "joint")
-DISCRIMINATOR_KINDS = ("discriminator", "joint")
+GENERATOR_KINDS = ("mlm", "joint", "early-exit")
+DISCRIMINATOR_KINDS = ("discriminator", "joint", "early-exit")
 
 
 def _read_local(path: str) -> bytes:
@@ -99,7 +100,12 @@ def generator_state(meta: dict, state: dict[str, torch.Tensor]) -> dict[str, tor
     """The MLMModel state dict inside a checkpoint's model state."""
     if meta["model_kind"] == "mlm":
         return state
-    return _sub(state, "generator.")
+    gen = _sub(state, "generator.")
+    if meta["model_kind"] == "early-exit":  # the encoder + the last exit's head: an MLMModel
+        last = max(int(k.split(".")[1]) for k in gen if k.startswith("heads."))
+        gen = {k: v for k, v in gen.items() if not k.startswith("heads.")} | {
+            "head." + k: v for k, v in _sub(gen, f"heads.{last}.").items()}
+    return gen
 
 
 def discriminator_state(meta: dict, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -51,6 +51,9 @@ class Task(Protocol):
 
     def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
 
+    # Optional: ``after_step(done, step_sums, dist)`` runs on every rank after each optimizer
+    # step with that step's (rank-local) sums; state it changes must live in the model.
+
 
 class CorpusTask:
     """What the corpus-reading modes share: the corpus in memory, the held-out split, the
@@ -180,9 +183,13 @@ def build_task(cfg: RunConfig, d: Dist) -> Task:
         from trainer.rtd import RTDTask
 
         return RTDTask(cfg, d)
+    if cfg.train.mode == "early-exit":
+        from trainer.early_exit import EarlyExitTask
+
+        return EarlyExitTask(cfg, d)
     if cfg.train.mode == "fast-online":
         from trainer.fast_online import FastOnlineTask
 
         return FastOnlineTask(cfg, d)
     raise UserError(f"train.mode = {cfg.train.mode!r} is not available in this version yet; "
-                    "available: 'rtd', 'mlm', 'electra', 'decoupled', 'fast-online'")
+                    "available: 'rtd', 'mlm', 'electra', 'decoupled', 'fast-online', 'early-exit'")

@@ -176,6 +176,7 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
                           t.max_steps, accum, pin=d.device.type == "cuda")
     try:
         for step in range(start, t.max_steps):
+            step_sums: dict[str, torch.Tensor | float] = {}
             for micro in range(accum):
                 batch = {k: v.to(d.device, non_blocking=True) for k, v in prefetch.get().items()}
                 sync = micro == accum - 1 or not d.enabled
@@ -188,6 +189,7 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
                 sums["micro_batches"] = 1.0
                 for k, v in sums.items():
                     interval[k] = interval.get(k, 0.0) + v
+                    step_sums[k] = step_sums.get(k, 0.0) + v
             # Each optimizer clips its own model's gradient (DecoupledOptim clips G and D apart).
             norms = [torch.nn.utils.clip_grad_norm_(module.parameters(), t.clip_grad_norm)
                      for _, module, _ in optimized]
@@ -210,6 +212,8 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
                 interval[key] = interval.get(key, 0.0) + norm.detach()
             interval_steps += 1
             done = step + 1
+            if hasattr(task, "after_step"):  # e.g. early-exit's update of its exit probabilities
+                task.after_step(done, step_sums, d)
 
             if t.eval_every and (done % t.eval_every == 0 or done == t.max_steps):
                 pending_eval = evaluate(task, ddp, d, t.precision)

@@ -117,12 +117,19 @@ def test_labels_mark_exactly_the_changed_tokens(prepared):
     assert stats["gen_count"] == b["selected"].sum()
 
 
-@pytest.mark.parametrize("mode", ["electra", "decoupled"])
+# early-exit: P is updated every 2 steps, so the resumed run must restore P, the previous
+# accuracy and the counts since the last update (model buffers) to match.
+MODES = {"electra": [], "decoupled": [],
+         "early-exit": ["joint.exit_layers=[1, 2]", "joint.exit_update_every=3",
+                        "joint.exit_alpha=20.0"]}
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_resume_is_exact(prepared, tmp_path, mode):
     corpus_dir, _, _ = prepared
     common = [f"train.mode={mode}", "train.max_steps=8", "train.checkpoint_every=4",
               "train.global_batch_size=8", "train.micro_batch_size_per_rank=4",
-              "train.keep_checkpoints=5", "train.eval_every=8"]
+              "train.keep_checkpoints=5", "train.eval_every=8", *MODES[mode]]
     straight = tmp_path / "straight"
     r = run_train(train_argv(corpus_dir, straight, *common))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -141,3 +148,7 @@ def test_resume_is_exact(prepared, tmp_path, mode):
         last)
     if mode == "decoupled":
         assert {"grad_norm_generator", "grad_norm_discriminator", "lr_generator"} <= set(last)
+    if mode == "early-exit":
+        assert {"exit_p1", "exit_p2", "exit_layer", "gen_mlm_accuracy_exit1"} <= set(last)
+        # P moved away from its start (1/3, 2/3) by the updates at steps 3 and 6
+        assert last["exit_p1"] != pytest.approx(1 / 3)
