@@ -4,8 +4,11 @@
                                                           # temperature range per epoch, aux
     python -m pipeline.inspect shards/tiny/rtd --verify   # also check every file's sha256
     python -m pipeline.inspect shards/tiny/corpus
+    python -m pipeline.inspect shards/tiny/rtd --plot shards/tiny/rtd-schedule.png
 
-Reads only manifest.json (plus the files with ``--verify``); needs no Beam.
+Reads only manifest.json (plus the files with ``--verify``); needs no Beam. ``--plot`` draws,
+over training progress u, each part's temperature range next to the configured schedule, and
+the replaced fraction per part and per epoch (needs matplotlib: ``pip install -e '.[plot]'``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import json
 import sys
 
 from trainer.cli import main_guard
+from trainer.corruption import schedule_value
+from trainer.errors import UserError
+from trainer.plot import require_matplotlib, save_figure
 from trainer.shards import MANIFEST, CorpusShards, RTDShards, ShardError, resolve_fs
 
 
@@ -50,6 +56,65 @@ def rtd_summary(rtd: RTDShards) -> list[str]:
     return lines
 
 
+def rtd_figure(rtd: RTDShards):
+    """Two panels over training progress u = (e * N + p) / (E * N): each part's temperature
+    range (from the manifest) over the schedule the corruption config defines, and the
+    fraction of tokens replaced, per part and per epoch. Returns a matplotlib Figure."""
+    Figure = require_matplotlib()
+    from matplotlib.ticker import PercentFormatter
+
+    m, c = rtd.manifest, rtd.manifest["corruption"]
+    epochs, n = rtd.num_epochs, rtd.rows_per_epoch
+    total = epochs * n
+    fig = Figure(figsize=(9, 6.5))
+    temp_ax, repl_ax = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+
+    u = [i / 400 for i in range(401)]
+    if c["granularity"] == "epoch":  # one value per epoch, held for the whole epoch
+        curve = [schedule_value(c["schedule"], min(int(x * epochs), epochs - 1) / epochs,
+                                c["t0"], c["tau"]) for x in u]
+    else:
+        curve = [schedule_value(c["schedule"], x, c["t0"], c["tau"]) for x in u]
+    temp_ax.plot(u, curve, color="0.25", linewidth=1, label=f"configured schedule "
+                 f"({c['schedule']}, t0={c['t0']:g}, tau={c['tau']:g}, {c['granularity']})")
+    for i, f in enumerate(sorted(m["files"], key=lambda f: (f["epoch"], f["position_start"]))):
+        lo = (f["epoch"] * n + f["position_start"]) / total
+        hi = (f["epoch"] * n + f["position_end"]) / total
+        # The edge line keeps a part with min == max (a constant schedule) visible.
+        temp_ax.fill_between([lo, hi], f["temperature_min"], f["temperature_max"],
+                             color="C0", alpha=0.45, linewidth=0.8, edgecolor="C0",
+                             label="shards: min..max per part" if i == 0 else None)
+        replaced = f["replaced"] / max(f["tokens"], 1)
+        repl_ax.plot([lo, hi], [replaced, replaced], color="C1", linewidth=1.5, zorder=3,
+                     label="per part" if i == 0 else None)
+    for e in range(epochs):
+        files = rtd.epoch_files(e)
+        frac = sum(f["replaced"] for f in files) / max(sum(f["tokens"] for f in files), 1)
+        repl_ax.plot([e / epochs, (e + 1) / epochs], [frac, frac], color="C3", linewidth=3,
+                     alpha=0.5, label="per epoch" if e == 0 else None)
+        repl_ax.annotate(f"epoch {e}: {frac:.2%}", ((e + 0.5) / epochs, frac),
+                         textcoords="offset points", xytext=(0, 6), ha="center",
+                         fontsize="small", color="C3")
+        for ax in (temp_ax, repl_ax):
+            if e:
+                ax.axvline(e / epochs, color="0.6", linestyle=":", linewidth=1)
+    value = "temperature T" if c["augmentation"] == "temperature" else \
+        f"schedule value T = 1 + strength ({c['augmentation']})"
+    temp_ax.set_title(f"{rtd.root}: {epochs} epoch(s) x {n:,} samples, "
+                      f"replacement {c['replacement']}", fontsize="medium")
+    temp_ax.set_ylabel(value)
+    temp_ax.legend(fontsize="small", loc="upper right")
+    repl_ax.set_ylabel("replaced fraction of tokens")
+    repl_ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    repl_ax.margins(y=0.3)  # room for the per-epoch labels
+    repl_ax.set_xlabel("training progress u = (e*N + position) / (E*N)")
+    repl_ax.legend(fontsize="small", loc="lower left")
+    for ax in (temp_ax, repl_ax):
+        ax.grid(True, alpha=0.3)
+        ax.set_xlim(0, 1)
+    return fig
+
+
 def corpus_summary(corpus: CorpusShards) -> list[str]:
     m = corpus.manifest
     return [
@@ -67,6 +132,9 @@ def run(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("dir", help="a shard set folder (the one holding manifest.json)")
     parser.add_argument("--verify", action="store_true",
                         help="check every file's row count and sha256 (reads everything)")
+    parser.add_argument("--plot", metavar="OUT.png",
+                        help="RTD sets: also write a PNG of the temperature schedule and the "
+                             "replaced fraction over training progress")
     args = parser.parse_args(argv)
     fs, path = resolve_fs(args.dir)
     try:
@@ -75,6 +143,9 @@ def run(argv: list[str] | None = None) -> list[str]:
     except (FileNotFoundError, json.JSONDecodeError):
         kind = "rtd"  # let the reader explain what is wrong
     if kind == "corpus":
+        if args.plot:
+            raise UserError(f"--plot draws an RTD shard set's schedule; {args.dir} holds a "
+                            "corpus: pass the rtd folder (generate.rtd_dir)")
         shards = CorpusShards(args.dir)
         lines = corpus_summary(shards)
     elif kind == "rtd":
@@ -86,6 +157,8 @@ def run(argv: list[str] | None = None) -> list[str]:
         shards.verify(checksums=True)
         lines.append("  verified: every file present, row counts and sha256 match")
     print("\n".join(lines))
+    if args.plot:
+        print(f"wrote {save_figure(rtd_figure(shards), args.plot)}")
     return lines
 
 

@@ -130,6 +130,9 @@ class ModelConfig:
     """Hidden dropout."""
     attention_dropout: float = 0.1
     """Dropout on attention probabilities."""
+    layer_norm_eps: float = 1e-5
+    """Epsilon of every LayerNorm (PyTorch's default; BERT / ELECTRA checkpoints use 1e-12,
+    which ``python -m trainer.hf import`` sets so that an imported model is exact)."""
 
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "num_heads", "ffn_size",
@@ -139,6 +142,8 @@ class ModelConfig:
                f"must divide model.hidden_size ({self.hidden_size}), got {self.num_heads}")
         _check_prob(self.dropout, "model.dropout")
         _check_prob(self.attention_dropout, "model.attention_dropout")
+        _check(self.layer_norm_eps > 0, "model.layer_norm_eps",
+               f"must be > 0, got {self.layer_norm_eps}")
 
 
 @dataclass
@@ -335,6 +340,9 @@ class TrainConfig:
     """``auto`` = bf16 autocast on GPU, fp32 on CPU."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars to <out_dir>/tensorboard (needs pip install -e
+    '.[tensorboard]')."""
 
     def __post_init__(self):
         _check(self.eval_every >= 0, "train.eval_every", "must be >= 0")

@@ -69,6 +69,7 @@ class EncoderConfig:
     layer_norm: Literal["post", "pre"] = "post"
     dropout: float = 0.1
     attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
 
     def __post_init__(self):
         def check(ok: bool, name: str, msg: str) -> None:
@@ -110,7 +111,7 @@ class EncoderConfig:
                    position=m.position, rel_num_buckets=m.rel_num_buckets,
                    rel_max_distance=m.rel_max_distance, max_seq_len=run_cfg.data.max_seq_len,
                    layer_norm=m.layer_norm, dropout=m.dropout,
-                   attention_dropout=m.attention_dropout)
+                   attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps)
 
     @classmethod
     def aux(cls, run_cfg: RunConfig) -> EncoderConfig:
@@ -122,7 +123,7 @@ class EncoderConfig:
                    position=m.position, rel_num_buckets=m.rel_num_buckets,
                    rel_max_distance=m.rel_max_distance, max_seq_len=run_cfg.data.max_seq_len,
                    layer_norm=m.layer_norm, dropout=m.dropout,
-                   attention_dropout=m.attention_dropout)
+                   attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,8 +188,8 @@ class Block(nn.Module):
         self.post_ln = cfg.layer_norm == "post"
         self.attn = SelfAttention(cfg)
         self.ffn = FeedForward(cfg)
-        self.ln_attn = nn.LayerNorm(cfg.hidden_size)
-        self.ln_ffn = nn.LayerNorm(cfg.hidden_size)
+        self.ln_attn = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.ln_ffn = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         if self.post_ln:
             self.omega_attn = nn.Parameter(torch.ones(cfg.hidden_size))
             self.omega_ffn = nn.Parameter(torch.ones(cfg.hidden_size))
@@ -234,9 +235,10 @@ class Encoder(nn.Module):
         # One (buckets, heads) table for the whole stack: T5 / the paper share it across layers.
         self.rel_bias = (nn.Parameter(torch.zeros(cfg.rel_num_buckets, cfg.num_heads))
                          if cfg.position == "relative" else None)
-        self.emb_ln = nn.LayerNorm(cfg.hidden_size)
+        self.emb_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self.final_ln = nn.LayerNorm(cfg.hidden_size) if cfg.layer_norm == "pre" else None
+        self.final_ln = (nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+                         if cfg.layer_norm == "pre" else None)
 
         self.apply(_init_bert)
         if self.rel_bias is not None:
@@ -367,7 +369,7 @@ class MLMHead(nn.Module):
     def __init__(self, cfg: EncoderConfig, word_embeddings: nn.Embedding):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.ln = nn.LayerNorm(cfg.hidden_size)
+        self.ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.weight = word_embeddings.weight  # tied: the very same Parameter, (V, H)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(_init_bert)

@@ -156,7 +156,7 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
         os.makedirs(t.out_dir, exist_ok=True)
         with open(os.path.join(t.out_dir, "config.toml"), "w") as f:
             f.write(to_toml(cfg))
-        log = MetricsLog(t.out_dir, t.max_steps, start)
+        log = MetricsLog(t.out_dir, t.max_steps, start, tensorboard=t.tensorboard)
 
     def save(step: int) -> None:
         state = {"model": raw_model.state_dict(),
@@ -246,6 +246,8 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
 
     finally:
         prefetch.close()
+        if log is not None:
+            log.close()
 
 def run(argv: list[str] | None = None) -> None:
     parser = config_parser("torchrun -m trainer.train", __doc__)

@@ -1,0 +1,74 @@
+"""pipeline.inspect --plot on a real shard set written by pipeline.generate (model-free
+replacement, so no auxiliary checkpoint is needed). The text summary is tested in
+test_generate.py."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.generate import run as generate
+from pipeline.inspect import main as inspect_main
+from pipeline.inspect import rtd_figure
+from tests.pipeline.test_generate import gen_argv
+from trainer.shards import RTDShards
+
+pytest.importorskip("matplotlib")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def rtd_set(prepared, tmp_path_factory):
+    """2 epochs x 5 parts of smoothed_onehot replacements: the replaced fraction falls as the
+    temperature does, so the plot has something to show."""
+    corpus_dir, _, _ = prepared
+    rtd_dir = tmp_path_factory.mktemp("inspect") / "rtd"
+    manifest = generate(gen_argv(corpus_dir, rtd_dir, "corruption.replacement=smoothed_onehot",
+                                 "generate.epochs=2"))
+    return rtd_dir, manifest
+
+
+def test_plot_writes_a_png_and_keeps_the_summary(rtd_set, tmp_path, capsys):
+    rtd_dir, manifest = rtd_set
+    assert inspect_main([str(rtd_dir)]) == 0
+    plain = capsys.readouterr().out
+    out = tmp_path / "figs" / "schedule.png"
+    assert inspect_main([str(rtd_dir), "--plot", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == plain + f"wrote {out}\n"
+    data = out.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 20_000
+    assert os.listdir(out.parent) == ["schedule.png"]  # no temp file left behind
+    assert len(manifest["files"]) == 10  # 991 rows / 200 per part, 2 epochs: steps to draw
+
+
+def test_plot_refuses_a_corpus(prepared, tmp_path, capsys):
+    assert inspect_main([str(prepared[0]), "--plot", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "corpus" in err and "rtd" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_draws_what_the_manifest_says(rtd_set):
+    rtd_dir, manifest = rtd_set
+    temp_ax, repl_ax = rtd_figure(RTDShards(str(rtd_dir))).axes
+    files = sorted(manifest["files"], key=lambda f: (f["epoch"], f["position_start"]))
+    bands = temp_ax.collections  # one min..max band per part, in training order
+    assert len(bands) == len(files) == 10
+    for band, f in zip(bands, files, strict=True):
+        ys = band.get_paths()[0].vertices[:, 1]
+        assert min(ys) == pytest.approx(f["temperature_min"])
+        assert max(ys) == pytest.approx(f["temperature_max"])
+    schedule, *_ = temp_ax.get_lines()
+    assert schedule.get_ydata()[0] == 2.0 and schedule.get_ydata()[-1] < 1.01
+    # Drawn in this order: the parts, then each epoch's mean (epoch separators after).
+    *parts, epoch0, epoch1 = [line.get_ydata()[0] for line in repl_ax.get_lines()[:12]]
+    assert parts == pytest.approx([f["replaced"] / f["tokens"] for f in files])
+    fracs = [sum(f["replaced"] for f in files if f["epoch"] == e)
+             / sum(f["tokens"] for f in files if f["epoch"] == e) for e in (0, 1)]
+    assert [epoch0, epoch1] == pytest.approx(fracs)
+    assert fracs[0] > fracs[1]  # smoothed_onehot: a hotter epoch replaces more tokens
