@@ -29,21 +29,21 @@ class ConfigError(UserError):
     """A config file or override is invalid; the message names the key and the fix."""
 
 
-def _check(ok: bool, key: str, msg: str) -> None:
+def check(ok: bool, key: str, msg: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {msg}")
 
 
 def _check_prob(value: float, key: str) -> None:
-    _check(0.0 <= value <= 1.0, key, f"must be in [0, 1], got {value}")
+    check(0.0 <= value <= 1.0, key, f"must be in [0, 1], got {value}")
 
 
 def _check_masking(section: str, mask_prob: float, mask_token_prob: float,
                    random_token_prob: float = 0.0) -> None:
-    _check(0.0 < mask_prob < 1.0, f"{section}.mask_prob", f"must be in (0, 1), got {mask_prob}")
+    check(0.0 < mask_prob < 1.0, f"{section}.mask_prob", f"must be in (0, 1), got {mask_prob}")
     _check_prob(mask_token_prob, f"{section}.mask_token_prob")
     _check_prob(random_token_prob, f"{section}.random_token_prob")
-    _check(mask_token_prob + random_token_prob <= 1.0, f"{section}.mask_token_prob",
+    check(mask_token_prob + random_token_prob <= 1.0, f"{section}.mask_token_prob",
            f"{section}.mask_token_prob + random_token_prob must be <= 1")
 
 
@@ -78,11 +78,11 @@ class DataConfig:
     def __post_init__(self):
         if isinstance(self.input, str):
             self.input = [self.input]
-        _check(self.max_seq_len >= 8, "data.max_seq_len", f"must be >= 8, got {self.max_seq_len}")
-        _check(self.min_tail_tokens >= 0, "data.min_tail_tokens", "must be >= 0")
-        _check(self.part_text_bytes >= 1024, "data.part_text_bytes", "must be >= 1024")
-        _check(self.row_group_rows >= 1, "data.row_group_rows", "must be >= 1")
-        _check(bool(self.text_field), "data.text_field", "must not be empty")
+        check(self.max_seq_len >= 8, "data.max_seq_len", f"must be >= 8, got {self.max_seq_len}")
+        check(self.min_tail_tokens >= 0, "data.min_tail_tokens", "must be >= 0")
+        check(self.part_text_bytes >= 1024, "data.part_text_bytes", "must be >= 1024")
+        check(self.row_group_rows >= 1, "data.row_group_rows", "must be >= 1")
+        check(bool(self.text_field), "data.text_field", "must not be empty")
 
 
 @dataclass
@@ -99,10 +99,10 @@ class TokenizerConfig:
     """SentencePiece character_coverage; rare characters fall back to bytes."""
 
     def __post_init__(self):
-        _check(self.vocab_size >= 300, "tokenizer.vocab_size",
+        check(self.vocab_size >= 300, "tokenizer.vocab_size",
                f"must be >= 300 (256 byte-fallback pieces + specials), got {self.vocab_size}")
-        _check(self.train_max_sentences >= 1, "tokenizer.train_max_sentences", "must be >= 1")
-        _check(0.9 <= self.character_coverage <= 1.0, "tokenizer.character_coverage",
+        check(self.train_max_sentences >= 1, "tokenizer.train_max_sentences", "must be >= 1")
+        check(0.9 <= self.character_coverage <= 1.0, "tokenizer.character_coverage",
                "must be in [0.9, 1.0]")
 
 
@@ -137,12 +137,12 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "num_heads", "ffn_size",
                      "rel_num_buckets", "rel_max_distance"):
-            _check(getattr(self, name) >= 1, f"model.{name}", "must be >= 1")
-        _check(self.hidden_size % self.num_heads == 0, "model.num_heads",
+            check(getattr(self, name) >= 1, f"model.{name}", "must be >= 1")
+        check(self.hidden_size % self.num_heads == 0, "model.num_heads",
                f"must divide model.hidden_size ({self.hidden_size}), got {self.num_heads}")
         _check_prob(self.dropout, "model.dropout")
         _check_prob(self.attention_dropout, "model.attention_dropout")
-        _check(self.layer_norm_eps > 0, "model.layer_norm_eps",
+        check(self.layer_norm_eps > 0, "model.layer_norm_eps",
                f"must be > 0, got {self.layer_norm_eps}")
 
 
@@ -160,9 +160,9 @@ class AuxConfig:
     """Feed-forward size; 0 = same as model.ffn_size."""
 
     def __post_init__(self):
-        _check(self.num_layers >= 1, "aux.num_layers", "must be >= 1")
+        check(self.num_layers >= 1, "aux.num_layers", "must be >= 1")
         for name in ("hidden_size", "num_heads", "ffn_size"):
-            _check(getattr(self, name) >= 0, f"aux.{name}", "must be >= 0 (0 = as the main model)")
+            check(getattr(self, name) >= 0, f"aux.{name}", "must be >= 0 (0 = as the main model)")
 
 
 @dataclass
@@ -193,8 +193,8 @@ class CorruptionConfig:
     def __post_init__(self):
         _check_masking("corruption", self.mask_prob, self.mask_token_prob)
         _check_prob(self.smoothed_onehot_alpha, "corruption.smoothed_onehot_alpha")
-        _check(self.t0 > 0, "corruption.t0", f"must be > 0, got {self.t0}")
-        _check(self.tau > 0, "corruption.tau", f"must be > 0, got {self.tau}")
+        check(self.t0 > 0, "corruption.t0", f"must be > 0, got {self.t0}")
+        check(self.tau > 0, "corruption.tau", f"must be > 0, got {self.tau}")
 
 
 @dataclass
@@ -218,9 +218,9 @@ class GenerateConfig:
     not depend on batch size or runner)."""
 
     def __post_init__(self):
-        _check(self.epochs >= 1, "generate.epochs", f"must be >= 1, got {self.epochs}")
-        _check(self.batch_tokens >= 1, "generate.batch_tokens", "must be >= 1")
-        _check(self.part_rows >= 1, "generate.part_rows", "must be >= 1")
+        check(self.epochs >= 1, "generate.epochs", f"must be >= 1, got {self.epochs}")
+        check(self.batch_tokens >= 1, "generate.batch_tokens", "must be >= 1")
+        check(self.part_rows >= 1, "generate.part_rows", "must be >= 1")
 
 
 @dataclass
@@ -272,21 +272,21 @@ class JointConfig:
     discriminator embeddings of each original token and its replacement."""
 
     def __post_init__(self):
-        _check(self.rtd_weight > 0, "joint.rtd_weight", f"must be > 0, got {self.rtd_weight}")
-        _check(self.generator_lr > 0, "joint.generator_lr", "must be > 0")
-        _check(all(x >= 1 for x in self.exit_layers)
+        check(self.rtd_weight > 0, "joint.rtd_weight", f"must be > 0, got {self.rtd_weight}")
+        check(self.generator_lr > 0, "joint.generator_lr", "must be > 0")
+        check(all(x >= 1 for x in self.exit_layers)
                and self.exit_layers == sorted(set(self.exit_layers)), "joint.exit_layers",
                f"must be ascending layer numbers >= 1, got {self.exit_layers}")
-        _check(not self.exit_init_probs or (
+        check(not self.exit_init_probs or (
             len(self.exit_init_probs) == len(self.exit_layers or [0] * 4)
             and all(p >= 0 for p in self.exit_init_probs)
             and abs(sum(self.exit_init_probs) - 1) < 1e-6), "joint.exit_init_probs",
                "must be one non-negative probability per exit, summing to 1, got "
                f"{self.exit_init_probs}")
-        _check(self.exit_update_every >= 1, "joint.exit_update_every", "must be >= 1")
-        _check(self.exit_alpha >= 0, "joint.exit_alpha", "must be >= 0")
-        _check(self.embedding_topk_k >= 1, "joint.embedding_topk_k", "must be >= 1")
-        _check(self.embedding_l2_weight >= 0, "joint.embedding_l2_weight", "must be >= 0")
+        check(self.exit_update_every >= 1, "joint.exit_update_every", "must be >= 1")
+        check(self.exit_alpha >= 0, "joint.exit_alpha", "must be >= 0")
+        check(self.embedding_topk_k >= 1, "joint.embedding_topk_k", "must be >= 1")
+        check(self.embedding_l2_weight >= 0, "joint.embedding_l2_weight", "must be >= 0")
 
 
 @dataclass
@@ -345,18 +345,18 @@ class TrainConfig:
     '.[tensorboard]')."""
 
     def __post_init__(self):
-        _check(self.eval_every >= 0, "train.eval_every", "must be >= 0")
-        _check(0.0 <= self.holdout_fraction < 1.0, "train.holdout_fraction", "must be in [0, 1)")
-        _check(self.eval_sequences >= 1, "train.eval_sequences", "must be >= 1")
+        check(self.eval_every >= 0, "train.eval_every", "must be >= 0")
+        check(0.0 <= self.holdout_fraction < 1.0, "train.holdout_fraction", "must be in [0, 1)")
+        check(self.eval_sequences >= 1, "train.eval_sequences", "must be >= 1")
         for name in ("max_steps", "micro_batch_size_per_rank", "global_batch_size",
                      "log_every", "checkpoint_every", "keep_checkpoints"):
-            _check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
-        _check(self.grad_accum >= 0, "train.grad_accum", "must be >= 0 (0 = derive it)")
-        _check(0 <= self.warmup_steps <= self.max_steps, "train.warmup_steps",
+            check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        check(self.grad_accum >= 0, "train.grad_accum", "must be >= 0 (0 = derive it)")
+        check(0 <= self.warmup_steps <= self.max_steps, "train.warmup_steps",
                f"must be in [0, train.max_steps={self.max_steps}], got {self.warmup_steps}")
-        _check(self.lr > 0 and math.isfinite(self.lr), "train.lr", f"must be > 0, got {self.lr}")
+        check(self.lr > 0 and math.isfinite(self.lr), "train.lr", f"must be > 0, got {self.lr}")
         per_rank_step = self.micro_batch_size_per_rank * max(self.grad_accum, 1)
-        _check(self.global_batch_size % per_rank_step == 0, "train.global_batch_size",
+        check(self.global_batch_size % per_rank_step == 0, "train.global_batch_size",
                f"{self.global_batch_size} is not a multiple of micro_batch_size_per_rank * "
                f"grad_accum = {per_rank_step}")
 
@@ -391,26 +391,26 @@ def _type_name(tp) -> str:
     return tp.__name__
 
 
-def _coerce(key: str, value, tp):
+def coerce(key: str, value, tp):
     """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     if origin is Literal:
-        _check(value in typing.get_args(tp), key, f"got {value!r}, expected {_type_name(tp)}")
+        check(value in typing.get_args(tp), key, f"got {value!r}, expected {_type_name(tp)}")
         return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, item_tp):
             value = [value]
-        _check(isinstance(value, list), key, f"got {value!r}, expected {_type_name(tp)}")
-        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+        check(isinstance(value, list), key, f"got {value!r}, expected {_type_name(tp)}")
+        return [coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
-    _check(ok, key, f"got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
+    check(ok, key, f"got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
     return value
 
 
-def _parse_override(text: str):
+def parse_override(text: str):
     """``section.key=value`` -> (section, key, value) with value parsed as a TOML value when
     it is one (numbers, booleans, quoted strings, arrays) and taken as a bare string otherwise."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
@@ -440,12 +440,12 @@ def build_config(raw: dict, source: str = "<dict>") -> RunConfig:
         if bad:
             raise ConfigError(f"{source}: unknown key(s) {[f'{name}.{k}' for k in bad]}; valid "
                               f"keys of [{name}]: {', '.join(sorted(hints))}")
-        kwargs = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()}
+        kwargs = {k: coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()}
         sections[name] = cls(**kwargs)
     return RunConfig(**sections)
 
 
-def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A config file's tables, with ``extends = "other.toml"`` (relative to the file) resolved:
     the file's keys override the ones it extends, key by key."""
     if not path.is_file():
@@ -462,7 +462,7 @@ def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         return raw
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: extends must be a path string, got {parent!r}")
-    merged = _read_toml(path.parent / parent, (*seen, path.resolve()))
+    merged = read_toml(path.parent / parent, (*seen, path.resolve()))
     for section, values in raw.items():
         if isinstance(values, dict) and isinstance(merged.get(section), dict):
             merged[section] = {**merged[section], **values}
@@ -475,9 +475,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Load a TOML run config (following ``extends``) and apply ``section.key=value``
     overrides, strictly."""
     path = Path(path)
-    raw = _read_toml(path)
+    raw = read_toml(path)
     for text in overrides:
-        section, key, value = _parse_override(text)
+        section, key, value = parse_override(text)
         if section not in SECTIONS:
             raise ConfigError(f"--set {text!r}: unknown section {section!r}; valid sections: "
                               f"{sorted(SECTIONS)}")
@@ -497,7 +497,7 @@ def to_dict(cfg: RunConfig) -> dict:
 # Writing and describing
 # ---------------------------------------------------------------------------------------------
 
-def _toml_value(v) -> str:
+def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
@@ -505,7 +505,7 @@ def _toml_value(v) -> str:
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
@@ -514,7 +514,7 @@ def to_toml(cfg: RunConfig) -> str:
     lines = []
     for name, values in to_dict(cfg).items():
         lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -538,6 +538,6 @@ def describe(cfg: RunConfig) -> str:
         out.append(f"[{name}]  {cls.__doc__}")
         docs = field_docs(cls)
         for k, v in dataclasses.asdict(getattr(cfg, name)).items():
-            out.append(f"  {name}.{k} = {_toml_value(v)}\n      {docs.get(k, '')}")
+            out.append(f"  {name}.{k} = {toml_value(v)}\n      {docs.get(k, '')}")
     return "\n".join(out)
 

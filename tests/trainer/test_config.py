@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, TINY
+from trainer import finetune_config
 from trainer.config import (
     SECTIONS,
     ConfigError,
@@ -23,10 +24,18 @@ from trainer.config import (
 from trainer.corruption import validate_corruption
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.toml"), recursive=True))
+FINETUNE = os.path.join(REPO, "configs", "finetune")  # task files: trainer.finetune_config
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
 def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
+    if path.startswith(FINETUNE + os.sep):
+        spec = finetune_config.load_finetune_config(path)
+        finetune_config.grid_points(spec)  # every grid point is a valid config too
+        out = tmp_path / "resolved.toml"
+        out.write_text(finetune_config.to_toml(spec))
+        assert finetune_config.load_finetune_config(out) == spec
+        return
     cfg = load_config(path)
     validate_corruption(cfg.corruption)  # the combination, not only each key, must be valid
     out = tmp_path / "resolved.toml"
