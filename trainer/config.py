@@ -340,6 +340,10 @@ class TrainConfig:
     """``auto`` = bf16 autocast on GPU, fp32 on CPU."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    verify_checksums: bool = False
+    """Before training, read every file of the data set once to check its sha256 against the
+    manifest (rank 0; ``--verify-checksums``). Without it only presence and row counts are
+    checked, which is instant."""
     tensorboard: bool = False
     """Also write TensorBoard scalars to <out_dir>/tensorboard (needs pip install -e
     '.[tensorboard]')."""

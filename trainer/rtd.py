@@ -45,11 +45,12 @@ def rtd_metrics(s: dict[str, float], prefix: str = "") -> dict[str, float]:
             f"{prefix}replaced_fraction": (tp + fn) / total}
 
 
-def open_rtd(cfg: RunConfig) -> RTDShards:
-    """The shard set to train on, checked against the model config."""
+def open_rtd(cfg: RunConfig, checksums: bool = False) -> RTDShards:
+    """The shard set to train on, checked against the model config (with ``checksums``, every
+    file's sha256 too: a full read)."""
     root = cfg.train.rtd_dir or cfg.generate.rtd_dir
     rtd = RTDShards(root)
-    rtd.verify()
+    rtd.verify(checksums)
     if rtd.vocab_size != cfg.tokenizer.vocab_size:
         raise UserError(f"{root} was generated with a vocabulary of {rtd.vocab_size}, the "
                         f"config says tokenizer.vocab_size = {cfg.tokenizer.vocab_size}; set "
@@ -68,7 +69,10 @@ class RTDTask:
     model_kind = "discriminator"
 
     def __init__(self, cfg: RunConfig, d: Dist):
-        self.rtd = open_rtd(cfg)
+        if d.is_main and cfg.train.verify_checksums:
+            root = cfg.train.rtd_dir or cfg.generate.rtd_dir
+            print(f"train: checking the sha256 of every file of {root}", flush=True)
+        self.rtd = open_rtd(cfg, checksums=d.is_main and cfg.train.verify_checksums)
         self.setup(cfg, d, self.rtd.num_epochs, self.rtd.rows_per_epoch,
                    manifest_fingerprint(self.rtd.manifest), f"rtd on {self.rtd.root}",
                    "generate more epochs or lower train.max_steps")

@@ -254,9 +254,14 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in train.out_dir "
                              "(same as --set train.resume=auto)")
+    parser.add_argument("--verify-checksums", action="store_true",
+                        help="check the sha256 of every data file before training "
+                             "(same as --set train.verify_checksums=true)")
     args = parser.parse_args(argv)
     if args.resume:
         args.overrides.append("train.resume=auto")
+    if args.verify_checksums:
+        args.overrides.append("train.verify_checksums=true")
     rank = int(os.environ.get("RANK", 0))
     cfg = resolve_config(args, echo=rank == 0)
     d = distributed.setup(cfg.train.device)

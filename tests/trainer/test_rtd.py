@@ -124,6 +124,21 @@ def test_shard_set_mismatches_are_refused(prepared, rtd_dir):
         RTDTask(load_config(TINY, [*base, f"train.rtd_dir={rtd_dir}-missing"]), cpu)
 
 
+def test_verify_checksums_finds_a_changed_file(prepared, rtd_dir, tmp_path):
+    corpus_dir, _, _ = prepared
+    copy = tmp_path / "rtd"
+    shutil.copytree(rtd_dir, copy)
+    part = sorted(copy.glob("epoch=0001/*.parquet"))[-1]
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, same row count: only a full read can tell
+    part.write_bytes(bytes(data))
+    argv = rtd_argv(corpus_dir, copy, tmp_path / "run", "train.max_steps=2")
+    r = run_train([*argv, "--verify-checksums"])
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert part.name in r.stderr and "sha256" in r.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_sweep_runs_every_point_on_one_shard_set_and_resumes(prepared, rtd_dir, tmp_path,
                                                              capsys):
     from trainer.sweep import main as sweep
