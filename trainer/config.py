@@ -475,22 +475,29 @@ def read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return merged
 
 
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...],
+                    sections: dict[str, type], free: tuple[str, ...] = ()) -> dict:
+    """Set each ``section.key=value`` of ``overrides`` in the nested dict ``raw``; the key must
+    be a field of ``sections[section]``, except in the ``free`` sections (any key)."""
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in sections and section not in free:
+            raise ConfigError(f"--set {text!r}: unknown section {section!r}; valid sections: "
+                              f"{sorted({*sections, *free})}")
+        if section in sections:
+            hints = typing.get_type_hints(sections[section])
+            if key not in hints:
+                raise ConfigError(f"--set {text!r}: unknown key {section}.{key}; valid keys "
+                                  f"of [{section}]: {', '.join(sorted(hints))}")
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Load a TOML run config (following ``extends``) and apply ``section.key=value``
     overrides, strictly."""
     path = Path(path)
-    raw = read_toml(path)
-    for text in overrides:
-        section, key, value = parse_override(text)
-        if section not in SECTIONS:
-            raise ConfigError(f"--set {text!r}: unknown section {section!r}; valid sections: "
-                              f"{sorted(SECTIONS)}")
-        hints = typing.get_type_hints(SECTIONS[section])
-        if key not in hints:
-            raise ConfigError(f"--set {text!r}: unknown key {section}.{key}; valid keys of "
-                              f"[{section}]: {', '.join(sorted(hints))}")
-        raw.setdefault(section, {})[key] = value
-    return build_config(raw, str(path))
+    return build_config(apply_overrides(read_toml(path), overrides, SECTIONS), str(path))
 
 
 def to_dict(cfg: RunConfig) -> dict:

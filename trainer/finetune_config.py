@@ -27,10 +27,10 @@ from typing import Literal
 
 from trainer.config import (
     ConfigError,
+    apply_overrides,
     check,
     coerce,
     field_docs,
-    parse_override,
     read_toml,
     toml_value,
 )
@@ -197,21 +197,8 @@ def load_finetune_config(path: str | Path, overrides: list[str] | tuple[str, ...
                          ) -> FinetuneSpec:
     """Read a task file (following ``extends``) and apply ``table.key=value`` overrides."""
     path = Path(path)
-    raw = read_toml(path)
-    for text in overrides:
-        section, key, value = parse_override(text)
-        if section == "grid":
-            raw.setdefault("grid", {})[key] = value
-            continue
-        if section not in SECTIONS:
-            raise ConfigError(f"--set {text!r}: unknown table {section!r}; valid tables: "
-                              f"{sorted({*SECTIONS, 'grid'})}")
-        hints = typing.get_type_hints(SECTIONS[section])
-        if key not in hints:
-            raise ConfigError(f"--set {text!r}: unknown key {section}.{key}; valid keys of "
-                              f"[{section}]: {', '.join(sorted(hints))}")
-        raw.setdefault(section, {})[key] = value
-    return _build(raw, str(path))
+    return _build(apply_overrides(read_toml(path), overrides, SECTIONS, free=("grid",)),
+                  str(path))
 
 
 def grid_points(spec: FinetuneSpec) -> list[tuple[dict, FinetuneConfig]]:
