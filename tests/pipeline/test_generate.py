@@ -19,7 +19,8 @@ from pipeline.generate import main, run
 from pipeline.inspect import main as inspect_main
 from tests.conftest import IN_MEMORY, REPO, TINY, kill_9_when
 from trainer.checkpoint import find_latest
-from trainer.config import load_config
+from trainer.checkpoint import save as save_checkpoint
+from trainer.config import load_config, to_dict
 from trainer.corruption import (
     aux_logprobs,
     corrupt_batch,
@@ -27,6 +28,7 @@ from trainer.corruption import (
     replacement_logprobs,
     schedule_value,
 )
+from trainer.joint import JointModel
 from trainer.pretrained import load_generator
 from trainer.shards import (
     CorpusShards,
@@ -150,6 +152,22 @@ def test_samples_equal_corrupt_batch_one_at_a_time(prepared, aux_rtd, aux_checkp
                                 (e * n + r.position) / (2 * n), cfg.corruption, 7, aux=aux)
             assert np.array_equal(out.input_ids[0].numpy(), r.input_ids)
             assert float(out.temperature[0]) == r.temperature
+
+
+def test_a_joint_checkpoints_generator_is_the_aux(prepared, tmp_path):
+    """The generator of an electra run ("from a previous training round") drives generate."""
+    corpus_dir, _, _ = prepared
+    cfg = load_config(TINY, [*SMALL, "train.mode=electra", "aux.num_layers=1"])
+    torch.manual_seed(0)
+    joint = JointModel(cfg)
+    meta = {"step": 1, "mode": "electra", "config": to_dict(cfg), "model_kind": "joint"}
+    path = save_checkpoint(str(tmp_path / "electra"), 1, {"model": joint.state_dict()}, meta, 0,
+                           1, lambda: None)
+    manifest = run(gen_argv(corpus_dir, tmp_path / "rtd", f"generate.aux_checkpoint={path}",
+                            "generate.device=cpu"))
+    assert manifest["aux"]["checkpoint"] == path
+    assert manifest["aux"]["config"]["train"]["mode"] == "electra"
+    assert 0 < sum(int(x.labels.sum()) for x in RTDShards(str(tmp_path / "rtd")).rows(epoch=0))
 
 
 def test_multiprocess_run_writes_identical_bytes(prepared, aux_rtd, aux_checkpoint, tmp_path):
