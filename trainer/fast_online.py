@@ -38,7 +38,8 @@ class FastOnlineTask(RTDTask):
         self.tokens = CorpusTokens(corpus)
         self.n = corpus.num_sequences
         self.aux = self.unigram = None
-        fingerprint = manifest_fingerprint(corpus.manifest)
+        # The data plan is part of the data: a resume must not change the order or schedule.
+        fingerprint = f"{manifest_fingerprint(corpus.manifest)}:seed={gen.seed}:epochs={gen.epochs}"
         if c.replacement == "aux":
             if not gen.aux_checkpoint:
                 raise UserError("train.mode = 'fast-online' with corruption.replacement = 'aux' "

@@ -184,7 +184,8 @@ def test_replaced_fraction_falls_with_temperature(prepared, tmp_path):
     """smoothed_onehot keeps the original with mass 0.35 at T = 1; a higher T flattens it, so
     more selected tokens are replaced early in the run than late."""
     corpus_dir, _, _ = prepared
-    run(gen_argv(corpus_dir, tmp_path / "rtd", "corruption.replacement=smoothed_onehot"))
+    run(gen_argv(corpus_dir, tmp_path / "rtd", "corruption.replacement=smoothed_onehot",
+                 "generate.epochs=1"))
     rows = list(RTDShards(str(tmp_path / "rtd")).rows(epoch=0))
     frac = lambda rs: sum(int(r.labels.sum()) for r in rs) / sum(len(r.labels) for r in rs)  # noqa: E731
     early, late = rows[:len(rows) // 10], rows[len(rows) // 2:]

@@ -16,7 +16,9 @@ from trainer.errors import UserError
 from trainer.train import check_resume_config, grad_accum_steps, resolve_resume
 
 # A model small enough for many steps a second on one core.
-SMALL = ["model.num_layers=2", "model.hidden_size=32", "model.num_heads=2", "model.ffn_size=64",
+# Post-LN (the paper's, and base/large's) pinned here: tiny.toml itself is pre-LN for the demo.
+SMALL = ["model.layer_norm=post",
+         "model.num_layers=2", "model.hidden_size=32", "model.num_heads=2", "model.ffn_size=64",
          "aux.num_layers=2", "train.mode=mlm", "train.warmup_steps=2", "train.lr=2e-3",
          "train.log_every=1", "train.eval_every=0", "train.holdout_fraction=0.05",
          "tokenizer.vocab_size=600", "data.max_seq_len=64"]
