@@ -13,21 +13,8 @@ same bytes for the same (seed, epoch, seq_id).
     schedule_value("exponential", 0.0, t0=2.0, tau=0.1)  # -> 2.0 (Eq. 2)
     compile_sampling()   # optional, once per process: fuses the Gumbel-max over the vocabulary
 
-Randomness. Every random decision is a pure function of integer counters
-(seed, epoch, seq_id, stream, position[, vocabulary index]) pushed through a 32-bit integer hash
-(``_mix32``, Wellons' "lowbias32" finaliser, applied twice per draw). There is no generator
-state, so a sequence's corruption does not depend on the batch it is in, its row, the padded
-length, the worker, a Beam retry, or the device. The hash uses only int64 xor, shifts, masks,
-additions and multiplications whose exact products stay below 2**63 (32-bit x 16-bit limbs),
-on values kept in [0, 2**32): no signed overflow, no arithmetic-shift surprise, no uint64, so
-CPU and CUDA (eager or compiled) compute identical bits. Selection, [MASK]/keep/random
-decisions, random token ids and token dropping use only these integers (thresholds are
-integers too): they are bit-exact everywhere. Gumbel noise needs ``log``; libm/SLEEF/CUDA
-``log`` may differ in the last ulp, and so do auxiliary-model logits across devices and matmul
-shapes, so a *sample* can differ only at a float near-tie of the two best candidates (rare;
-never systematic). Exception: the dropout augmentations' masks come from torch's RNG (the
-model offers no keyed dropout), seeded from the batch's keys: reproducible for the same batch
-only.
+Randomness: ``trainer.keyed_rng`` (counter-based, no generator state; bit-exact everywhere but
+for float near-ties of Gumbel samples, and the dropout augmentations' torch-RNG masks).
 
 Sequences are left-aligned ([CLS] at index 0, padding on the right): the position counter is
 the index in the row, so left padding would change the draws.
@@ -73,139 +60,27 @@ from dataclasses import dataclass
 import torch
 
 from trainer.config import ConfigError, CorruptionConfig
+from trainer.keyed_rng import (
+    STREAM_DROP_TOKEN,
+    STREAM_DROPOUT,
+    STREAM_GUMBEL,
+    STREAM_MASK_KIND,
+    STREAM_RANDOM_TOKEN,
+    STREAM_SELECT,
+    bits_from_keys,
+    gumbel_from_bits,
+    keyed_bits,
+    row_keys,
+    threshold,
+)
 from trainer.tokenizer import MASK_ID, NUM_SPECIAL, UNK_ID
 
-# Independent random streams: one per kind of decision, so e.g. changing mask_token_prob does
-# not move which positions are selected.
-STREAM_SELECT = 1  # which positions are selected
-STREAM_MASK_KIND = 2  # selected -> [MASK] / random token / keep
-STREAM_RANDOM_TOKEN = 3  # the id of a random replacement token (80/10/10 recipe)
-STREAM_GUMBEL = 4  # Gumbel noise, counters (position, vocabulary index)
-STREAM_DROP_TOKEN = 5  # aux input tokens replaced by [UNK] (drop_token augmentation)
-STREAM_DROPOUT = 6  # seed of the aux model's dropout masks (dropout augmentations)
-
-_M32 = 0xFFFFFFFF
-_IV = 0x6A09E667  # any non-zero start for the key chain (sqrt(2) fraction bits)
-_K2 = 0x9E3779B9  # derives the second per-row key from the first (golden ratio)
 _CHUNK_ELEMENTS = 1 << 24  # (rows x V) elements per sampling chunk: bounds temporary memory
 
 INTERP_REPLACEMENTS = {"uniform->smoothed_onehot": "uniform",
                        "unigram->smoothed_onehot": "unigram"}
 MODEL_FREE = ("uniform", "unigram", "smoothed_onehot", *INTERP_REPLACEMENTS)
 DROPOUT_AUGMENTATIONS = ("dropout", "drop_attention")
-
-
-# ---------------------------------------------------------------------------------------------
-# Counter-based hashing
-# ---------------------------------------------------------------------------------------------
-
-def _mul32(x, c: int):
-    """(x * c) mod 2**32 for x in [0, 2**32) (int64 tensor or Python int) and a constant c.
-    c is split into 16-bit halves so every partial product stays below 2**48: int64 never
-    overflows, on any device."""
-    lo = x * (c & 0xFFFF)  # < 2**48
-    hi = (x * (c >> 16)) & 0xFFFF  # only its low 16 bits survive the shift below
-    return (lo + (hi << 16)) & _M32
-
-
-def _mix32(x):
-    """lowbias32 (C. Wellons, hash-prospector): a bijection of [0, 2**32) with near-ideal
-    avalanche. Python ints, or int64 tensors (values are non-negative, so >> is a logical
-    shift)."""
-    if isinstance(x, torch.Tensor):
-        return _mix32_(x.clone())
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x21F0AAAD)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x735A2D97)
-    return x ^ (x >> 15)
-
-
-def _mul32_(x: torch.Tensor, c: int) -> torch.Tensor:
-    hi = x * (c >> 16)
-    hi.bitwise_and_(0xFFFF).bitwise_left_shift_(16)
-    return x.mul_(c & 0xFFFF).add_(hi).bitwise_and_(_M32)
-
-
-def _mix32_(x: torch.Tensor) -> torch.Tensor:
-    """``_mix32`` in place on a tensor the caller owns: the hash dominates the cost of
-    sampling over a whole vocabulary, and in-place ops halve its memory traffic."""
-    x.bitwise_xor_(x >> 16)
-    _mul32_(x, 0x21F0AAAD)
-    x.bitwise_xor_(x >> 15)
-    _mul32_(x, 0x735A2D97)
-    return x.bitwise_xor_(x >> 15)
-
-
-def _stream_key(seed: int, epoch: int, stream: int) -> int:
-    """The (seed, epoch, stream) part of every key, on the host: 64-bit seeds and epochs enter
-    as two 32-bit halves (negative values as their two's complement)."""
-    h = _IV
-    for v in (seed, epoch):
-        v &= (1 << 64) - 1
-        h = _mix32(h ^ (v & _M32))
-        h = _mix32(h ^ (v >> 32))
-    return _mix32(h ^ (stream & _M32))
-
-
-def _row_keys(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,
-              sub_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent 32-bit keys per row, (B,) int64 each, from (seed, epoch, stream,
-    seq_id[, sub_id])."""
-    s = seq_ids.long()
-    h = _mix32(_stream_key(seed, epoch, stream) ^ (s & _M32))
-    h = _mix32(h ^ ((s >> 32) & _M32))  # arithmetic shift, then masked: any int64 is fine
-    if sub_ids is not None:
-        h = _mix32(h ^ (sub_ids.long() & _M32))
-    return h, _mix32(h ^ _K2)
-
-
-def keyed_bits(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,
-               shape_tail: tuple[int, ...] = (), sub_ids: torch.Tensor | None = None
-               ) -> torch.Tensor:
-    """Uniform 32-bit integers, (B, *shape_tail) int64 in [0, 2**32), on seq_ids' device.
-
-    Element (b, i...) depends only on (seed, epoch, seq_ids[b], stream, sub_ids[b], the
-    row-major flat index of i in shape_tail): a row is the same alone or in any batch, and for
-    a 1-D shape_tail a longer tail (more padding) only appends values. ``sub_ids`` (B,) adds
-    one more counter to the row key (the position, for Gumbel noise over the vocabulary).
-    """
-    n = math.prod(shape_tail)
-    if n > 1 << 32:
-        raise ValueError(f"keyed_bits: {n} counters per row exceed 2**32")
-    k1, k2 = _row_keys(seed, epoch, seq_ids, stream, sub_ids)  # (B,), (B,)
-    counter = torch.arange(n, device=seq_ids.device).view(shape_tail)
-    return _bits_from_keys(k1, k2, counter)  # (B, *shape_tail)
-
-
-def _bits_from_keys(k1: torch.Tensor, k2: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
-    """Row keys k1, k2 (B,) and counters (*tail) -> (B, *tail) 32-bit draws."""
-    shape = (-1,) + (1,) * counter.ndim
-    # Two rounds: one round of xor-then-mix would make rows share noise values at permuted
-    # counters (k1 ^ c == k1' ^ c'); the second key breaks that relation.
-    return _mix32_(_mix32_(k1.view(shape) ^ counter).bitwise_xor_(k2.view(shape)))
-
-
-def keyed_uniform(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,
-                  shape_tail: tuple[int, ...] = (), sub_ids: torch.Tensor | None = None
-                  ) -> torch.Tensor:
-    """(B, *shape_tail) float32 in the open interval (0, 1); see ``keyed_bits``. The top 23
-    bits give u = (2k + 1) / 2**24, exactly representable, so never 0 or 1."""
-    k = keyed_bits(seed, epoch, seq_ids, stream, shape_tail, sub_ids) >> 9  # [0, 2**23)
-    return (2 * k + 1).float() * 2.0**-24
-
-
-def _gumbel_from_bits(bits: torch.Tensor) -> torch.Tensor:
-    """Standard Gumbel noise from 32-bit draws, float32. The winners of a Gumbel-max have u
-    close to 1, so use x = 1 - u = (2j + 1) / 2**33 with log1p: distinct draws stay distinct
-    there (a float32 u near 1 would collapse ~2**8 of them into one value and create ties)."""
-    x = ((2 * bits + 1).float() * 2.0**-33).clamp_(max=1.0 - 2.0**-24)
-    return -torch.log(-torch.log1p(-x))
-
-
-def threshold(p: float) -> int:
-    """The integer t with P(bits < t) = p (to 2**-32) for 32-bit uniform bits."""
-    return int(round(min(max(p, 0.0), 1.0) * 2**32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,7 +365,7 @@ def _gumbel_argmax_chunk(logp: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor,
                          temperature: torch.Tensor) -> torch.Tensor:
     """argmax(logp / T + G) for logp (n, V), Gumbel row keys k1, k2 (n,), T (n,) -> (n,)."""
     counter = torch.arange(logp.shape[1], device=logp.device)  # the vocabulary index
-    noise = _gumbel_from_bits(_bits_from_keys(k1, k2, counter))  # (n, V)
+    noise = gumbel_from_bits(bits_from_keys(k1, k2, counter))  # (n, V)
     return (logp.float() / temperature[:, None] + noise).argmax(-1)
 
 
@@ -521,7 +396,7 @@ def gumbel_argmax(logp: torch.Tensor, seed: int, epoch: int, seq_ids: torch.Tens
     out = torch.empty(N, dtype=torch.long, device=logp.device)
     temperature = torch.as_tensor(1.0 if temperature is None else temperature,
                                   dtype=torch.float32, device=logp.device).expand(N)
-    k1, k2 = _row_keys(seed, epoch, seq_ids.to(logp.device), STREAM_GUMBEL,
+    k1, k2 = row_keys(seed, epoch, seq_ids.to(logp.device), STREAM_GUMBEL,
                        positions.to(logp.device))  # (N,) each
     for rows in _row_chunks(N, V):
         out[rows] = _sample_chunk(logp[rows], k1[rows], k2[rows], temperature[rows])

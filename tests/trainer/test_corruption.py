@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import corruption as C
+from trainer import keyed_rng as R
 from trainer.config import ConfigError, CorruptionConfig
 from trainer.model import EncoderConfig, MLMModel
 from trainer.tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, UNK_ID
@@ -72,7 +73,7 @@ def _ref_mix32(x: int) -> int:  # plain lowbias32 with true (Python big-int) pro
 def _ref_keyed_bits(seed, epoch, seq_id, stream, n, sub=None) -> list[int]:
     """The documented scheme in pure Python: key chain over 32-bit halves, two keys per row,
     two mixing rounds per counter."""
-    h = C._IV
+    h = R._IV
     for v in (seed, epoch):
         v &= (1 << 64) - 1
         h = _ref_mix32(h ^ (v & M32))
@@ -82,7 +83,7 @@ def _ref_keyed_bits(seed, epoch, seq_id, stream, n, sub=None) -> list[int]:
     h = _ref_mix32(_ref_mix32(h ^ (s & M32)) ^ (s >> 32))
     if sub is not None:
         h = _ref_mix32(h ^ sub)
-    k2 = _ref_mix32(h ^ C._K2)
+    k2 = _ref_mix32(h ^ R._K2)
     return [_ref_mix32(_ref_mix32(h ^ c) ^ k2) for c in range(n)]
 
 
@@ -91,8 +92,8 @@ def test_mix32_equals_true_multiplication():
     xs = [0, 1, 2, M32, M32 - 1, 1 << 31, (1 << 16) - 1, 1 << 16]
     xs += torch.randint(0, 1 << 32, (5000,), generator=g).tolist()
     expect = [_ref_mix32(x) for x in xs]
-    assert C._mix32(torch.tensor(xs)).tolist() == expect
-    assert [C._mix32(x) for x in xs] == expect  # the host path used for the stream key
+    assert R._mix32(torch.tensor(xs)).tolist() == expect
+    assert [R._mix32(x) for x in xs] == expect  # the host path used for the stream key
 
 
 def test_keyed_bits_match_reference_and_pinned_values():
@@ -100,32 +101,32 @@ def test_keyed_bits_match_reference_and_pinned_values():
                                              (-5, 2**40, 2**40 + 3, 2, None),
                                              (2**63 - 1, 1, -1, 5, 63)]:
         sub_t = None if sub is None else torch.tensor([sub])
-        got = C.keyed_bits(seed, epoch, torch.tensor([seq_id]), stream, (7,), sub_ids=sub_t)
+        got = R.keyed_bits(seed, epoch, torch.tensor([seq_id]), stream, (7,), sub_ids=sub_t)
         assert got[0].tolist() == _ref_keyed_bits(seed, epoch, seq_id, stream, 7, sub)
     # Pinned: a change of the hash changes every shard ever generated; make it deliberate.
-    assert C.keyed_bits(0, 0, torch.tensor([0, 1, 2**40, -1]), 1, (3,)).tolist() == [
+    assert R.keyed_bits(0, 0, torch.tensor([0, 1, 2**40, -1]), 1, (3,)).tolist() == [
         [3964605667, 891527624, 2154541781], [346331668, 2497015253, 3545795667],
         [401968339, 3310480027, 121761412], [4032714272, 2647516122, 2881541170]]
-    assert C.keyed_bits(12345, 7, torch.tensor([99]), 4, (2,),
+    assert R.keyed_bits(12345, 7, torch.tensor([99]), 4, (2,),
                         sub_ids=torch.tensor([17])).tolist() == [[2172556030, 2229485920]]
 
 
 def test_keyed_rows_do_not_depend_on_batch_or_length():
     ids = torch.tensor([5, 17, 2**33 + 1, -3, 0])
     subs = torch.tensor([0, 9, 4, 1, 2])
-    full = C.keyed_uniform(3, 1, ids, C.STREAM_SELECT, (50,))  # (5, 50)
-    full_sub = C.keyed_uniform(3, 1, ids, C.STREAM_GUMBEL, (40,), sub_ids=subs)
+    full = R.keyed_uniform(3, 1, ids, R.STREAM_SELECT, (50,))  # (5, 50)
+    full_sub = R.keyed_uniform(3, 1, ids, R.STREAM_GUMBEL, (40,), sub_ids=subs)
     for b in range(len(ids)):
-        alone = C.keyed_uniform(3, 1, ids[b:b + 1], C.STREAM_SELECT, (20,))
+        alone = R.keyed_uniform(3, 1, ids[b:b + 1], R.STREAM_SELECT, (20,))
         assert torch.equal(alone[0], full[b, :20])
-        alone = C.keyed_uniform(3, 1, ids[b:b + 1], C.STREAM_GUMBEL, (40,), sub_ids=subs[b:b + 1])
+        alone = R.keyed_uniform(3, 1, ids[b:b + 1], R.STREAM_GUMBEL, (40,), sub_ids=subs[b:b + 1])
         assert torch.equal(alone[0], full_sub[b])
     # The same seq_id twice in a batch gets the same row; the position key matters.
-    twice = C.keyed_bits(3, 1, torch.tensor([7, 7]), C.STREAM_GUMBEL, (8,),
+    twice = R.keyed_bits(3, 1, torch.tensor([7, 7]), R.STREAM_GUMBEL, (8,),
                          sub_ids=torch.tensor([1, 2]))
     assert not torch.equal(twice[0], twice[1])
-    assert torch.equal(C.keyed_bits(3, 1, torch.tensor([7, 7]), 1, (8,))[0],
-                       C.keyed_bits(3, 1, torch.tensor([7, 7]), 1, (8,))[1])
+    assert torch.equal(R.keyed_bits(3, 1, torch.tensor([7, 7]), 1, (8,))[0],
+                       R.keyed_bits(3, 1, torch.tensor([7, 7]), 1, (8,))[1])
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -134,7 +135,7 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_keyed_uniform_looks_uniform_and_independent():
     ids = torch.arange(2000)
-    u = C.keyed_uniform(0, 0, ids, C.STREAM_SELECT, (64,))  # (2000, 64)
+    u = R.keyed_uniform(0, 0, ids, R.STREAM_SELECT, (64,))  # (2000, 64)
     n = u.numel()
     assert u.dtype == torch.float32 and bool((u > 0).all()) and bool((u < 1).all())
     assert abs(float(u.mean()) - 0.5) < 6 * math.sqrt(1 / 12 / n)
@@ -144,22 +145,22 @@ def test_keyed_uniform_looks_uniform_and_independent():
     grid = torch.arange(1, n + 1, dtype=torch.float64) / n
     assert float(torch.maximum(grid - s, s - (grid - 1 / n)).max()) < 1.95 / math.sqrt(n)
     # Every bit is fair.
-    bits = C.keyed_bits(0, 0, ids, C.STREAM_SELECT, (64,))
+    bits = R.keyed_bits(0, 0, ids, R.STREAM_SELECT, (64,))
     freq = torch.stack([((bits >> i) & 1).double().mean() for i in range(32)])
     assert float((freq - 0.5).abs().max()) < 6 * 0.5 / math.sqrt(n)
     # No correlation between neighbouring seq_ids, positions, streams, epochs, seeds.
     lim = 6 / math.sqrt(n)
     assert abs(_corr(u[1:], u[:-1])) < lim
     assert abs(_corr(u[:, 1:], u[:, :-1])) < lim
-    for other in (C.keyed_uniform(0, 0, ids, C.STREAM_MASK_KIND, (64,)),
-                  C.keyed_uniform(0, 1, ids, C.STREAM_SELECT, (64,)),
-                  C.keyed_uniform(1, 0, ids, C.STREAM_SELECT, (64,))):
+    for other in (R.keyed_uniform(0, 0, ids, R.STREAM_MASK_KIND, (64,)),
+                  R.keyed_uniform(0, 1, ids, R.STREAM_SELECT, (64,)),
+                  R.keyed_uniform(1, 0, ids, R.STREAM_SELECT, (64,))):
         assert abs(_corr(u, other)) < lim
         assert float((u == other).double().mean()) < 0.001
 
 
 def test_gumbel_noise_has_gumbel_moments():
-    g = C._gumbel_from_bits(C.keyed_bits(0, 0, torch.arange(1000), C.STREAM_GUMBEL, (200,)))
+    g = R.gumbel_from_bits(R.keyed_bits(0, 0, torch.arange(1000), R.STREAM_GUMBEL, (200,)))
     assert bool(torch.isfinite(g).all())
     n = g.numel()
     assert abs(float(g.mean()) - 0.5772157) < 6 * math.sqrt(math.pi**2 / 6 / n)
@@ -639,8 +640,8 @@ def test_cpu_and_cuda_agree(aux):
     ids, attn = make_batch(32, 64, seed=13)
     seq = torch.arange(32) * 1_000_003
     cuda = torch.device("cuda")
-    assert torch.equal(C.keyed_bits(7, 3, seq, 1, (64,)),
-                       C.keyed_bits(7, 3, seq.to(cuda), 1, (64,)).cpu())
+    assert torch.equal(R.keyed_bits(7, 3, seq, 1, (64,)),
+                       R.keyed_bits(7, 3, seq.to(cuda), 1, (64,)).cpu())
     for a, b in zip(C.mask_positions(ids, seq, 7, 3, 0.15, 0.8, 0.1, V),
                     C.mask_positions(ids.to(cuda), seq.to(cuda), 7, 3, 0.15, 0.8, 0.1, V)):
         assert torch.equal(a, b.cpu())
