@@ -520,10 +520,11 @@ def toml_value(v) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
-def to_toml(cfg: RunConfig) -> str:
-    """The resolved config as TOML that ``load_config`` reads back to an equal RunConfig."""
+def to_toml(cfg) -> str:
+    """The resolved config as TOML that ``load_config`` reads back to an equal RunConfig. Any
+    dataclass whose fields are tables works (the fine-tuning task files use it too)."""
     lines = []
-    for name, values in to_dict(cfg).items():
+    for name, values in dataclasses.asdict(cfg).items():
         lines.append(f"[{name}]")
         lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
         lines.append("")
@@ -542,10 +543,11 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def describe(cfg: RunConfig) -> str:
-    """Every key with its current value and documentation (``--help-config``)."""
+def describe(cfg, sections: dict[str, type] = SECTIONS) -> str:
+    """Every key of ``sections`` with its current value in ``cfg`` and its documentation
+    (``--help-config``)."""
     out = []
-    for name, cls in SECTIONS.items():
+    for name, cls in sections.items():
         out.append(f"[{name}]  {cls.__doc__}")
         docs = field_docs(cls)
         for k, v in dataclasses.asdict(getattr(cfg, name)).items():

@@ -47,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainer.cli import main_guard
+from trainer.config import to_toml
 from trainer.distributed import pick_device
 from trainer.errors import UserError
 from trainer.finetune_config import (
@@ -58,7 +59,6 @@ from trainer.finetune_config import (
     load_finetune_config,
     point_name,
     to_dict,
-    to_toml,
 )
 from trainer.finetune_data import EncodedData, encode, label_names_from, read_rows
 from trainer.model import INIT_STD, Encoder, EncoderConfig, weight_decay_groups

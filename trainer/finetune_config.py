@@ -30,10 +30,10 @@ from trainer.config import (
     apply_overrides,
     check,
     coerce,
-    field_docs,
     read_toml,
     toml_value,
 )
+from trainer.config import describe as describe_sections
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
 REGRESSION_METRICS = ("pearson", "spearman")
@@ -225,24 +225,9 @@ def to_dict(spec: FinetuneSpec) -> dict:
     return dataclasses.asdict(spec)
 
 
-def to_toml(spec: FinetuneSpec) -> str:
-    """The resolved spec as TOML that load_finetune_config reads back to an equal spec."""
-    lines = []
-    for name, values in to_dict(spec).items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
 def describe(spec: FinetuneSpec) -> str:
     """Every key with its current value and meaning (``--help-config``)."""
-    out = []
-    for name, cls in SECTIONS.items():
-        out.append(f"[{name}]  {cls.__doc__}")
-        docs = field_docs(cls)
-        for k, v in dataclasses.asdict(getattr(spec, name)).items():
-            out.append(f"  {name}.{k} = {toml_value(v)}\n      {docs.get(k, '')}")
+    out = [describe_sections(spec, SECTIONS)]
     out.append("[grid]  finetune key = [values to try]; the grid is the product")
     out += [f"  grid.{k} = {toml_value(v)}" for k, v in spec.grid.items()]
     return "\n".join(out)

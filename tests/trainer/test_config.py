@@ -33,7 +33,7 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
         spec = finetune_config.load_finetune_config(path)
         finetune_config.grid_points(spec)  # every grid point is a valid config too
         out = tmp_path / "resolved.toml"
-        out.write_text(finetune_config.to_toml(spec))
+        out.write_text(to_toml(spec))
         assert finetune_config.load_finetune_config(out) == spec
         return
     cfg = load_config(path)
