@@ -14,8 +14,6 @@ generated with that config: the two modes differ only in where the aux forward p
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
@@ -31,8 +29,7 @@ from trainer.shards import manifest_fingerprint, open_corpus, resolve_fs, sha256
 
 
 class FastOnlineTask(RTDTask):
-    def __init__(self, cfg: RunConfig, d: Dist,
-                 load_aux: Callable[[str, torch.device], torch.nn.Module] = load_generator):
+    def __init__(self, cfg: RunConfig, d: Dist):
         c, gen = cfg.corruption, cfg.generate
         corpus = open_corpus(cfg)
         self.tokens = CorpusTokens(corpus)
@@ -45,7 +42,7 @@ class FastOnlineTask(RTDTask):
                 raise UserError("train.mode = 'fast-online' with corruption.replacement = 'aux' "
                                 "needs generate.aux_checkpoint (the frozen generator's "
                                 "checkpoint folder)")
-            self.aux = load_aux(gen.aux_checkpoint, d.device)
+            self.aux = load_generator(gen.aux_checkpoint, d.device)
             if self.aux.cfg.vocab_size != corpus.vocab_size:
                 raise UserError(f"generate.aux_checkpoint {gen.aux_checkpoint} has a vocabulary "
                                 f"of {self.aux.cfg.vocab_size}, the corpus {corpus.root} "

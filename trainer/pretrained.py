@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 
+from trainer.checkpoint import find_latest
 from trainer.config import RunConfig, build_config
 from trainer.errors import UserError
 from trainer.model import Discriminator, EncoderConfig, MLMModel
@@ -144,8 +145,6 @@ def load_discriminator(path: str, device: str | torch.device = "cpu",
 
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint folder, or a run folder meaning its latest checkpoint."""
-    from trainer.checkpoint import find_latest
-
     if os.path.isfile(os.path.join(path, "meta.json")):
         return path
     latest = find_latest(path) if os.path.isdir(path) else None

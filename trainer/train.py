@@ -176,7 +176,9 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
                           t.max_steps, accum, pin=d.device.type == "cuda")
     try:
         for step in range(start, t.max_steps):
-            step_sums: dict[str, torch.Tensor | float] = {}
+            # Only a task with an after_step hook (early-exit) needs the step's own sums.
+            step_sums: dict[str, torch.Tensor | float] | None = \
+                {} if hasattr(task, "after_step") else None
             for micro in range(accum):
                 batch = {k: v.to(d.device, non_blocking=True) for k, v in prefetch.get().items()}
                 sync = micro == accum - 1 or not d.enabled
@@ -189,7 +191,8 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
                 sums["micro_batches"] = 1.0
                 for k, v in sums.items():
                     interval[k] = interval.get(k, 0.0) + v
-                    step_sums[k] = step_sums.get(k, 0.0) + v
+                    if step_sums is not None:
+                        step_sums[k] = step_sums.get(k, 0.0) + v
             # Each optimizer clips its own model's gradient (DecoupledOptim clips G and D apart).
             norms = [torch.nn.utils.clip_grad_norm_(module.parameters(), t.clip_grad_norm)
                      for _, module, _ in optimized]
@@ -212,7 +215,7 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
                 interval[key] = interval.get(key, 0.0) + norm.detach()
             interval_steps += 1
             done = step + 1
-            if hasattr(task, "after_step"):  # e.g. early-exit's update of its exit probabilities
+            if step_sums is not None:  # e.g. early-exit's update of its exit probabilities
                 task.after_step(done, step_sums, d)
 
             if t.eval_every and (done % t.eval_every == 0 or done == t.max_steps):
