@@ -111,7 +111,8 @@ class JointModel(nn.Module):
         targets = original_ids[selected]  # (N,)
         mlm_loss, g_logits, stats = self.generate(masked_ids, attention_mask, selected, targets,
                                                   exit_index)
-        table = self.discriminator.encoder.word_emb.weight  # (V, H)
+        # Only Emb-Gen reads the table (under gdes, .weight is a fresh (V, H) sum).
+        table = self.discriminator.encoder.word_emb.weight if self.topk else None  # (V, H)
         with torch.no_grad():
             logp = embedding_topk_logprobs(table, targets, self.topk) if self.topk \
                 else aux_logprobs(g_logits.detach())  # (N, V), specials excluded
