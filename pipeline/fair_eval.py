@@ -26,7 +26,9 @@ Steps:
    setting, naming the keys (pass --overwrite or another --out-dir). Masking, corpus and Beam
    options come from ``--config``/``--set`` and the command line, as for pipeline.generate.
 2. ``trainer.evaluate`` scores every ``--checkpoint`` (a discriminator, or a joint run's D) on
-   that set and prints one table (and ``--json OUT``).
+   that set and prints one table (and ``--json OUT``). Its ``rtd_*`` metrics count the
+   ordinary tokens only ([CLS]/[SEP] are never replaced and would flatter every figure);
+   ``rtd_all_accuracy/auc/loss`` count every real token.
 
 Checkpoints may be given as checkpoint folders or run folders (their latest checkpoint). The
 set covers the whole corpus, so its text is text the discriminators were trained on (with

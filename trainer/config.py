@@ -124,6 +124,11 @@ class ModelConfig:
     """Relative position buckets (paper: 32 base, 128 large)."""
     rel_max_distance: int = 128
     """Distance beyond which relative positions share a bucket (paper: 128 base, 256 large)."""
+    rel_bias_scale: float = 1.0
+    """The relative bias table is stored divided by this and multiplied back in the forward
+    pass, so under Adam it learns at rel_bias_scale x train.lr (1 = plain T5). Word order
+    reaches a relative-position model only through this table; at small step budgets it
+    otherwise stays near its initial value (see trainer/model.py)."""
     layer_norm: Literal["post", "pre"] = "post"
     """Post-LN (paper, with Admin-style init) or pre-LN."""
     dropout: float = 0.1
@@ -140,6 +145,8 @@ class ModelConfig:
             check(getattr(self, name) >= 1, f"model.{name}", "must be >= 1")
         check(self.hidden_size % self.num_heads == 0, "model.num_heads",
                f"must divide model.hidden_size ({self.hidden_size}), got {self.num_heads}")
+        check(self.rel_bias_scale > 0, "model.rel_bias_scale",
+               f"must be > 0, got {self.rel_bias_scale}")
         _check_prob(self.dropout, "model.dropout")
         _check_prob(self.attention_dropout, "model.attention_dropout")
         check(self.layer_norm_eps > 0, "model.layer_norm_eps",

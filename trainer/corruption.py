@@ -1,5 +1,5 @@
 """Corruption for replaced token detection: masking, replacement distributions, curriculum
-schedules, augmentations and Gumbel-max sampling. ONE implementation, used offline (the Beam
+schedules, augmentations and keyed inverse-CDF sampling. ONE implementation, used offline (the Beam
 ``generate`` job) and online (the trainer's joint / fast-online modes), so that both produce the
 same bytes for the same (seed, epoch, seq_id).
 
@@ -11,10 +11,10 @@ same bytes for the same (seed, epoch, seq_id).
     out.input_ids, out.labels                         # (B, T) corrupted ids, uint8 RTD labels
     out.temperature                                   # (B,) float32 schedule value used
     schedule_value("exponential", 0.0, t0=2.0, tau=0.1)  # -> 2.0 (Eq. 2)
-    compile_sampling()   # optional, once per process: fuses the Gumbel-max over the vocabulary
 
 Randomness: ``trainer.keyed_rng`` (counter-based, no generator state; bit-exact everywhere but
-for float near-ties of Gumbel samples, and the dropout augmentations' torch-RNG masks).
+where a float rounding of the CDF moves a draw across a boundary, and the dropout
+augmentations' torch-RNG masks).
 
 Sequences are left-aligned ([CLS] at index 0, padding on the right): the position counter is
 the index in the row, so left padding would change the draws.
@@ -63,14 +63,11 @@ from trainer.config import ConfigError, CorruptionConfig
 from trainer.keyed_rng import (
     STREAM_DROP_TOKEN,
     STREAM_DROPOUT,
-    STREAM_GUMBEL,
     STREAM_MASK_KIND,
     STREAM_RANDOM_TOKEN,
+    STREAM_SAMPLE,
     STREAM_SELECT,
-    bits_from_keys,
-    gumbel_from_bits,
     keyed_bits,
-    row_keys,
     threshold,
 )
 from trainer.tokenizer import MASK_ID, NUM_SPECIAL, UNK_ID
@@ -361,45 +358,43 @@ def _row_chunks(n: int, vocab_size: int):
     return (slice(i, min(i + step, n)) for i in range(0, n, step))
 
 
-def _gumbel_argmax_chunk(logp: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor,
-                         temperature: torch.Tensor) -> torch.Tensor:
-    """argmax(logp / T + G) for logp (n, V), Gumbel row keys k1, k2 (n,), T (n,) -> (n,)."""
-    counter = torch.arange(logp.shape[1], device=logp.device)  # the vocabulary index
-    noise = gumbel_from_bits(bits_from_keys(k1, k2, counter))  # (n, V)
-    return (logp.float() / temperature[:, None] + noise).argmax(-1)
+def keyed_sample_uniform(seed: int, epoch: int, seq_ids: torch.Tensor,
+                         positions: torch.Tensor) -> torch.Tensor:
+    """One uniform in the open interval (0, 1) per sampled position, float64 with 53 random
+    bits (two 32-bit draws), keyed by (seed, epoch, seq_id, position): (N,)."""
+    bits = keyed_bits(seed, epoch, seq_ids, STREAM_SAMPLE, (2,), sub_ids=positions)  # (N, 2)
+    k = (bits[:, 0] << 21) | (bits[:, 1] >> 11)  # [0, 2**53)
+    return (k.double() + 0.5) * 2.0**-53
 
 
-_sample_chunk = _gumbel_argmax_chunk
+def _inverse_cdf_chunk(logp: torch.Tensor, u: torch.Tensor, temperature: torch.Tensor
+                       ) -> torch.Tensor:
+    """The token whose CDF interval of softmax(logp / T) holds u: logp (n, V), u (n,) float64,
+    T (n,) -> (n,). Softmax in fp32 (whatever the logits' dtype: bf16 logits would move ~1% of
+    the draws), the CDF in float64 so that at V = 128K its rounding (~1e-16 x V) cannot move a
+    draw by more than a vanishing mass. Tokens of probability 0 (specials, -inf) own an empty
+    interval and are never drawn."""
+    p = torch.softmax(logp.float() / temperature[:, None], dim=-1)  # (n, V)
+    cdf = p.double().cumsum_(-1)  # (n, V)
+    x = (u * cdf[:, -1]).unsqueeze(1)  # (n, 1): u scaled to the row's total (~1)
+    return torch.searchsorted(cdf, x, right=True).squeeze(1).clamp_(max=logp.shape[1] - 1)
 
 
-def compile_sampling(enable: bool = True) -> None:
-    """Fuse hash, Gumbel noise and argmax into one kernel with ``torch.compile`` (process-wide).
-
-    Eager, the ~50 elementwise int64/float ops per (position, vocabulary) element cost far
-    more than the aux model's LM head (about 10x on CPU); fused they cost about 15x less on CPU
-    and the (n, V) temporaries disappear. Same integer draws, so the same samples up to float
-    near-ties. Worth it for ``generate`` and online corruption; the first call compiles (tens
-    of seconds), which is why it is not the default.
-    """
-    global _sample_chunk
-    _sample_chunk = (torch.compile(_gumbel_argmax_chunk, dynamic=True) if enable
-                     else _gumbel_argmax_chunk)
-
-
-def gumbel_argmax(logp: torch.Tensor, seed: int, epoch: int, seq_ids: torch.Tensor,
+def sample_tokens(logp: torch.Tensor, seed: int, epoch: int, seq_ids: torch.Tensor,
                   positions: torch.Tensor, temperature=None) -> torch.Tensor:
-    """One sample per row of softmax(logp / T): argmax(logp / T + G), logp (N, V) (normalised
-    or not), G Gumbel noise keyed by (seed, epoch, seq_ids (N,), positions (N,), vocab index),
-    so a row's sample does not depend on the other rows. temperature: None, float or (N,).
-    Returns (N,) long. Processed in row chunks to bound the (rows, V) temporaries."""
+    """One exact draw per row of softmax(logp / T), logp (N, V) (normalised or not), by
+    inverse CDF at a uniform keyed by (seed, epoch, seq_ids (N,), positions (N,)): one keyed
+    draw per position rather than one per vocabulary entry (the Gumbel-max alternative hashes
+    N x V counters, 20-40x the cost of the softmax itself). A row's sample does not depend on
+    the other rows. temperature: None, float or (N,). Returns (N,) long. Processed in row
+    chunks to bound the (rows, V) temporaries."""
     N, V = logp.shape
     out = torch.empty(N, dtype=torch.long, device=logp.device)
     temperature = torch.as_tensor(1.0 if temperature is None else temperature,
                                   dtype=torch.float32, device=logp.device).expand(N)
-    k1, k2 = row_keys(seed, epoch, seq_ids.to(logp.device), STREAM_GUMBEL,
-                       positions.to(logp.device))  # (N,) each
+    u = keyed_sample_uniform(seed, epoch, seq_ids.to(logp.device), positions.to(logp.device))
     for rows in _row_chunks(N, V):
-        out[rows] = _sample_chunk(logp[rows], k1[rows], k2[rows], temperature[rows])
+        out[rows] = _inverse_cdf_chunk(logp[rows], u[rows], temperature[rows])
     return out
 
 
@@ -463,8 +458,8 @@ def corrupt_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_ids
     ``aux`` only; model-free replacements never touch a model), unigram_counts (V,) for the
     unigram-based kinds, vocab_size when neither aux nor unigram_counts fixes it.
     The aux model runs under inference_mode with its LM head only at selected positions; every
-    sample is drawn by Gumbel-max at the selected positions, including those that kept their
-    original token in the aux input (ELECTRA). Labels are 1 where the sample differs from the
+    sample is drawn by ``sample_tokens`` at the selected positions, including those that kept
+    their original token in the aux input (ELECTRA). Labels are 1 where the sample differs from the
     original token.
     """
     validate_corruption(cfg)
@@ -514,7 +509,7 @@ def corrupt_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_ids
             if aug == "log_interp_unigram":
                 lp = log_interp(unigram_logprobs(unigram_counts, lp.shape[0], dev), lp,
                                 weight[rows])
-            sampled[rows] = gumbel_argmax(lp, seed, epoch, seq_ids[b_idx[rows]], t_idx[rows],
+            sampled[rows] = sample_tokens(lp, seed, epoch, seq_ids[b_idx[rows]], t_idx[rows],
                                           temp[rows])
     # Leave inference mode with ordinary tensors: the discriminator's embedding saves its
     # indices for backward, which an inference tensor refuses.

@@ -118,9 +118,11 @@ class EarlyExitTask(JointTask):
         return min(int(np.searchsorted(cdf, u, side="right")), len(cdf) - 1)
 
     def after_step(self, done: int, step_sums: dict[str, torch.Tensor], d: Dist) -> None:
-        """Count this step's RTD accuracy on all ranks; update P every exit_update_every."""
-        right = step_sums["rtd_tp"] + step_sums["rtd_tn"]
-        total = right + step_sums["rtd_fp"] + step_sums["rtd_fn"]
+        """Count this step's RTD accuracy on all ranks; update P every exit_update_every.
+        The accuracy is over every real token (``rtd_all_*``), as it was before the logged
+        metrics moved to ordinary tokens: the training signal does not change."""
+        right = step_sums["rtd_all_tp"] + step_sums["rtd_all_tn"]
+        total = right + step_sums["rtd_all_fp"] + step_sums["rtd_all_fn"]
         counts = distributed.all_reduce_sum(
             torch.stack([torch.as_tensor(right), torch.as_tensor(total)]).double().cpu(), d)
         self.model.exit_counts += counts.to(self.model.exit_counts.device)

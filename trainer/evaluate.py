@@ -12,9 +12,13 @@ for one table row each. What is measured depends on what the checkpoint holds
 
 - a discriminator (``rtd``, ``fast-online``, or the D of a joint ``electra``/``decoupled``
   run): on the RTD shard set (``--rtd-dir``, else train.rtd_dir, else generate.rtd_dir), per
-  epoch and overall, over every real (non-pad) token: accuracy, precision/recall/F1 of the
-  replaced class, ROC-AUC, BCE loss, the replaced fraction, and for reference the accuracy
-  and loss of the best constant guess (the majority class; the replaced fraction as p).
+  epoch and overall, over the ordinary tokens (real and not a special id:
+  ``trainer.rtd.ordinary_mask``; [CLS]/[SEP] are never replaced and would flatter every
+  figure): accuracy, precision/recall/F1 of the replaced class, ROC-AUC, BCE loss, the
+  replaced fraction, and for reference the accuracy and loss of the best constant guess (the
+  majority class; the replaced fraction as p). ``rtd_all_accuracy``, ``rtd_all_auc`` and
+  ``rtd_all_loss`` are the same over every real (non-pad) token, specials included;
+  ``tokens`` / ``all_tokens`` count both sets.
   ``--max-sequences N`` reads the first N positions of each epoch. Batches stream from the
   shards (``train.micro_batch_size_per_rank`` sequences each); the set is never loaded whole.
   An epoch the checkpoint was trained on (same shard set, reached by its step) is marked.
@@ -29,7 +33,8 @@ per label, merged every 2^20 tokens, so memory grows with the number of distinct
 tokens: at most 65,536 for bf16 logits (GPU autocast), about one per token for fp32 logits.
 Past 2^23 distinct values (128 MiB) the logits are binned, monotonically, by dropping low
 mantissa bits, 4 at a time; the value is then approximate and ``rtd_auc_margin`` (0 when
-exact) bounds the error: half the fraction of (replaced, kept) pairs that share a bin.
+exact) bounds the error: half the fraction of (replaced, kept) pairs that share a bin
+(``rtd_all_auc`` is binned alike).
 
 The model runs on train.device (``auto``: a GPU when visible) with bf16 autocast on GPU
 (train.precision), under ``torch.inference_mode``. The model's shape comes from the
@@ -48,7 +53,6 @@ import tempfile
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from trainer.cli import config_parser, main_guard, resolve_config
 from trainer.config import RunConfig, to_dict
@@ -67,7 +71,7 @@ from trainer.pretrained import (
     read_meta,
     resolve_checkpoint,
 )
-from trainer.rtd import collate, rtd_counts, rtd_metrics
+from trainer.rtd import RTD_SUM_KEYS, collate, ordinary_mask, rtd_counts, rtd_metrics
 from trainer.shards import CorpusShards, RTDBatch, RTDShards, manifest_fingerprint
 from trainer.tasks import MLMTask
 from trainer.train import autocast_context
@@ -173,44 +177,57 @@ def pairwise_auc(logits: np.ndarray, labels: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------
 
 class RTDAccumulator:
-    """Sums over batches (kept on the device: no host sync per batch) -> metrics."""
+    """Sums over batches (kept on the device: no host sync per batch) -> metrics: the
+    ``rtd_*`` headline over the ordinary tokens (``trainer.rtd.ordinary_mask``), and
+    ``rtd_all_accuracy/auc/loss`` over every real token."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.sums = {k: torch.zeros((), dtype=torch.float64, device=device)
-                     for k in ("rtd_tp", "rtd_fp", "rtd_fn", "rtd_tn", "nll", "sequences",
-                               "temperature_sum")}
-        self.auc = AUCCounts()
+                     for k in (*RTD_SUM_KEYS, "sequences", "temperature_sum")}
+        self.auc = AUCCounts()  # the ordinary tokens
+        self.auc_special = AUCCounts()  # the real special tokens ([CLS], [SEP], ...): few
 
     def add(self, logits: torch.Tensor, b: dict[str, torch.Tensor]) -> None:
         """logits (B, T) float32; b: a collated batch on the device."""
-        real = b["attention_mask"]
-        labels = b["labels"][real]
-        self.sums["nll"] += F.binary_cross_entropy_with_logits(
-            logits[real], labels, reduction="sum").double()
-        for k, v in rtd_counts(logits, b["labels"], real).items():
+        real = b["attention_mask"].bool()
+        ordinary = ordinary_mask(b["input_ids"], real)
+        special = real & ~ordinary
+        for k, v in rtd_counts(logits, b["labels"], b["input_ids"], real).items():
             self.sums[k] += v
         self.sums["sequences"] += len(b["temperature"])
         self.sums["temperature_sum"] += b["temperature"].double().sum()
-        self.auc.add(logits[real], labels)
+        self.auc.add(logits[ordinary], b["labels"][ordinary])
+        self.auc_special.add(logits[special], b["labels"][special])
 
     def merge(self, other: RTDAccumulator) -> None:
         for k, v in other.sums.items():
             self.sums[k] += v
         self.auc.merge(other.auc)
+        self.auc_special.merge(other.auc_special)
+
+    def all_auc(self) -> float | None:
+        """ROC-AUC over every real token: the ordinary and the special counts together."""
+        both = AUCCounts(self.auc.max_distinct)
+        both.merge(self.auc)
+        both.merge(self.auc_special)
+        return both.auc()[0]
 
     def metrics(self) -> dict:
         s = {k: float(v) for k, v in self.sums.items()}
         tokens = s["rtd_tp"] + s["rtd_fp"] + s["rtd_fn"] + s["rtd_tn"]
+        all_tokens = s["rtd_all_tp"] + s["rtd_all_fp"] + s["rtd_all_fn"] + s["rtd_all_tn"]
         if not tokens:
-            return {"sequences": 0, "tokens": 0}
-        m = rtd_metrics(s)
+            return {"sequences": int(s["sequences"]), "tokens": 0,
+                    "all_tokens": int(all_tokens)}
+        m = rtd_metrics(s)  # rtd_accuracy ... rtd_loss, replaced_fraction, rtd_all_*
         frac = m["replaced_fraction"]
         auc, margin = self.auc.auc()
         constant = 0.0 if frac in (0.0, 1.0) else \
             -(frac * math.log(frac) + (1 - frac) * math.log(1 - frac))
-        return {"sequences": int(s["sequences"]), "tokens": int(tokens), **m,
-                "rtd_auc": auc, "rtd_auc_margin": margin, "rtd_loss": s["nll"] / tokens,
+        return {"sequences": int(s["sequences"]), "tokens": int(tokens),
+                "all_tokens": int(all_tokens), **m,
+                "rtd_auc": auc, "rtd_auc_margin": margin, "rtd_all_auc": self.all_auc(),
                 "majority_accuracy": max(frac, 1 - frac), "constant_loss": constant,
                 "temperature": s["temperature_sum"] / s["sequences"]}
 
@@ -378,10 +395,13 @@ def _f(v, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+# Over the ordinary tokens, but the all_* columns: every real token, [CLS]/[SEP] included.
 RTD_COLUMNS = (("accuracy", "rtd_accuracy"), ("precision", "rtd_precision"),
                ("recall", "rtd_recall"), ("f1", "rtd_f1"), ("auc", "rtd_auc"),
                ("loss", "rtd_loss"), ("replaced", "replaced_fraction"),
-               ("majority", "majority_accuracy"), ("const_loss", "constant_loss"))
+               ("majority", "majority_accuracy"), ("const_loss", "constant_loss"),
+               ("all_acc", "rtd_all_accuracy"), ("all_auc", "rtd_all_auc"),
+               ("all_loss", "rtd_all_loss"))
 
 
 def format_table(results: list[dict]) -> str:
@@ -391,7 +411,8 @@ def format_table(results: list[dict]) -> str:
     rtd = [r for r in results if "rtd" in r]
     if rtd:
         sets = sorted({r["rtd"]["rtd_dir"] for r in rtd})
-        lines.append(f"RTD on {', '.join(sets)} (* = an epoch the model was trained on)")
+        lines.append(f"RTD on {', '.join(sets)} (* = an epoch the model was trained on; "
+                     "ordinary tokens, [CLS]/[SEP] excluded; all_*: every real token)")
         lines.append(f"{'checkpoint':<{name_w}}{'epoch':>6}{'tokens':>12}"
                      + "".join(f"{h:>11}" for h, _ in RTD_COLUMNS))
         for r in rtd:

@@ -16,9 +16,9 @@ replaces a masked token carries no gradient and nothing is shared, so G's gradie
 from the MLM loss and D's only from the RTD loss: each optimizer sees only its own model's
 gradient, and a loss weight no longer changes the updates (Adam is invariant to it).
 
-Replacements are Gumbel-max samples of G's distribution at the masked positions (specials
-excluded), keyed by (seed, epoch, seq_id, position) like the offline pipeline; labels are 1
-where the sample differs from the original token. With ``joint.replacement =
+Replacements are samples (``sample_tokens``) of G's distribution at the masked positions
+(specials excluded), keyed by (seed, epoch, seq_id, position) like the offline pipeline; labels
+are 1 where the sample differs from the original token. With ``joint.replacement =
 "embedding_topk"`` (Kang et al.'s "Emb-Gen" ablation) the sample is instead one of the k
 nearest tokens (L2) to the original in the discriminator's embedding table, and the mean
 squared distance between the two embeddings is added to the loss (joint.embedding_l2_weight);
@@ -34,12 +34,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainer.config import RunConfig
-from trainer.corruption import aux_logprobs, gumbel_argmax
+from trainer.corruption import aux_logprobs, sample_tokens
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.model import Discriminator, EncoderConfig, MLMModel
 from trainer.rtd import rtd_counts, rtd_metrics
-from trainer.tasks import CorpusTask
+from trainer.tasks import CorpusTask, expected_replaced_fraction, init_priors_
 from trainer.tokenizer import NUM_SPECIAL
 
 
@@ -120,7 +120,7 @@ class JointModel(nn.Module):
             sampled = torch.empty_like(targets)
             for e in epochs.unique():  # keyed noise per epoch; a batch may straddle two
                 n = epochs[rows] == e
-                sampled[n] = gumbel_argmax(logp[n], seed, int(e), seq_ids[rows[n]], cols[n])
+                sampled[n] = sample_tokens(logp[n], seed, int(e), seq_ids[rows[n]], cols[n])
             corrupted = original_ids.clone()
             corrupted[selected] = sampled
             labels = (corrupted != original_ids) & attention_mask  # (B, T)
@@ -129,11 +129,11 @@ class JointModel(nn.Module):
             stats["embedding_l2"] = l2.detach()
             mlm_loss = mlm_loss + self.embedding_l2_weight * l2
         d_logits = self.discriminator(corrupted, attention_mask)  # (B, T)
-        real = attention_mask.bool()
+        real = attention_mask.bool()  # the loss covers every real token, as in ELECTRA
         rtd_loss = F.binary_cross_entropy_with_logits(d_logits[real].float(),
                                                       labels[real].float())
-        with torch.no_grad():
-            stats.update(rtd_counts(d_logits, labels, real))
+        with torch.no_grad():  # the metrics' sums: ordinary tokens, and all real ones
+            stats.update(rtd_counts(d_logits, labels, corrupted, real))
         return mlm_loss, rtd_loss, stats
 
 
@@ -151,6 +151,8 @@ class JointTask(CorpusTask):
         c = cfg.corruption  # ELECTRA's recipe: 15% selected, 85% [MASK], 15% kept
         super().__init__(cfg, d, c.mask_prob, c.mask_token_prob, 0.0)
         self.model = self.build_model(cfg)
+        init_priors_(self.model, self.unigram_counts,
+                     expected_replaced_fraction(self.unigram_counts, c.mask_prob))
         self.decoupled = cfg.train.mode == "decoupled"
         self.rtd_weight = 1.0 if self.decoupled else cfg.joint.rtd_weight
         self.announce(d, f"{cfg.train.mode}: generator "
@@ -175,21 +177,21 @@ class JointTask(CorpusTask):
 
     def loss(self, model, b):
         mlm_loss, rtd_loss, stats = self._run(model, b, self.cfg.train.seed, self.exit_index(b))
-        stats.update(mlm_loss_sum=mlm_loss.detach(), rtd_loss_sum=rtd_loss.detach(),
-                     tokens=b["attention_mask"].sum())
+        stats.update(mlm_loss_sum=mlm_loss.detach(), tokens=b["attention_mask"].sum())
         return mlm_loss + self.rtd_weight * rtd_loss, stats
 
     def train_metrics(self, sums):
         n = max(sums["micro_batches"], 1.0)
         extra = {"embedding_l2": sums["embedding_l2"] / n} if "embedding_l2" in sums else {}
-        return {"gen_mlm_loss": sums["mlm_loss_sum"] / n, "rtd_loss": sums["rtd_loss_sum"] / n,
-                **joint_metrics(sums), **extra}
+        # rtd_loss (ordinary tokens) and rtd_all_loss (every real token, token-weighted: the
+        # term that is optimized) come from joint_metrics.
+        return {"gen_mlm_loss": sums["mlm_loss_sum"] / n, **joint_metrics(sums), **extra}
 
     def evaluate(self, model, d):
         sums: dict[str, float] = {}
         for b in self.heldout_batches(d):
-            mlm_loss, rtd_loss, stats = self._run(model, b, self.eval_seed)
-            stats.update(mlm_loss_sum=mlm_loss, rtd_loss_sum=rtd_loss, batches=1.0)
+            mlm_loss, _, stats = self._run(model, b, self.eval_seed)
+            stats.update(mlm_loss_sum=mlm_loss, batches=1.0)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         return sums
@@ -198,5 +200,4 @@ class JointTask(CorpusTask):
         if not sums.get("batches"):
             return {}
         n = sums["batches"]
-        return {"eval_gen_mlm_loss": sums["mlm_loss_sum"] / n,
-                "eval_rtd_loss": sums["rtd_loss_sum"] / n, **joint_metrics(sums, "eval_")}
+        return {"eval_gen_mlm_loss": sums["mlm_loss_sum"] / n, **joint_metrics(sums, "eval_")}

@@ -12,10 +12,11 @@ shifts, masks, additions and multiplications whose exact products stay below 2**
 16-bit limbs), on values kept in [0, 2**32): no signed overflow, no arithmetic-shift surprise,
 no uint64, so CPU and CUDA (eager or compiled) compute identical bits. Selection,
 [MASK]/keep/random decisions, random token ids and token dropping use only these integers
-(thresholds are integers too): they are bit-exact everywhere. Gumbel noise needs ``log``;
-libm/SLEEF/CUDA ``log`` may differ in the last ulp, and so do auxiliary-model logits across
-devices and matmul shapes, so a *sample* can differ only at a float near-tie of the two best
-candidates (rare; never systematic). Exception: the dropout augmentations' masks come from
+(thresholds are integers too): they are bit-exact everywhere. A replacement sample inverts
+the CDF of softmax(logp / T) at one keyed uniform; ``exp`` may differ in the last ulp across
+libm/SLEEF/CUDA, and so do auxiliary-model logits across devices and matmul shapes, so a
+*sample* can differ only where the uniform falls within rounding of a CDF boundary (rare;
+never systematic). Exception: the dropout augmentations' masks come from
 torch's RNG (the model offers no keyed dropout), seeded from the batch's keys: reproducible for
 the same batch only.
 """
@@ -31,7 +32,7 @@ import torch
 STREAM_SELECT = 1  # which positions are selected
 STREAM_MASK_KIND = 2  # selected -> [MASK] / random token / keep
 STREAM_RANDOM_TOKEN = 3  # the id of a random replacement token (80/10/10 recipe)
-STREAM_GUMBEL = 4  # Gumbel noise, counters (position, vocabulary index)
+STREAM_SAMPLE = 4  # the inverse-CDF uniform of a replacement, counters (position, word)
 STREAM_DROP_TOKEN = 5  # aux input tokens replaced by [UNK] (drop_token augmentation)
 STREAM_DROPOUT = 6  # seed of the aux model's dropout masks (dropout augmentations)
 
@@ -110,7 +111,7 @@ def keyed_bits(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,
     Element (b, i...) depends only on (seed, epoch, seq_ids[b], stream, sub_ids[b], the
     row-major flat index of i in shape_tail): a row is the same alone or in any batch, and for
     a 1-D shape_tail a longer tail (more padding) only appends values. ``sub_ids`` (B,) adds
-    one more counter to the row key (the position, for Gumbel noise over the vocabulary).
+    one more counter to the row key (the position, for a replacement's uniform).
     """
     n = math.prod(shape_tail)
     if n > 1 << 32:
@@ -135,14 +136,6 @@ def keyed_uniform(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,
     bits give u = (2k + 1) / 2**24, exactly representable, so never 0 or 1."""
     k = keyed_bits(seed, epoch, seq_ids, stream, shape_tail, sub_ids) >> 9  # [0, 2**23)
     return (2 * k + 1).float() * 2.0**-24
-
-
-def gumbel_from_bits(bits: torch.Tensor) -> torch.Tensor:
-    """Standard Gumbel noise from 32-bit draws, float32. The winners of a Gumbel-max have u
-    close to 1, so use x = 1 - u = (2j + 1) / 2**33 with log1p: distinct draws stay distinct
-    there (a float32 u near 1 would collapse ~2**8 of them into one value and create ties)."""
-    x = ((2 * bits + 1).float() * 2.0**-33).clamp_(max=1.0 - 2.0**-24)
-    return -torch.log(-torch.log1p(-x))
 
 
 def threshold(p: float) -> int:

@@ -21,16 +21,25 @@ embeddings and an RTD (replaced token detection) head.
 Initialisation. Every Linear / Embedding weight is N(0, 0.02) with zero biases (BERT). Post-LN
 blocks additionally use Admin (Liu et al. 2020, "Understanding the Difficulty of Training
 Transformers"): each residual is ``LN(omega * x + f(x))`` with a learnable per-channel
-``omega``, initialised by a profiling forward pass so that every sublayer changes its output by
-about the same relative amount. Plain post-LN leans heavily on its residual branches, which
-amplifies the effect of each parameter update; at a peak learning rate of 1e-3 (train.lr) and
-24 layers that is the classic post-LN divergence, and the project's setting (model.layer_norm:
-"post-LN, with Admin-style init") follows the paper there. The profiling pass
-(``Encoder.admin_init_``) runs automatically at construction on a small random batch (the
-sublayer inputs are LayerNorm outputs, so their statistics hardly depend on the tokens; no data
-is needed) and can be re-run on real data. It is skipped on the meta device. Pre-LN needs no
-such fix: its residual stream is never normalised, so it uses plain BERT init and a final
-LayerNorm.
+``omega``. Plain post-LN leans heavily on its residual branches (a branch as large as its input
+is half of the block's output), which amplifies the effect of each parameter update by the
+depth; at a peak learning rate of 1e-3 (train.lr) and 24 layers that is the classic post-LN
+divergence, and the project's setting (model.layer_norm: "post-LN, with Admin-style init")
+follows the paper there. Residual i (attn 1, ffn 1, attn 2, ...) starts at omega_i = sqrt(i):
+the scale a pre-LN stream reaches when the embedding and each branch before it add one unit of
+variance, so that a unit-size branch is ~1/(i+1) of its output, as in pre-LN (sqrt(4) = 2 at
+the last residual of a 2-layer model, sqrt(24) = 4.9 for 12 layers, sqrt(48) = 6.9 for 24).
+Why not the branch variances Admin profiles: the paper's Xavier-initialised branches have
+Var[f] ~ Var[x], ours have 0.003 (width 128) to 0.25 (width 1024) at init, which gives omegas
+of about 1 (1.6 at the last base residual, 2.7 large: close to a no-op), and that smallness
+does not outlast the start of training (Var[f] / Var[x] > 10 after 25 steps at lr 1e-3 in a
+small model, measured). ``Encoder.admin_init_`` still runs Admin's profiling pass, counting
+each branch at max(1, Var[f] / Var[x]): every BERT-initialised model here gets exactly sqrt(i),
+a re-profiled trained one (real data may be passed) its measured sizes, and
+``min_branch_var=0`` the literal profile. It runs at construction on a small random batch (no
+data needed) and is skipped on the meta device; imports of HF checkpoints set omega = 1 (plain
+post-LN, exact). Pre-LN needs no such fix: its residual stream is never normalised, so it uses
+plain BERT init and a final LayerNorm.
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ class EncoderConfig:
     position: Literal["relative", "absolute"] = "relative"
     rel_num_buckets: int = 32
     rel_max_distance: int = 128
+    rel_bias_scale: float = 1.0
     max_seq_len: int = 512
     layer_norm: Literal["post", "pre"] = "post"
     dropout: float = 0.1
@@ -94,6 +104,7 @@ class EncoderConfig:
             check(self.rel_max_distance > self.rel_num_buckets // 4, "rel_max_distance",
                   f"must be > rel_num_buckets // 4 = {self.rel_num_buckets // 4} (the largest "
                   f"exactly bucketed distance), got {self.rel_max_distance}")
+        check(self.rel_bias_scale > 0, "rel_bias_scale", f"must be > 0, got {self.rel_bias_scale}")
         for name in ("dropout", "attention_dropout"):
             p = getattr(self, name)
             check(0.0 <= p < 1.0, name, f"must be in [0, 1), got {p}")
@@ -109,7 +120,8 @@ class EncoderConfig:
         return cls(vocab_size=run_cfg.tokenizer.vocab_size, num_layers=m.num_layers,
                    hidden_size=m.hidden_size, num_heads=m.num_heads, ffn_size=m.ffn_size,
                    position=m.position, rel_num_buckets=m.rel_num_buckets,
-                   rel_max_distance=m.rel_max_distance, max_seq_len=run_cfg.data.max_seq_len,
+                   rel_max_distance=m.rel_max_distance, rel_bias_scale=m.rel_bias_scale,
+                   max_seq_len=run_cfg.data.max_seq_len,
                    layer_norm=m.layer_norm, dropout=m.dropout,
                    attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps)
 
@@ -121,7 +133,8 @@ class EncoderConfig:
                    hidden_size=a.hidden_size or m.hidden_size,
                    num_heads=a.num_heads or m.num_heads, ffn_size=a.ffn_size or m.ffn_size,
                    position=m.position, rel_num_buckets=m.rel_num_buckets,
-                   rel_max_distance=m.rel_max_distance, max_seq_len=run_cfg.data.max_seq_len,
+                   rel_max_distance=m.rel_max_distance, rel_bias_scale=m.rel_bias_scale,
+                   max_seq_len=run_cfg.data.max_seq_len,
                    layer_norm=m.layer_norm, dropout=m.dropout,
                    attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps)
 
@@ -144,6 +157,21 @@ def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int,
         max_distance / max_exact)
     large = (max_exact + (log_ratio * (half - max_exact)).long()).clamp(max=half - 1)
     return bucket + torch.where(distance < max_exact, distance, large)
+
+
+def relative_bias_prior(num_buckets: int, max_distance: int, num_heads: int) -> torch.Tensor:
+    """Initial (buckets, heads) relative bias in nats: head h prefers nearby keys by
+    -slope_h * log(1 + d), d the smallest distance in the bucket, slopes evenly spaced from 0
+    (head 0: no preference, global) to 2 (last head: a neighbour gets ~2.2 nats more than a
+    key 2 tokens further). Symmetric: which side matters is left to training. A locality
+    prior (as in ALiBi) gives a small model word order from step 0 instead of after the
+    table has drifted there."""
+    d = torch.arange(-2 * max_distance, 2 * max_distance + 1)
+    buckets = relative_position_bucket(d, num_buckets, max_distance)
+    nearest = torch.full((num_buckets,), float(2 * max_distance))
+    nearest = nearest.scatter_reduce(0, buckets, d.abs().float(), reduce="amin")
+    slopes = torch.linspace(0.0, 2.0, num_heads)
+    return -nearest.log1p()[:, None] * slopes[None, :]  # (buckets, heads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +261,10 @@ class Encoder(nn.Module):
         self.pos_emb = (nn.Embedding(cfg.max_seq_len, cfg.hidden_size)
                         if cfg.position == "absolute" else None)
         # One (buckets, heads) table for the whole stack: T5 / the paper share it across layers.
+        # Stored divided by cfg.rel_bias_scale and multiplied back in attention_bias: Adam
+        # moves every entry by about lr per step whatever its scale, and a bias needs several
+        # nats to single out a neighbour among dozens of keys, far more than a small run's
+        # sum of learning rates; the scale makes its effective lr rel_bias_scale x train.lr.
         self.rel_bias = (nn.Parameter(torch.zeros(cfg.rel_num_buckets, cfg.num_heads))
                          if cfg.position == "relative" else None)
         self.emb_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
@@ -242,7 +274,10 @@ class Encoder(nn.Module):
 
         self.apply(_init_bert)
         if self.rel_bias is not None:
-            nn.init.normal_(self.rel_bias, std=INIT_STD)
+            with torch.no_grad():
+                prior = relative_bias_prior(cfg.rel_num_buckets, cfg.rel_max_distance,
+                                            cfg.num_heads)
+                self.rel_bias.normal_(std=INIT_STD).add_(prior).div_(cfg.rel_bias_scale)
         if word_embeddings is not None:  # after apply(): a shared table keeps its values
             self.word_emb = word_embeddings
         if cfg.layer_norm == "post" and self.word_emb.weight.device.type != "meta":
@@ -269,7 +304,8 @@ class Encoder(nn.Module):
         pos = torch.arange(T, device=keep.device)
         buckets = relative_position_bucket(pos[None, :] - pos[:, None],  # key - query, (T, T)
                                            self.cfg.rel_num_buckets, self.cfg.rel_max_distance)
-        rel = self.rel_bias[buckets].permute(2, 0, 1)[None].to(dtype)  # (1, nh, T, T)
+        table = self.rel_bias * self.cfg.rel_bias_scale  # (buckets, nh), in nats
+        rel = table[buckets].permute(2, 0, 1)[None].to(dtype)  # (1, nh, T, T)
         return torch.where(keep, rel, neg)  # (B, nh, T, T)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -307,19 +343,30 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def admin_init_(self, input_ids: torch.Tensor | None = None,
-                    attention_mask: torch.Tensor | None = None) -> list[float]:
+                    attention_mask: torch.Tensor | None = None,
+                    min_branch_var: float = 1.0) -> list[float]:
         """Admin profiling (post-LN only): set every omega from one forward pass.
 
-        Walking the stack in order, sublayer i gets omega_i = sqrt(Var[omega_{i-1} x_{i-1}]
-        + Var[f_{i-1}(x_{i-1})]) with omega_1 = 1, i.e. the scale that the residual stream
-        would have reached had it never been normalised; this makes each sublayer's relative
-        contribution shrink as 1/depth, as in a pre-LN model, while keeping post-LN outputs.
-        The statistics are taken without dropout over real tokens only. Without arguments the
-        batch is random non-special tokens (seeded, leaves the global RNG alone). Returns the
-        omegas in sublayer order.
+        Walking the residuals in order (attn 1, ffn 1, attn 2, ...), residual i gets
+
+            omega_1 = 1,   omega_{i+1}^2 = omega_i^2 + max(min_branch_var, Var[f_i] / Var[x_i])
+
+        where x_i is the residual's input and f_i = f_i(x_i) its branch: omega_i is the std
+        that an un-normalised (pre-LN) stream would have reached, in units of the embedding's,
+        had each branch before it added its variance relative to its input. Liu et al. profile
+        Var[f] as measured (``min_branch_var=0``), with Xavier-initialised branches where it is
+        O(1); under our N(0, 0.02) init it is 0.003-0.25 and a transient that training leaves
+        within tens of steps, so by default each branch counts as at least one unit, the size
+        Admin's analysis assumes: every BERT-initialised encoder here gets omega_i = sqrt(i),
+        and only branches already larger than their input (a trained model re-profiled on real
+        data) count at their measured size. The statistics are taken without dropout over real
+        tokens only. Without arguments the batch is random non-special tokens (seeded, leaves
+        the global RNG alone). Returns the omegas in residual order.
         """
         if self.cfg.layer_norm != "post":
             raise ValueError("admin_init_ applies to post-LN encoders only")
+        if not min_branch_var >= 0.0:
+            raise ValueError(f"admin_init_: min_branch_var must be >= 0, got {min_branch_var}")
         dev = self.word_emb.weight.device
         if input_ids is None:
             gen = torch.Generator().manual_seed(0)
@@ -333,16 +380,17 @@ class Encoder(nn.Module):
         self.eval()
         x = self.embed(input_ids)  # (B, T, H)
         bias = self.attention_bias(attention_mask, x.dtype)
-        omega, omegas = 1.0, []
+        omega_sq, omegas = 1.0, []
         for block in self.blocks:
             for sublayer in ("attn", "ffn"):  # the two residuals of Block.forward, in order
                 w = getattr(block, f"omega_{sublayer}")
                 ln = getattr(block, f"ln_{sublayer}")
                 h = block.attn(x, bias, 0.0) if sublayer == "attn" else block.ffn(x)
+                omega = math.sqrt(omega_sq)
                 w.fill_(omega)
                 omegas.append(omega)
-                omega = math.sqrt((w * x)[real].float().var().item()
-                                  + h[real].float().var().item())
+                ratio = h[real].float().var().item() / x[real].float().var().item()
+                omega_sq += max(min_branch_var, ratio)
                 x = ln(w * x + h)
         self.train(was_training)
         return omegas
@@ -374,6 +422,18 @@ class MLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(_init_bert)
 
+    @torch.no_grad()
+    def init_unigram_(self, logprobs: torch.Tensor) -> None:
+        """Start the vocabulary bias at the corpus's log unigram frequencies (V,): an untrained
+        model then predicts the unigram baseline instead of a uniform guess, and its first
+        steps go into context rather than into learning token frequencies. Non-finite entries
+        (special tokens, never a target) get the smallest finite one."""
+        if logprobs.shape != self.bias.shape:
+            raise ValueError(f"unigram log-probabilities must have shape "
+                             f"{tuple(self.bias.shape)}, got {tuple(logprobs.shape)}")
+        finite = torch.isfinite(logprobs)
+        self.bias.copy_(torch.where(finite, logprobs, logprobs[finite].min()))
+
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """hidden (B, T, H); positions (B, T) bool selects where to predict. Returns (N, V)
@@ -398,6 +458,16 @@ class RTDHead(nn.Module):
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.out = nn.Linear(cfg.hidden_size, 1)
         self.apply(_init_bert)
+
+    @torch.no_grad()
+    def init_prior_(self, replaced_fraction: float) -> None:
+        """Start the output bias at the prior log-odds of "replaced". With a zero bias the
+        cheapest way down from BCE(0.5) to the class prior is to push every token's hidden
+        state onto one shared direction (the RTD "collapse": all logits equal, F1 0), which
+        a single Adam-updated scalar reaches only after ~|logit(p)| / lr steps."""
+        if not 0.0 < replaced_fraction < 1.0:
+            raise ValueError(f"replaced_fraction must be in (0, 1), got {replaced_fraction}")
+        self.out.bias.fill_(math.log(replaced_fraction / (1.0 - replaced_fraction)))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.out(F.gelu(self.dense(hidden))).squeeze(-1)  # (B, T)

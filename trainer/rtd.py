@@ -22,27 +22,56 @@ from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.model import Discriminator, EncoderConfig
 from trainer.shards import RTDShards, manifest_fingerprint
-from trainer.tokenizer import PAD_ID
+from trainer.tokenizer import NUM_SPECIAL, PAD_ID
 
 
-def rtd_counts(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
-    """Confusion counts of the replaced class over the real tokens: logits, labels, mask
-    (B, T)."""
-    pred, gold = logits[mask] > 0, labels[mask].bool()
-    return {"rtd_tp": (pred & gold).sum(), "rtd_fp": (pred & ~gold).sum(),
-            "rtd_fn": (~pred & gold).sum(), "rtd_tn": (~pred & ~gold).sum()}
+def ordinary_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The tokens the headline RTD metrics count, (B, T) bool: real (``attention_mask``) and not
+    a special id ([CLS], [SEP], [UNK], ...: ids < NUM_SPECIAL). Specials are never selected for
+    replacement and no sampler emits one (``trainer.corruption``), so they are always label 0
+    (a replaced position is always ordinary) and would flatter every figure. ``input_ids``
+    may be the original or the corrupted row: both have their specials at the same places."""
+    return attention_mask.bool() & (input_ids >= NUM_SPECIAL)
+
+
+# What rtd_counts returns (sums over tokens); an evaluation starts every one of them at 0.
+RTD_SUM_KEYS = tuple(f"{name}_{k}" for name in ("rtd", "rtd_all")
+                     for k in ("tp", "fp", "fn", "tn", "nll"))
+
+
+def rtd_counts(logits: torch.Tensor, labels: torch.Tensor, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor) -> dict:
+    """Sums for ``rtd_metrics``, all (B, T): confusion counts of the replaced class and the
+    summed BCE, over the ordinary tokens (``rtd_tp/fp/fn/tn/nll``, see ``ordinary_mask``) and
+    over every real token (``rtd_all_*``). Measurement only: the training loss is not this."""
+    out = {}
+    for name, mask in (("rtd", ordinary_mask(input_ids, attention_mask)),
+                       ("rtd_all", attention_mask.bool())):
+        x, y = logits[mask].float(), labels[mask].float()
+        pred, gold = x > 0, y.bool()
+        out.update({f"{name}_tp": (pred & gold).sum(), f"{name}_fp": (pred & ~gold).sum(),
+                    f"{name}_fn": (~pred & gold).sum(), f"{name}_tn": (~pred & ~gold).sum(),
+                    f"{name}_nll": F.binary_cross_entropy_with_logits(
+                        x, y, reduction="none").double().sum()})
+    return out
 
 
 def rtd_metrics(s: dict[str, float], prefix: str = "") -> dict[str, float]:
-    """Accuracy over all real tokens; precision/recall/F1 of the replaced class."""
+    """Sums of ``rtd_counts`` -> the headline metrics over the ordinary tokens (accuracy,
+    precision/recall/F1 of the replaced class, mean BCE ``rtd_loss``, ``replaced_fraction``),
+    and for reference ``rtd_all_accuracy`` / ``rtd_all_loss`` over every real token."""
     tp, fp, fn, tn = s["rtd_tp"], s["rtd_fp"], s["rtd_fn"], s["rtd_tn"]
     total = max(tp + fp + fn + tn, 1.0)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    total_all = max(s["rtd_all_tp"] + s["rtd_all_fp"] + s["rtd_all_fn"] + s["rtd_all_tn"], 1.0)
     return {f"{prefix}rtd_accuracy": (tp + tn) / total, f"{prefix}rtd_precision": precision,
             f"{prefix}rtd_recall": recall, f"{prefix}rtd_f1": f1,
-            f"{prefix}replaced_fraction": (tp + fn) / total}
+            f"{prefix}rtd_loss": s["rtd_nll"] / total,
+            f"{prefix}replaced_fraction": (tp + fn) / total,
+            f"{prefix}rtd_all_accuracy": (s["rtd_all_tp"] + s["rtd_all_tn"]) / total_all,
+            f"{prefix}rtd_all_loss": s["rtd_all_nll"] / total_all}
 
 
 def open_rtd(cfg: RunConfig, checksums: bool = False) -> RTDShards:
@@ -93,6 +122,8 @@ class RTDTask:
                             f"{samples_per_epoch:,}) = {steps} steps of "
                             f"{cfg.train.global_batch_size}: {fix}")
         self.model = Discriminator(EncoderConfig.main(cfg))
+        fraction = self.replaced_fraction()
+        self.model.head.init_prior_(fraction)
         # An epoch the run never reaches is held out: evaluation reads its first positions.
         last_trained = (cfg.train.max_steps * cfg.train.global_batch_size - 1) // \
             samples_per_epoch
@@ -101,7 +132,8 @@ class RTDTask:
             u_end = cfg.train.max_steps * cfg.train.global_batch_size / total
             print(f"train: {what}: {num_epochs} epoch(s) x {samples_per_epoch:,} samples, "
                   f"{cfg.train.max_steps} of {steps} possible steps; discriminator "
-                  f"{self.model.num_parameters():,} parameters", flush=True)
+                  f"{self.model.num_parameters():,} parameters, its RTD bias at the prior "
+                  f"log-odds of {fraction:.2%} replaced", flush=True)
             if u_end < 1.0:
                 print(f"train: warning: the run stops at u = {u_end:.3f} of the data plan: its "
                       f"temperature schedule is truncated there ({1 - u_end:.1%} of the "
@@ -112,6 +144,12 @@ class RTDTask:
 
     def optimized(self, model):
         return [("model", model, self.cfg.train.lr)]
+
+    def replaced_fraction(self) -> float:
+        """The share of real tokens labelled replaced, over the whole shard set."""
+        m = self.rtd.manifest
+        # Clamped: a degenerate set (nothing or everything replaced) has no finite log-odds.
+        return min(max(m["num_replaced"] / max(m["num_tokens"], 1), 1e-4), 1 - 1e-4)
 
     def rows(self, start: int, count: int) -> dict[str, torch.Tensor]:
         """Global samples [start, start + count), across epochs, as padded CPU tensors."""
@@ -142,7 +180,7 @@ class RTDTask:
         real = b["attention_mask"]
         loss = F.binary_cross_entropy_with_logits(logits[real], b["labels"][real])
         with torch.no_grad():
-            sums = rtd_counts(logits, b["labels"], real)
+            sums = rtd_counts(logits, b["labels"], b["input_ids"], real)
             sums.update(tokens=real.sum(), temperature_sum=b["temperature"].sum(),
                         samples=torch.tensor(float(len(b["temperature"]))),
                         sample_id_sum=b["sample_ids"].double().sum())
@@ -161,23 +199,22 @@ class RTDTask:
         lo, hi = n * d.rank // d.world_size, n * (d.rank + 1) // d.world_size
         size = self.cfg.train.micro_batch_size_per_rank
         first = self.heldout_epoch * self.samples_per_epoch
-        sums = {"rtd_tp": 0.0, "rtd_fp": 0.0, "rtd_fn": 0.0, "rtd_tn": 0.0, "nll": 0.0}
+        sums = dict.fromkeys(RTD_SUM_KEYS, 0.0)  # every rank reports every key
         for start in range(lo, hi, size):
             rows = self.rows(first + start, min(size, hi - start))
             b = self.ready({k: v.to(self.device) for k, v in rows.items()})
             logits = model(b["input_ids"], b["attention_mask"]).float()
-            real = b["attention_mask"]
-            sums["nll"] += F.binary_cross_entropy_with_logits(
-                logits[real], b["labels"][real], reduction="sum").item()
-            for k, v in rtd_counts(logits, b["labels"], real).items():
+            for k, v in rtd_counts(logits, b["labels"], b["input_ids"],
+                                   b["attention_mask"]).items():
                 sums[k] += v.item()
         return sums
 
     def eval_metrics(self, sums):
-        tokens = sums["rtd_tp"] + sums["rtd_fp"] + sums["rtd_fn"] + sums["rtd_tn"]
-        if not tokens:
+        """eval_rtd_* (eval_rtd_loss included) over the ordinary tokens; eval_rtd_all_*."""
+        if not sums["rtd_all_tp"] + sums["rtd_all_fp"] + sums["rtd_all_fn"] + \
+                sums["rtd_all_tn"]:
             return {}
-        return {"eval_rtd_loss": sums["nll"] / tokens, **rtd_metrics(sums, "eval_")}
+        return rtd_metrics(sums, "eval_")
 
 
 def collate(parts: list) -> dict[str, torch.Tensor]:

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from trainer.config import RunConfig
-from trainer.corruption import mask_positions
+from trainer.corruption import mask_positions, unigram_logprobs
 from trainer.data import CorpusTokens, TrainOrder
 from trainer.distributed import Dist
 from trainer.errors import UserError
-from trainer.model import EncoderConfig, MLMModel
+from trainer.model import EncoderConfig, MLMHead, MLMModel, RTDHead
 from trainer.shards import manifest_fingerprint, open_corpus
 from trainer.tokenizer import NUM_SPECIAL
 
@@ -53,6 +53,32 @@ class Task(Protocol):
 
     # Optional: ``after_step(done, step_sums, dist)`` runs on every rank after each optimizer
     # step with that step's (rank-local) sums; state it changes must live in the model.
+
+
+def expected_replaced_fraction(unigram_counts: np.ndarray, mask_prob: float) -> float:
+    """Share of real tokens a generator that samples from the corpus unigram replaces by a
+    different token: mask_prob x (ordinary share of tokens) x (1 - sum_v p_v^2). It is where
+    a joint generator starts (its MLM bias is the unigram), so the discriminator's prior."""
+    counts = np.asarray(unigram_counts, np.float64)
+    p = counts[NUM_SPECIAL:] / max(counts[NUM_SPECIAL:].sum(), 1.0)
+    ordinary = counts[NUM_SPECIAL:].sum() / max(counts.sum(), 1.0)
+    return mask_prob * ordinary * (1.0 - float((p * p).sum()))
+
+
+def init_priors_(model: torch.nn.Module, unigram_counts: np.ndarray,
+                 replaced_fraction: float | None = None) -> None:
+    """Start every MLM head at the corpus unigram (``MLMHead.init_unigram_``) and every RTD
+    head at the prior log-odds of ``replaced_fraction`` (``RTDHead.init_prior_``), so that
+    neither spends its first steps learning a constant. A resume overwrites both."""
+    logp = unigram_logprobs(unigram_counts)[0]  # (V,)
+    for m in model.modules():
+        if isinstance(m, MLMHead):
+            m.init_unigram_(logp.to(m.bias.device))
+        elif isinstance(m, RTDHead):
+            if replaced_fraction is None:
+                raise ValueError("init_priors_: the model has an RTD head; pass "
+                                 "replaced_fraction")
+            m.init_prior_(replaced_fraction)
 
 
 class CorpusTask:
@@ -132,6 +158,7 @@ class MLMTask(CorpusTask):
         m = cfg.mlm
         super().__init__(cfg, d, m.mask_prob, m.mask_token_prob, m.random_token_prob)
         self.model = MLMModel(EncoderConfig.aux(cfg))
+        init_priors_(self.model, self.unigram_counts)
         counts = self.unigram_counts.astype(np.float64)
         counts[:NUM_SPECIAL] = 0
         counts[NUM_SPECIAL:] += 1  # unseen tokens get a small, finite probability

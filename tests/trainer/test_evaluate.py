@@ -20,7 +20,7 @@ from trainer.evaluate import AUCCounts, logit_keys, main, pairwise_auc
 from trainer.joint import JointModel
 from trainer.model import Discriminator, EncoderConfig
 from trainer.pretrained import load_discriminator
-from trainer.rtd import collate
+from trainer.rtd import collate, ordinary_mask
 from trainer.shards import RTDShards
 from trainer.train import main as train_main
 
@@ -82,9 +82,11 @@ def test_rtd_metrics_equal_the_trainers_held_out_eval(prepared, rtd_dir, disc_ru
     e0, e1, both = (result["rtd"]["epochs"]["0"], result["rtd"]["epochs"]["1"],
                     result["rtd"]["all"])
     logged = last_metrics(disc_run)
-    for key in ("rtd_accuracy", "rtd_precision", "rtd_recall", "rtd_f1"):
+    for key in ("rtd_accuracy", "rtd_precision", "rtd_recall", "rtd_f1", "rtd_all_accuracy"):
         assert e1[key] == pytest.approx(logged[f"eval_{key}"], abs=1e-9), key
-    assert e1["rtd_loss"] == pytest.approx(logged["eval_rtd_loss"], rel=1e-5)
+    for key in ("rtd_loss", "rtd_all_loss"):
+        assert e1[key] == pytest.approx(logged[f"eval_{key}"], rel=1e-5), key
+    assert e1["all_tokens"] > e1["tokens"]  # [CLS]/[SEP] count only in the rtd_all_* figures
     # Epoch 0 fed the 6 training steps; epoch 1 did not.
     assert e0["trained_on"] and not e1["trained_on"]
     assert both["tokens"] == e0["tokens"] + e1["tokens"]
@@ -99,13 +101,14 @@ def test_rtd_metrics_equal_the_trainers_held_out_eval(prepared, rtd_dir, disc_ru
     logits, labels = [], []
     for lo in range(0, EVAL_SEQUENCES, 7):
         b = collate([rtd.read_range(1, lo, min(lo + 7, EVAL_SEQUENCES))])
-        real = b["attention_mask"]
+        counted = ordinary_mask(b["input_ids"], b["attention_mask"])  # no [CLS]/[SEP]/[PAD]
         with torch.no_grad():
-            logits.append(model(b["input_ids"], real)[real].numpy())
-        labels.append(b["labels"][real].numpy())
+            logits.append(model(b["input_ids"], b["attention_mask"])[counted].numpy())
+        labels.append(b["labels"][counted].numpy())
     exact = pairwise_auc(np.concatenate(logits), np.concatenate(labels))
     assert 0.5 < exact < 1.0  # the 6-step model already ranks replaced tokens higher
     assert e1["rtd_auc"] == pytest.approx(exact, abs=1e-12) and e1["rtd_auc_margin"] == 0
+    assert e1["rtd_all_auc"] is not None and e1["rtd_all_auc"] != e1["rtd_auc"]
 
 
 def test_auc_against_brute_force():
