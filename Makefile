@@ -18,17 +18,17 @@ install: $(STAMP)
 # prepare the corpus; pre-train a tiny auxiliary MLM on it with 2 DDP ranks (gloo); dump 4
 # epochs of temperature-scheduled RTD shards with that frozen aux; train the discriminator on
 # the first 3 epochs with 2 ranks (no aux in the loop) and score it on the 4th, never seen;
-# then evaluate, cost and plots. One torch thread per process: the ranks and Beam workers
-# already use every core.
+# then evaluate, cost and plots. Every setting is in configs/tiny.toml (discriminator, data,
+# generate) and configs/tiny_aux.toml (the aux run). One torch thread per process: the ranks
+# and Beam workers already use every core.
 TORCHRUN := OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node 2 -m trainer.train
 demo: $(STAMP)
 	$(PY) -m pipeline.prepare --config configs/tiny.toml --overwrite
 	rm -rf runs/tiny
-	$(TORCHRUN) --config configs/tiny.toml --set train.mode=mlm --set train.out_dir=runs/tiny/aux
+	$(TORCHRUN) --config configs/tiny_aux.toml
 	OMP_NUM_THREADS=1 $(PY) -m pipeline.generate --config configs/tiny.toml --overwrite
 	$(PY) -m pipeline.inspect shards/tiny/rtd --plot runs/tiny/plots/rtd_schedule.png
-	$(TORCHRUN) --config configs/tiny.toml --set train.mode=rtd --set train.out_dir=runs/tiny/rtd \
-	    --set train.max_steps=413 --set train.warmup_steps=40 --set train.lr=3e-3
+	$(TORCHRUN) --config configs/tiny.toml
 	OMP_NUM_THREADS=2 $(PY) -m trainer.evaluate --config configs/tiny.toml --checkpoint runs/tiny/aux \
 	    --checkpoint runs/tiny/rtd --epochs 3 --json runs/tiny/eval.json
 	$(PY) -m trainer.cost --config configs/tiny.toml --run runs/tiny/rtd

@@ -55,13 +55,6 @@ class FastOnlineTask(RTDTask):
                    f"fast-online on {corpus.root}", "raise generate.epochs or lower "
                    "train.max_steps")
 
-    def replaced_fraction(self) -> float:
-        """Measured on the run's first global batch (no shard manifest to read it from)."""
-        b = self.rows(0, self.cfg.train.global_batch_size)
-        b = self.ready({k: v.to(self.device) for k, v in b.items()})
-        real = b["attention_mask"]
-        return float(b["labels"][real].mean().clamp(1e-4, 1 - 1e-4))
-
     def rows(self, start: int, count: int) -> dict[str, torch.Tensor]:
         g = np.arange(start, start + count, dtype=np.int64)
         epochs, positions = np.divmod(g, self.n)

@@ -146,10 +146,14 @@ class RTDTask:
         return [("model", model, self.cfg.train.lr)]
 
     def replaced_fraction(self) -> float:
-        """The share of real tokens labelled replaced, over the whole shard set."""
-        m = self.rtd.manifest
+        """The share of real tokens labelled replaced in the stream's first global batch: the
+        RTD head's prior. Read from the data rather than the manifest so that ``fast-online``
+        (no manifest) starts from the very same model as ``rtd`` on its shards."""
+        b = self.ready({k: v.to(self.device)
+                        for k, v in self.rows(0, self.cfg.train.global_batch_size).items()})
+        fraction = float(b["labels"][b["attention_mask"]].float().mean())
         # Clamped: a degenerate set (nothing or everything replaced) has no finite log-odds.
-        return min(max(m["num_replaced"] / max(m["num_tokens"], 1), 1e-4), 1 - 1e-4)
+        return min(max(fraction, 1e-4), 1 - 1e-4)
 
     def rows(self, start: int, count: int) -> dict[str, torch.Tensor]:
         """Global samples [start, start + count), across epochs, as padded CPU tensors."""

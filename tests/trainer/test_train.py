@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -73,7 +74,10 @@ def test_mlm_one_process_equals_two_ranks(prepared, tmp_path):
     for a, b in zip(m1, m2, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
         assert a["mlm_accuracy"] == pytest.approx(b["mlm_accuracy"], abs=1e-6)
-    assert m1[-1]["loss"] < m1[0]["loss"]
+    # The MLM bias starts at the corpus unigram: step 1 is already far below the uniform
+    # guess log(600) = 6.40 (a zero bias starts there), and 12 steps stay near that baseline.
+    assert m1[0]["loss"] < math.log(600) - 0.7
+    assert m1[-1]["loss"] < m1[0]["loss"] + 0.1
     assert checkpoint.list_steps(str(tmp_path / "two")) == [12]
 
 
