@@ -51,6 +51,7 @@ from pipeline.generate_fns import GenerateError, Layout
 from pipeline.shard_sets import prepare_output, run_pipeline
 from trainer.cli import config_parser, main_guard, resolve_config
 from trainer.config import RunConfig, to_dict, to_toml
+from trainer.corruption import SAMPLER
 from trainer.order import permute, progress
 from trainer.pretrained import GENERATOR_KINDS, generator_config, load_generator, read_meta
 from trainer.shards import (
@@ -316,7 +317,7 @@ def check_aux(cfg: RunConfig, corpus: CorpusShards) -> dict | None:
 def fingerprint(cfg: RunConfig, corpus_fp: str, aux: dict | None, layout: Layout,
                 row_group_rows: int) -> dict:
     """Everything that decides the shard bytes, to recognise a re-run of the same job."""
-    return {"schema_version": SCHEMA_VERSION, "corpus": corpus_fp,
+    return {"schema_version": SCHEMA_VERSION, "sampler": SAMPLER, "corpus": corpus_fp,
             "aux_state_sha256": aux and aux["state_sha256"],
             "corruption": to_dict(cfg)["corruption"], "seed": cfg.generate.seed,
             "epochs": cfg.generate.epochs, "rows_per_part": layout.rows_per_part,
@@ -376,6 +377,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         "header": {
             "schema_version": SCHEMA_VERSION,
             "kind": "rtd",
+            "sampler": SAMPLER,
             "created_by": f"fast-electra {version('fast-electra')}",
             "corpus": {"dir": corpus.root, "manifest_sha256": corpus_fp,
                        "num_sequences": corpus.num_sequences, "vocab_size": corpus.vocab_size,

@@ -72,6 +72,9 @@ from trainer.keyed_rng import (
 )
 from trainer.tokenizer import MASK_ID, NUM_SPECIAL, UNK_ID
 
+# Recorded in every shard set's manifest and fingerprint: a change of sampling algorithm changes
+# the bytes, so a re-run must not take an older set for its own output.
+SAMPLER = "inverse-cdf-v1"
 _CHUNK_ELEMENTS = 1 << 24  # (rows x V) elements per sampling chunk: bounds temporary memory
 
 INTERP_REPLACEMENTS = {"uniform->smoothed_onehot": "uniform",
