@@ -276,7 +276,7 @@ class Encoder(nn.Module):
         if self.rel_bias is not None:
             with torch.no_grad():
                 prior = relative_bias_prior(cfg.rel_num_buckets, cfg.rel_max_distance,
-                                            cfg.num_heads)
+                                            cfg.num_heads).to(self.rel_bias.device)
                 self.rel_bias.normal_(std=INIT_STD).add_(prior).div_(cfg.rel_bias_scale)
         if word_embeddings is not None:  # after apply(): a shared table keeps its values
             self.word_emb = word_embeddings
