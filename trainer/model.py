@@ -165,12 +165,13 @@ def relative_bias_prior(num_buckets: int, max_distance: int, num_heads: int) -> 
     (head 0: no preference, global) to 2 (last head: a neighbour gets ~2.2 nats more than a
     key 2 tokens further). Symmetric: which side matters is left to training. A locality
     prior (as in ALiBi) gives a small model word order from step 0 instead of after the
-    table has drifted there."""
-    d = torch.arange(-2 * max_distance, 2 * max_distance + 1)
+    table has drifted there. Computed on the CPU (also under a meta-device context)."""
+    cpu = torch.device("cpu")
+    d = torch.arange(-2 * max_distance, 2 * max_distance + 1, device=cpu)
     buckets = relative_position_bucket(d, num_buckets, max_distance)
-    nearest = torch.full((num_buckets,), float(2 * max_distance))
+    nearest = torch.full((num_buckets,), float(2 * max_distance), device=cpu)
     nearest = nearest.scatter_reduce(0, buckets, d.abs().float(), reduce="amin")
-    slopes = torch.linspace(0.0, 2.0, num_heads)
+    slopes = torch.linspace(0.0, 2.0, num_heads, device=cpu)
     return -nearest.log1p()[:, None] * slopes[None, :]  # (buckets, heads)
 
 
