@@ -13,9 +13,10 @@ rule: drop the last token of the longer text, of b on ties). Batches are padded 
 longest sequence. Every problem a user can fix names ``file:line`` (TSV, JSONL) or
 ``file: row i`` (Parquet, 0-based) and the field.
 
-A demo task built from a prepared corpus (``make demo``; see continuation_task):
+Demo tasks built from a prepared corpus (``make demo``; see continuation_task, order_task):
 
     python -m trainer.finetune_data shards/tiny/corpus data/continuation [--train 2000 --dev 500]
+    python -m trainer.finetune_data shards/tiny/corpus data/order --task order
 """
 
 from __future__ import annotations
@@ -278,51 +279,113 @@ def encode(rows: list[Row], task: TaskConfig, label_names: list[str],
 # A demo task from a prepared corpus (``make demo``)
 # ---------------------------------------------------------------------------------------------
 
-def continuation_task(corpus_dir: str, out_dir: str, num_train: int = 2000, num_dev: int = 500,
-                      seed: int = 0) -> dict[str, str]:
-    """Write ``train.tsv`` and ``dev.tsv`` of a sentence-pair task built from a prepared
-    corpus: is ``sentence2`` the second half of the sequence whose first half is
-    ``sentence1`` (label 1), or the second half of a sequence of another document (label 0)?
-    Classes are balanced; every document goes wholly to train or to dev (doc_id % 5 == 0:
-    dev), so dev texts are unseen in fine-tuning. Returns {"train": path, "dev": path}."""
+def corpus_texts(corpus_dir: str) -> dict[str, list[tuple[int, list[str]]]]:
+    """The corpus's sequences of >= 16 tokens as (doc_id, decoded pieces) per split: every
+    document goes wholly to train or to dev (doc_id % 5 == 0: dev), so dev texts are unseen in
+    fine-tuning. A sequence's pieces are its first and second half (continuation_task) joined
+    by order_task."""
     from trainer.shards import CorpusShards
     from trainer.tokenizer import load_tokenizer
 
     corpus = CorpusShards(corpus_dir)
     sp = load_tokenizer(corpus.tokenizer_path)
-    halves: dict[str, list[tuple[int, str, str]]] = {"train": [], "dev": []}
+    texts: dict[str, list[tuple[int, list[str]]]] = {"train": [], "dev": []}
     for r in corpus.rows():
         body = r.input_ids[1:-1].tolist()  # without [CLS] / [SEP]
         if len(body) < 16:
             continue
         mid = len(body) // 2
-        a, b = (" ".join(sp.decode(x).split()) for x in (body[:mid], body[mid:]))
-        halves["dev" if r.doc_id % 5 == 0 else "train"].append((r.doc_id, a, b))
+        halves = [" ".join(sp.decode(x).split()) for x in (body[:mid], body[mid:])]
+        texts["dev" if r.doc_id % 5 == 0 else "train"].append((r.doc_id, halves))
+    return texts
+
+
+def _write_tsv(path: str, lines: list[str]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _pick(corpus_dir: str, pool: list, split: str, n: int, rng: np.random.Generator
+          ) -> np.ndarray:
+    if len(pool) < n:
+        raise TaskDataError(f"{corpus_dir}: only {len(pool)} sequences of >= 16 tokens for "
+                            f"the {split} split, {n} needed; ask for fewer examples")
+    return rng.permutation(len(pool))[:n]
+
+
+def continuation_task(corpus_dir: str, out_dir: str, num_train: int = 2000, num_dev: int = 500,
+                      seed: int = 0) -> dict[str, str]:
+    """Write ``train.tsv`` and ``dev.tsv`` of a sentence-pair task built from a prepared
+    corpus: is ``sentence2`` the second half of the sequence whose first half is
+    ``sentence1`` (label 1), or the second half of a sequence of another document (label 0)?
+    Classes are balanced; train and dev come from disjoint documents. Returns
+    {"train": path, "dev": path}."""
+    texts = corpus_texts(corpus_dir)
     rng = np.random.default_rng(seed)
     paths = {}
     os.makedirs(out_dir, exist_ok=True)
     for split, n in (("train", num_train), ("dev", num_dev)):
-        pool = halves[split]
-        if len(pool) < 2 * n:
-            raise TaskDataError(f"{corpus_dir}: only {len(pool)} sequences of >= 16 tokens for "
-                                f"the {split} split, {2 * n} needed; ask for fewer examples")
-        picked = rng.permutation(len(pool))[:2 * n]
+        pool = texts[split]
+        picked = _pick(corpus_dir, pool, split, 2 * n, rng)
         lines = ["sentence1\tsentence2\tlabel"]
         for k in range(n):
-            doc, a, b = pool[picked[2 * k]]
+            doc, (a, b) = pool[picked[2 * k]]
             label = int(k % 2 == 0)
             if not label:  # another document's second half
                 other = pool[picked[2 * k + 1]]
                 if other[0] == doc:
                     other = next(p for p in pool if p[0] != doc)
-                b = other[2]
+                b = other[1][1]
             lines.append(f"{a}\t{b}\t{label}")
         paths[split] = os.path.join(out_dir, f"{split}.tsv")
-        tmp = f"{paths[split]}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, paths[split])
+        _write_tsv(paths[split], lines)
     return paths
+
+
+ORDER_WINDOW_WORDS = 4
+
+
+def order_task(corpus_dir: str, out_dir: str, num_train: int = 2000, num_dev: int = 500,
+               seed: int = 0) -> dict[str, str]:
+    """Write ``train.tsv`` and ``dev.tsv`` of a single-sentence acceptability task (a
+    CoLA-like proxy) built from a prepared corpus: is ``sentence`` as written (label 1), or
+    were ORDER_WINDOW_WORDS consecutive words of it shuffled (label 0; the shuffle always
+    changes the text)? The same words either way, so only word order tells: what a
+    replaced-token detector has to model. Classes are balanced; train and dev come from
+    disjoint documents. Returns {"train": path, "dev": path}."""
+    texts = corpus_texts(corpus_dir)
+    rng = np.random.default_rng(seed)
+    paths = {}
+    os.makedirs(out_dir, exist_ok=True)
+    w = ORDER_WINDOW_WORDS
+    for split, n in (("train", num_train), ("dev", num_dev)):
+        pool = []  # (words, the window starts a shuffle can change)
+        for _, halves in texts[split]:
+            words = " ".join(halves).split(" ")
+            starts = [i for i in range(len(words) - w + 1) if len(set(words[i:i + w])) > 1]
+            if starts:
+                pool.append((words, starts))
+        picked = _pick(corpus_dir, pool, split, n, rng)
+        lines = ["sentence\tlabel"]
+        for k in range(n):
+            words, starts = pool[picked[k]]
+            words, label = list(words), int(k % 2 == 0)
+            if not label:
+                s = starts[int(rng.integers(len(starts)))]
+                window = words[s:s + w]
+                shuffled = window
+                while shuffled == window:
+                    shuffled = [window[i] for i in rng.permutation(w)]
+                words[s:s + w] = shuffled
+            lines.append(f"{' '.join(words)}\t{label}")
+        paths[split] = os.path.join(out_dir, f"{split}.tsv")
+        _write_tsv(paths[split], lines)
+    return paths
+
+
+TASKS = {"continuation": continuation_task, "order": order_task}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,17 +394,21 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.cli import main_guard
 
     p = argparse.ArgumentParser(prog="python -m trainer.finetune_data",
-                                description=continuation_task.__doc__)
+                                description="Demo fine-tuning tasks built from a prepared "
+                                "corpus. continuation: " + continuation_task.__doc__ +
+                                " order: " + order_task.__doc__)
     p.add_argument("corpus_dir", help="a prepared corpus, e.g. shards/tiny/corpus")
     p.add_argument("out_dir", help="where train.tsv and dev.tsv go")
-    p.add_argument("--train", type=int, default=2000, help="training pairs")
-    p.add_argument("--dev", type=int, default=500, help="dev pairs")
+    p.add_argument("--task", choices=sorted(TASKS), default="continuation")
+    p.add_argument("--train", type=int, default=2000, help="training examples")
+    p.add_argument("--dev", type=int, default=500, help="dev examples")
     p.add_argument("--seed", type=int, default=0)
 
     def go(argv):
         args = p.parse_args(argv)
-        paths = continuation_task(args.corpus_dir, args.out_dir, args.train, args.dev, args.seed)
-        print(f"continuation task: {args.train} train / {args.dev} dev pairs -> "
+        paths = TASKS[args.task](args.corpus_dir, args.out_dir, args.train, args.dev,
+                                 args.seed)
+        print(f"{args.task} task: {args.train} train / {args.dev} dev examples -> "
               f"{paths['train']}, {paths['dev']}")
 
     return main_guard(go, argv)

@@ -35,8 +35,10 @@ from trainer.finetune import (
 from trainer.finetune_config import FinetuneConfig, TaskConfig, load_finetune_config
 from trainer.finetune_data import (
     continuation_task,
+    corpus_texts,
     encode,
     label_names_from,
+    order_task,
     pack,
     read_rows,
     truncate_pair,
@@ -375,3 +377,40 @@ def test_continuation_demo_task_from_a_corpus(prepared, tmp_path):
     assert all(r.text_a and r.text_b for r in train + dev)
     with pytest.raises(UserError, match="ask for fewer examples"):
         continuation_task(str(corpus_dir), str(tmp_path), num_train=10**6)
+
+
+def test_order_demo_task_from_a_corpus(prepared, tmp_path):
+    """Label 0 rows are a label-1-like text with exactly one window of 4 words permuted: the
+    same multiset of words, a different order. Negative control: the label-1 rows are
+    corpus text verbatim."""
+    corpus_dir, _, _ = prepared
+    paths = order_task(str(corpus_dir), str(tmp_path), num_train=60, num_dev=20, seed=3)
+    task = load_finetune_config(os.path.join(REPO, "configs", "finetune",
+                                             "demo_order.toml")).task
+    train, dev = read_rows(paths["train"], task), read_rows(paths["dev"], task)
+    assert len(train) == 60 and len(dev) == 20
+    assert sorted(r.label for r in train).count("1") == 30
+    assert {r.text_a for r in train}.isdisjoint(r.text_a for r in dev)
+    # Every row's words come from one corpus sequence; a shuffled row differs from it in one
+    # window of 4 words that holds the same words.
+    texts = [" ".join(h) for _, h in corpus_texts(str(corpus_dir))["train"]]
+    by_words = {}
+    for t in texts:
+        by_words.setdefault(tuple(sorted(t.split(" "))), []).append(t.split(" "))
+    for r in train:
+        words = r.text_a.split(" ")
+        sources = by_words[tuple(sorted(words))]
+        if r.label == "1":
+            assert words in sources
+        else:
+            assert words not in sources
+            diffs = [[i for i, (a, b) in enumerate(zip(words, src)) if a != b]
+                     for src in sources]
+            assert any(d and d[-1] - d[0] < 4 for d in diffs), words
+    # Same seed, same files.
+    again = order_task(str(corpus_dir), str(tmp_path / "again"), num_train=60, num_dev=20,
+                       seed=3)
+    with open(paths["train"]) as a, open(again["train"]) as b:
+        assert a.read() == b.read()
+    with pytest.raises(UserError, match="ask for fewer examples"):
+        order_task(str(corpus_dir), str(tmp_path), num_train=10**6)
