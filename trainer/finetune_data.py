@@ -279,24 +279,25 @@ def encode(rows: list[Row], task: TaskConfig, label_names: list[str],
 # A demo task from a prepared corpus (``make demo``)
 # ---------------------------------------------------------------------------------------------
 
-def corpus_texts(corpus_dir: str) -> dict[str, list[tuple[int, list[str]]]]:
-    """The corpus's sequences of >= 16 tokens as (doc_id, decoded pieces) per split: every
-    document goes wholly to train or to dev (doc_id % 5 == 0: dev), so dev texts are unseen in
-    fine-tuning. A sequence's pieces are its first and second half (continuation_task) joined
-    by order_task."""
+def corpus_texts(corpus_dir: str) -> dict[str, list[tuple[int, list[str], int]]]:
+    """The corpus's sequences of >= 16 tokens as (doc_id, decoded halves, tokens in the second
+    half) per split: every document goes wholly to train or to dev (doc_id % 5 == 0: dev), so
+    dev texts are unseen in fine-tuning. continuation_task pairs the halves; order_task joins
+    them."""
     from trainer.shards import CorpusShards
     from trainer.tokenizer import load_tokenizer
 
     corpus = CorpusShards(corpus_dir)
     sp = load_tokenizer(corpus.tokenizer_path)
-    texts: dict[str, list[tuple[int, list[str]]]] = {"train": [], "dev": []}
+    texts: dict[str, list[tuple[int, list[str], int]]] = {"train": [], "dev": []}
     for r in corpus.rows():
         body = r.input_ids[1:-1].tolist()  # without [CLS] / [SEP]
         if len(body) < 16:
             continue
         mid = len(body) // 2
         halves = [" ".join(sp.decode(x).split()) for x in (body[:mid], body[mid:])]
-        texts["dev" if r.doc_id % 5 == 0 else "train"].append((r.doc_id, halves))
+        texts["dev" if r.doc_id % 5 == 0 else "train"].append((r.doc_id, halves,
+                                                                len(body) - mid))
     return texts
 
 
@@ -320,24 +321,31 @@ def continuation_task(corpus_dir: str, out_dir: str, num_train: int = 2000, num_
     """Write ``train.tsv`` and ``dev.tsv`` of a sentence-pair task built from a prepared
     corpus: is ``sentence2`` the second half of the sequence whose first half is
     ``sentence1`` (label 1), or the second half of a sequence of another document (label 0)?
-    Classes are balanced; train and dev come from disjoint documents. Returns
-    {"train": path, "dev": path}."""
+    The other half has the same number of tokens as the true one where the corpus has one
+    (else the nearest): with any second half, "are the halves about as long?" alone scored
+    72% on dev, a shortcut that says nothing about the text. Classes are balanced; train and
+    dev come from disjoint documents. Returns {"train": path, "dev": path}."""
     texts = corpus_texts(corpus_dir)
     rng = np.random.default_rng(seed)
     paths = {}
     os.makedirs(out_dir, exist_ok=True)
     for split, n in (("train", num_train), ("dev", num_dev)):
         pool = texts[split]
-        picked = _pick(corpus_dir, pool, split, 2 * n, rng)
+        picked = _pick(corpus_dir, pool, split, n, rng)
+        by_length: dict[int, list[int]] = {}
+        for i, (_, _, length) in enumerate(pool):
+            by_length.setdefault(length, []).append(i)
+        lengths = np.array(sorted(by_length))
         lines = ["sentence1\tsentence2\tlabel"]
         for k in range(n):
-            doc, (a, b) = pool[picked[2 * k]]
+            doc, (a, b), length = pool[picked[k]]
             label = int(k % 2 == 0)
-            if not label:  # another document's second half
-                other = pool[picked[2 * k + 1]]
-                if other[0] == doc:
-                    other = next(p for p in pool if p[0] != doc)
-                b = other[1][1]
+            if not label:  # another document's second half, as long as the true one
+                for want in lengths[np.argsort(np.abs(lengths - length), kind="stable")]:
+                    others = [i for i in by_length[int(want)] if pool[i][0] != doc]
+                    if others:
+                        b = pool[others[int(rng.integers(len(others)))]][1][1]
+                        break
             lines.append(f"{a}\t{b}\t{label}")
         paths[split] = os.path.join(out_dir, f"{split}.tsv")
         _write_tsv(paths[split], lines)
@@ -362,7 +370,7 @@ def order_task(corpus_dir: str, out_dir: str, num_train: int = 2000, num_dev: in
     w = ORDER_WINDOW_WORDS
     for split, n in (("train", num_train), ("dev", num_dev)):
         pool = []  # (words, the window starts a shuffle can change)
-        for _, halves in texts[split]:
+        for _, halves, _ in texts[split]:
             words = " ".join(halves).split(" ")
             starts = [i for i in range(len(words) - w + 1) if len(set(words[i:i + w])) > 1]
             if starts:

@@ -375,6 +375,13 @@ def test_continuation_demo_task_from_a_corpus(prepared, tmp_path):
     assert sorted(r.label for r in train).count("1") == 30
     assert {r.text_a for r in train}.isdisjoint(r.text_a for r in dev)
     assert all(r.text_a and r.text_b for r in train + dev)
+    # No length shortcut: a negative's second half has as many tokens as the true one
+    # (the test corpus has one of every needed length within +-2 tokens).
+    sp = load_tokenizer(os.path.join(str(corpus_dir), "tokenizer.model"))
+    truth = {a: b for _, (a, b), _ in corpus_texts(str(corpus_dir))["train"]}
+    gaps = [abs(len(sp.encode(r.text_b)) - len(sp.encode(truth[r.text_a])))
+            for r in train if r.label == "0"]
+    assert len(gaps) == 30 and sum(gaps) / len(gaps) <= 2, gaps
     with pytest.raises(UserError, match="ask for fewer examples"):
         continuation_task(str(corpus_dir), str(tmp_path), num_train=10**6)
 
@@ -393,7 +400,7 @@ def test_order_demo_task_from_a_corpus(prepared, tmp_path):
     assert {r.text_a for r in train}.isdisjoint(r.text_a for r in dev)
     # Every row's words come from one corpus sequence; a shuffled row differs from it in one
     # window of 4 words that holds the same words.
-    texts = [" ".join(h) for _, h in corpus_texts(str(corpus_dir))["train"]]
+    texts = [" ".join(h) for _, h, _ in corpus_texts(str(corpus_dir))["train"]]
     by_words = {}
     for t in texts:
         by_words.setdefault(tuple(sorted(t.split(" "))), []).append(t.split(" "))
