@@ -156,3 +156,23 @@ def test_resume_is_exact(prepared, tmp_path, mode):
         assert {"exit_p1", "exit_p2", "exit_layer", "gen_mlm_accuracy_exit1"} <= set(last)
         # P moved away from its start (1/3, 2/3) by the updates at steps 3 and 6
         assert last["exit_p1"] != pytest.approx(1 / 3)
+
+
+def test_joint_models_start_at_their_priors(prepared):
+    """The generator's MLM bias is the corpus's log unigram; the discriminator's RTD bias the
+    log-odds of what such a generator replaces (trainer.tasks.expected_replaced_fraction)."""
+    import math
+
+    from trainer.corruption import unigram_logprobs
+    from trainer.tasks import expected_replaced_fraction
+
+    corpus_dir, _, _ = prepared
+    task = task_for(corpus_dir, "electra")
+    logp = unigram_logprobs(task.unigram_counts)[0]
+    bias = task.model.generator.head.bias.detach()
+    finite = torch.isfinite(logp)
+    torch.testing.assert_close(bias[finite], logp[finite])
+    p = expected_replaced_fraction(task.unigram_counts, task.cfg.corruption.mask_prob)
+    assert 0.1 < p < task.cfg.corruption.mask_prob  # specials and collisions are excluded
+    assert float(task.model.discriminator.head.out.bias.detach()) == pytest.approx(
+        math.log(p / (1 - p)), abs=1e-6)

@@ -71,6 +71,27 @@ def test_rank_slices_make_the_global_batch(prepared, rtd_dir):
         assert np.array_equal(b["labels"][i, :len(r.labels)].numpy(), r.labels)
 
 
+def test_rtd_bias_starts_at_the_first_global_batch_prior(prepared, rtd_dir):
+    """RTDTask sets the RTD bias to logit(replaced share of real tokens in the first global
+    batch): the loss of that batch then equals the constant guess's (no collapse to pay)."""
+    corpus_dir, _, _ = prepared
+    cfg = load_config(TINY, [*SMALL, f"data.corpus_dir={corpus_dir}", "train.mode=rtd",
+                             f"train.rtd_dir={rtd_dir}", "train.max_steps=20",
+                             "train.global_batch_size=24", "train.micro_batch_size_per_rank=24"])
+    task = RTDTask(cfg, Dist(0, 1, 0, torch.device("cpu")))
+    b = task.rows(0, 24)
+    p = float(b["labels"][b["attention_mask"]].mean())
+    assert 0.05 < p < 0.3
+    bias = float(task.model.head.out.bias.detach())
+    assert bias == pytest.approx(np.log(p / (1 - p)), abs=1e-5)
+    task.model.eval()
+    with torch.no_grad():
+        logits = task.model(b["input_ids"], b["attention_mask"])[b["attention_mask"]]
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, b["labels"][b["attention_mask"]]).item()
+    assert loss == pytest.approx(-(p * np.log(p) + (1 - p) * np.log(1 - p)), abs=1e-2)
+
+
 def test_one_process_equals_two_ranks_and_learns(prepared, rtd_dir, tmp_path):
     corpus_dir, _, _ = prepared
     common = ["train.max_steps=40", "train.global_batch_size=16",
