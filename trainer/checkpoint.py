@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -111,6 +112,19 @@ def find_latest(out_dir: str) -> str | None:
     return step_dir(out_dir, steps[-1]) if steps else None
 
 
+def load_state(source, name: str, map_location="cpu") -> dict:
+    """A ``state.pt`` (a path or a file object; ``name`` for messages) loaded with
+    ``weights_only=True``: tensors, dicts, lists and numbers only, so a checkpoint someone
+    downloaded cannot run code while it loads. Anything else is refused, named."""
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{name} holds objects other than tensors, dicts, lists and numbers "
+                        f"({str(e).splitlines()[-1][:200]}); refusing to unpickle it, since "
+                        "that could run code from the file. Use a checkpoint written by "
+                        "fast-electra (trainer.train or python -m trainer.hf import)") from None
+
+
 def load(path: str, rank: int, map_location="cpu") -> tuple[dict, dict, dict | None]:
     """(state, meta, this rank's RNG state or None when the checkpoint was written by a run
     with fewer ranks)."""
@@ -120,8 +134,8 @@ def load(path: str, rank: int, map_location="cpu") -> tuple[dict, dict, dict | N
                         "checkpoints/step_* folder, or train.resume = 'auto'")
     with open(meta_path) as f:
         meta = json.load(f)
-    state = torch.load(os.path.join(path, "state.pt"), map_location=map_location,
-                       weights_only=False)
+    state = load_state(os.path.join(path, "state.pt"), os.path.join(path, "state.pt"),
+                       map_location)
     rng_path = os.path.join(path, f"rng_rank{rank}.pt")
     rng = torch.load(rng_path, weights_only=False) if os.path.isfile(rng_path) else None
     return state, meta, rng

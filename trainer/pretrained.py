@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from trainer.checkpoint import find_latest
+from trainer.checkpoint import find_latest, load_state
 from trainer.config import RunConfig, build_config
 from trainer.errors import UserError
 from trainer.model import Discriminator, EncoderConfig, MLMModel
@@ -90,7 +90,7 @@ def _state(path: str, read_bytes: Callable[[str], bytes]) -> dict[str, torch.Ten
     except (FileNotFoundError, OSError) as e:
         raise UserError(f"{state_path} is missing or unreadable ({e}): an incomplete "
                         "checkpoint") from None
-    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)["model"]
+    return load_state(io.BytesIO(raw), state_path)["model"]
 
 
 def _sub(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

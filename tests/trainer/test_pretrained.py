@@ -57,3 +57,40 @@ def test_wrong_kind_and_missing_checkpoint_are_named(tmp_path):
         load_generator(str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match="neither a checkpoint"):
         resolve_checkpoint(str(tmp_path / "nowhere"))
+
+
+class _RunsCode:
+    """Unpickling this calls a function: what a malicious downloaded checkpoint would do."""
+
+    def __reduce__(self):
+        return (_mark_ran, ("unpickled",))
+
+
+_RAN: list[str] = []
+
+
+def _mark_ran(what: str) -> str:
+    _RAN.append(what)
+    return what
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
+    """state.pt loads with weights_only=True: a pickled callable is refused, named, and never
+    called (with weights_only=False, the old loader, _mark_ran would run). Negative control:
+    the same model's honest checkpoint loads."""
+    cfg = load_config(TINY, [*SMALL])
+    model = MLMModel(EncoderConfig.aux(cfg))
+    honest = save(tmp_path / "honest", model, cfg, "mlm")
+    load_generator(honest)
+    meta = {"step": 1, "mode": "mlm", "config": to_dict(cfg), "model_kind": "mlm"}
+    evil = checkpoint.save(str(tmp_path / "evil"), 1,
+                           {"model": model.state_dict(), "extra": _RunsCode()}, meta, 0, 1,
+                           lambda: None)
+    _RAN.clear()
+    with pytest.raises(UserError, match="refusing to unpickle"):
+        load_generator(evil)
+    with pytest.raises(UserError, match="refusing to unpickle"):
+        checkpoint.load(evil, 0)
+    assert _RAN == []
+    torch.load(f"{evil}/state.pt", weights_only=False)  # the control: it does run code
+    assert _RAN == ["unpickled"]
