@@ -58,7 +58,7 @@ from trainer.shards import (
     CONFIG_FILE,
     MANIFEST,
     RTD_SCHEMA,
-    SCHEMA_VERSION,
+    RTD_SCHEMA_VERSION,
     CorpusShards,
     ShardError,
     encode_rtd_rows,
@@ -317,7 +317,7 @@ def check_aux(cfg: RunConfig, corpus: CorpusShards) -> dict | None:
 def fingerprint(cfg: RunConfig, corpus_fp: str, aux: dict | None, layout: Layout,
                 row_group_rows: int) -> dict:
     """Everything that decides the shard bytes, to recognise a re-run of the same job."""
-    return {"schema_version": SCHEMA_VERSION, "sampler": SAMPLER, "corpus": corpus_fp,
+    return {"schema_version": RTD_SCHEMA_VERSION, "sampler": SAMPLER, "corpus": corpus_fp,
             "aux_state_sha256": aux and aux["state_sha256"],
             "corruption": to_dict(cfg)["corruption"], "seed": cfg.generate.seed,
             "epochs": cfg.generate.epochs, "rows_per_part": layout.rows_per_part,
@@ -375,7 +375,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         "rtd_dir": rtd_dir,
         "expected_parts": gen.epochs * layout.num_parts,
         "header": {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": RTD_SCHEMA_VERSION,
             "kind": "rtd",
             "sampler": SAMPLER,
             "created_by": f"fast-electra {version('fast-electra')}",

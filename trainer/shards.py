@@ -34,7 +34,12 @@ from trainer.config import RunConfig
 from trainer.errors import UserError
 from trainer.tokenizer import SPECIAL_IDS
 
-SCHEMA_VERSION = 1
+# Each kind of shard set has its own format version: a new sampler changes the RTD bytes but
+# not the corpus, which must not need re-preparing for it. RTD v2 = keyed inverse-CDF sampling
+# with 64-bit keys and closed-form model-free samplers (trainer.corruption.SAMPLER).
+SCHEMA_VERSIONS = {"corpus": 1, "rtd": 2}
+SCHEMA_VERSION = SCHEMA_VERSIONS["corpus"]
+RTD_SCHEMA_VERSION = SCHEMA_VERSIONS["rtd"]
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.model"
 UNIGRAM_FILE = "unigram_counts.npy"
@@ -115,9 +120,14 @@ def read_manifest(root: str, kind: str) -> dict:
                          "with --overwrite") from None
     if manifest.get("kind") != kind:
         raise ShardError(f"{root} holds a {manifest.get('kind')!r} shard set, not {kind!r}")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ShardError(f"{root}: schema_version {manifest.get('schema_version')} is not the "
-                         f"supported {SCHEMA_VERSION}; re-create it with this version")
+    want = SCHEMA_VERSIONS[kind]
+    if manifest.get("schema_version") != want:
+        job = "pipeline.prepare" if kind == "corpus" else "pipeline.generate"
+        why = (" (an older sampler: its bytes are not what this version generates, and a "
+               "fast-online run would not see the same rows)" if kind == "rtd" else "")
+        raise ShardError(f"{root}: {kind} schema_version {manifest.get('schema_version')} is "
+                         f"not the supported {want}{why}; regenerate it with this version: "
+                         f"{job} --overwrite")
     return manifest
 
 
