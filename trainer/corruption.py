@@ -12,9 +12,16 @@ same bytes for the same (seed, epoch, seq_id).
     out.temperature                                   # (B,) float32 schedule value used
     schedule_value("exponential", 0.0, t0=2.0, tau=0.1)  # -> 2.0 (Eq. 2)
 
-Randomness: ``trainer.keyed_rng`` (counter-based, no generator state; bit-exact everywhere but
-where a float rounding of the CDF moves a draw across a boundary, and the dropout
-augmentations' torch-RNG masks).
+Randomness: ``trainer.keyed_rng`` (counter-based, no generator state, 64-bit row keys;
+bit-exact everywhere but where a float rounding of the CDF moves a draw across a boundary, and
+the dropout augmentations' masks, drawn from a per-call torch generator seeded by the batch's
+keys).
+
+Cost at scale (128K vocabulary): one keyed 53-bit uniform per masked position, inverted through
+the CDF (``sample_tokens``); the aux LM head runs at the masked positions only, in float32 even
+under autocast, in row chunks of at most 2**24 logits, each sampled before the next is made, so
+no (N, V) tensor exists; the model-free distributions have closed forms (``sample_model_free``)
+that draw the same token as the dense inverse CDF without building any (N, V) row.
 
 Sequences are left-aligned ([CLS] at index 0, padding on the right): the position counter is
 the index in the row, so left padding would change the draws.
@@ -53,7 +60,6 @@ per batch (the mean strength of its samples; consecutive samples have nearly equ
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -70,11 +76,12 @@ from trainer.keyed_rng import (
     keyed_bits,
     threshold,
 )
+from trainer.model import DropoutPlan
 from trainer.tokenizer import MASK_ID, NUM_SPECIAL, UNK_ID
 
 # Recorded in every shard set's manifest and fingerprint: a change of sampling algorithm changes
 # the bytes, so a re-run must not take an older set for its own output.
-SAMPLER = "inverse-cdf-v1"
+SAMPLER = "inverse-cdf-v2"
 _CHUNK_ELEMENTS = 1 << 24  # (rows x V) elements per sampling chunk: bounds temporary memory
 
 INTERP_REPLACEMENTS = {"uniform->smoothed_onehot": "uniform",
@@ -401,6 +408,95 @@ def sample_tokens(logp: torch.Tensor, seed: int, epoch: int, seq_ids: torch.Tens
     return out
 
 
+# Closed forms of the model-free distributions (their dense definitions are
+# ``replacement_logprobs``; tests/trainer/test_corruption.py checks each sampler against it).
+# They use the very uniform ``sample_tokens`` would (``keyed_sample_uniform``), cost O(1) per
+# position (uniform, smoothed one-hot and its uniform mix) or O(V) per distinct exponent plus
+# O(log V) per position (the unigram family), and never build an (N, V) tensor.
+
+def _wsum(w: torch.Tensor, a, b) -> torch.Tensor:
+    """w * a + (1 - w) * b with 0 * (-inf) = 0, like ``log_interp`` (float64)."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return torch.where(w == 0, 0.0, w * a) + torch.where(w == 1, 0.0, (1 - w) * b)
+
+
+def _unigram_power(u: torch.Tensor, log_unigram: torch.Tensor, power: torch.Tensor,
+                   original: torch.Tensor | None = None, log_keep: torch.Tensor | None = None,
+                   log_other: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse-CDF draws at u (N,) from p(x) proportional to unigram(x)^power (power (N,)
+    float64; one (V,) CDF per distinct value, shared by its rows). With ``original``: the
+    original token's unnormalised log-mass is log_keep (N,) instead, every other token x has
+    log_other + power * log unigram(x) (the log-interpolations with the smoothed one-hot); the
+    original's interval is resized in place, so the draw is the one ``sample_tokens`` makes
+    from the dense row."""
+    out = torch.empty_like(u, dtype=torch.long)
+    finite = torch.isfinite(log_unigram)
+    top = float(log_unigram[finite].max())
+    last = len(log_unigram) - 1
+    for e in torch.unique(power).tolist():
+        rows = (power == e).nonzero(as_tuple=True)[0]
+        w = torch.where(finite, ((log_unigram - top) * e).exp(), 0.0)  # (V,) / e^(e * top)
+        cdf = w.cumsum(0)  # (V,) float64
+        if original is None:
+            out[rows] = torch.searchsorted(cdf, u[rows] * cdf[-1], right=True).clamp_(max=last)
+            continue
+        o = original[rows]
+        start_o = cdf[o] - w[o]  # (n,) mass before the original
+        # The original's mass on the same scale as w; inf when the others have none (alpha 1).
+        keep = (log_keep[rows] - log_other[rows] - e * top).exp()  # (n,)
+        x = u[rows] * (cdf[-1] - w[o] + keep)  # (n,) inside the resized total
+        after = x - keep + w[o]  # past the original: back on cdf's scale
+        found = torch.searchsorted(cdf, torch.where(x < start_o, x, after).unsqueeze(1),
+                                   right=True).squeeze(1).clamp_(max=last)
+        kept = (x >= start_o) & (x < start_o + keep) | torch.isinf(keep)
+        out[rows] = torch.where(kept, o, found)
+    return out
+
+
+def sample_model_free(replacement: str, u: torch.Tensor, original: torch.Tensor,
+                      vocab_size: int, temperature: torch.Tensor, weight: torch.Tensor,
+                      alpha: float, unigram_counts=None) -> torch.Tensor:
+    """Exact draws from ``replacement_logprobs(replacement, original, ...) / T`` at keyed
+    uniforms u (N,) float64 (``keyed_sample_uniform``), in closed form. temperature, weight
+    (N,): the plan's T and the p1 weight of the ``p1->p2`` kinds. Returns (N,) long."""
+    dev = u.device
+    t = temperature.double().to(dev)
+    w = weight.double().to(dev)
+    k = vocab_size - NUM_SPECIAL - 1  # the other normal tokens
+    if replacement == "uniform":  # flat at any temperature
+        return NUM_SPECIAL + (u * (vocab_size - NUM_SPECIAL)).long()
+    if replacement in ("unigram", "unigram->smoothed_onehot"):
+        log_unigram = unigram_logprobs(unigram_counts, 1, dev)[0].double()  # (V,)
+        if replacement == "unigram":
+            return _unigram_power(u, log_unigram, 1.0 / t)
+        lu_o = log_unigram[original]
+        log_keep = _wsum(w, lu_o, math.log(alpha) if alpha > 0 else -math.inf) / t
+        log_other = _wsum(w, 0.0, math.log1p(-alpha) - math.log(k) if alpha < 1
+                          else -math.inf) / t
+        return _unigram_power(u, log_unigram, w / t, original, log_keep, log_other)
+    if replacement in ("smoothed_onehot", "uniform->smoothed_onehot"):
+        if k < 1:
+            raise ValueError("smoothed_onehot needs at least two normal tokens")
+        if replacement == "smoothed_onehot":
+            w = torch.zeros_like(w)
+        flat = -math.log(vocab_size - NUM_SPECIAL)
+        log_keep = _wsum(w, flat, math.log(alpha) if alpha > 0 else -math.inf) / t
+        log_other = _wsum(w, flat, math.log1p(-alpha) - math.log(k) if alpha < 1
+                          else -math.inf) / t
+        # Index order, as the dense CDF: k equal intervals q with the original's (keep) among
+        # them at its own place.
+        q = 1.0 / (k + (log_keep - log_other).exp())  # (N,) one other token's probability
+        p_keep = 1.0 - k * q
+        x = u  # the total is 1
+        before = (original - NUM_SPECIAL) * q  # (N,) mass before the original
+        j = torch.where(x < before, x / q,
+                        (x - p_keep) / q).long().clamp_(max=k - 1)  # index among the others
+        tok = NUM_SPECIAL + j + (j >= original - NUM_SPECIAL).long()
+        kept = ((x >= before) & (x < before + p_keep)) | (q == 0)
+        return torch.where(kept, original, tok)
+    raise ValueError(f"unknown model-free replacement {replacement!r}")
+
+
 # ---------------------------------------------------------------------------------------------
 # The entry point
 # ---------------------------------------------------------------------------------------------
@@ -413,41 +509,27 @@ class CorruptedBatch:
     selected: torch.Tensor  # (B, T) bool: the positions that were masked and resampled
 
 
-@contextlib.contextmanager
-def _seeded_dropout_rng(seed: int, epoch: int, seq_ids: torch.Tensor, device: torch.device):
-    """A forked global RNG seeded from the batch's keys: dropout masks cannot be keyed per
-    sequence, but this makes them reproducible for the same batch (e.g. a Beam retry), and the
-    caller's RNG stream is left untouched."""
-    s = int(keyed_bits(seed, epoch, seq_ids, STREAM_DROPOUT, (1,)).sum())
-    devices = [device.index if device.index is not None else torch.cuda.current_device()
-               ] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.default_generator.manual_seed(s)
-        if devices:
-            with torch.cuda.device(devices[0]):
-                torch.cuda.manual_seed(s)
-        yield
+def _aux_hidden(aux, input_ids, attention_mask, selected, plan, seed, epoch, seq_ids
+                ) -> torch.Tensor:
+    """The frozen aux encoder's hidden states at the selected positions (N, H), in the
+    caller's autocast. The dropout augmentations pass their rates and a generator for this
+    call (``DropoutPlan``): the shared model is never switched to train mode or re-rated, and
+    no global RNG is touched, so RunInference threads sharing one model cannot disturb each
+    other. Dropout masks cannot be keyed per sequence, so the generator is seeded from the
+    batch's keys: reproducible for the same batch (e.g. a Beam retry)."""
+    generator = None
+    if plan.hidden_dropout > 0 or plan.attention_dropout > 0:
+        generator = torch.Generator(device=input_ids.device)
+        generator.manual_seed(int(keyed_bits(seed, epoch, seq_ids, STREAM_DROPOUT, (1,)).sum()))
+    dropout = DropoutPlan(plan.hidden_dropout, plan.attention_dropout, generator)
+    return aux.encoder(input_ids, attention_mask, dropout=dropout)[selected]  # (N, H)
 
 
-def _aux_logits(aux, input_ids, attention_mask, selected, plan, seed, epoch, seq_ids):
-    """Run the frozen aux model (N, V) at the selected positions: eval mode, or train mode
-    with the planned dropout rates; the model's mode and rates are restored afterwards."""
-    enc = aux.encoder
-    saved = (aux.training, enc.dropout, enc.attention_dropout)
-    use_dropout = plan.hidden_dropout > 0 or plan.attention_dropout > 0
-    try:
-        if use_dropout:
-            aux.train()
-            enc.set_dropout(plan.hidden_dropout, plan.attention_dropout)
-            rng = _seeded_dropout_rng(seed, epoch, seq_ids, input_ids.device)
-        else:
-            aux.eval()  # a frozen generator left in train mode would add unkeyed dropout
-            rng = contextlib.nullcontext()
-        with rng:
-            return aux(input_ids, attention_mask, positions_mask=selected)  # (N, V)
-    finally:
-        enc.set_dropout(saved[1], saved[2])
-        aux.train(saved[0])
+def _aux_head_fp32(aux, hidden: torch.Tensor) -> torch.Tensor:
+    """The aux LM head on hidden (n, H) in float32 whatever the surrounding autocast: bf16
+    logits move ~1% of the samples, so CPU and GPU workers would write different bytes."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return aux.head(hidden.float())  # (n, V) float32
 
 
 def corrupt_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_ids: torch.Tensor,
@@ -494,26 +576,28 @@ def corrupt_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_ids
                                           cfg.mask_token_prob, attention_mask=attention_mask)
         b_idx, t_idx = selected.nonzero(as_tuple=True)  # (N,) each, batch-then-time order
         original = input_ids[b_idx, t_idx]  # (N,)
-        logits = None
-        if rep == "aux" and original.numel():
-            aux_in = masked
-            if aug == "drop_token":
-                aux_in = drop_tokens(masked, selected, seq_ids, seed, epoch, plan.drop_token)
-            logits = _aux_logits(aux, aux_in, attention_mask, selected, plan, seed, epoch,
-                                 seq_ids)  # (N, V)
+        sel_ids = seq_ids[b_idx]  # (N,)
         temp = plan.temperature.float().to(dev)[b_idx]  # (N,)
         weight = plan.weight.float().to(dev)[b_idx]  # (N,)
         sampled = torch.empty_like(original)
-        for rows in _row_chunks(original.numel(), V):
-            lp = replacement_logprobs(
-                rep, original[rows], V, weight=weight[rows], alpha=cfg.smoothed_onehot_alpha,
-                unigram_counts=unigram_counts,
-                aux_logits=None if logits is None else logits[rows])  # (n, V)
-            if aug == "log_interp_unigram":
-                lp = log_interp(unigram_logprobs(unigram_counts, lp.shape[0], dev), lp,
-                                weight[rows])
-            sampled[rows] = sample_tokens(lp, seed, epoch, seq_ids[b_idx[rows]], t_idx[rows],
-                                          temp[rows])
+        if rep != "aux":
+            u_draw = keyed_sample_uniform(seed, epoch, sel_ids, t_idx)  # (N,) float64
+            sampled = sample_model_free(rep, u_draw, original, V, temp, weight,
+                                        cfg.smoothed_onehot_alpha, unigram_counts)
+        elif original.numel():
+            aux_in = masked
+            if aug == "drop_token":
+                aux_in = drop_tokens(masked, selected, seq_ids, seed, epoch, plan.drop_token)
+            hidden = _aux_hidden(aux, aux_in, attention_mask, selected, plan, seed, epoch,
+                                 seq_ids)  # (N, H)
+            # Row chunks: at no time more than a bounded (n, V) block of logits exists.
+            for rows in _row_chunks(original.numel(), V):
+                lp = aux_logprobs(_aux_head_fp32(aux, hidden[rows]))  # (n, V) float32
+                if aug == "log_interp_unigram":
+                    lp = log_interp(unigram_logprobs(unigram_counts, lp.shape[0], dev), lp,
+                                    weight[rows])
+                sampled[rows] = sample_tokens(lp, seed, epoch, sel_ids[rows], t_idx[rows],
+                                              temp[rows])
     # Leave inference mode with ordinary tensors: the discriminator's embedding saves its
     # indices for backward, which an inference tensor refuses.
     corrupted = input_ids.clone()

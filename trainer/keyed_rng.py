@@ -4,8 +4,12 @@ counters, so it is the same on any batch, worker, retry or device.
     bits = keyed_bits(seed, epoch, seq_ids, STREAM_SELECT, (T,))       # (B, T) int64 in [0, 2**32)
     u = keyed_uniform(seed, epoch, seq_ids, STREAM_SELECT, (T,))       # (B, T) float in [0, 1)
 
-The counters (seed, epoch, seq_id, stream, position[, vocabulary index]) are pushed through a
-32-bit integer hash (``_mix32``, Wellons' "lowbias32" finaliser, applied twice per draw). There
+The counters (seed, epoch, seq_id, stream[, position]) are absorbed by two independent chains
+of a 32-bit integer hash (``_mix32``, Wellons' "lowbias32" finaliser) into a 64-bit row key
+(k1, k2); each draw mixes its counter with k1, then k2. One chain alone would be a 32-bit key:
+among 2**20 seq_ids some 63K pairs would share it at paired positions (p, p ^ d) and draw
+identical noise (the "twins" of sequences at 256M scale); with two chains a pair shares a key
+with probability 2**-64 (tests/trainer/test_corruption.py looks for twins). There
 is no generator state, so a sequence's corruption does not depend on the batch it is in, its
 row, the padded length, the worker, a Beam retry, or the device. The hash uses only int64 xor,
 shifts, masks, additions and multiplications whose exact products stay below 2**63 (32-bit x
@@ -16,9 +20,9 @@ no uint64, so CPU and CUDA (eager or compiled) compute identical bits. Selection
 the CDF of softmax(logp / T) at one keyed uniform; ``exp`` may differ in the last ulp across
 libm/SLEEF/CUDA, and so do auxiliary-model logits across devices and matmul shapes, so a
 *sample* can differ only where the uniform falls within rounding of a CDF boundary (rare;
-never systematic). Exception: the dropout augmentations' masks come from
-torch's RNG (the model offers no keyed dropout), seeded from the batch's keys: reproducible for
-the same batch only.
+never systematic). Exception: the dropout augmentations' masks come from a
+torch generator made for the call (the model offers no keyed dropout), seeded from the batch's
+keys: reproducible for the same batch only.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ STREAM_DROP_TOKEN = 5  # aux input tokens replaced by [UNK] (drop_token augmenta
 STREAM_DROPOUT = 6  # seed of the aux model's dropout masks (dropout augmentations)
 
 _M32 = 0xFFFFFFFF
-_IV = 0x6A09E667  # any non-zero start for the key chain (sqrt(2) fraction bits)
-_K2 = 0x9E3779B9  # derives the second per-row key from the first (golden ratio)
+# Starts of the two key chains (fraction bits of sqrt(2) and sqrt(3)): any two distinct
+# values give two independent 32-bit hashes of the same counters.
+_IV = (0x6A09E667, 0xBB67AE85)
 
 
 
@@ -80,10 +85,10 @@ def _mix32_(x: torch.Tensor) -> torch.Tensor:
     return x.bitwise_xor_(x >> 15)
 
 
-def _stream_key(seed: int, epoch: int, stream: int) -> int:
-    """The (seed, epoch, stream) part of every key, on the host: 64-bit seeds and epochs enter
-    as two 32-bit halves (negative values as their two's complement)."""
-    h = _IV
+def _stream_key(seed: int, epoch: int, stream: int, chain: int) -> int:
+    """The (seed, epoch, stream) part of key chain ``chain`` (0 or 1), on the host: 64-bit
+    seeds and epochs enter as two 32-bit halves (negative values as their two's complement)."""
+    h = _IV[chain]
     for v in (seed, epoch):
         v &= (1 << 64) - 1
         h = _mix32(h ^ (v & _M32))
@@ -92,15 +97,19 @@ def _stream_key(seed: int, epoch: int, stream: int) -> int:
 
 
 def row_keys(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,
-              sub_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent 32-bit keys per row, (B,) int64 each, from (seed, epoch, stream,
-    seq_id[, sub_id])."""
+             sub_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 64-bit row key as two 32-bit halves, (B,) int64 each, from (seed, epoch, stream,
+    seq_id[, sub_id]): one independent hash chain per half, so neither is a function of the
+    other."""
     s = seq_ids.long()
-    h = _mix32(_stream_key(seed, epoch, stream) ^ (s & _M32))
-    h = _mix32(h ^ ((s >> 32) & _M32))  # arithmetic shift, then masked: any int64 is fine
-    if sub_ids is not None:
-        h = _mix32(h ^ (sub_ids.long() & _M32))
-    return h, _mix32(h ^ _K2)
+    keys = []
+    for chain in (0, 1):
+        h = _mix32(_stream_key(seed, epoch, stream, chain) ^ (s & _M32))
+        h = _mix32(h ^ ((s >> 32) & _M32))  # arithmetic shift, then masked: any int64 is fine
+        if sub_ids is not None:
+            h = _mix32(h ^ (sub_ids.long() & _M32))
+        keys.append(h)
+    return keys[0], keys[1]
 
 
 def keyed_bits(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,

@@ -16,6 +16,8 @@ embeddings and an RTD (replaced token detection) head.
     mlm_logits = aux(input_ids, attention_mask,           # (N, V): the vocabulary projection
                      positions_mask=input_ids == MASK_ID) # runs only at the N masked positions
     aux.encoder.set_dropout(0.2, 0.2)                     # takes effect at the next forward
+    aux(ids, mask, positions_mask=sel,                    # per-call rates and masks from
+        dropout=DropoutPlan(0.2, 0.0, generator))         # one generator: thread-safe
     count_parameters(EncoderConfig.main(cfg), head="rtd") # {"embeddings": ..., "total": ...}
 
 Initialisation. Every Linear / Embedding weight is N(0, 0.02) with zero biases (BERT). Post-LN
@@ -179,6 +181,35 @@ def relative_bias_prior(num_buckets: int, max_distance: int, num_heads: int) -> 
 # Blocks
 # ---------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class DropoutPlan:
+    """Dropout for one forward pass, given by the caller instead of read from the module:
+    these rates apply whatever the module's train/eval mode, with masks drawn from
+    ``generator`` (the global RNG when None). A shared frozen model (the aux of the
+    corruption step, used by several RunInference threads) is then never mutated, and each
+    call's masks depend on its own generator only."""
+
+    hidden: float = 0.0
+    attention: float = 0.0
+    generator: torch.Generator | None = None
+
+    def __post_init__(self):
+        for name, p in (("hidden", self.hidden), ("attention", self.attention)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"DropoutPlan: {name} rate must be in [0, 1), got {p}")
+
+
+def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = None
+            ) -> torch.Tensor:
+    """Inverted dropout at rate p (0 = identity), its mask from ``generator`` if given."""
+    if p == 0.0:
+        return x
+    if generator is None:
+        return F.dropout(x, p, True)
+    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+    return x * keep / (1.0 - p)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -186,15 +217,23 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)  # one matmul for q, k, v
         self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, attention_dropout: float
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, attention_dropout: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """attention_dropout: the rate to apply (0 = none; the caller decides whether dropout
+        is on). generator: draw the attention-dropout mask from it rather than the global RNG,
+        which SDPA cannot do, so that path computes the softmax itself."""
         B, T, H = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
         if bias.dtype != q.dtype:  # only when the caller's dtype guess was wrong
             bias = bias.to(q.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                           dropout_p=attention_dropout if self.training else 0.0)
+        if generator is not None and attention_dropout > 0.0:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias  # (B, nh, T, T)
+            attn = dropout(scores.float().softmax(-1), attention_dropout, generator)
+            y = attn.to(v.dtype) @ v  # (B, nh, T, hd)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                               dropout_p=attention_dropout)
         return self.out(y.transpose(1, 2).reshape(B, T, H))  # (B, T, H)
 
 
@@ -223,16 +262,16 @@ class Block(nn.Module):
             self.omega_attn = nn.Parameter(torch.ones(cfg.hidden_size))
             self.omega_ffn = nn.Parameter(torch.ones(cfg.hidden_size))
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, dropout: float,
-                attention_dropout: float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, p: float, p_attention: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """p / p_attention: the hidden / attention dropout rates to apply (0 = none)."""
         if self.post_ln:
-            h = self.attn(x, bias, attention_dropout)
-            x = self.ln_attn(self.omega_attn * x + F.dropout(h, dropout, self.training))
+            h = self.attn(x, bias, p_attention, generator)
+            x = self.ln_attn(self.omega_attn * x + dropout(h, p, generator))
             h = self.ffn(x)
-            return self.ln_ffn(self.omega_ffn * x + F.dropout(h, dropout, self.training))
-        x = x + F.dropout(self.attn(self.ln_attn(x), bias, attention_dropout), dropout,
-                          self.training)
-        return x + F.dropout(self.ffn(self.ln_ffn(x)), dropout, self.training)  # (B, T, H)
+            return self.ln_ffn(self.omega_ffn * x + dropout(h, p, generator))
+        x = x + dropout(self.attn(self.ln_attn(x), bias, p_attention, generator), p, generator)
+        return x + dropout(self.ffn(self.ln_ffn(x)), p, generator)  # (B, T, H)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,35 +348,44 @@ class Encoder(nn.Module):
         rel = table[buckets].permute(2, 0, 1)[None].to(dtype)  # (1, nh, T, T)
         return torch.where(keep, rel, neg)  # (B, nh, T, T)
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, p: float = 0.0,
+              generator: torch.Generator | None = None) -> torch.Tensor:
         B, T = input_ids.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
         x = self.word_emb(input_ids)  # (B, T, H)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(T, device=input_ids.device))  # (T, H) broadcast
-        return F.dropout(self.emb_ln(x), self.dropout, self.training)
+        return dropout(self.emb_ln(x), p, generator)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                num_layers: int | None = None) -> torch.Tensor:
+                num_layers: int | None = None, dropout: DropoutPlan | None = None
+                ) -> torch.Tensor:
         """input_ids (B, T) long; attention_mask (B, T) bool/int, 1 = real token (None = all
-        real); num_layers runs only the first blocks (early exit). Returns (B, T, H)."""
-        return self.exits(input_ids, attention_mask, [num_layers or len(self.blocks)])[0]
+        real); num_layers runs only the first blocks (early exit); dropout: this call's rates
+        and RNG (None = the module's rates, in train mode only). Returns (B, T, H)."""
+        return self.exits(input_ids, attention_mask, [num_layers or len(self.blocks)],
+                          dropout)[0]
 
     def exits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-              layers: list[int]) -> list[torch.Tensor]:
+              layers: list[int], dropout: DropoutPlan | None = None) -> list[torch.Tensor]:
         """The hidden states (B, T, H) after each of ``layers`` blocks (ascending), from one
         pass that stops at the last of them (the early-exit generator's exits)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        x = self.embed(input_ids)  # (B, T, H)
+        if dropout is None:
+            on = self.training
+            dropout = DropoutPlan(self.dropout if on else 0.0,
+                                  self.attention_dropout if on else 0.0)
+        p, p_attn, gen = dropout.hidden, dropout.attention, dropout.generator
+        x = self.embed(input_ids, p, gen)  # (B, T, H)
         dev = x.device.type
         # Build the mask once, in the dtype SDPA will see, instead of casting it in every layer.
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         bias = self.attention_bias(attention_mask, dtype)
         out = []
         for i, block in enumerate(self.blocks[:max(layers)], start=1):
-            x = block(x, bias, self.dropout, self.attention_dropout)
+            x = block(x, bias, p, p_attn, gen)
             if i in layers:
                 out.append(x if self.final_ln is None else self.final_ln(x))
         return out  # [(B, T, H)] * len(layers)
@@ -496,9 +544,11 @@ class MLMModel(nn.Module):
         self.head = MLMHead(cfg, self.encoder.word_emb)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                positions_mask: torch.Tensor | None = None) -> torch.Tensor:
+                positions_mask: torch.Tensor | None = None, dropout: DropoutPlan | None = None
+                ) -> torch.Tensor:
         """(N, V) logits at positions_mask, or (B, T, V) without one."""
-        return self.head(self.encoder(input_ids, attention_mask), positions_mask)
+        return self.head(self.encoder(input_ids, attention_mask, dropout=dropout),
+                         positions_mask)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         return _num_parameters(self, exclude_embeddings)

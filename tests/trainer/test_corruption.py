@@ -1,8 +1,10 @@
 """trainer.corruption: keyed randomness, masking, replacement distributions, schedules,
-augmentations, Gumbel-max sampling and the corrupt_batch entry point.
+augmentations, keyed inverse-CDF and closed-form sampling, and the corrupt_batch entry point.
 
 Statistical checks use fixed seeds (deterministic, so they cannot flake) and tolerances of
 about 5 standard deviations or more (so a change of hash or seed would not break them either).
+Each goodness-of-fit test has a power check: the same samples fail against the distribution at
+a slightly wrong temperature (or weight), so the test can tell the two apart.
 """
 
 import math
@@ -69,10 +71,8 @@ def _ref_mix32(x: int) -> int:  # plain lowbias32 with true (Python big-int) pro
     return x ^ (x >> 15)
 
 
-def _ref_keyed_bits(seed, epoch, seq_id, stream, n, sub=None) -> list[int]:
-    """The documented scheme in pure Python: key chain over 32-bit halves, two keys per row,
-    two mixing rounds per counter."""
-    h = R._IV
+def _ref_row_key(seed, epoch, seq_id, stream, sub, iv) -> int:
+    h = iv
     for v in (seed, epoch):
         v &= (1 << 64) - 1
         h = _ref_mix32(h ^ (v & M32))
@@ -80,10 +80,14 @@ def _ref_keyed_bits(seed, epoch, seq_id, stream, n, sub=None) -> list[int]:
     h = _ref_mix32(h ^ stream)
     s = seq_id & ((1 << 64) - 1)
     h = _ref_mix32(_ref_mix32(h ^ (s & M32)) ^ (s >> 32))
-    if sub is not None:
-        h = _ref_mix32(h ^ sub)
-    k2 = _ref_mix32(h ^ R._K2)
-    return [_ref_mix32(_ref_mix32(h ^ c) ^ k2) for c in range(n)]
+    return h if sub is None else _ref_mix32(h ^ sub)
+
+
+def _ref_keyed_bits(seed, epoch, seq_id, stream, n, sub=None) -> list[int]:
+    """The documented scheme in pure Python: two independent key chains over 32-bit halves
+    (a 64-bit row key), two mixing rounds per counter."""
+    k1, k2 = (_ref_row_key(seed, epoch, seq_id, stream, sub, iv) for iv in R._IV)
+    return [_ref_mix32(_ref_mix32(k1 ^ c) ^ k2) for c in range(n)]
 
 
 def test_mix32_equals_true_multiplication():
@@ -104,10 +108,32 @@ def test_keyed_bits_match_reference_and_pinned_values():
         assert got[0].tolist() == _ref_keyed_bits(seed, epoch, seq_id, stream, 7, sub)
     # Pinned: a change of the hash changes every shard ever generated; make it deliberate.
     assert R.keyed_bits(0, 0, torch.tensor([0, 1, 2**40, -1]), 1, (3,)).tolist() == [
-        [3964605667, 891527624, 2154541781], [346331668, 2497015253, 3545795667],
-        [401968339, 3310480027, 121761412], [4032714272, 2647516122, 2881541170]]
+        [3568880564, 1985031764, 1776111730], [1799040494, 2157640335, 3974111386],
+        [1154768600, 3513048056, 2379104369], [2959453322, 3899198115, 380335765]]
     assert R.keyed_bits(12345, 7, torch.tensor([99]), 4, (2,),
-                        sub_ids=torch.tensor([17])).tolist() == [[2172556030, 2229485920]]
+                        sub_ids=torch.tensor([17])).tolist() == [[3292682275, 2390502349]]
+
+
+def _draws_53(k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
+    """The 53-bit sampling draw of row keys (k1, k2), as keyed_sample_uniform forms it."""
+    bits = R.bits_from_keys(k1, k2, torch.arange(2))  # (N, 2)
+    return (bits[:, 0] << 21) | (bits[:, 1] >> 11)
+
+
+def test_no_twin_draws_across_a_million_sequences_at_paired_positions():
+    """2**20 seq_ids x positions 0..7 (pairs p, p ^ d for every d < 8): every sampling draw
+    is distinct. Negative control: a 32-bit row key (the second half derived from the first,
+    as before) gives hundreds of twins, identical draws of different (seq_id, position)."""
+    n, positions = 1 << 20, 8
+    seq = torch.arange(n).repeat_interleave(positions)
+    pos = torch.arange(positions).repeat(n)
+    k1, k2 = R.row_keys(0, 0, seq, R.STREAM_SAMPLE, pos)
+    draws = _draws_53(k1, k2)
+    assert torch.equal(C.keyed_sample_uniform(0, 0, seq[:4096], pos[:4096]),
+                       (draws[:4096].double() + 0.5) * 2.0**-53)
+    assert len(torch.unique(draws)) == len(draws)
+    weak = _draws_53(k1, R._mix32(k1 ^ 0x9E3779B9))
+    assert len(weak) - len(torch.unique(weak)) > 100
 
 
 def test_keyed_rows_do_not_depend_on_batch_or_length():
@@ -187,6 +213,9 @@ def test_sampling_at_a_large_vocabulary_is_exact():
     top[:NUM_SPECIAL + 4] = p[:NUM_SPECIAL + 4]
     top[NUM_SPECIAL + 4] = p[NUM_SPECIAL + 4:].sum()
     assert _chi2(binned, top) < 30  # 4 dof: P(chi2 > 30) ~ 5e-6
+    wrong = (logits / 1.1).softmax(-1).double()
+    top_wrong = torch.cat([wrong[:NUM_SPECIAL + 4], wrong[NUM_SPECIAL + 4:].sum()[None]])
+    assert _chi2(binned, top_wrong) > 100  # power: a 10% wrong temperature is detected
 
 
 # --- schedules -------------------------------------------------------------------------------
@@ -401,6 +430,8 @@ def test_sample_frequencies_match_softmax(temperature):
     p = (C.aux_logprobs(logits[None])[0] / temperature).softmax(-1)
     # 7 degrees of freedom: P(chi2 > 35) ~ 1e-5.
     assert _chi2(s, p) < 35
+    wrong = (C.aux_logprobs(logits[None])[0] / (temperature * 1.1)).softmax(-1)
+    assert _chi2(s, wrong) > 70  # power: 10% off in temperature fails the test twice over
     # Batch independence of the sample itself.
     assert torch.equal(C.sample_tokens(logp[123:124], 11, 0, torch.tensor([123 // 37]),
                                       pos[123:124], temperature), s[123:124])
@@ -419,6 +450,9 @@ def test_unigram_samples_follow_counts():
     top[V] = p[NUM_SPECIAL + 10:].sum()
     binned = torch.where(s >= NUM_SPECIAL + 10, V, s)
     assert _chi2(binned, top) < 40  # 10 dof: P(chi2 > 40) ~ 2e-5
+    hot = C.sample_tokens(lp, 0, 0, torch.arange(30_000), torch.zeros(30_000, dtype=torch.long),
+                          1.1)  # power: the same draws at a 10% higher temperature
+    assert _chi2(torch.where(hot >= NUM_SPECIAL + 10, V, hot), top) > 200
 
 
 def test_temperature_moves_samples_away_from_the_mode():
@@ -437,6 +471,84 @@ def test_temperature_moves_samples_away_from_the_mode():
     entropy = float(-(logp.exp() * logp.clamp(min=-1e9)).sum(-1).mean())
     assert surprisals[0] == pytest.approx(entropy, rel=0.05)
     assert surprisals[0] + 0.3 < surprisals[1] < surprisals[2] - 0.3
+
+
+# --- closed-form model-free samplers ----------------------------------------------------------
+
+MODEL_FREE_CASES = {  # replacement, temperature, weight, and a wrong (temperature, weight)
+    "uniform": ("uniform", 1.7, 0.0, None),
+    "smoothed_onehot": ("smoothed_onehot", 1.0, 0.0, (1.15, 0.0)),
+    "smoothed_onehot-T2": ("smoothed_onehot", 2.0, 0.0, (2.3, 0.0)),
+    "uniform->smoothed_onehot": ("uniform->smoothed_onehot", 1.0, 0.3, (1.0, 0.36)),
+    "unigram": ("unigram", 1.0, 0.0, (1.1, 0.0)),
+    "unigram-T1.5": ("unigram", 1.5, 0.0, (1.65, 0.0)),
+    "unigram->smoothed_onehot": ("unigram->smoothed_onehot", 1.0, 0.5, (1.0, 0.56)),
+    "unigram->smoothed_onehot-T": ("unigram->smoothed_onehot", 1.3, 0.8, (1.45, 0.8)),
+}
+
+
+def _zipf_counts() -> torch.Tensor:
+    counts = torch.zeros(V, dtype=torch.long)
+    counts[NUM_SPECIAL:] = (20_000 / torch.arange(1, V - NUM_SPECIAL + 1)).long()
+    counts[:NUM_SPECIAL] = 10**6  # [CLS] / [SEP] counts: never a replacement
+    return counts
+
+
+@pytest.mark.parametrize("case", MODEL_FREE_CASES)
+def test_model_free_samplers_draw_exactly_the_dense_distribution(case):
+    """The closed forms against their dense definition (replacement_logprobs / T), binned
+    into the 12 likeliest tokens (the original among them) + the rest, 60K draws."""
+    kind, t, w, wrong = MODEL_FREE_CASES[case]
+    n, o = 60_000, NUM_SPECIAL + 3  # a frequent original: keeping it must be exact too
+    original = torch.full((n,), o)
+    seq, pos = torch.arange(n) // 50, torch.arange(n) % 50
+    u = C.keyed_sample_uniform(5, 1, seq, pos)
+    counts = _zipf_counts()
+
+    def dense(t, w) -> torch.Tensor:
+        lp = C.replacement_logprobs(kind, original[:1], V, weight=w, alpha=0.35,
+                                    unigram_counts=counts)[0]
+        return (lp / t).softmax(-1).double()
+
+    s = C.sample_model_free(kind, u, original, V, torch.full((n,), t), torch.full((n,), w),
+                            0.35, counts)
+    assert int((s < NUM_SPECIAL).sum()) == 0
+    p = dense(t, w)
+    top = p.argsort(descending=True)[:12]
+
+    def binned_p(p):
+        return torch.cat([p[top], (1 - p[top].sum()).clamp(min=0)[None]])
+
+    binned = torch.full_like(s, len(top))
+    for i, tok in enumerate(top.tolist()):
+        binned[s == tok] = i
+    assert _chi2(binned, binned_p(p)) < 45  # 12 dof: P(chi2 > 45) ~ 1e-5
+    if wrong is not None:
+        assert _chi2(binned, binned_p(dense(*wrong))) > 120
+
+
+def test_model_free_samplers_are_per_row():
+    """Rows with different temperatures and weights in one call draw what each draws alone
+    (the unigram family shares one CDF per distinct exponent); and the O(1) closed forms agree
+    with inverse-CDF sampling of the dense distribution at the very same uniform, except
+    where rounding puts a uniform on a boundary."""
+    counts = _zipf_counts()
+    n = 64
+    original = NUM_SPECIAL + torch.arange(n) % 20
+    seq, pos = torch.arange(n), torch.arange(n) % 7
+    u = C.keyed_sample_uniform(9, 2, seq, pos)
+    t = 1.0 + torch.arange(n) % 5 / 4
+    w = torch.arange(n) % 3 / 2
+    for kind in ("unigram", "unigram->smoothed_onehot", "smoothed_onehot",
+                 "uniform->smoothed_onehot", "uniform"):
+        both = C.sample_model_free(kind, u, original, V, t, w, 0.35, counts)
+        alone = torch.cat([C.sample_model_free(kind, u[i:i + 1], original[i:i + 1], V,
+                                               t[i:i + 1], w[i:i + 1], 0.35, counts)
+                           for i in range(n)])
+        assert torch.equal(both, alone), kind
+        lp = C.replacement_logprobs(kind, original, V, weight=w, alpha=0.35,
+                                    unigram_counts=counts)
+        assert torch.equal(both, C.sample_tokens(lp, 9, 2, seq, pos, t)), kind
 
 
 # --- augmentations ---------------------------------------------------------------------------
@@ -598,6 +710,36 @@ def test_corrupt_batch_dropout_restores_model_and_rng(aux):
     plain = C.corrupt_batch(ids, attn, seq, 0, 0.0, cfg(schedule="fixed"), 0, aux=aux)
     assert torch.equal(plain.selected, a.selected)
     assert not torch.equal(plain.input_ids, a.input_ids)  # dropout changed the aux model
+
+
+@pytest.mark.parametrize("augmentation", ["dropout", "drop_attention"])
+def test_dropout_augmentations_are_thread_safe(aux, augmentation):
+    """Two threads corrupting different batches with one shared aux model (as RunInference
+    threads do) get exactly the bytes each gets alone: no shared model state, no global RNG."""
+    import threading
+
+    c = cfg(augmentation=augmentation, schedule="constant", t0=1.5)
+    jobs = [make_batch(16, 48, seed=20 + i) + (torch.arange(16) + 100 * i,) for i in range(2)]
+    alone = [C.corrupt_batch(ids, attn, seq, 0, 0.0, c, 0, aux=aux).input_ids
+             for ids, attn, seq in jobs]
+    got: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    start = threading.Barrier(2)
+
+    def work(i):
+        start.wait()
+        for _ in range(5):
+            ids, attn, seq = jobs[i]
+            got[i].append(C.corrupt_batch(ids, attn, seq, 0, 0.0, c, 0, aux=aux).input_ids)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for i in range(2):
+        assert len(got[i]) == 5 and all(torch.equal(x, alone[i]) for x in got[i])
+    assert not torch.equal(alone[0], C.corrupt_batch(*jobs[0], 0, 0.0, cfg(schedule="fixed"),
+                                                     0, aux=aux).input_ids)
 
 
 def test_corrupt_batch_drop_token_changes_the_aux_input(aux):

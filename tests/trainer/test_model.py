@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from trainer.config import ConfigError, build_config
 from trainer.model import (
     Discriminator,
+    DropoutPlan,
     Encoder,
     EncoderConfig,
     MLMModel,
@@ -230,6 +231,31 @@ def test_set_dropout_takes_effect_at_run_time():
     torch.testing.assert_close(model(ids), reference)
     with pytest.raises(ValueError, match="attention"):
         model.encoder.set_dropout(0.1, 1.5)
+
+
+def test_dropout_plan_is_per_call_and_leaves_the_model_alone():
+    model = MLMModel(TINY).eval()
+    ids = random_ids(3, 16)
+    state = (model.training, model.encoder.dropout, model.encoder.attention_dropout)
+
+    def run(hidden, attention, seed):
+        g = torch.Generator().manual_seed(seed)
+        return model(ids, dropout=DropoutPlan(hidden, attention, g))
+
+    rng = torch.get_rng_state()
+    for rates in ((0.3, 0.0), (0.0, 0.3), (0.2, 0.2)):
+        a, b = run(*rates, seed=1), run(*rates, seed=1)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # same generator seed: same masks
+        assert not torch.allclose(a, run(*rates, seed=2))  # the masks come from the generator
+        assert not torch.allclose(a, model(ids))  # on although the model is in eval mode
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is never used
+    assert (model.training, model.encoder.dropout, model.encoder.attention_dropout) == state
+    torch.testing.assert_close(run(0.0, 0.0, seed=3), model(ids))  # rate 0: the plain forward
+    # Rate 0 wins over train mode: a plan fixes the rates whatever the module's mode.
+    model.train()
+    torch.testing.assert_close(model(ids, dropout=DropoutPlan()), model.eval()(ids))
+    with pytest.raises(ValueError, match="attention rate"):
+        DropoutPlan(0.1, 1.0)
 
 
 # --- sizes (Fast-ELECTRA, arXiv 2310.07347, Table 2) --------------------------------------------
