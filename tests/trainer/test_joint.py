@@ -76,8 +76,10 @@ def test_decoupled_each_optimizer_sees_only_its_own_loss(prepared):
             assert torch.equal(a[k], b[k]), k
         elif not k.endswith("attn.qkv.bias"):
             # The same holds, more weakly, for key weights along input directions that hardly
-            # vary over the keys: a few such elements (< 0.5%) may differ.
-            wrong = int((~torch.isclose(a[k], b[k], rtol=1e-4, atol=1e-6)).sum())
+            # vary over the keys: a few such elements (< 0.5%) may differ. atol 1e-5 is 1% of
+            # one Adam step (lr 1e-3): elements whose gradient is near 0 carry float noise of
+            # that order; a loss-scale dependence would move whole steps.
+            wrong = int((~torch.isclose(a[k], b[k], rtol=1e-4, atol=1e-5)).sum())
             assert wrong <= (a[k].numel() // 200 if k.endswith("attn.qkv.weight") else 0), \
                 (k, wrong)
 
