@@ -27,6 +27,32 @@ CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.toml"), recurs
 FINETUNE = os.path.join(REPO, "configs", "finetune")  # task files: trainer.finetune_config
 
 
+# Which ablations are fixed distributions and which are curricula (paper Table 6): the plain
+# model-free baselines must not inherit the exponential temperature schedule (a tempered
+# smoothed one-hot is uniform->smoothed_onehot, a tempered unigram a curriculum).
+ABLATION_SCHEDULES = {
+    "replacement_uniform": "fixed",
+    "replacement_unigram": "fixed",
+    "replacement_smoothed_onehot": "fixed",
+    "replacement_uniform_to_smoothed_onehot": "exponential",
+    "replacement_unigram_to_smoothed_onehot": "exponential",
+    "augmentation_dropout": "exponential",
+    "augmentation_drop_attention": "exponential",
+    "augmentation_drop_token": "exponential",
+    "augmentation_log_interp_unigram": "exponential",
+    "schedule_constant": "constant",
+    "schedule_fixed": "fixed",
+    "schedule_polynomial": "polynomial",
+    "schedule_stepwise": "stepwise",
+}
+
+
+def test_ablations_are_fixed_distributions_or_curricula_as_the_paper():
+    found = {os.path.basename(p)[:-5]: load_config(p).corruption.schedule
+             for p in CONFIGS if os.sep + "ablations" + os.sep in p}
+    assert found == ABLATION_SCHEDULES
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
 def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
     if path.startswith(FINETUNE + os.sep):
