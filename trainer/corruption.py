@@ -82,7 +82,7 @@ from trainer.tokenizer import MASK_ID, NUM_SPECIAL, UNK_ID
 # Recorded in every shard set's manifest and fingerprint: a change of sampling algorithm changes
 # the bytes, so a re-run must not take an older set for its own output.
 SAMPLER = "inverse-cdf-v2"
-_CHUNK_ELEMENTS = 1 << 24  # (rows x V) elements per sampling chunk: bounds temporary memory
+_CHUNK_ELEMENTS = 1 << 20  # (rows x V) per chunk: bounds temporaries and keeps them in cache
 
 INTERP_REPLACEMENTS = {"uniform->smoothed_onehot": "uniform",
                        "unigram->smoothed_onehot": "unigram"}
@@ -377,17 +377,59 @@ def keyed_sample_uniform(seed: int, epoch: int, seq_ids: torch.Tensor,
     return (k.double() + 0.5) * 2.0**-53
 
 
+def _block_size(vocab_size: int) -> int:
+    """Entries per CDF block: a divisor of V near 256 when there is one (no padding copy)."""
+    for b in range(256, 127, -1):
+        if vocab_size % b == 0:
+            return b
+    return 256
+
+
+def _last_positive(x: torch.Tensor) -> torch.Tensor:
+    """Index of the last entry > 0 of each row of x (n, k) (rows with none: 0)."""
+    k = x.shape[1]
+    return k - 1 - (x.flip(1) > 0).to(torch.uint8).argmax(1)
+
+
 def _inverse_cdf_chunk(logp: torch.Tensor, u: torch.Tensor, temperature: torch.Tensor
                        ) -> torch.Tensor:
     """The token whose CDF interval of softmax(logp / T) holds u: logp (n, V), u (n,) float64,
-    T (n,) -> (n,). Softmax in fp32 (whatever the logits' dtype: bf16 logits would move ~1% of
-    the draws), the CDF in float64 so that at V = 128K its rounding (~1e-16 x V) cannot move a
-    draw by more than a vanishing mass. Tokens of probability 0 (specials, -inf) own an empty
-    interval and are never drawn."""
-    p = torch.softmax(logp.float() / temperature[:, None], dim=-1)  # (n, V)
-    cdf = p.double().cumsum_(-1)  # (n, V)
-    x = (u * cdf[:, -1]).unsqueeze(1)  # (n, 1): u scaled to the row's total (~1)
-    return torch.searchsorted(cdf, x, right=True).squeeze(1).clamp_(max=logp.shape[1] - 1)
+    T (n,) -> (n,). The weights exp(logp / T - max) in fp32 (whatever the logits' dtype: bf16
+    logits would move ~1% of the draws); the CDF in float64 (at V = 128K fp32 rounding would
+    move real mass), built in two levels so that no float64 (n, V) copy and no sequential scan
+    over V is needed: block sums (n, V / b), then a scan of the one chosen block (n, b).
+    Tokens of weight 0 (specials, -inf) own an empty interval and are never drawn."""
+    n, V = logp.shape
+    b = _block_size(V)
+    nb = -(-V // b)
+    # logp / T - max / T (T > 0, so that is the max of logp / T), then exp, in place in one
+    # buffer: fewer passes over (n, V) than softmax and a cast (memory-bound at 128K).
+    logp = logp.float()
+    inv_t = temperature.float().reciprocal()[:, None]  # (n, 1)
+    shift = -logp.amax(1, keepdim=True) * inv_t  # (n, 1)
+    w = torch.full((n, nb * b), -math.inf, device=logp.device) if nb * b != V else \
+        torch.empty((n, V), device=logp.device)
+    torch.mul(logp, inv_t, out=w[:, :V])
+    w[:, :V].add_(shift)
+    w.exp_()  # (n, nb * b) unnormalised weights, max 1, 0 on -inf and padding
+    blocks = w.view(n, nb, b)
+    # Block sums in fp32 (torch's cascade summation: ~1e-7 relative, the order of the fp32
+    # weights' own rounding), accumulated over blocks in float64, where an fp32 scan over 128K
+    # entries would drift by up to ~1% of the mass.
+    block_cdf = blocks.sum(-1).double().cumsum_(-1)  # (n, nb)
+    x = u * block_cdf[:, -1]  # (n,) u scaled to the row's total
+    k = torch.searchsorted(block_cdf, x[:, None], right=True).squeeze(1)  # (n,) the block
+    # x < total, so k < nb; the clamp is for a u rounded onto the very end of the row.
+    k = torch.minimum(k, _last_positive(torch.diff(block_cdf, dim=1, prepend=torch.zeros_like(
+        block_cdf[:, :1]))))
+    rows = torch.arange(n, device=logp.device)
+    before = torch.where(k > 0, block_cdf[rows, (k - 1).clamp(min=0)], 0.0)  # (n,)
+    inner = blocks[rows, k].double()  # (n, b) the chosen block's weights
+    j = torch.searchsorted(inner.cumsum(-1), (x - before)[:, None], right=True).squeeze(1)
+    # The block's own scan can sum to a hair less than its total (another summation order):
+    # a draw in that gap takes the block's last token of non-zero weight.
+    j = torch.minimum(j, _last_positive(inner))
+    return k * b + j
 
 
 def sample_tokens(logp: torch.Tensor, seed: int, epoch: int, seq_ids: torch.Tensor,

@@ -218,6 +218,29 @@ def test_sampling_at_a_large_vocabulary_is_exact():
     assert _chi2(binned, top_wrong) > 100  # power: a 10% wrong temperature is detected
 
 
+@pytest.mark.parametrize("vocab", [1009, 8000])  # a prime (padded last block) and 32 x 250
+def test_two_level_cdf_equals_a_plain_float64_cdf(vocab):
+    """The blocked CDF draws the token a plain float64 cumulative sum over the whole row
+    draws at the same uniform (but at boundary near-ties, none in 3000 rows), never a zero-
+    probability entry, even at the extreme uniforms."""
+    g = torch.Generator().manual_seed(vocab)
+    n = 3000
+    logits = torch.randn(n, vocab, generator=g) * 2
+    logits[:, :NUM_SPECIAL] = -math.inf
+    logits[:, -1] = -math.inf  # the last real entry is impossible: the padding's neighbour
+    seq, pos = torch.arange(n), torch.zeros(n, dtype=torch.long)
+    t = 1.0 + torch.arange(n) % 3 / 2
+    got = C.sample_tokens(logits, 4, 0, seq, pos, t)
+    u = C.keyed_sample_uniform(4, 0, seq, pos)
+    cdf = (logits / t[:, None]).double().softmax(-1).cumsum(-1)
+    plain = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+    assert torch.equal(got, plain)
+    for extreme in (2.0**-54, 1 - 2.0**-54):
+        u_row = torch.full((8,), extreme, dtype=torch.float64)
+        s = C._inverse_cdf_chunk(logits[:8], u_row, torch.ones(8))
+        assert bool(((s >= NUM_SPECIAL) & (s < vocab - 1)).all()), (extreme, s)
+
+
 # --- schedules -------------------------------------------------------------------------------
 
 def test_schedules():
