@@ -19,9 +19,13 @@ The layouts, columns, encodings and measured sizes are documented in shards/READ
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 import json
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -86,19 +90,28 @@ def check_sha256(fs: pafs.FileSystem, path: str, root: str, name: str, expected:
                          f"the file changed or is corrupt; re-run {job} --overwrite")
 
 
+def open_listed(fs: pafs.FileSystem, path: str, root: str, entry: dict,
+                job: str) -> pq.ParquetFile:
+    """Open the Parquet file of a manifest ``entry`` (name, rows), checking that it exists and
+    that its footer's row count is the manifest's; ``job`` is what re-creates the set."""
+    try:
+        pf = pq.ParquetFile(fs.open_input_file(f"{path}/{entry['name']}"))
+    except FileNotFoundError:
+        raise ShardError(f"{root}/{entry['name']} is listed in the manifest but missing; "
+                         f"re-run {job} --overwrite") from None
+    rows = pf.metadata.num_rows
+    if rows != entry["rows"]:
+        raise ShardError(f"{root}/{entry['name']} has {rows} rows, the manifest says "
+                         f"{entry['rows']}; re-run {job} --overwrite")
+    return pf
+
+
 def verify_files(fs: pafs.FileSystem, path: str, root: str, entries: list[dict], job: str,
                  checksums: bool) -> None:
     """Every Parquet file of ``entries`` (name, rows, sha256) is present with its row count
     and, with ``checksums``, its sha256 (a full read). ``job`` is what re-creates the set."""
     for entry in entries:
-        try:
-            rows = pq.ParquetFile(fs.open_input_file(f"{path}/{entry['name']}")).metadata.num_rows
-        except FileNotFoundError:
-            raise ShardError(f"{root}/{entry['name']} is listed in the manifest but missing; "
-                             f"re-run {job} --overwrite") from None
-        if rows != entry["rows"]:
-            raise ShardError(f"{root}/{entry['name']} has {rows} rows, the manifest says "
-                             f"{entry['rows']}; re-run {job} --overwrite")
+        open_listed(fs, path, root, entry, job).close()
         if checksums:
             check_sha256(fs, path, root, entry["name"], entry["sha256"], job)
 
@@ -256,23 +269,100 @@ class RTDRow:
     temperature: float
 
 
-@dataclass(frozen=True)
 class RTDBatch:
-    """Decoded rows of one position range, column-wise (what a trainer wants)."""
+    """Decoded rows of one position range, column-wise (what a trainer wants).
 
-    positions: np.ndarray  # (B,) int64
-    seq_ids: np.ndarray  # (B,) int64
-    input_ids: list[np.ndarray]  # B x (T_i,) int32
-    labels: list[np.ndarray]  # B x (T_i,) uint8
-    temperature: np.ndarray  # (B,) float32
+        batch.positions, batch.seq_ids, batch.temperature   # (B,) int64, int64, float32
+        batch.input_ids[i], batch.labels[i]                 # (T_i,) int32 / uint8 views
+        batch.tokens, batch.flat_labels, batch.offsets      # the same rows, flat
+        batch[a:b]                                          # rows a..b-1, sharing the arrays
+
+    The rows' tokens and labels live in two flat arrays cut by ``offsets`` (row i is
+    ``tokens[offsets[i]:offsets[i + 1]]``; ``offsets[0]`` need not be 0, as a slice shares its
+    parent's arrays), so a batch is sliced and padded without a Python loop over its rows.
+    The constructor takes per-row arrays; ``from_flat`` takes the flat form.
+    """
+
+    def __init__(self, positions: np.ndarray, seq_ids: np.ndarray,
+                 input_ids: list[np.ndarray], labels: list[np.ndarray],
+                 temperature: np.ndarray):
+        offsets = np.zeros(len(input_ids) + 1, np.int64)
+        np.cumsum([len(x) for x in input_ids], out=offsets[1:])
+        self._set(np.asarray(positions, np.int64), np.asarray(seq_ids, np.int64),
+                  _flat(input_ids, np.int32), _flat(labels, np.uint8), offsets,
+                  np.asarray(temperature, np.float32))
+
+    @classmethod
+    def from_flat(cls, positions: np.ndarray, seq_ids: np.ndarray, tokens: np.ndarray,
+                  flat_labels: np.ndarray, offsets: np.ndarray,
+                  temperature: np.ndarray) -> RTDBatch:
+        batch = cls.__new__(cls)
+        batch._set(positions, seq_ids, tokens, flat_labels, offsets, temperature)
+        return batch
+
+    def _set(self, positions, seq_ids, tokens, flat_labels, offsets, temperature) -> None:
+        self.positions = positions  # (B,) int64
+        self.seq_ids = seq_ids  # (B,) int64
+        self.tokens = tokens  # (sum T_i,) int32: the corrupted sequences, back to back
+        self.flat_labels = flat_labels  # (sum T_i,) uint8: their labels, aligned with tokens
+        self.offsets = offsets  # (B + 1,) int64 into tokens and flat_labels
+        self.temperature = temperature  # (B,) float32
+
+    @classmethod
+    def concat(cls, parts: list[RTDBatch]) -> RTDBatch:
+        """The rows of ``parts`` (at least one), in order, as one batch."""
+        if len(parts) == 1:
+            return parts[0]
+        offsets = np.zeros(sum(len(p) for p in parts) + 1, np.int64)
+        np.cumsum(np.concatenate([p.lengths for p in parts]), out=offsets[1:])
+        return cls.from_flat(np.concatenate([p.positions for p in parts]),
+                             np.concatenate([p.seq_ids for p in parts]),
+                             np.concatenate([p.tokens[p.offsets[0]:p.offsets[-1]]
+                                             for p in parts]),
+                             np.concatenate([p.flat_labels[p.offsets[0]:p.offsets[-1]]
+                                             for p in parts]),
+                             offsets, np.concatenate([p.temperature for p in parts]))
 
     def __len__(self) -> int:
         return len(self.positions)
 
+    def __getitem__(self, rows: slice) -> RTDBatch:
+        r = range(len(self))[rows]
+        if r.step != 1:
+            raise ValueError("an RTDBatch is sliced by a contiguous range of rows")
+        return RTDBatch.from_flat(self.positions[r.start:r.stop], self.seq_ids[r.start:r.stop],
+                                  self.tokens, self.flat_labels,
+                                  self.offsets[r.start:r.stop + 1],
+                                  self.temperature[r.start:r.stop])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(B,) int64: the rows' lengths T_i."""
+        return self.offsets[1:] - self.offsets[:-1]  # np.diff costs ~4 us more per call
+
+    @functools.cached_property
+    def input_ids(self) -> list[np.ndarray]:
+        """B x (T_i,) int32: the corrupted sequences ([CLS] ... [SEP]), views of ``tokens``."""
+        return self._views(self.tokens)
+
+    @functools.cached_property
+    def labels(self) -> list[np.ndarray]:
+        """B x (T_i,) uint8: 1 where a token was replaced, views of ``flat_labels``."""
+        return self._views(self.flat_labels)
+
+    def _views(self, flat: np.ndarray) -> list[np.ndarray]:
+        o = self.offsets.tolist()
+        return [flat[o[i]:o[i + 1]] for i in range(len(self))]
+
     def rows(self) -> Iterator[RTDRow]:
-        for i in range(len(self.positions)):
-            yield RTDRow(int(self.positions[i]), int(self.seq_ids[i]), self.input_ids[i],
-                         self.labels[i], float(self.temperature[i]))
+        ids, labels = self.input_ids, self.labels
+        for i in range(len(self)):
+            yield RTDRow(int(self.positions[i]), int(self.seq_ids[i]), ids[i], labels[i],
+                         float(self.temperature[i]))
+
+
+def _flat(rows: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(rows).astype(dtype, copy=False) if len(rows) else np.zeros(0, dtype)
 
 
 def _binary_parts(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -285,20 +375,25 @@ def _binary_parts(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def decode_rtd_table(table: pa.Table, dtype: str) -> RTDBatch:
-    """An Arrow table of RTD_SCHEMA -> decoded numpy rows (per-row views of two flat
-    arrays: the tokens widened to int32, the labels unpacked to uint8)."""
+    """An Arrow table of RTD_SCHEMA -> an RTDBatch: the tokens widened to int32 and the labels
+    unpacked to uint8, each as one flat array, with numpy calls only (no per-row loop)."""
+    if table.num_rows == 0:
+        return RTDBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), [], [],
+                        np.zeros(0, np.float32))
     width = np.dtype(dtype).itemsize
     t_off, t_val = _binary_parts(table.column("input_ids"))
     l_off, l_val = _binary_parts(table.column("labels"))
-    first, last = int(t_off[0]), int(t_off[-1])
-    tokens = t_val[first:last].view(dtype).astype(np.int32)
-    bits = np.unpackbits(l_val[int(l_off[0]):int(l_off[-1])], bitorder="little")
-    starts, lengths = (t_off[:-1] - first) // width, (t_off[1:] - t_off[:-1]) // width
-    bit_starts = (l_off[:-1] - l_off[0]) * 8
-    ids = [tokens[a:a + n] for a, n in zip(starts, lengths, strict=True)]
-    labels = [bits[a:a + n] for a, n in zip(bit_starts, lengths, strict=True)]
-    return RTDBatch(table.column("position").to_numpy(), table.column("seq_id").to_numpy(),
-                    ids, labels, table.column("temperature").to_numpy())
+    tokens = t_val[t_off[0]:t_off[-1]].view(dtype).astype(np.int32)
+    offsets = (t_off - t_off[0]) // width
+    lengths = np.diff(offsets)
+    bits = np.unpackbits(l_val[l_off[0]:l_off[-1]], bitorder="little")
+    # Each row's labels are padded to whole bytes: token j of row i has its bit at
+    # 8 * (l_off[i] - l_off[0]) + j, i.e. at its flat index plus a per-row shift.
+    where = np.repeat(8 * (l_off[:-1] - l_off[0]) - offsets[:-1], lengths)
+    where += np.arange(len(tokens))
+    return RTDBatch.from_flat(table.column("position").to_numpy(),
+                              table.column("seq_id").to_numpy(), tokens, bits[where], offsets,
+                              table.column("temperature").to_numpy())
 
 
 def open_corpus(cfg: RunConfig) -> CorpusShards:
@@ -322,6 +417,15 @@ def open_corpus(cfg: RunConfig) -> CorpusShards:
     return corpus
 
 
+@dataclass
+class _OpenPart:
+    """A part file opened for reading: its reader and where its row groups start."""
+
+    file: pq.ParquetFile
+    group_starts: list[int]
+    """Epoch position of each row group's first row, then the file's position_end."""
+
+
 class RTDShards:
     """A complete RTD shard set written by ``pipeline.generate``.
 
@@ -330,13 +434,38 @@ class RTDShards:
         for r in rtd.rows(epoch=0):                 # position order
             r.position, r.seq_id, r.input_ids, r.labels, r.temperature
         batch = rtd.read_range(epoch=1, start=4096, end=4160)   # reads only the row groups
+
+    Built for a trainer that reads consecutive small ranges (one rank's micro-batches): each
+    file is opened once, at its first read, and its footer's row count checked against the
+    manifest then (``verify`` checks every file up front); the file holding a position is
+    found by bisection; a row group is decoded once into flat arrays and kept while it is
+    among the ``cached_row_groups`` most recently used, and ranges are slices of those. One
+    lock guards the caches: the trainer's prefetch thread and the main thread (evaluation)
+    may read at the same time.
     """
 
-    def __init__(self, root: str):
+    # Open files kept (an LRU): a reader moves through the files in order, so a few suffice,
+    # and a bound keeps a long run over thousands of parts within the file-descriptor limit.
+    OPEN_FILES = 16
+
+    def __init__(self, root: str, cached_row_groups: int = 4):
         self.root = root.rstrip("/")
         self.fs, self.path = resolve_fs(self.root)
         self.manifest = read_manifest(self.root, "rtd")
         self.dtype = self.manifest["token_dtype"]
+        # 4 decoded row groups: the one a rank is reading, the next when a micro-batch
+        # straddles them, and the held-out one evaluation reads in between.
+        self.cached_row_groups = cached_row_groups
+        self.decoded_row_groups = 0
+        """Row groups decoded so far (each once while it stays cached)."""
+        self._by_epoch: dict[int, tuple[list[int], list[dict]]] = {}
+        for entry in sorted(self.files, key=lambda f: (f["epoch"], f["position_start"])):
+            starts, entries = self._by_epoch.setdefault(entry["epoch"], ([], []))
+            starts.append(entry["position_start"])
+            entries.append(entry)
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, _OpenPart] = OrderedDict()
+        self._decoded: OrderedDict[tuple[str, int], RTDBatch] = OrderedDict()
 
     @property
     def num_epochs(self) -> int:
@@ -362,38 +491,98 @@ class RTDShards:
         return [f for f in self.files if f["epoch"] == epoch]
 
     def verify(self, checksums: bool = False) -> None:
-        """Every listed file present with its row count (and with ``checksums`` its sha256)."""
+        """Every listed file present with its row count (and with ``checksums`` its sha256).
+        Reads every footer: a multi-rank trainer has one rank do it (the others check each
+        file's row count when they first open it)."""
         verify_files(self.fs, self.path, self.root, self.files, "pipeline.generate", checksums)
 
-    def read_range_table(self, epoch: int, start: int, end: int) -> pa.Table:
-        """Encoded rows of positions [start, end) of ``epoch`` (RTD_SCHEMA), reading only
-        the files and row groups that hold them."""
+    def _check_range(self, epoch: int, start: int, end: int) -> None:
         n = self.rows_per_epoch
         if not 0 <= start <= end <= n:
             raise ShardError(f"{self.root}: position range [{start}, {end}) is outside "
                              f"[0, {n}] of epoch {epoch}")
-        tables = []
-        for entry in self.epoch_files(epoch):
-            lo, hi = max(start, entry["position_start"]), min(end, entry["position_end"])
-            if lo >= hi:
-                continue
-            pf = pq.ParquetFile(self.fs.open_input_file(f"{self.path}/{entry['name']}"))
-            first, groups, offset = None, [], entry["position_start"]
+        if epoch not in self._by_epoch:
+            self.epoch_files(epoch)  # raises, naming the epochs the set holds
+
+    def _entry_at(self, epoch: int, position: int) -> dict:
+        """The manifest entry of the file holding ``position`` of ``epoch``."""
+        starts, entries = self._by_epoch.get(epoch, ([], []))
+        i = bisect.bisect_right(starts, position) - 1
+        if i < 0 or not position < entries[i]["position_end"]:
+            raise ShardError(f"{self.root}/{MANIFEST} lists no file holding position "
+                             f"{position} of epoch {epoch}: the shard set is inconsistent; "
+                             "re-run pipeline.generate --overwrite")
+        return entries[i]
+
+    def _part(self, entry: dict) -> _OpenPart:
+        """``entry``'s file, opened (and its row count checked) on first use. Holds the lock."""
+        part = self._open.get(entry["name"])
+        if part is None:
+            pf = open_listed(self.fs, self.path, self.root, entry, "pipeline.generate")
+            starts = [entry["position_start"]]
             for g in range(pf.metadata.num_row_groups):
-                rows = pf.metadata.row_group(g).num_rows
-                if offset < hi and offset + rows > lo:
-                    groups.append(g)
-                    first = offset if first is None else first
-                offset += rows
-            table = pf.read_row_groups(groups)
-            tables.append(table.slice(lo - first, hi - lo))
-        if not tables:
-            return RTD_SCHEMA.empty_table()
-        return pa.concat_tables(tables)
+                starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
+            part = self._open[entry["name"]] = _OpenPart(pf, starts)
+            if len(self._open) > self.OPEN_FILES:
+                self._open.popitem(last=False)[1].file.close()
+        self._open.move_to_end(entry["name"])
+        return part
+
+    def _groups(self, epoch: int, start: int, end: int):
+        """(entry, open part, row group, first row, end row) of each row group holding
+        positions [start, end) of ``epoch``, rows relative to the group. Holds the lock."""
+        pos = start
+        while pos < end:
+            entry = self._entry_at(epoch, pos)
+            part = self._part(entry)
+            g = bisect.bisect_right(part.group_starts, pos) - 1
+            first, last = part.group_starts[g], min(end, part.group_starts[g + 1])
+            yield entry, part, g, pos - first, last - first
+            pos = last
+
+    def _decode(self, entry: dict, part: _OpenPart, g: int) -> RTDBatch:
+        """Row group ``g`` of ``entry``'s file, decoded (once while it stays cached). Holds
+        the lock."""
+        key = (entry["name"], g)
+        batch = self._decoded.get(key)
+        if batch is None:
+            # One thread: a row group is small, the trainer reads in a background thread, and
+            # its parallelism is one process per rank (a pool per rank would oversubscribe).
+            table = part.file.read_row_group(g, use_threads=False)
+            batch = decode_rtd_table(table, self.dtype)
+            self.decoded_row_groups += 1
+            # Shared by every range read from it: read-only, so no caller can alter the cache.
+            for a in (batch.positions, batch.seq_ids, batch.tokens, batch.flat_labels,
+                      batch.offsets, batch.temperature):
+                a.flags.writeable = False
+            if self.cached_row_groups:
+                self._decoded[key] = batch
+                if len(self._decoded) > self.cached_row_groups:
+                    self._decoded.popitem(last=False)
+        else:
+            self._decoded.move_to_end(key)
+        return batch
+
+    def read_range_table(self, epoch: int, start: int, end: int) -> pa.Table:
+        """Encoded rows of positions [start, end) of ``epoch`` (RTD_SCHEMA), reading only
+        the row groups that hold them."""
+        self._check_range(epoch, start, end)
+        tables = []
+        with self._lock:
+            for _, part, g, lo, hi in self._groups(epoch, start, end):
+                tables.append(part.file.read_row_group(g).slice(lo, hi - lo))
+        return pa.concat_tables(tables) if tables else RTD_SCHEMA.empty_table()
 
     def read_range(self, epoch: int, start: int, end: int) -> RTDBatch:
-        """Decoded rows of positions [start, end) of ``epoch``."""
-        return decode_rtd_table(self.read_range_table(epoch, start, end), self.dtype)
+        """Decoded rows of positions [start, end) of ``epoch``: slices of the cached decoded
+        row groups (read-only arrays; a range across row groups is a copy)."""
+        self._check_range(epoch, start, end)
+        with self._lock:
+            parts = [self._decode(entry, part, g)[lo:hi]
+                     for entry, part, g, lo, hi in self._groups(epoch, start, end)]
+        if not parts:
+            return decode_rtd_table(RTD_SCHEMA.empty_table(), self.dtype)
+        return RTDBatch.concat(parts)
 
     def rows(self, epoch: int, start: int = 0, end: int | None = None,
              chunk: int = 4096) -> Iterator[RTDRow]:

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -18,6 +19,8 @@ from trainer.config import load_config
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.rtd import RTDTask
+from trainer.shards import ShardError
+from trainer.tokenizer import PAD_ID
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,6 +72,72 @@ def test_rank_slices_make_the_global_batch(prepared, rtd_dir):
         r = rows[divmod(g, n)]
         assert b["input_ids"][i, :len(r.input_ids)].tolist() == r.input_ids.tolist()
         assert np.array_equal(b["labels"][i, :len(r.labels)].numpy(), r.labels)
+
+
+def bare_epoch(rtd_dir, epoch: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """(input_ids, labels, temperature) of every row of ``epoch``, by a plain pyarrow read."""
+    manifest = json.loads((rtd_dir / "manifest.json").read_text())
+    rows = []
+    for f in sorted(manifest["files"], key=lambda f: f["position_start"]):
+        if f["epoch"] == epoch:
+            for r in pq.read_table(rtd_dir / f["name"]).to_pylist():
+                ids = np.frombuffer(r["input_ids"], manifest["token_dtype"])
+                bits = np.unpackbits(np.frombuffer(r["labels"], np.uint8), bitorder="little")
+                rows.append((ids, bits[:len(ids)], r["temperature"]))
+    return rows
+
+
+def test_micro_batches_are_the_files_rows_across_every_boundary(prepared, rtd_dir):
+    """Consecutive micro-batches of 32 (row groups of 32, parts of 300 rows: after the first
+    part every batch straddles two row groups) equal a bare read of the files, padded, also
+    where a batch straddles a file and the end of an epoch."""
+    corpus_dir, _, _ = prepared
+    cfg = load_config(TINY, [*SMALL, f"data.corpus_dir={corpus_dir}", "train.mode=rtd",
+                             f"train.rtd_dir={rtd_dir}", "train.max_steps=20",
+                             "train.global_batch_size=32", "train.micro_batch_size_per_rank=32"])
+    one = Dist(0, 1, 0, torch.device("cpu"))
+    task = RTDTask(cfg, one)
+    n = task.samples_per_epoch
+    want = bare_epoch(rtd_dir, 0) + bare_epoch(rtd_dir, 1)
+    for step in range(2 * n // 32):
+        b = task.micro_batch(step, 0, one)
+        for i, g in enumerate(b["sample_ids"].tolist()):
+            ids, labels, temperature = want[g]
+            t = len(ids)
+            assert b["input_ids"][i, :t].tolist() == ids.tolist()
+            assert (b["input_ids"][i, t:] == PAD_ID).all()
+            assert b["attention_mask"][i].sum() == t and b["attention_mask"][i, :t].all()
+            assert np.array_equal(b["labels"][i, :t].numpy(), labels)
+            assert not b["labels"][i, t:].any()
+            assert b["temperature"][i] == temperature
+    task.rows(2 * n // 32 * 32, 2 * n % 32)  # the tail: now every row was read once
+    # Each row group (32 rows, a part's last one shorter) was decoded once.
+    parts = [f["rows"] for f in task.rtd.files]
+    assert task.rtd.decoded_row_groups == sum(-(-r // 32) for r in parts)
+
+
+def test_a_rank_that_did_not_verify_checks_each_file_at_first_read(prepared, rtd_dir,
+                                                                   tmp_path):
+    """Only rank 0 reads every footer up front; another rank finds a file whose row count
+    differs from the manifest when it first opens it, and names it."""
+    corpus_dir, _, _ = prepared
+    copy = tmp_path / "rtd"
+    shutil.copytree(rtd_dir, copy)
+    bad = sorted(copy.glob("epoch=0001/*.parquet"))[0]
+    table = pq.read_table(bad)
+    pq.write_table(table.slice(1), bad, row_group_size=32)
+    cfg = load_config(TINY, [*SMALL, f"data.corpus_dir={corpus_dir}", "train.mode=rtd",
+                             f"train.rtd_dir={copy}", "train.max_steps=20",
+                             "train.global_batch_size=16", "train.micro_batch_size_per_rank=8"])
+    message = f"{bad.parent.name}/{bad.name} has {table.num_rows - 1} rows, the manifest says"
+    with pytest.raises(ShardError, match=message):
+        RTDTask(cfg, Dist(0, 2, 0, torch.device("cpu")))
+    rank1 = Dist(1, 2, 1, torch.device("cpu"))
+    task = RTDTask(cfg, rank1)  # reads epoch 0 only (its first global batch)
+    task.micro_batch(0, 0, rank1)
+    n = task.samples_per_epoch
+    with pytest.raises(ShardError, match=message):
+        task.micro_batch(n // 16 + 1, 0, rank1)  # into epoch 1
 
 
 def test_rtd_bias_starts_at_the_first_global_batch_prior(prepared, rtd_dir):
