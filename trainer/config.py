@@ -74,6 +74,11 @@ class DataConfig:
     which sets the number and size of the Parquet files and the write parallelism."""
     row_group_rows: int = 4096
     """Sequences per Parquet row group (the unit a reader can fetch without a scan)."""
+    cache_dir: str = ""
+    """A local folder for what the trainer derives from the corpus once per machine: the flat
+    token files that the corpus-reading modes (mlm, the joint baselines, fast-online)
+    memory-map, one folder per corpus manifest (``trainer.data.CorpusTokens``). Empty =
+    $XDG_CACHE_HOME/fast-electra, or ~/.cache/fast-electra. Safe to delete."""
 
     def __post_init__(self):
         if isinstance(self.input, str):

@@ -32,7 +32,7 @@ class FastOnlineTask(RTDTask):
     def __init__(self, cfg: RunConfig, d: Dist):
         c, gen = cfg.corruption, cfg.generate
         corpus = open_corpus(cfg)
-        self.tokens = CorpusTokens(corpus)
+        self.tokens = CorpusTokens(corpus, cfg.data.cache_dir)
         self.n = corpus.num_sequences
         self.aux = self.unigram = None
         # The data plan is part of the data: a resume must not change the order or schedule.

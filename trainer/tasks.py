@@ -94,7 +94,7 @@ class CorpusTask:
         self.masking = (mask_prob, mask_token_prob, random_token_prob)
         corpus = open_corpus(cfg)
         self.data_fingerprint = manifest_fingerprint(corpus.manifest)
-        self.tokens = CorpusTokens(corpus)
+        self.tokens = CorpusTokens(corpus, cfg.data.cache_dir)
         train_ids, heldout = self.tokens.split(cfg.train.holdout_fraction)
         if len(train_ids) == 0:
             raise UserError(f"train.holdout_fraction = {cfg.train.holdout_fraction} leaves no "

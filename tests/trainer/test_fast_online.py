@@ -1,8 +1,13 @@
 """``fast-online``: the frozen aux in the loop produces exactly the offline shards' rows, and a
-fast-online run trains exactly like an ``rtd`` run on shards generated with the same config."""
+fast-online run trains exactly like an ``rtd`` run on shards generated with the same config.
+Its corpus tokens come memory-mapped from the per-machine cache (``data.cache_dir``, here the
+default: under $XDG_CACHE_HOME, pointed at a temporary folder)."""
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pytest
 import torch
 
@@ -16,8 +21,21 @@ from trainer.errors import UserError
 from trainer.fast_online import FastOnlineTask
 from trainer.rtd import RTDTask
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "xdg_cache")
 CPU = Dist(0, 1, 0, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def xdg_cache(tmp_path_factory):
+    """The default data.cache_dir resolves under $XDG_CACHE_HOME: keep the tests' caches (in
+    this process and the trainer processes it starts) out of the user's home."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg"))
+    yield os.environ["XDG_CACHE_HOME"]
+    if old is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
 
 
 def plan(corpus_dir, aux, rtd_dir, *overrides: str) -> list[str]:
@@ -26,7 +44,8 @@ def plan(corpus_dir, aux, rtd_dir, *overrides: str) -> list[str]:
             "generate.epochs=2", "generate.seed=7", f"train.rtd_dir={rtd_dir}", *overrides]
 
 
-def test_online_rows_equal_the_offline_shards(prepared, aux_checkpoint, aux_rtd):  # noqa: F811
+def test_online_rows_equal_the_offline_shards(prepared, aux_checkpoint, aux_rtd,  # noqa: F811
+                                              xdg_cache):
     corpus_dir, _, _ = prepared
     rtd_dir, _ = aux_rtd
     cfg = load_config(TINY, [*SMALL, *plan(corpus_dir, aux_checkpoint, rtd_dir,
@@ -34,6 +53,8 @@ def test_online_rows_equal_the_offline_shards(prepared, aux_checkpoint, aux_rtd)
                                            "train.global_batch_size=8",
                                            "train.micro_batch_size_per_rank=8")])
     online, offline = FastOnlineTask(cfg, CPU), RTDTask(cfg, CPU)
+    assert isinstance(online.tokens.values, np.memmap)
+    assert online.tokens.cache.startswith(os.path.join(xdg_cache, "fast-electra", "corpus-"))
     n = online.samples_per_epoch
     assert n == offline.samples_per_epoch
     for start in (0, 37, n - 5):  # the last one straddles the end of epoch 0
