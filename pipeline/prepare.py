@@ -307,7 +307,8 @@ def load_given_tokenizer(cfg: RunConfig) -> bytes | None:
 
 def fingerprint(cfg: RunConfig, files: list[tuple[str, int]], model: bytes | None) -> dict:
     """Everything that decides the corpus bytes, to recognise a re-run of the same job."""
-    data = {k: v for k, v in to_dict(cfg)["data"].items() if k != "corpus_dir"}
+    # Where the corpus goes and where trainers cache it locally do not change its bytes.
+    data = {k: v for k, v in to_dict(cfg)["data"].items() if k not in ("corpus_dir", "cache_dir")}
     tok = dict(to_dict(cfg)["tokenizer"], model_sha256=sha256_hex(model) if model else None)
     return {"schema_version": SCHEMA_VERSION, "data": data, "tokenizer": tok,
             "inputs": [list(f) for f in files]}

@@ -30,6 +30,15 @@ PROSE_MODULES = ["argparse.py", "dataclasses.py", "textwrap.py", "json/__init__.
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """The corpus token caches (trainer.data.CorpusTokens, default under $XDG_CACHE_HOME) of
+    every test and of the trainer processes it starts go to a temporary folder, not the
+    user's home."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+
+
 def kill_9_when(module: str, argv: list[str], ready, settle: float = 0.0,
                 env: dict | None = None) -> None:
     """Run ``python -m module argv``, wait until ``ready()`` (then ``settle`` seconds more),
