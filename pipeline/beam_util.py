@@ -1,5 +1,6 @@
 """Beam plumbing shared by the pipeline jobs: runner defaults, atomic file writes through Beam
-filesystems (local, gs://, s3://, ...), and recovering a UserError from a failed run.
+filesystems (local, gs://, s3://, ...), also as a stream that hashes what it writes, and
+recovering a UserError from a failed run.
 
 Options the project does not consume go to Beam unchanged; with no ``--runner`` the jobs run on
 ``LocalRunner``: the DirectRunner's batch engine (FnApiRunner) with one worker process per core,
@@ -9,14 +10,16 @@ binary, which hangs or fails on a machine without network.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import uuid
+from collections.abc import Iterator
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
@@ -30,6 +33,10 @@ LOCAL_DEFAULTS = [
     "--direct_num_workers=0",
     "--default_sdk_harness_log_level=ERROR",
 ]
+
+
+# Runners whose workers are processes or threads of this machine.
+LOCAL_RUNNERS = ("Direct", "FnApiRunner", "Prism", "LocalRunner")
 
 
 class LocalRunner(PipelineRunner):
@@ -54,6 +61,13 @@ def pipeline_options(beam_argv: list[str]) -> PipelineOptions:
     return PipelineOptions(argv)
 
 
+def runs_locally(beam_argv: list[str]) -> bool:
+    """Whether the workers run on this machine (no ``--runner``, or a Direct/FnApi/Prism
+    runner or LocalRunner), so they see what the launcher sees (e.g. its GPUs)."""
+    runner = PipelineOptions(beam_argv).view_as(StandardOptions).runner
+    return runner is None or any(name in runner for name in LOCAL_RUNNERS)
+
+
 def join(root: str, *names: str) -> str:
     return FileSystems.join(root.rstrip("/"), *names)
 
@@ -62,14 +76,61 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary name beside ``path``, then rename it over ``path``: a
-    reader sees the old file or the whole new one, and a retried write is harmless."""
+class HashingSink:
+    """A writable binary stream that counts and hashes what goes through it (what a manifest
+    records), so a file streamed to remote storage never has to be read back."""
+
+    def __init__(self, f):
+        self._f, self._sha256, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self._f.write(data)
+        self._sha256.update(data)
+        self.bytes += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        """A no-op: ``open_atomic`` closes the file (pyarrow closes the sinks it is given)."""
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+
+@contextlib.contextmanager
+def open_atomic(path: str) -> Iterator[HashingSink]:
+    """A stream to a temporary name beside ``path`` (``.tmp-<name>-<uuid>``, what
+    ``prepare_output`` cleans up), renamed over ``path`` through ``FileSystems`` (local,
+    gs://, s3://, ...) when the block ends cleanly and deleted when it raises: a reader sees
+    no file or the whole new one, and a retried write is harmless.
+
+        with open_atomic(join(root, "part-00000.parquet")) as sink:
+            sink.write(data)
+        sink.bytes, sink.sha256()
+    """
     directory, name = FileSystems.split(path)
     tmp = FileSystems.join(directory, f".tmp-{name}-{uuid.uuid4().hex}")
-    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(data)
+    f = FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED)
+    try:
+        yield HashingSink(f)
+        f.close()
+    except BaseException:
+        f.close()
+        FileSystems.delete([tmp])
+        raise
     FileSystems.rename([tmp], [path])
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through ``open_atomic``."""
+    with open_atomic(path) as sink:
+        sink.write(data)
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -2,26 +2,40 @@
 
     python -m pipeline.generate --config configs/tiny.toml \\
         --set generate.aux_checkpoint=runs/tiny-aux/checkpoints/step_00000300
+    # Dataflow, one L4 GPU per worker VM, one SDK process per VM (README: "generate on
+    # Dataflow with GPUs" has the image, the packaging and the other runners)
     python -m pipeline.generate --config configs/base.toml \\
         --set data.corpus_dir=gs://bucket/c --set generate.rtd_dir=gs://bucket/rtd \\
         --set generate.aux_checkpoint=gs://bucket/aux/step_00100000 --set generate.device=cuda \\
-        --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp
+        --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \\
+        --sdk_container_image REGION-docker.pkg.dev/P/REPO/fast-electra-gpu:0.1.0 \\
+        --sdk_location container --machine_type g2-standard-8 --experiments use_runner_v2 \\
+        --experiments no_use_multiple_sdk_containers --number_of_worker_harness_threads 2 \\
+        --dataflow_service_options "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
 
 Steps: check the corpus manifest and the aux checkpoint in the launcher -> ListCorpusParts
 (one element per (epoch, corpus part)) -> AssignPositions (each seq_id's place in the epoch's
-order: a keyed bijection, see ``pipeline.generate_fns``; the part's sha256 is checked) ->
-GroupByBatch (key (epoch, output part, batch in the part): a batch's content never depends on the
-runner's bundling) -> Corrupt (RunInference with ``CorruptionHandler``, one whole batch per call,
-which runs ``trainer.corruption.corrupt_batch``; the frozen aux MLM loads once per worker in
-``load_model``, on CUDA with bf16 autocast when ``generate.device`` is cuda, or
-auto with a GPU visible; model-free replacements never load a model) -> GroupByPart ->
-WriteParts (rows sorted by position, zstd Parquet, temp name + rename) -> Finalize
-(manifest.json, written last: a folder without it is an incomplete shard set).
+order, a keyed bijection (``trainer.order``); the part's sha256 is checked; one packed element
+per output part it touches, tokens as uint16 where the vocabulary fits: few, large elements) ->
+GroupByPart (key (epoch, output part): the one shuffle) -> IndexParts (the part's rows in
+position order, over the received bytes) -> CorruptAndWrite (RunInference with
+``CorruptionHandler``: one whole part per call, corrupted by ``trainer.corruption.corrupt_batch``
+in batches of ``batch_rows`` consecutive positions, so a batch never depends on the runner's
+bundling, and streamed row group by row group through ``pq.ParquetWriter`` to a temp name, then
+renamed) -> Finalize (manifest.json, written last: a folder without it is an incomplete set).
 
-Every random decision is keyed by (seed, epoch, seq_id), so a re-run or a Beam retry writes the
-same bytes on the same hardware. Re-running with the same corpus, aux checkpoint and config is a
-no-op; a folder holding a different shard set is refused unless ``--overwrite``. Leftovers of an
-interrupted run are removed first. The shard encoding is documented in ``trainer/shards.py``.
+The frozen aux MLM loads in ``load_model``: once per SDK process, or ``generate.model_copies``
+copies per machine shared by its processes; on CUDA with bf16 autocast for the encoder when
+``generate.device`` is cuda, or auto with a GPU visible. A load takes the machine's lowest free
+device slot and uses GPU (slot mod GPU count), so the loads of a machine go round-robin over
+its GPUs (``generate_fns.worker_device``). Model-free replacements never load a model. A worker
+holds one part's input tokens (uint16: ~2 bytes/token) plus one row group of output at a time.
+
+Every random decision is keyed by (seed, epoch, seq_id), and every batch is fixed by (epoch,
+position), so a re-run or a Beam retry writes the same bytes on the same hardware. Re-running
+with the same corpus, aux checkpoint and config is a no-op; a folder holding a different shard
+set is refused unless ``--overwrite``. Leftovers of an interrupted run are removed first. The
+shard encoding is documented in ``trainer/shards.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-from dataclasses import dataclass
 from importlib.metadata import version
 
 import apache_beam as beam
@@ -40,14 +53,24 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from pipeline.beam_util import (
     exists,
     join,
+    open_atomic,
     pipeline_options,
     read_bytes,
+    runs_locally,
     sha256_hex,
     write_atomic,
     write_json_atomic,
 )
 from pipeline.corpus_parts import ZSTD_LEVEL
-from pipeline.generate_fns import GenerateError, Layout
+from pipeline.generate_fns import (
+    GenerateError,
+    Layout,
+    PartRows,
+    RowGroupBuffer,
+    claim_device_slot,
+    split_by_part,
+    worker_device,
+)
 from pipeline.shard_sets import prepare_output, run_pipeline
 from trainer.cli import config_parser, main_guard, resolve_config
 from trainer.config import RunConfig, to_dict, to_toml
@@ -73,15 +96,18 @@ from trainer.shards import (
 from trainer.tokenizer import PAD_ID
 
 # ---------------------------------------------------------------------------------------------
-# DoFns
+# Steps
 # ---------------------------------------------------------------------------------------------
 
 class AssignPositionsFn(beam.DoFn):
-    """(epoch, corpus part index) -> ((epoch, part, batch), (position, seq_id, int32 token bytes))
-    for every sequence of the part. The part's bytes are checked against the manifest."""
+    """(epoch, corpus part index) -> ((epoch, output part), packed rows) for every output part
+    the corpus part's sequences fall in (``generate_fns.split_by_part``). The part's bytes are
+    checked against the corpus manifest."""
 
-    def __init__(self, corpus_dir: str, files: list[dict], layout: Layout, seed: int):
+    def __init__(self, corpus_dir: str, files: list[dict], layout: Layout, seed: int,
+                 dtype: str):
         self.corpus_dir, self.files, self.layout, self.seed = corpus_dir, files, layout, seed
+        self.dtype = dtype
 
     def process(self, element):
         epoch, index = element
@@ -94,137 +120,138 @@ class AssignPositionsFn(beam.DoFn):
         table = pq.read_table(io.BytesIO(data))
         seq_ids = table.column("seq_id").to_numpy()
         ids = table.column("input_ids").combine_chunks()
-        offsets, values = ids.offsets.to_numpy(), ids.values.to_numpy().astype("<i4")
         positions = permute(seq_ids, self.layout.num_sequences, self.seed, epoch)
-        for i in range(len(seq_ids)):
-            p = int(positions[i])
-            yield ((epoch, *self.layout.batch_of(p)),
-                   (p, int(seq_ids[i]), values[offsets[i]:offsets[i + 1]].tobytes()))
+        for part, packed in split_by_part(positions, seq_ids, ids.offsets.to_numpy(),
+                                          ids.values.to_numpy(), self.layout, self.dtype):
+            yield (epoch, part), packed
 
 
-@dataclass
-class AuxRuntime:
-    """What a worker loads once: the device, the frozen aux MLM (None for model-free
-    replacements) and the unigram counts (when the corruption needs them)."""
+def index_part(element: tuple, layout: Layout, dtype: str) -> PartRows:
+    """GroupByPart's ((epoch, part), packed chunks) -> the part's rows in position order."""
+    (epoch, part), chunks = element
+    return PartRows.gather(epoch, part, chunks, layout, dtype)
 
-    device: str
-    aux: object | None
-    unigram: np.ndarray | None
+
+class Corrupter:
+    """What a worker loads once, RunInference's "model": the device, the frozen aux MLM (None
+    for model-free replacements) and the unigram counts (when the corruption needs them).
+    ``corrupt`` takes and returns numpy arrays only, so it works unchanged behind the proxy
+    RunInference puts in front of a model shared across processes (``generate.model_copies``
+    >= 1: the model lives in one process of the machine, the calls are pickled to it)."""
+
+    def __init__(self, device: str, aux, unigram: np.ndarray | None, cfg: RunConfig,
+                 num_sequences: int, vocab_size: int):
+        self.device, self.aux, self.unigram = device, aux, unigram
+        self.corruption, self.seed = cfg.corruption, cfg.generate.seed
+        self.epochs, self.num_sequences, self.vocab_size = (cfg.generate.epochs, num_sequences,
+                                                            vocab_size)
+
+    def corrupt(self, epoch: int, positions: np.ndarray, seq_ids: np.ndarray,
+                lengths: np.ndarray, tokens: np.ndarray) -> tuple:
+        """One inference batch (rows in position order, their tokens concatenated) through
+        ``corrupt_batch``, padded on the right to the batch's longest sequence, bf16
+        autocast on CUDA -> (corrupted tokens int32, labels uint8, both concatenated;
+        temperature (B,) float32; the device)."""
+        import torch
+
+        from trainer.corruption import corrupt_batch
+
+        width = int(lengths.max())
+        valid = np.arange(width)[None, :] < lengths[:, None]  # (B, T)
+        ids = np.full(valid.shape, PAD_ID, np.int64)
+        ids[valid] = tokens
+        u = progress(epoch, positions, self.num_sequences, self.epochs,
+                     self.corruption.granularity)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                    if self.device.startswith("cuda") else contextlib.nullcontext())
+        with autocast:
+            out = corrupt_batch(torch.from_numpy(ids).to(self.device),
+                                torch.from_numpy(valid).to(self.device),
+                                torch.from_numpy(np.asarray(seq_ids, np.int64)), epoch,
+                                torch.from_numpy(u), self.corruption, self.seed, aux=self.aux,
+                                unigram_counts=self.unigram, vocab_size=self.vocab_size)
+        return (out.input_ids.cpu().numpy()[valid].astype(np.int32),
+                out.labels.cpu().numpy()[valid].astype(np.uint8),
+                out.temperature.cpu().numpy().astype(np.float32), self.device)
 
 
 class CorruptionHandler(ModelHandler):
-    """RunInference handler of the corruption step. Each element is one whole deterministic
-    batch ``((epoch, part, batch), [(position, seq_id, tokens)])`` grouped by GroupByBatch, so
-    Beam's own batching is pinned to one element per call (results must not depend on it).
-    ``load_model`` runs once per worker (per process, or once per machine with
-    ``large_model``); the output is ``((epoch, part), encoded rows)``."""
+    """RunInference handler of the corrupt-and-write step. Each element is one whole output
+    part (``PartRows``, grouped by GroupByPart), so Beam's own batching is pinned to one
+    element per call (results must not depend on it); ``run_inference`` corrupts the part in
+    batches of ``layout.batch_rows`` positions and streams it to Parquet (``write_part``),
+    returning its manifest entry. ``load_model`` runs once per SDK process, or, with
+    ``generate.model_copies`` >= 1 and an aux model, once per copy per machine
+    (RunInference's ``large_model`` / ``model_copies``)."""
 
     def __init__(self, cfg: RunConfig, layout: Layout, vocab_size: int, corpus_dir: str,
-                 large_model: bool = False):
-        super().__init__(min_batch_size=1, max_batch_size=1, large_model=large_model)
-        self.corruption, self.gen = cfg.corruption, cfg.generate
-        self.layout, self.vocab_size, self.corpus_dir = layout, vocab_size, corpus_dir
+                 dtype: str):
+        shared = cfg.corruption.replacement == "aux" and cfg.generate.model_copies > 0
+        super().__init__(min_batch_size=1, max_batch_size=1, large_model=shared,
+                         model_copies=cfg.generate.model_copies if shared else None)
+        self.cfg, self.layout, self.vocab_size = cfg, layout, vocab_size
+        self.corpus_dir, self.dtype = corpus_dir, dtype
 
-    def load_model(self) -> AuxRuntime:
-        device = resolve_device(self.gen.device)
+    def load_model(self) -> Corrupter:
+        import torch
+
+        requested = self.cfg.generate.device
+        count = 0 if requested == "cpu" else torch.cuda.device_count()
+        device = worker_device(requested, count, claim_device_slot() if count else 0)
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        corruption = self.cfg.corruption
         aux = unigram = None
-        if self.corruption.replacement == "aux":
-            aux = load_generator(self.gen.aux_checkpoint, device, read_bytes)
-        if ("unigram" in self.corruption.replacement
-                or self.corruption.augmentation == "log_interp_unigram"):
+        if corruption.replacement == "aux":
+            aux = load_generator(self.cfg.generate.aux_checkpoint, device, read_bytes)
+        if "unigram" in corruption.replacement or corruption.augmentation == "log_interp_unigram":
             unigram = CorpusShards(self.corpus_dir).unigram_counts()
-        return AuxRuntime(device, aux, unigram)
+        return Corrupter(device, aux, unigram, self.cfg, self.layout.num_sequences,
+                         self.vocab_size)
 
-    def run_inference(self, batch, model: AuxRuntime, inference_args=None):
-        return [corrupt_group(element, model, self.corruption, self.gen, self.layout,
-                              self.vocab_size) for element in batch]
+    def run_inference(self, batch, model: Corrupter, inference_args=None):
+        return [write_part(rows, model, self.cfg.generate.rtd_dir, self.layout.batch_rows,
+                           self.cfg.data.row_group_rows, self.dtype) for rows in batch]
 
     def get_num_bytes(self, batch) -> int:
-        return sum(len(row[2]) for _, rows in batch for row in rows)
+        return sum(rows.nbytes for rows in batch)
 
     def get_metrics_namespace(self) -> str:
         return "generate"
 
 
-def corrupt_group(element, runtime: AuxRuntime, corruption, gen, layout: Layout,
-                  vocab_size: int) -> tuple:
-    """One batch through ``corrupt_batch``: rows sorted by position, padded on the right to
-    the batch's longest sequence, bf16 autocast on CUDA."""
-    import torch
-
-    from trainer.corruption import corrupt_batch
-
-    (epoch, part, _), rows = element
-    rows = sorted(rows)
-    positions = np.array([r[0] for r in rows], np.int64)
-    seq_ids = np.array([r[1] for r in rows], np.int64)
-    seqs = [np.frombuffer(r[2], "<i4") for r in rows]
-    lengths = np.array([len(s) for s in seqs], np.int64)
-    ids = np.full((len(rows), int(lengths.max())), PAD_ID, np.int64)
-    for i, seq in enumerate(seqs):
-        ids[i, :len(seq)] = seq
-    device = runtime.device
-    mask = torch.arange(ids.shape[1])[None, :] < torch.from_numpy(lengths)[:, None]
-    u = progress(epoch, positions, layout.num_sequences, gen.epochs, corruption.granularity)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
-                else contextlib.nullcontext())
-    with autocast:
-        out = corrupt_batch(torch.from_numpy(ids).to(device), mask.to(device),
-                            torch.from_numpy(seq_ids), epoch, torch.from_numpy(u), corruption,
-                            gen.seed, aux=runtime.aux, unigram_counts=runtime.unigram,
-                            vocab_size=vocab_size)
-    corrupted = out.input_ids.cpu().numpy()
-    labels = out.labels.cpu().numpy()
-    tokens = np.concatenate([corrupted[i, :n] for i, n in enumerate(lengths)])
-    flat_labels = np.concatenate([labels[i, :n] for i, n in enumerate(lengths)])
-    return ((epoch, part),
-            (positions.tobytes(), seq_ids.tobytes(), lengths.tobytes(),
-             tokens.astype("<i4").tobytes(), flat_labels.astype(np.uint8).tobytes(),
-             out.temperature.cpu().numpy().astype("<f4").tobytes(), device))
-
-
-class WritePartFn(beam.DoFn):
-    """((epoch, part), [encoded batches]) -> the part's manifest entry. Rows sorted by
-    position; idempotent: a retry writes the same bytes to the same name."""
-
-    def __init__(self, rtd_dir: str, layout: Layout, dtype: str, row_group_rows: int):
-        self.rtd_dir, self.layout, self.dtype = rtd_dir, layout, dtype
-        self.row_group_rows = row_group_rows
-
-    def process(self, element):
-        (epoch, part), batches = element
-        cols = [[], [], [], [], [], []]
-        devices = set()
-        for *b, device in batches:
+def write_part(rows: PartRows, corrupter: Corrupter, rtd_dir: str, batch_rows: int,
+               row_group_rows: int, dtype: str) -> dict:
+    """Corrupt one part batch by batch and stream it, row group by row group, to
+    ``epoch=EEEE/part-PPPPP.parquet`` (temp name, then rename; sha256 and size computed on the
+    way) -> its manifest entry. Idempotent: a retry writes the same bytes to the same name."""
+    name = rtd_part_name(rows.epoch, rows.part)
+    pending = RowGroupBuffer()
+    tokens = replaced = 0
+    t_min, t_max, devices = np.inf, -np.inf, set()
+    with (open_atomic(join(rtd_dir, name)) as sink,
+          pq.ParquetWriter(sink, RTD_SCHEMA, compression="zstd",
+                           compression_level=ZSTD_LEVEL) as writer):
+        for positions, seq_ids, lengths, ids in rows.batches(batch_rows):
+            out_ids, labels, temps, device = corrupter.corrupt(rows.epoch, positions, seq_ids,
+                                                               lengths, ids)
+            pending.add(positions, seq_ids, lengths, out_ids, labels, temps)
+            tokens, replaced = tokens + len(out_ids), replaced + int(labels.sum())
+            t_min, t_max = min(t_min, float(temps.min())), max(t_max, float(temps.max()))
             devices.add(device)
-            for c, raw, dt in zip(cols, b, ("<i8", "<i8", "<i8", "<i4", "u1", "<f4"),
-                                  strict=True):
-                c.append(np.frombuffer(raw, dt))
-        positions, seq_ids, lengths, tokens, labels, temps = (np.concatenate(c) for c in cols)
-        lo, hi = self.layout.part_range(part)
-        order = np.argsort(positions, kind="stable")
-        if not np.array_equal(positions[order], np.arange(lo, hi)):
-            raise GenerateError(f"epoch {epoch} part {part}: positions are not exactly "
-                                f"[{lo}, {hi}) (a corrupt or changed corpus?); re-run with "
-                                "--overwrite")
-        starts = np.concatenate([[0], np.cumsum(lengths)])
-        table = encode_rtd_rows(
-            positions[order], seq_ids[order],
-            [tokens[starts[i]:starts[i + 1]] for i in order],
-            [labels[starts[i]:starts[i + 1]] for i in order], temps[order], self.dtype)
-        sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd", compression_level=ZSTD_LEVEL,
-                       row_group_size=self.row_group_rows)
-        data = sink.getvalue()
-        name = rtd_part_name(epoch, part)
-        write_atomic(join(self.rtd_dir, name), data)
-        yield {
-            "name": name, "epoch": epoch, "part": part, "rows": hi - lo,
-            "position_start": lo, "position_end": hi, "bytes": len(data),
-            "sha256": sha256_hex(data), "tokens": int(lengths.sum()),
-            "replaced": int(labels.sum()), "temperature_min": float(temps.min()),
-            "temperature_max": float(temps.max()), "devices": sorted(devices),
-        }
+            while len(pending) >= row_group_rows:
+                writer.write_table(encode_rtd_rows(*pending.take(row_group_rows), dtype),
+                                   row_group_size=row_group_rows)
+        if len(pending):
+            writer.write_table(encode_rtd_rows(*pending.take(len(pending)), dtype),
+                               row_group_size=row_group_rows)
+    lo = rows.start
+    return {
+        "name": name, "epoch": rows.epoch, "part": rows.part, "rows": len(rows),
+        "position_start": lo, "position_end": lo + len(rows), "bytes": sink.bytes,
+        "sha256": sink.sha256(), "tokens": tokens, "replaced": replaced,
+        "temperature_min": t_min, "temperature_max": t_max, "devices": sorted(devices),
+    }
 
 
 def finalize(parts: list[dict], context: dict) -> dict:
@@ -254,20 +281,18 @@ def finalize(parts: list[dict], context: dict) -> dict:
 
 def build(p: beam.Pipeline, cfg: RunConfig, corpus: CorpusShards, layout: Layout,
           context: dict):
-    gen = cfg.generate
+    gen, dtype = cfg.generate, context["header"]["token_dtype"]
     return (
         p
         | "ListCorpusParts" >> beam.Create([(e, i) for e in range(gen.epochs)
                                             for i in range(len(corpus.files))])
         | "ReshuffleParts" >> beam.Reshuffle()
         | "AssignPositions" >> beam.ParDo(AssignPositionsFn(corpus.root, corpus.files, layout,
-                                                            gen.seed))
-        | "GroupByBatch" >> beam.GroupByKey()
-        | "Corrupt" >> RunInference(CorruptionHandler(cfg, layout, corpus.vocab_size,
-                                                      corpus.root))
+                                                            gen.seed, dtype))
         | "GroupByPart" >> beam.GroupByKey()
-        | "WriteParts" >> beam.ParDo(WritePartFn(gen.rtd_dir, layout, context["header"][
-            "token_dtype"], cfg.data.row_group_rows))
+        | "IndexParts" >> beam.Map(index_part, layout=layout, dtype=dtype)
+        | "CorruptAndWrite" >> RunInference(CorruptionHandler(cfg, layout, corpus.vocab_size,
+                                                              corpus.root, dtype))
         | "CollectParts" >> beam.combiners.ToList()
         | "Finalize" >> beam.Map(finalize, context=context)
     )
@@ -276,13 +301,6 @@ def build(p: beam.Pipeline, cfg: RunConfig, corpus: CorpusShards, layout: Layout
 # ---------------------------------------------------------------------------------------------
 # Launcher
 # ---------------------------------------------------------------------------------------------
-
-def resolve_device(device: str) -> str:
-    """generate.device as a torch device string ("cuda:0" or "cpu")."""
-    from trainer.distributed import pick_device
-
-    return str(pick_device(device, 0, "generate.device"))
-
 
 def check_aux(cfg: RunConfig, corpus: CorpusShards) -> dict | None:
     """The aux checkpoint's provenance (sha256s, step, config), checked against the corpus;
@@ -315,13 +333,16 @@ def check_aux(cfg: RunConfig, corpus: CorpusShards) -> dict | None:
 
 
 def fingerprint(cfg: RunConfig, corpus_fp: str, aux: dict | None, layout: Layout,
-                row_group_rows: int) -> dict:
-    """Everything that decides the shard bytes, to recognise a re-run of the same job."""
+                dtype: str) -> dict:
+    """Everything that decides the shard bytes, to recognise a re-run of the same job:
+    batch_rows too, as the dropout augmentations draw one rate per batch. Not the device,
+    the runner or generate.model_copies, which do not change the bytes on the same hardware."""
     return {"schema_version": RTD_SCHEMA_VERSION, "sampler": SAMPLER, "corpus": corpus_fp,
             "aux_state_sha256": aux and aux["state_sha256"],
             "corruption": to_dict(cfg)["corruption"], "seed": cfg.generate.seed,
             "epochs": cfg.generate.epochs, "rows_per_part": layout.rows_per_part,
-            "row_group_rows": row_group_rows}
+            "batch_rows": layout.batch_rows, "row_group_rows": cfg.data.row_group_rows,
+            "token_dtype": dtype}
 
 
 def print_summary(m: dict) -> None:
@@ -345,18 +366,19 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     cfg = resolve_config(args)
     gen, rtd_dir = cfg.generate, cfg.generate.rtd_dir
     validate_corruption(cfg.corruption)
-    runner = [a.split("=", 1)[-1] for a in beam_argv if a.startswith("--runner=")]
-    local = not any(a.startswith("--runner") for a in beam_argv) or any(
-        "Direct" in r or "LocalRunner" in r for r in runner)
-    if gen.device == "cuda" and local:
-        resolve_device(gen.device)  # local run: the workers see what the launcher sees
+    if gen.device == "cuda" and runs_locally(beam_argv):
+        import torch
+
+        # Local workers see the launcher's GPUs: fail before any work, not in every worker.
+        worker_device(gen.device, torch.cuda.device_count(), 0)
 
     corpus = open_corpus(cfg)
     aux = check_aux(cfg, corpus)
     layout = Layout.plan(corpus.num_sequences, corpus.max_seq_len, gen.batch_tokens,
                          gen.part_rows)
     corpus_fp = manifest_fingerprint(corpus.manifest)
-    fp = fingerprint(cfg, corpus_fp, aux, layout, cfg.data.row_group_rows)
+    dtype = token_dtype(corpus.vocab_size)
+    fp = fingerprint(cfg, corpus_fp, aux, layout, dtype)
     if not prepare_output(rtd_dir, "rtd", fp, args.overwrite,
                           ["epoch=*/part-*.parquet", "epoch=*/.tmp-*"], "generate"):
         print(f"generate: {rtd_dir} already holds this shard set (same corpus, aux checkpoint "
@@ -394,13 +416,13 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
             "epochs": gen.epochs,
             "num_sequences": corpus.num_sequences,
             "vocab_size": corpus.vocab_size,
-            "token_dtype": token_dtype(corpus.vocab_size),
+            "token_dtype": dtype,
             "layout": {"rows_per_part": layout.rows_per_part, "batch_rows": layout.batch_rows,
                        "row_group_rows": cfg.data.row_group_rows,
                        "parts_per_epoch": layout.num_parts,
                        "path": "epoch=EEEE/part-PPPPP.parquet"},
             "columns": {f.name: str(f.type) for f in RTD_SCHEMA},
-            "encoding": {"input_ids": f"raw {token_dtype(corpus.vocab_size)} bytes",
+            "encoding": {"input_ids": f"raw {dtype} bytes",
                          "labels": "np.packbits(bitorder='little'), length from input_ids",
                          "compression": f"zstd level {ZSTD_LEVEL}"},
             "fingerprint": fp,

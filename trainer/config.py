@@ -222,17 +222,30 @@ class GenerateConfig:
     seed: int = 0
     """Seed of the training order, masking and sampling."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where the auxiliary model runs; ``cuda`` fails if no GPU is visible."""
+    """Where the auxiliary model runs; ``cuda`` fails (exit 2) if no GPU is visible, in the
+    launcher for local runners and on each worker. Each model load on a machine takes the
+    lowest free slot k (a lock file) and uses GPU k mod the GPU count
+    (``pipeline.generate_fns.worker_device``)."""
     batch_tokens: int = 65_536
-    """Padded tokens per inference batch of the auxiliary model."""
+    """Tokens per inference batch: batches are max(1, batch_tokens // data.max_seq_len)
+    consecutive positions of a part. Part of the fingerprint (the dropout augmentations use
+    one rate per batch)."""
     part_rows: int = 65_536
-    """Positions per output Parquet part of an epoch (fixes the file layout, so the bytes do
-    not depend on batch size or runner)."""
+    """Positions per output Parquet part of an epoch: the unit a worker corrupts and writes
+    (it holds the part's input tokens, 2 bytes each up to 65,536 ids, while it works on it)."""
+    model_copies: int = 0
+    """Aux model copies per worker machine. 0: every Beam SDK process loads its own (Beam's
+    default; on Dataflow use one SDK process per GPU). 1: one copy per machine shared by its
+    SDK processes (RunInference ``large_model``); N > 1: N shared copies (RunInference
+    ``model_copies``), spread over the machine's GPUs. Does not change the bytes; ignored by
+    model-free replacements, which load no model."""
 
     def __post_init__(self):
         check(self.epochs >= 1, "generate.epochs", f"must be >= 1, got {self.epochs}")
         check(self.batch_tokens >= 1, "generate.batch_tokens", "must be >= 1")
         check(self.part_rows >= 1, "generate.part_rows", "must be >= 1")
+        check(self.model_copies >= 0, "generate.model_copies",
+              f"must be >= 0 (0 = one copy per SDK process), got {self.model_copies}")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from trainer.corruption import (
     schedule_value,
 )
 from trainer.joint import JointModel
+from trainer.order import unpermute
 from trainer.pretrained import load_generator
 from trainer.shards import (
     CorpusShards,
@@ -171,13 +173,72 @@ def test_a_joint_checkpoints_generator_is_the_aux(prepared, tmp_path):
 
 
 def test_multiprocess_run_writes_identical_bytes(prepared, aux_rtd, aux_checkpoint, tmp_path):
+    """2 worker processes sharing 2 model copies (RunInference model_copies: the calls go
+    through Beam's cross-process proxy) write the bytes of 1 in-process worker."""
     corpus_dir, _, _ = prepared
     _, m1 = aux_rtd
     m2 = run(gen_argv(corpus_dir, tmp_path / "rtd", f"generate.aux_checkpoint={aux_checkpoint}",
                       "generate.epochs=2", "generate.seed=7", "generate.device=cpu",
                       "generate.batch_tokens=300",  # other batches: same bytes
+                      "generate.model_copies=2",
                       beam=("--direct_running_mode=multi_processing", "--direct_num_workers=2")))
     assert [f["sha256"] for f in m1["files"]] == [f["sha256"] for f in m2["files"]]
+    for f in m2["files"]:  # the streamed sha256 and size are the file's
+        data = (tmp_path / "rtd" / f["name"]).read_bytes()
+        assert len(data) == f["bytes"] and hashlib.sha256(data).hexdigest() == f["sha256"]
+
+
+def test_part_size_does_not_change_the_rows(prepared, aux_rtd, aux_checkpoint, tmp_path):
+    """Other parts (so other batch boundaries, other files): the same rows, decoded."""
+    corpus_dir, _, _ = prepared
+    rtd_dir, m1 = aux_rtd
+    m2 = run(gen_argv(corpus_dir, tmp_path / "rtd", f"generate.aux_checkpoint={aux_checkpoint}",
+                      "generate.epochs=2", "generate.seed=7", "generate.device=cpu",
+                      extra=("--set", "generate.part_rows=333")))
+    assert len(m2["files"]) != len(m1["files"])
+    a, b = RTDShards(str(rtd_dir)), RTDShards(str(tmp_path / "rtd"))
+    for e in range(2):
+        x, y = a.read_range(e, 0, a.rows_per_epoch), b.read_range(e, 0, b.rows_per_epoch)
+        assert np.array_equal(x.seq_ids, y.seq_ids)
+        assert np.array_equal(x.temperature, y.temperature)
+        for i in range(len(x)):
+            assert np.array_equal(x.input_ids[i], y.input_ids[i])
+            assert np.array_equal(x.labels[i], y.labels[i])
+
+
+def test_rows_equal_corrupt_batch_on_fixed_batches(prepared, aux_checkpoint, tmp_path):
+    """With the dropout augmentation (one rate and one mask stream per batch) every row equals
+    a direct corrupt_batch call on its batch: batch_rows consecutive positions from the start
+    of its part, padded to the batch's longest sequence."""
+    corpus_dir, _, _ = prepared
+    manifest = run(gen_argv(corpus_dir, tmp_path / "rtd",
+                            f"generate.aux_checkpoint={aux_checkpoint}", "generate.epochs=2",
+                            "generate.seed=5", "corruption.augmentation=dropout",
+                            "corruption.t0=1.3", extra=("--set", "generate.part_rows=150")))
+    cfg = load_config(TINY, [*SMALL, "corruption.augmentation=dropout", "corruption.t0=1.3"])
+    aux = load_generator(str(aux_checkpoint))
+    corpus = {r.seq_id: r.input_ids for r in CorpusShards(str(corpus_dir)).rows()}
+    rtd = RTDShards(str(tmp_path / "rtd"))
+    n, batch_rows = rtd.rows_per_epoch, manifest["layout"]["batch_rows"]
+    assert batch_rows == 16 and manifest["layout"]["rows_per_part"] == 150
+    for entry in rtd.files:
+        e, lo, hi = entry["epoch"], entry["position_start"], entry["position_end"]
+        got = rtd.read_range(e, lo, hi)
+        for a in range(lo, hi, batch_rows):
+            positions = np.arange(a, min(a + batch_rows, hi))
+            seq_ids = unpermute(positions, n, 5, e)
+            seqs = [corpus[s] for s in seq_ids]
+            ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+            for i, seq in enumerate(seqs):
+                ids[i, :len(seq)] = torch.from_numpy(seq.astype(np.int64))
+            out = corrupt_batch(ids, ids != 0, torch.from_numpy(seq_ids), e,
+                                (e * n + positions) / (2 * n), cfg.corruption, 5, aux=aux)
+            for i, p in enumerate(positions - lo):
+                length = len(seqs[i])
+                assert got.seq_ids[p] == seq_ids[i]
+                assert np.array_equal(got.input_ids[p], out.input_ids[i, :length].numpy())
+                assert np.array_equal(got.labels[p], out.labels[i, :length].numpy())
+            assert np.array_equal(got.temperature[positions - lo], out.temperature.numpy())
 
 
 def test_replaced_fraction_falls_with_temperature(prepared, tmp_path):
@@ -242,6 +303,42 @@ def test_rerun_is_noop_different_refused_overwrite_cleans(prepared, tmp_path, ca
     assert left == sorted(["manifest.json", "config.toml", *(f["name"] for f in m["files"])])
     with open(rtd_dir / "manifest.json") as f:
         assert json.load(f)["epochs"] == 1
+
+
+def test_rerun_writes_identical_bytes(prepared, tmp_path):
+    corpus_dir, _, _ = prepared
+    argv = gen_argv(corpus_dir, tmp_path / "rtd", "corruption.replacement=uniform",
+                    "generate.epochs=1")
+
+    def files() -> dict[str, bytes]:
+        return {str(p.relative_to(tmp_path)): p.read_bytes()
+                for p in sorted((tmp_path / "rtd").glob("epoch=*/*.parquet"))}
+
+    run(argv)
+    first = files()
+    run([*argv, "--overwrite"])
+    assert files() == first and len(first) == 5
+
+
+def test_fingerprint_records_what_changes_bytes(prepared, tmp_path, capsys):
+    """batch_rows (from generate.batch_tokens) changes the dropout augmentations' bytes: a
+    re-run with another is refused; generate.model_copies changes nothing: still a no-op."""
+    corpus_dir, _, _ = prepared
+    rtd_dir = tmp_path / "rtd"
+    base = ["corruption.replacement=uniform", "generate.epochs=1"]
+    m = run(gen_argv(corpus_dir, rtd_dir, *base))
+    fp = m["fingerprint"]
+    assert fp["batch_rows"] == 16 and fp["token_dtype"] == "<u2" and fp["rows_per_part"] == 200
+    assert {"schema_version", "sampler", "row_group_rows"} <= set(fp)
+    capsys.readouterr()
+    assert main(gen_argv(corpus_dir, rtd_dir, *base, "generate.model_copies=2")) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert main(gen_argv(corpus_dir, rtd_dir, *base, "generate.batch_tokens=512")) == 2
+    err = capsys.readouterr().err
+    assert "different rtd shard set" in err and "batch_rows" in err and "--overwrite" in err
+    # Another batch_tokens with the same batch_rows (1024 // 64 == 1050 // 64) is the same set.
+    assert main(gen_argv(corpus_dir, rtd_dir, *base, "generate.batch_tokens=1050")) == 0
+    assert "nothing to do" in capsys.readouterr().out
 
 
 def test_errors_are_clear(prepared, aux_checkpoint, tmp_path, capsys):
