@@ -2,7 +2,7 @@
 
     make demo                                   # the corpus and aux checkpoint it needs
     OMP_NUM_THREADS=1 .venv/bin/python bench/generate.py [--config configs/tiny.toml] \\
-        [--set section.key=value ...] [--sections throughput,memory]
+        [--set section.key=value ...] [--sections throughput,memory,sampling]
     # without an aux checkpoint: a model-free replacement
     OMP_NUM_THREADS=1 .venv/bin/python bench/generate.py --set corruption.replacement=uniform
 
@@ -15,6 +15,10 @@ throughput  One epoch of the config's corpus: sequences/s of the Beam job (Local
             same batch size), as a ratio; with an aux model, the speed-up of the masked-only LM
             head over the full-vocabulary head on the same batches; shard bytes per token vs
             raw int32 token arrays.
+sampling    Per vocabulary size (8K, 32K, 128K), over one generate batch of a random-weight
+            aux of the config's width: ``sample_tokens`` time / ``log_softmax`` time over the
+            same logits (goal <= 2), / the aux forward time, and the closed-form model-free
+            sampler / the dense route (``bench/sampling.py`` prints the full table).
 memory      For two ``generate.part_rows`` (--part-rows), with a model-free replacement
             (``corruption.replacement = uniform``: no model in the figures): (1) part 0 alone,
             in a fresh process: the peak RSS that corrupting and writing it (``index_part`` +
@@ -275,7 +279,27 @@ def memory(args, cfg) -> None:
               f"{probe * mib:+15.1f} MiB {each:>27s} MiB {launcher * mib:7.1f} MiB")
 
 
-SECTIONS = {"throughput": throughput, "memory": memory}
+def sampling(args, cfg) -> None:
+    """Per vocabulary size (--vocab), over one generate batch of a random-weight aux of the
+    config's width: sampling vs log_softmax over the same logits, vs the aux forward that
+    makes them, and the closed-form model-free samplers vs the dense route (bench/sampling.py,
+    which prints the full table)."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from sampling import measure
+
+    sequences = max(1, cfg.generate.batch_tokens // cfg.data.max_seq_len)
+    print(f"sampling: random-weight aux of {args.config}'s width, {sequences} sequences x "
+          f"{cfg.data.max_seq_len} tokens per batch, 1 thread, best of 3")
+    print(f"{'vocab':>8s} {'masked N':>9s} {'ours/log_softmax':>17s} {'ours/aux forward':>17s} "
+          f"{'unigram closed/dense':>21s}")
+    for vocab in (int(v) for v in args.vocab.split(",")):
+        m = measure(load_config(args.config, args.set), vocab, sequences, 3)
+        print(f"{vocab:8,d} {m['N']:9,d} {m['ours'] / m['log_softmax']:16.2f}x "
+              f"{m['ours'] / m['aux forward']:16.2f}x "
+              f"{m['unigram closed'] / m['unigram dense']:20.3f}x")
+
+
+SECTIONS = {"throughput": throughput, "memory": memory, "sampling": sampling}
 
 
 def main() -> None:
@@ -288,6 +312,8 @@ def main() -> None:
     parser.add_argument("--part-rows", default="2048,8192",
                         help="memory: the generate.part_rows to compare")
     parser.add_argument("--epochs", type=int, default=2, help="memory: generate.epochs")
+    parser.add_argument("--vocab", default="8000,32000,128000",
+                        help="sampling: the vocabulary sizes")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"  # Beam workers inherit it
     torch.set_num_threads(1)
