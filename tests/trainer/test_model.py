@@ -137,6 +137,22 @@ def test_relative_position_buckets_t5():
     assert (b[300:].diff() >= 0).all() and (b[:301].diff() <= 0).all()  # monotone in |d|
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_bias_is_the_relative_table_where_keys_are_real(dtype):
+    enc = Encoder(TINY)
+    with torch.no_grad():
+        enc.rel_bias.normal_(std=3.0)  # biases of several nats, both signs
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    got = enc.attention_bias(mask, dtype)  # (B, nh, T, T)
+    pos = torch.arange(5)
+    buckets = relative_position_bucket(pos[None, :] - pos[:, None], TINY.rel_num_buckets,
+                                       TINY.rel_max_distance)
+    rel = (enc.rel_bias * TINY.rel_bias_scale)[buckets].permute(2, 0, 1)[None].to(dtype)
+    want = torch.where(mask[:, None, None, :], rel, torch.finfo(dtype).min)
+    assert got.dtype == dtype and torch.equal(got, want)
+    assert not torch.isinf(got).any()  # never -inf: an all-padding row stays finite
+
+
 def test_early_exit_num_layers():
     enc = Encoder(TINY).eval()
     ids = random_ids(2, 8)
