@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.generate import main, run
+from pipeline.generate import CorruptionHandler, main, run
+from pipeline.generate_fns import Layout
 from pipeline.inspect import main as inspect_main
 from tests.conftest import IN_MEMORY, REPO, TINY, kill_9_when
 from trainer.checkpoint import find_latest
@@ -239,6 +240,53 @@ def test_rows_equal_corrupt_batch_on_fixed_batches(prepared, aux_checkpoint, tmp
                 assert np.array_equal(got.input_ids[p], out.input_ids[i, :length].numpy())
                 assert np.array_equal(got.labels[p], out.labels[i, :length].numpy())
             assert np.array_equal(got.temperature[positions - lo], out.temperature.numpy())
+
+
+def test_one_handler_shared_by_two_threads_writes_the_single_thread_bytes(
+        prepared, aux_checkpoint):
+    """RunInference runs several threads against one loaded model per process: two threads
+    corrupting different batches through one CorruptionHandler's model (dropout augmentation:
+    the model's rates and RNG would be shared state) get exactly what each gets alone."""
+    import threading
+
+    corpus_dir, _, _ = prepared
+    cfg = load_config(TINY, [*SMALL, f"data.corpus_dir={corpus_dir}",
+                             f"generate.aux_checkpoint={aux_checkpoint}",
+                             "corruption.augmentation=dropout", "corruption.t0=1.5"])
+    corpus = CorpusShards(str(corpus_dir))
+    layout = Layout.plan(corpus.num_sequences, corpus.max_seq_len, cfg.generate.batch_tokens,
+                         cfg.generate.part_rows)
+    model = CorruptionHandler(cfg, layout, corpus.vocab_size, str(corpus_dir),
+                              token_dtype(corpus.vocab_size)).load_model()
+    rows = list(corpus.rows())
+
+    def batch(k):
+        chunk = rows[16 * k:16 * (k + 1)]
+        lengths = np.array([len(r.input_ids) for r in chunk])
+        return (0, np.arange(16 * k, 16 * (k + 1)), np.array([r.seq_id for r in chunk]),
+                lengths, np.concatenate([r.input_ids for r in chunk]))
+
+    alone = [model.corrupt(*batch(k))[0] for k in range(2)]
+    got: dict[int, list] = {0: [], 1: []}
+    start = threading.Barrier(2)
+
+    def work(k):
+        start.wait()
+        for _ in range(4):
+            got[k].append(model.corrupt(*batch(k))[0])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(2):
+        assert len(got[k]) == 4 and all(np.array_equal(x, alone[k]) for x in got[k])
+    plain = CorruptionHandler(load_config(TINY, [*SMALL, f"data.corpus_dir={corpus_dir}",
+                                                 f"generate.aux_checkpoint={aux_checkpoint}"]),
+                              layout, corpus.vocab_size, str(corpus_dir),
+                              token_dtype(corpus.vocab_size)).load_model()
+    assert not np.array_equal(plain.corrupt(*batch(0))[0], alone[0])  # dropout acted
 
 
 def test_replaced_fraction_falls_with_temperature(prepared, tmp_path):
