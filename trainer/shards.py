@@ -90,15 +90,28 @@ def check_sha256(fs: pafs.FileSystem, path: str, root: str, name: str, expected:
                          f"the file changed or is corrupt; re-run {job} --overwrite")
 
 
+def unreadable(root: str, name: str, job: str, e: Exception) -> ShardError:
+    """The ShardError for a listed file pyarrow cannot parse (truncated or corrupt on disk):
+    pyarrow's own message ("Parquet magic bytes not found in footer") names neither the shard
+    set nor the fix."""
+    why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return ShardError(f"{root}/{name} is not a readable Parquet file ({why}): it is truncated "
+                      f"or corrupt; re-run {job} --overwrite (--verify-checksums checks every "
+                      "file of the set against its manifest sha256)")
+
+
 def open_listed(fs: pafs.FileSystem, path: str, root: str, entry: dict,
                 job: str) -> pq.ParquetFile:
-    """Open the Parquet file of a manifest ``entry`` (name, rows), checking that it exists and
-    that its footer's row count is the manifest's; ``job`` is what re-creates the set."""
+    """Open the Parquet file of a manifest ``entry`` (name, rows), checking that it exists,
+    that its footer parses and that its row count is the manifest's; ``job`` is what re-creates
+    the set."""
     try:
         pf = pq.ParquetFile(fs.open_input_file(f"{path}/{entry['name']}"))
     except FileNotFoundError:
         raise ShardError(f"{root}/{entry['name']} is listed in the manifest but missing; "
                          f"re-run {job} --overwrite") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise unreadable(root, entry["name"], job, e) from None
     rows = pf.metadata.num_rows
     if rows != entry["rows"]:
         raise ShardError(f"{root}/{entry['name']} has {rows} rows, the manifest says "
@@ -195,21 +208,39 @@ class CorpusShards:
 
     def read_table(self, index: int) -> pa.Table:
         """Part file ``index`` as one Arrow table (columns of CORPUS_SCHEMA)."""
-        return pq.read_table(f"{self.path}/{self.files[index]['name']}", filesystem=self.fs)
+        entry = self.files[index]
+        pf = open_listed(self.fs, self.path, self.root, entry, "pipeline.prepare")
+        try:
+            return pf.read()
+        except (pa.ArrowInvalid, OSError) as e:  # a footer intact over corrupt pages
+            raise unreadable(self.root, entry["name"], "pipeline.prepare", e) from None
+        finally:
+            pf.close()
 
     def rows(self) -> Iterator[CorpusRow]:
         """Every sequence in seq_id order."""
         for entry in self.files:
-            pf = pq.ParquetFile(self.fs.open_input_file(f"{self.path}/{entry['name']}"))
-            for batch in pf.iter_batches(batch_size=4096):
-                seq_ids = batch.column("seq_id").to_numpy()
-                doc_ids = batch.column("doc_id").to_numpy()
-                ids = batch.column("input_ids")
-                offsets = ids.offsets.to_numpy()
-                values = ids.values.to_numpy()
-                for i in range(len(batch)):
-                    yield CorpusRow(int(seq_ids[i]), int(doc_ids[i]),
-                                    values[offsets[i]:offsets[i + 1]])
+            pf = open_listed(self.fs, self.path, self.root, entry, "pipeline.prepare")
+            with pf:
+                yield from self._file_rows(pf, entry)
+
+    def _file_rows(self, pf: pq.ParquetFile, entry: dict) -> Iterator[CorpusRow]:
+        batches = pf.iter_batches(batch_size=4096)
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowInvalid, OSError) as e:  # a footer intact over corrupt pages
+                raise unreadable(self.root, entry["name"], "pipeline.prepare", e) from None
+            if batch is None:
+                return
+            seq_ids = batch.column("seq_id").to_numpy()
+            doc_ids = batch.column("doc_id").to_numpy()
+            ids = batch.column("input_ids")
+            offsets = ids.offsets.to_numpy()
+            values = ids.values.to_numpy()
+            for i in range(len(batch)):
+                yield CorpusRow(int(seq_ids[i]), int(doc_ids[i]),
+                                values[offsets[i]:offsets[i + 1]])
 
     def unigram_counts(self) -> np.ndarray:
         """(V,) int64 occurrences of every token id in the corpus sequences ([CLS]/[SEP]
@@ -540,6 +571,14 @@ class RTDShards:
             yield entry, part, g, pos - first, last - first
             pos = last
 
+    def _read_group(self, entry: dict, part: _OpenPart, g: int, **kw) -> pa.Table:
+        """Row group ``g`` of ``entry``'s file as read from disk; a footer that parsed over
+        corrupt pages is a ShardError naming the file."""
+        try:
+            return part.file.read_row_group(g, **kw)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise unreadable(self.root, entry["name"], "pipeline.generate", e) from None
+
     def _decode(self, entry: dict, part: _OpenPart, g: int) -> RTDBatch:
         """Row group ``g`` of ``entry``'s file, decoded (once while it stays cached). Holds
         the lock."""
@@ -548,7 +587,7 @@ class RTDShards:
         if batch is None:
             # One thread: a row group is small, the trainer reads in a background thread, and
             # its parallelism is one process per rank (a pool per rank would oversubscribe).
-            table = part.file.read_row_group(g, use_threads=False)
+            table = self._read_group(entry, part, g, use_threads=False)
             batch = decode_rtd_table(table, self.dtype)
             self.decoded_row_groups += 1
             # Shared by every range read from it: read-only, so no caller can alter the cache.
@@ -569,8 +608,8 @@ class RTDShards:
         self._check_range(epoch, start, end)
         tables = []
         with self._lock:
-            for _, part, g, lo, hi in self._groups(epoch, start, end):
-                tables.append(part.file.read_row_group(g).slice(lo, hi - lo))
+            for entry, part, g, lo, hi in self._groups(epoch, start, end):
+                tables.append(self._read_group(entry, part, g).slice(lo, hi - lo))
         return pa.concat_tables(tables) if tables else RTD_SCHEMA.empty_table()
 
     def read_range(self, epoch: int, start: int, end: int) -> RTDBatch:
