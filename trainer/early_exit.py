@@ -39,6 +39,14 @@ def exit_layers(cfg: RunConfig) -> list[int]:
     if exits[-1] != n:
         raise UserError(f"joint.exit_layers = {exits} must end at the generator's last layer, "
                         f"aux.num_layers = {n}")
+    # One exit always supplies the replacements and P never moves: the run would be
+    # train.mode = "electra" under another name, which a comparison would silently mislabel.
+    if len(exits) < 2:
+        raise UserError(f"train.mode = 'early-exit' needs at least 2 generator exits, got "
+                        f"joint.exit_layers = {exits} (aux.num_layers = {n}); set "
+                        "aux.num_layers >= 2 (the exits default to 4 evenly spaced layers) or "
+                        "joint.exit_layers to 2 or more layers ending at aux.num_layers, or use "
+                        "train.mode = 'electra'")
     return exits
 
 

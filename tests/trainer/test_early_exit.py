@@ -111,3 +111,20 @@ def test_embedding_topk_in_joint_training(prepared):
     assert sums["embedding_l2"] > 0 and sums["rtd_tp"] + sums["rtd_fn"] > 0
     # the L2 term reaches the discriminator's (here shared) embedding table
     assert task.model.discriminator.encoder.word_emb.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("overrides", [["aux.num_layers=1"],
+                                       ["aux.num_layers=4", "joint.exit_layers=[4]"]])
+def test_fewer_than_two_exits_is_refused_naming_the_keys(overrides):
+    cfg = load_config(TINY, [*SMALL, "train.mode=early-exit", *overrides])
+    with pytest.raises(UserError, match=r"needs at least 2 generator exits.*joint\.exit_layers"
+                                        r".*aux\.num_layers >= 2"):
+        exit_layers(cfg)
+    with pytest.raises(UserError, match="needs at least 2 generator exits"):
+        EarlyExitModel(cfg)
+
+
+def test_tiny_toml_as_is_is_refused_for_early_exit():
+    """configs/tiny.toml's generator has 1 layer: early-exit on it would equal electra."""
+    with pytest.raises(UserError, match=r"joint\.exit_layers = \[1\] \(aux\.num_layers = 1\)"):
+        exit_layers(load_config(TINY, ["train.mode=early-exit"]))
