@@ -29,6 +29,20 @@ PROSE_MODULES = ["argparse.py", "dataclasses.py", "textwrap.py", "json/__init__.
 # Beam's in-process runner: fast start, one worker. Tests of parallelism ask for more.
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
+# CI (.ci/run) installs every extra and sets FAST_ELECTRA_REQUIRE_EXTRAS=1: there a test that
+# pytest.importorskip would skip for a missing (or too old) optional module fails instead, so a
+# broken install cannot pass as a run with a few skips.
+if os.environ.get("FAST_ELECTRA_REQUIRE_EXTRAS") == "1":
+    _importorskip = pytest.importorskip
+
+    def _import_or_fail(modname, *args, **kwargs):
+        try:
+            return _importorskip(modname, *args, **kwargs)
+        except pytest.skip.Exception as e:
+            pytest.fail(f"FAST_ELECTRA_REQUIRE_EXTRAS=1: {e.msg}", pytrace=False)
+
+    pytest.importorskip = _import_or_fail
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache_dir(tmp_path_factory):

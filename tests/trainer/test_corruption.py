@@ -823,3 +823,44 @@ def test_cpu_and_cuda_agree(aux):
                           unigram_counts=counts)
     # Samples may differ only at float near-ties of log / log1p between the devices.
     assert float((host.input_ids != dev.input_ids.cpu()).double().mean()) < 1e-3
+
+
+# --- row chunks ------------------------------------------------------------------------------
+
+def test_sample_tokens_in_many_chunks_equals_one_chunk(monkeypatch):
+    g = torch.Generator().manual_seed(11)
+    logp = torch.randn(97, V, generator=g) * 3
+    logp[:, :NUM_SPECIAL] = -math.inf
+    seq, pos = torch.arange(97) * 13, torch.arange(97) % 40
+    temp = torch.linspace(0.2, 3.0, 97)
+    assert C._CHUNK_ELEMENTS // V >= 97  # the default: one chunk
+    whole = C.sample_tokens(logp, 5, 1, seq, pos, temp)
+    chunks = []
+    monkeypatch.setattr(C, "_row_chunks", lambda n, v, f=C._row_chunks: chunks.append(
+        list(f(n, v))) or iter(chunks[-1]))
+    monkeypatch.setattr(C, "_CHUNK_ELEMENTS", 3 * V + 1)  # 3 rows per chunk, the last one 1
+    split = C.sample_tokens(logp, 5, 1, seq, pos, temp)
+    assert len(chunks[-1]) == 33
+    assert torch.equal(split, whole)
+    assert len(set(whole.tolist())) > 20  # not a degenerate draw
+
+
+def test_corrupt_batch_with_aux_in_many_chunks_equals_one_chunk(aux, monkeypatch):
+    ids, attn = make_batch(12, 48, seed=12)
+    seq = torch.arange(12) * 7
+    u = torch.linspace(0.0, 1.0, 12)
+    for c in (cfg(), cfg(augmentation="log_interp_unigram")):
+        counts = torch.arange(V) * 5 % 89 + 1
+        whole = C.corrupt_batch(ids, attn, seq, 1, u, c, 3, aux=aux, unigram_counts=counts)
+        n = int(whole.selected.sum())
+        assert C._CHUNK_ELEMENTS // V >= n  # the default: one chunk
+        with monkeypatch.context() as m:
+            calls = []
+            m.setattr(C, "_row_chunks", lambda n, v, f=C._row_chunks: calls.append(
+                list(f(n, v))) or iter(calls[-1]))
+            m.setattr(C, "_CHUNK_ELEMENTS", 4 * V)  # 4 rows per chunk
+            split = C.corrupt_batch(ids, attn, seq, 1, u, c, 3, aux=aux, unigram_counts=counts)
+        assert len(calls[0]) == -(-n // 4) > 5  # the aux head ran in many chunks
+        assert torch.equal(split.input_ids, whole.input_ids)
+        assert torch.equal(split.labels, whole.labels)
+        assert int(whole.labels.sum()) > 0
