@@ -48,19 +48,34 @@ def _fsync_dir(path: str) -> None:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    """This rank's RNG states as tensors, strings and numbers only, so they load under
+    ``weights_only=True`` (numpy's and Python's tuples become int64 tensors). CUDA: only the
+    current device's (this rank's) state, so a resume that sees fewer GPUs per process still
+    restores it; none when CUDA was never initialized (nothing drew from it)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(gauss)},
+             "python": {"version": int(version),
+                        "internal": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` saved (the CUDA state onto this rank's current device)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save(out_dir: str, step: int, state: dict, meta: dict, rank: int, keep: int,
@@ -137,5 +152,16 @@ def load(path: str, rank: int, map_location="cpu") -> tuple[dict, dict, dict | N
     state = load_state(os.path.join(path, "state.pt"), os.path.join(path, "state.pt"),
                        map_location)
     rng_path = os.path.join(path, f"rng_rank{rank}.pt")
-    rng = torch.load(rng_path, weights_only=False) if os.path.isfile(rng_path) else None
+    rng = None
+    if os.path.isfile(rng_path):
+        try:
+            rng = torch.load(rng_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            # Files from before RNG states were stored as tensors fail here too: deleting them
+            # resumes exactly but for dropout's random stream (as a run with more ranks does).
+            raise UserError(f"{rng_path} holds objects other than tensors, dicts, lists and "
+                            f"numbers ({str(e).splitlines()[-1][:200]}); refusing to unpickle "
+                            "it, since that could run code from the file. If an older "
+                            "fast-electra wrote it, delete this checkpoint's rng_rank*.pt "
+                            "files to resume without restoring the RNG states") from None
     return state, meta, rng
