@@ -32,13 +32,14 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer.config import RunConfig
 from trainer.corruption import aux_logprobs, sample_tokens
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.model import Discriminator, EncoderConfig, MLMModel
-from trainer.rtd import rtd_counts, rtd_metrics
+from trainer.rtd import RTD_SUM_KEYS, rtd_counts, rtd_metrics
 from trainer.tasks import CorpusTask, expected_replaced_fraction, init_priors_
 from trainer.tokenizer import NUM_SPECIAL
 
@@ -137,6 +138,10 @@ class JointModel(nn.Module):
         return mlm_loss, rtd_loss, stats
 
 
+JOINT_EVAL_SUM_KEYS = (*RTD_SUM_KEYS, "gen_correct", "gen_count", "mlm_loss_sum", "batches")
+"""The held-out sums of every joint mode (what ``joint_metrics`` and eval_metrics read)."""
+
+
 def joint_metrics(s: dict[str, float], prefix: str = "") -> dict[str, float]:
     return {**rtd_metrics(s, prefix),
             f"{prefix}gen_mlm_accuracy": s["gen_correct"] / max(s["gen_count"], 1.0)}
@@ -188,12 +193,19 @@ class JointTask(CorpusTask):
         return {"gen_mlm_loss": sums["mlm_loss_sum"] / n, **joint_metrics(sums), **extra}
 
     def evaluate(self, model, d):
-        sums: dict[str, float] = {}
+        # Every rank reports the same keys, zeros included: train.evaluate all-reduces them,
+        # and a rank with no held-out batch (fewer held-out sequences than ranks) that
+        # returned {} would skip the collective the other ranks wait in. Only what
+        # eval_metrics reads is summed; the rest of a forward's stats are training-only.
+        sums = dict.fromkeys(JOINT_EVAL_SUM_KEYS, 0.0)
+        # The bare module: an inference forward needs none of DDP's gradient or buffer sync,
+        # and a rank-local loop must not enter a wrapper that may communicate.
+        model = model.module if isinstance(model, DDP) else model
         for b in self.heldout_batches(d):
             mlm_loss, _, stats = self._run(model, b, self.eval_seed)
             stats.update(mlm_loss_sum=mlm_loss, batches=1.0)
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+            for k in JOINT_EVAL_SUM_KEYS:
+                sums[k] += float(stats[k])
         return sums
 
     def eval_metrics(self, sums):

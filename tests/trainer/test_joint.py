@@ -178,3 +178,43 @@ def test_joint_models_start_at_their_priors(prepared):
     assert 0.1 < p < task.cfg.corruption.mask_prob  # specials and collisions are excluded
     assert float(task.model.discriminator.head.out.bias.detach()) == pytest.approx(
         math.log(p / (1 - p)), abs=1e-6)
+
+
+def test_evaluate_reports_every_key_on_a_rank_with_no_heldout_batch(prepared):
+    corpus_dir, _, _ = prepared
+    task = task_for(corpus_dir, "electra", "train.eval_sequences=1")
+    assert len(task.heldout) == 1
+    rank1 = Dist(1, 2, 1, torch.device("cpu"))  # rank 1 of 2: the one sequence is rank 0's
+    with torch.inference_mode():  # as trainer.train.evaluate runs it
+        empty, full = task.evaluate(task.model, rank1), task.evaluate(task.model, CPU)
+    assert set(empty) == set(full) and set(empty) >= {"batches", "gen_count", "rtd_all_tp"}
+    assert all(v == 0.0 for v in empty.values()) and full["batches"] == 1.0
+
+
+def test_two_ranks_with_one_heldout_sequence_evaluate_without_deadlock(prepared, tmp_path):
+    """Rank 1 has no held-out batch; it must still join evaluation's all_reduce. A deadlock
+    fails on the timeout instead of hanging the suite."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.trainer.test_train import metrics, train_proc
+
+    corpus_dir, _, _ = prepared
+    out = tmp_path / "run"
+    p = train_proc(train_argv(corpus_dir, out, "train.mode=electra", "train.max_steps=2",
+                              "train.global_batch_size=8", "train.micro_batch_size_per_rank=4",
+                              "train.eval_every=2", "train.eval_sequences=1",
+                              "train.checkpoint_every=2"), nproc=2)
+    try:
+        _, err = p.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        for child in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
+                                    text=True).stdout.split():
+            os.kill(int(child), signal.SIGKILL)
+        p.kill()
+        p.communicate()
+        pytest.fail("2 ranks with 1 held-out sequence hung in evaluation (deadlock)")
+    assert p.returncode == 0, err[-3000:]
+    last = metrics(out)[-1]
+    assert last["step"] == 2 and "eval_rtd_f1" in last and "eval_gen_mlm_accuracy" in last
