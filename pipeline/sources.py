@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import sysconfig
 from collections.abc import Iterator
@@ -54,6 +55,8 @@ class FileReport:
     path: str
     documents: int = 0
     undecodable_bytes: int = 0
+    decoded_bytes: int = 0
+    """Bytes decoded as UTF-8 (text, jsonl, pydoc): what undecodable_bytes is a share of."""
     bad_records: int = 0
     examples: list[str] = field(default_factory=list)
     """The first few problems, each naming the line or row."""
@@ -181,6 +184,7 @@ def _text_blocks(path: str, report: FileReport, doc_split: str) -> Iterator[tupl
     for offset, raw in iter_lines(path):
         line, bad = decode_utf8(raw)
         report.undecodable_bytes += bad
+        report.decoded_bytes += len(raw)
         if doc_split == "line":
             yield offset, line
         elif line.strip():
@@ -210,6 +214,7 @@ def read_jsonl(path: str, report: FileReport, text_field: str = "text") -> Itera
             continue
         line, bad = decode_utf8(raw)
         report.undecodable_bytes += bad
+        report.decoded_bytes += len(raw)
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
@@ -251,8 +256,10 @@ def read_parquet(path: str, report: FileReport, text_field: str = "text") -> Ite
 def read_pydoc(path: str, report: FileReport, min_words: int = 5) -> Iterator[Document]:
     """Docstrings (module, classes, functions) of a Python source file, in ``ast.walk``
     order; those under ``min_words`` words are mostly code references, not prose."""
-    source, bad = decode_utf8(b"".join(line + b"\n" for _, line in iter_lines(path)))
+    raw = b"".join(line + b"\n" for _, line in iter_lines(path))
+    source, bad = decode_utf8(raw)
     report.undecodable_bytes += bad
+    report.decoded_bytes += len(raw)
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError) as e:
@@ -269,6 +276,23 @@ def read_pydoc(path: str, report: FileReport, min_words: int = 5) -> Iterator[Do
             yield Document(index, offset, text)
             index += 1
             offset += len(text.encode("utf-8"))
+
+
+def check_undecodable(reports: list[dict], max_fraction: float) -> None:
+    """Refuse the first input (a ``FileReport.as_dict()``) whose undecodable share of its
+    decoded bytes exceeds ``max_fraction`` (data.max_undecodable_fraction): a binary file, or
+    text in another encoding, read as UTF-8 is mostly U+FFFD, and tokenising it would put
+    noise in the corpus with only a warning to show for it."""
+    for r in reports:
+        total, bad = r.get("decoded_bytes", 0), r["undecodable_bytes"]
+        if total and bad > max_fraction * total:
+            accept = min(1.0, math.ceil(100 * bad / total) / 100)
+            raise InputError(
+                f"{r['path']}: {bad:,} of its {total:,} bytes ({bad / total:.1%}) are not valid "
+                f"UTF-8, more than data.max_undecodable_fraction = {max_fraction}: it looks "
+                "binary or in another encoding. Remove it from data.input, convert it to "
+                f"UTF-8, or set --set data.max_undecodable_fraction={accept} "
+                "to accept it (its undecodable runs become U+FFFD)")
 
 
 def read_file(path: str, fmt: str, report: FileReport, text_field: str = "text",

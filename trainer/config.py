@@ -74,6 +74,10 @@ class DataConfig:
     which sets the number and size of the Parquet files and the write parallelism."""
     row_group_rows: int = 4096
     """Sequences per Parquet row group (the unit a reader can fetch without a scan)."""
+    max_undecodable_fraction: float = 0.05
+    """The most of an input file's bytes (text, jsonl, pydoc) that may be invalid UTF-8, each
+    run replaced by U+FFFD, before ``prepare`` refuses the file as binary or in another
+    encoding (its text would be noise). 1.0 accepts any file; the counts are in the manifest."""
     cache_dir: str = ""
     """A local folder for what the trainer derives from the corpus once per machine: the flat
     token files that the corpus-reading modes (mlm, the joint baselines, fast-online)
@@ -88,6 +92,8 @@ class DataConfig:
         check(self.part_text_bytes >= 1024, "data.part_text_bytes", "must be >= 1024")
         check(self.row_group_rows >= 1, "data.row_group_rows", "must be >= 1")
         check(bool(self.text_field), "data.text_field", "must not be empty")
+        check(0.0 <= self.max_undecodable_fraction <= 1.0, "data.max_undecodable_fraction",
+              f"must be in [0, 1], got {self.max_undecodable_fraction}")
 
 
 @dataclass

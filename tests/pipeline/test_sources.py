@@ -132,3 +132,51 @@ def test_resolve_format():
     assert resolve_format("b.txt.zst", "auto") == "text"
     assert resolve_format("b.py", "auto") == "pydoc"
     assert resolve_format("b.py", "text") == "text"
+
+
+def binary_file(tmp_path, name="blob.txt"):
+    """A real binary file under a text name: zlib-compressed Python sources (a few KiB)."""
+    import zlib
+
+    p = tmp_path / name
+    sources = b"".join(open(m.__file__, "rb").read() for m in (json, gzip))
+    p.write_bytes(zlib.compress(sources))
+    return p
+
+
+@pytest.mark.parametrize("name", ["blob.txt", "blob.jsonl"])
+def test_a_mostly_undecodable_file_is_refused_naming_it_and_the_key(tmp_path, name):
+    from pipeline.sources import check_undecodable
+
+    p = binary_file(tmp_path, name)
+    _, report = docs_of(p)
+    r = report.as_dict()
+    assert 0.9 * p.stat().st_size < r["decoded_bytes"] <= p.stat().st_size  # line ends aside
+    assert r["undecodable_bytes"] > 0.05 * r["decoded_bytes"]
+    with pytest.raises(InputError, match=rf"{p}: .* bytes \(.*%\) are not valid UTF-8, more "
+                                         r"than data\.max_undecodable_fraction = 0\.05: it "
+                                         r"looks binary.*--set data\.max_undecodable_fraction="):
+        check_undecodable([r], 0.05)
+    check_undecodable([r], 1.0)  # the user's explicit allowance
+
+
+def test_a_few_undecodable_bytes_in_real_text_pass_the_check(tmp_path):
+    from pipeline.sources import check_undecodable
+
+    p = tmp_path / "latin1.txt"
+    p.write_bytes((TEXT * 20).encode() + b"caf\xe9 au lait\n")
+    _, report = docs_of(p)
+    assert report.undecodable_bytes == 1
+    check_undecodable([report.as_dict()], 0.05)
+    check_undecodable([{"path": "x.parquet", "undecodable_bytes": 0, "decoded_bytes": 0}], 0.0)
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5"])
+def test_max_undecodable_fraction_is_validated_naming_the_key(value):
+    from tests.conftest import TINY
+    from trainer.config import load_config
+    from trainer.errors import UserError
+
+    assert load_config(TINY, []).data.max_undecodable_fraction == 0.05
+    with pytest.raises(UserError, match=r"data\.max_undecodable_fraction.*must be in \[0, 1\]"):
+        load_config(TINY, [f"data.max_undecodable_fraction={value}"])
