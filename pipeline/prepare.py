@@ -49,7 +49,14 @@ from pipeline.corpus_parts import (
     plan_parts,
 )
 from pipeline.shard_sets import prepare_output, run_pipeline
-from pipeline.sources import FileReport, InputError, expand_inputs, read_file, resolve_format
+from pipeline.sources import (
+    FileReport,
+    InputError,
+    check_undecodable,
+    expand_inputs,
+    read_file,
+    resolve_format,
+)
 from pipeline.tokenizer_train import train_tokenizer
 from trainer.cli import config_parser, main_guard, resolve_config
 from trainer.config import RunConfig, to_dict, to_toml
@@ -192,6 +199,9 @@ def finalize(parts: list[dict], unigram: np.ndarray, reports: list, context: dic
     """Write the unigram counts, then manifest.json (last: it marks the set complete)."""
     corpus_dir = context["corpus_dir"]
     inputs = [dict(report, bytes=context["inputs"][i][1]) for i, report in sorted(reports)]
+    # Before anything is written: a mostly undecodable file (binary data read as text) would
+    # become sequences of noise.
+    check_undecodable(inputs, context["header"]["config"]["data"]["max_undecodable_fraction"])
     if not parts:
         problems = [f"{r['path']}: {r['documents']} documents, {r['bad_records']} bad records"
                     + (f" ({r['examples'][0]})" if r["examples"] else "") for r in inputs[:10]]
@@ -307,8 +317,10 @@ def load_given_tokenizer(cfg: RunConfig) -> bytes | None:
 
 def fingerprint(cfg: RunConfig, files: list[tuple[str, int]], model: bytes | None) -> dict:
     """Everything that decides the corpus bytes, to recognise a re-run of the same job."""
-    # Where the corpus goes and where trainers cache it locally do not change its bytes.
-    data = {k: v for k, v in to_dict(cfg)["data"].items() if k not in ("corpus_dir", "cache_dir")}
+    # Where the corpus goes, where trainers cache it and the undecodable-input limit (a
+    # refusal, not a change) do not change its bytes.
+    data = {k: v for k, v in to_dict(cfg)["data"].items()
+            if k not in ("corpus_dir", "cache_dir", "max_undecodable_fraction")}
     tok = dict(to_dict(cfg)["tokenizer"], model_sha256=sha256_hex(model) if model else None)
     return {"schema_version": SCHEMA_VERSION, "data": data, "tokenizer": tok,
             "inputs": [list(f) for f in files]}

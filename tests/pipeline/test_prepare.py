@@ -203,3 +203,25 @@ def test_unreadable_parquet_is_a_clear_error(tmp_path, capsys):
     code = main(prepare_argv(inputs, tmp_path / "corpus", *IN_MEMORY))
     err = capsys.readouterr().err
     assert code == 2 and "x.parquet is not a readable Parquet file" in err
+
+
+def test_a_mostly_undecodable_input_is_refused_by_name(corpus_inputs, tmp_path, capsys):
+    """A binary file among text inputs (zlib data: ~all invalid UTF-8) is refused with its
+    name, exit 2 and no manifest; data.max_undecodable_fraction lets it through."""
+    import shutil
+    import zlib
+
+    inputs_dir, _ = corpus_inputs
+    mixed = tmp_path / "inputs"
+    shutil.copytree(inputs_dir, mixed)
+    blob = mixed / "blob.txt"
+    blob.write_bytes(zlib.compress(os.urandom(4000) * 8, 0)[:30_000])
+    out = tmp_path / "corpus"
+    assert main(prepare_argv(mixed, out, *IN_MEMORY)) == 2
+    err = capsys.readouterr().err
+    assert "blob.txt" in err and "data.max_undecodable_fraction" in err
+    assert not (out / "manifest.json").exists()
+    manifest = run(prepare_argv(mixed, out, *IN_MEMORY, "--set",
+                                "data.max_undecodable_fraction=1.0"))
+    assert any(r["path"].endswith("blob.txt") and r["undecodable_bytes"] > 0
+               for r in manifest["inputs"])
