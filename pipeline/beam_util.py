@@ -5,7 +5,8 @@ recovering a UserError from a failed run.
 Options the project does not consume go to Beam unchanged; with no ``--runner`` the jobs run on
 ``LocalRunner``: the DirectRunner's batch engine (FnApiRunner) with one worker process per core,
 chosen explicitly because the plain DirectRunner first tries to download the Prism runner
-binary, which hangs or fails on a machine without network.
+binary, which hangs or fails on a machine without network. ``--runner DaskRunner`` means the
+project's fixed DaskRunner (pipeline/dask_runner.py), not Beam's, which cannot run prepare.
 """
 
 from __future__ import annotations
@@ -51,10 +52,34 @@ class LocalRunner(PipelineRunner):
         return fn_runner.FnApiRunner(provision_info=provision).run_pipeline(pipeline, options)
 
 
+DASK_RUNNER = "pipeline.dask_runner.DaskRunner"
+
+
+def _runner_names(argv: list[str]) -> list[str]:
+    """``argv`` with ``--runner DaskRunner`` (any case, either spelling) naming the project's
+    DaskRunner: Beam's own drops tagged and finish_bundle outputs (pipeline/dask_runner.py)."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a.startswith("--runner="):
+            if a.split("=", 1)[1].lower() in ("dask", "daskrunner"):
+                out[i] = f"--runner={DASK_RUNNER}"
+        elif a == "--runner" and i + 1 < len(out) and out[i + 1].lower() in ("dask",
+                                                                           "daskrunner"):
+            out[i + 1] = DASK_RUNNER
+    if DASK_RUNNER in out or f"--runner={DASK_RUNNER}" in out:
+        try:
+            # Imported here so that its --dask_workers option is known when Beam parses.
+            import pipeline.dask_runner  # noqa: F401
+        except ImportError as e:
+            raise UserError(f"--runner DaskRunner needs the dask extra (pip install -e "
+                            f"'.[dask]'): {e}") from None
+    return out
+
+
 def pipeline_options(beam_argv: list[str]) -> PipelineOptions:
     """PipelineOptions from the pass-through arguments, with the local defaults when no
     runner is named (``--direct_num_workers=0`` means one worker per core)."""
-    argv = list(beam_argv)
+    argv = _runner_names(beam_argv)
     if not any(a == "--runner" or a.startswith("--runner=") for a in argv):
         named = {a.split("=", 1)[0] for a in argv}
         argv = [d for d in LOCAL_DEFAULTS if d.split("=", 1)[0] not in named] + argv
