@@ -32,7 +32,9 @@ LOCAL_DEFAULTS = [
     "--runner=pipeline.beam_util.LocalRunner",
     "--direct_running_mode=multi_processing",
     "--direct_num_workers=0",
-    "--default_sdk_harness_log_level=ERROR",
+    # Workers log a failed bundle's traceback at ERROR; the launcher reports the failure
+    # (one line for a UserError, the whole worker traceback for anything else).
+    "--default_sdk_harness_log_level=CRITICAL",
 ]
 
 
@@ -171,7 +173,9 @@ def exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
-_ERROR_LINE = re.compile(r"^(\w+): (.*?)(?: \[while running '.*'\])?$", re.MULTILINE)
+# A worker's traceback ends with the exception's qualified name: "trainer.shards.ShardError: ...".
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+): (.*?)(?: \[while running '.*'\])?$",
+                         re.MULTILINE)
 
 
 def user_error_in(exc: BaseException) -> UserError | None:

@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.beam_util import exists, join, user_error_in
+from pipeline.worker_stderr import held_tracebacks
 from trainer.errors import UserError
 from trainer.shards import MANIFEST, read_manifest
 
@@ -62,11 +63,15 @@ def prepare_output(root: str, kind: str, fp: dict, overwrite: bool, patterns: li
 
 
 def run_pipeline(p: beam.Pipeline) -> None:
-    """Run and wait; a failure caused by a UserError is re-raised as that UserError."""
-    try:
-        p.run().wait_until_finish()
-    except Exception as e:
-        user_error = user_error_in(e)
-        if user_error is None:
-            raise
-        raise user_error from None
+    """Run and wait; a failure caused by a UserError is re-raised as that UserError, and the
+    tracebacks the workers printed for it are not shown (``pipeline.worker_stderr``): the
+    user gets its one ``error:`` line, as on the in-process runner."""
+    with held_tracebacks() as held:
+        try:
+            p.run().wait_until_finish()
+        except Exception as e:
+            user_error = user_error_in(e)
+            if user_error is None:
+                raise
+            held.drop()
+            raise user_error from None
