@@ -71,10 +71,11 @@ def _runner_names(argv: list[str]) -> list[str]:
     if DASK_RUNNER in out or f"--runner={DASK_RUNNER}" in out:
         try:
             # Imported here so that its --dask_workers option is known when Beam parses.
-            import pipeline.dask_runner  # noqa: F401
+            from pipeline import dask_runner
         except ImportError as e:
             raise UserError(f"--runner DaskRunner needs the dask extra (pip install -e "
                             f"'.[dask]'): {e}") from None
+        dask_runner.start_launcher_helpers()
     return out
 
 

@@ -68,6 +68,17 @@ class ClusterOptions(PipelineOptions):
                  "--dask_client_address is given (default: one per core)")
 
 
+def start_launcher_helpers() -> None:
+    """Start multiprocessing's resource tracker now, before the job. The local cluster's
+    spawned processes start it on first use and it lives as long as the launcher, holding the
+    stderr it was started with; during a job that is ``shard_sets.run_pipeline``'s traceback
+    pipe (pipeline/worker_stderr.py), which then waits 10 s for the pipe to close after every
+    dask job. Called by ``beam_util.pipeline_options`` when the DaskRunner is chosen."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+
+
 def _tag_of(item) -> str:
     return item.tag if isinstance(item, TaggedOutput) else _MAIN
 

@@ -5,13 +5,17 @@ reach the user as on the local runner."""
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import threading
+import time
 
 import pytest
 
 pytest.importorskip("distributed")
 
 from apache_beam.options.pipeline_options import StandardOptions  # noqa: E402
-from distributed import LocalCluster  # noqa: E402
+from distributed import Client, LocalCluster  # noqa: E402
 
 from pipeline.beam_util import pipeline_options  # noqa: E402
 from pipeline.generate import run as generate  # noqa: E402
@@ -88,3 +92,36 @@ def test_runner_short_name_maps_to_project_runner():
     assert opts.get_all_options()["dask_workers"] == 3
     opts = pipeline_options(["--runner=dask"])
     assert opts.view_as(StandardOptions).runner == "pipeline.dask_runner.DaskRunner"
+
+
+def test_generate_survives_a_killed_worker(prepared, cluster, tmp_path):
+    # kill -9 of one worker process mid-job (its pid from this test's own cluster, nothing
+    # else): the nanny restarts it, the scheduler reruns the lost tasks, the bytes are the same.
+    corpus_dir, _, _ = prepared
+    sets = ["corruption.replacement=uniform", "generate.epochs=16", "generate.device=cpu"]
+    generate(gen_argv(corpus_dir, tmp_path / "local", *sets, beam=IN_MEMORY))
+    local = digests(tmp_path / "local", ["**/part-*.parquet"])
+    with Client(cluster.scheduler_address) as client:
+        pids = list(client.run(os.getpid).values())  # the worker processes of this cluster
+    assert len(pids) == 2
+    errors = []
+
+    def job():
+        try:
+            generate(gen_argv(corpus_dir, tmp_path / "dask", *sets,
+                              beam=["--runner", "DaskRunner",
+                                    "--dask_client_address", cluster.scheduler_address]))
+        except BaseException as e:  # re-raised below, in the test's thread
+            errors.append(e)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    deadline = time.time() + 60
+    while (len(list((tmp_path / "dask").glob("**/part-*.parquet"))) < len(local) // 4
+           and thread.is_alive() and time.time() < deadline):
+        time.sleep(0.05)
+    assert thread.is_alive(), "generate finished before a worker could be killed"
+    os.kill(pids[0], signal.SIGKILL)
+    thread.join(timeout=120)
+    assert not thread.is_alive() and not errors, errors
+    assert digests(tmp_path / "dask", ["**/part-*.parquet"]) == local
