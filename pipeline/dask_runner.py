@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 
 import apache_beam
@@ -205,6 +206,10 @@ class DaskRunner(_beam_dask.DaskRunner):
             drop_default=True, current_only=True)
         bag_kwargs = _beam_dask.DaskOptions._extract_bag_kwargs(client_kwargs)
         cluster = None
+        # distributed logs every connection and worker start at INFO (~60 lines a job): keep
+        # its warnings, drop that chatter, unless the user configured the level.
+        if logging.getLogger("distributed").level <= logging.INFO:
+            logging.getLogger("distributed").setLevel(logging.WARNING)
         if not client_kwargs.get("address") and not client_kwargs.get("scheduler_file"):
             workers = options.view_as(ClusterOptions).dask_workers or os.cpu_count() or 1
             # Loopback only and no dashboard: nothing of the job listens on other interfaces.
@@ -212,10 +217,23 @@ class DaskRunner(_beam_dask.DaskRunner):
             # on port 8787: a free port instead, so concurrent jobs do not collide.
             # One thread per worker: the DoFns (tokenizer, torch) are not written for threads
             # sharing a process, and processes are what spreads them over the cores.
-            cluster = ddist.LocalCluster(n_workers=workers, threads_per_worker=1,
-                                         host="127.0.0.1", dashboard_address=None,
-                                         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                                         processes=True)
+            # The worker processes read their log level from dask's config at start-up: the
+            # environment they inherit (restored after, so this process is left as it was).
+            env = {"DASK_LOGGING__DISTRIBUTED": os.environ.get("DASK_LOGGING__DISTRIBUTED",
+                                                                "warning")}
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                cluster = ddist.LocalCluster(
+                    n_workers=workers, threads_per_worker=1, host="127.0.0.1",
+                    dashboard_address=None,
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, processes=True)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
             client_kwargs["address"] = cluster.scheduler_address
         try:
             with ddist.Client(**client_kwargs) as client:
