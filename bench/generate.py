@@ -82,14 +82,15 @@ def generate_argv(args, rtd_dir: str, defaults=(), forced=()) -> list[str]:
 # throughput
 # ---------------------------------------------------------------------------------------------
 
-def beam_seconds(args, rtd_dir: str, workers: int, epochs: int = 1) -> tuple[float, dict]:
+def beam_seconds(args, rtd_dir: str, workers: int, epochs: int = 1,
+                 runner: tuple = ()) -> tuple[float, dict]:
     # Parts are the unit of parallelism of the corruption step: 1024 rows make 9 parts of
     # the demo corpus, work for both workers (its default 65,536 would make one).
     argv = generate_argv(args, rtd_dir, defaults=["generate.part_rows=1024"],
                          forced=[f"generate.epochs={epochs}"])
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        manifest = run([*argv, f"--direct_num_workers={workers}"])
+        manifest = run([*argv, *(runner or [f"--direct_num_workers={workers}"])])
     return time.perf_counter() - start, manifest
 
 
@@ -99,6 +100,10 @@ def throughput(args, cfg) -> None:
     n = len(tokens)
     with tempfile.TemporaryDirectory() as tmp:
         beam = {w: beam_seconds(args, os.path.join(tmp, f"rtd{w}"), w) for w in (1, 2)}
+        # The same job on dask.distributed: its own 2-process loopback cluster, started and
+        # stopped inside the timed call (pipeline/dask_runner.py).
+        dask_s = beam_seconds(args, os.path.join(tmp, "rtd_dask"), 2,
+                              runner=["--runner", "DaskRunner", "--dask_workers", "2"])[0]
         # A second epoch's cost: the job's fixed start (checks, worker start and imports,
         # model load) weighs on a 20-second job, not on an hours-long one.
         two_epochs_s = beam_seconds(args, os.path.join(tmp, "rtd1x2"), 1, epochs=2)[0]
@@ -129,6 +134,8 @@ def throughput(args, cfg) -> None:
     for w, (secs, _) in beam.items():
         print(f"{f'pipeline.generate, LocalRunner, {w} worker(s)':52s} {secs:8.2f} "
               f"{n / secs:9.1f} {loop_s / secs:8.2f}x")
+    print(f"{'pipeline.generate, DaskRunner, 2 worker(s)':52s} {dask_s:8.2f} "
+          f"{n / dask_s:9.1f} {loop_s / dask_s:8.2f}x")
     extra_s = two_epochs_s - beam[1][0]
     print(f"{'  1 worker, one more epoch (2-epoch run - 1-epoch)':52s} {extra_s:8.2f} "
           f"{n / extra_s:9.1f} {loop_s / extra_s:8.2f}x")

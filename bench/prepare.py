@@ -82,6 +82,13 @@ def main() -> None:
                               f"tokenizer.model={model}", f"--direct_num_workers={workers}")
             assert m["num_tokens"] == loop_tokens
             rows.append((f"prepare, LocalRunner, {workers} worker process(es)", secs))
+        # The same job on dask.distributed (pipeline/dask_runner.py): its own 2-process
+        # loopback cluster, started and stopped inside the timed call.
+        secs, m = prepare(inputs, os.path.join(tmp, "cdask"), "--set",
+                          f"tokenizer.model={model}", "--runner", "DaskRunner",
+                          "--dask_workers", "2")
+        assert m["num_tokens"] == loop_tokens
+        rows.append(("prepare, DaskRunner, 2 worker processes", secs))
 
     mib = sum(len(d.encode()) for d in docs) / 2**20
     print(f"corpus: {mib:.1f} MiB of text, {len(docs):,} documents, {loop_tokens:,} tokens, "
