@@ -87,6 +87,7 @@ from trainer.shards import (
     encode_rtd_rows,
     manifest_fingerprint,
     open_corpus,
+    pad_rows,
     read_manifest,
     resolve_fs,
     rtd_part_name,
@@ -156,10 +157,7 @@ class Corrupter:
 
         from trainer.corruption import corrupt_batch
 
-        width = int(lengths.max())
-        valid = np.arange(width)[None, :] < lengths[:, None]  # (B, T)
-        ids = np.full(valid.shape, PAD_ID, np.int64)
-        ids[valid] = tokens
+        ids, valid = pad_rows(tokens, lengths, PAD_ID, np.int64)  # (B, T) each
         u = progress(epoch, positions, self.num_sequences, self.epochs,
                      self.corruption.granularity)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16)

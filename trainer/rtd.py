@@ -15,8 +15,6 @@ padded positions are masked out of attention and of the loss.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,7 +23,7 @@ from trainer.config import RunConfig
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.model import Discriminator, EncoderConfig
-from trainer.shards import RTDBatch, RTDShards, manifest_fingerprint
+from trainer.shards import RTDBatch, RTDShards, manifest_fingerprint, pad_rows
 from trainer.tokenizer import NUM_SPECIAL, PAD_ID
 
 
@@ -228,32 +226,13 @@ class RTDTask:
         return rtd_metrics(sums, "eval_")
 
 
-@functools.lru_cache(maxsize=16)
-def _prefix_mask_table(size: int) -> np.ndarray:
-    return np.arange(size) < np.arange(size + 1)[:, None]
-
-
-def prefix_masks(width: int) -> np.ndarray:
-    """An (S + 1, S) bool table, S the power of two >= ``width``, whose row t is True on its
-    first t columns: the padding mask of a batch of lengths L is ``prefix_masks(max L)[L,
-    :max L]``, a gather of rows ~4x cheaper than comparing each length with a column range
-    (it runs for every micro-batch)."""
-    return _prefix_mask_table(1 << max(width - 1, 1).bit_length())
-
-
 def collate(parts: list[RTDBatch]) -> dict[str, torch.Tensor]:
     """Decoded shard rows (RTDBatch parts, in order) -> padded tensors: input_ids (B, T)
     long, attention_mask (B, T) bool, labels (B, T) float, temperature (B,)."""
     batch = RTDBatch.concat(parts)
-    lengths = batch.lengths
-    width = int(lengths.max())
-    real = prefix_masks(width)[lengths, :width]  # (B, T)
     flat = slice(batch.offsets[0], batch.offsets[-1])
-    # A boolean-mask assignment fills row by row, in the order the flat arrays hold the rows.
-    ids = np.full(real.shape, PAD_ID, np.int64)
-    ids[real] = batch.tokens[flat]
-    labels = np.zeros(real.shape, np.float32)
-    labels[real] = batch.flat_labels[flat]
+    ids, real = pad_rows(batch.tokens[flat], batch.lengths, PAD_ID, np.int64)  # (B, T) each
+    labels, _ = pad_rows(batch.flat_labels[flat], batch.lengths, 0, np.float32)  # (B, T)
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(real),
             "labels": torch.from_numpy(labels),
             "temperature": torch.from_numpy(np.array(batch.temperature, np.float32))}

