@@ -256,15 +256,19 @@ def smoothed_onehot_logprobs(original: torch.Tensor, vocab_size: int, alpha: flo
     return lp
 
 
+def _wsum(w: torch.Tensor, a, b) -> torch.Tensor:
+    """w * a + (1 - w) * b (tensors or floats), counting 0 * (-inf) as 0: the unused side of an
+    interpolation may hold log 0 without turning the result into NaN."""
+    return torch.where(w == 0, 0.0, w * a) + torch.where(w == 1, 0.0, (1 - w) * b)
+
+
 def log_interp(logp1: torch.Tensor, logp2: torch.Tensor, weight) -> torch.Tensor:
     """normalize(p1^w * p2^(1-w)) as log-probs (N, V); weight a float or (N,) per row. w = 1
     gives p1, w = 0 gives p2 exactly (0 * log 0 counts as 0, so a zero in the unused side does
     not turn into NaN)."""
     w = torch.as_tensor(weight, dtype=torch.float32, device=logp1.device)
     w = w.view(-1, 1) if w.ndim else w  # (N, 1) or ()
-    a = torch.where(w == 0, 0.0, w * logp1)
-    b = torch.where(w == 1, 0.0, (1 - w) * logp2)
-    return (a + b).log_softmax(-1)
+    return _wsum(w, logp1, logp2).log_softmax(-1)
 
 
 def replacement_logprobs(replacement: str, original: torch.Tensor, vocab_size: int, *,
@@ -455,12 +459,6 @@ def sample_tokens(logp: torch.Tensor, seed: int, epoch: int, seq_ids: torch.Tens
 # They use the very uniform ``sample_tokens`` would (``keyed_sample_uniform``), cost O(1) per
 # position (uniform, smoothed one-hot and its uniform mix) or O(V) per distinct exponent plus
 # O(log V) per position (the unigram family), and never build an (N, V) tensor.
-
-def _wsum(w: torch.Tensor, a, b) -> torch.Tensor:
-    """w * a + (1 - w) * b with 0 * (-inf) = 0, like ``log_interp`` (float64)."""
-    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-    return torch.where(w == 0, 0.0, w * a) + torch.where(w == 1, 0.0, (1 - w) * b)
-
 
 def _unigram_power(u: torch.Tensor, log_unigram: torch.Tensor, power: torch.Tensor,
                    original: torch.Tensor | None = None, log_keep: torch.Tensor | None = None,
