@@ -71,7 +71,7 @@ from pipeline.generate_fns import (
     split_by_part,
     worker_device,
 )
-from pipeline.shard_sets import prepare_output, run_pipeline
+from pipeline.shard_sets import holds_output_locks, prepare_output, run_pipeline
 from trainer.cli import config_parser, main_guard, resolve_config
 from trainer.config import RunConfig, to_dict, to_toml
 from trainer.corruption import SAMPLER
@@ -353,6 +353,7 @@ def print_summary(m: dict) -> None:
           f"{m['shard_bytes'] / tokens:.3f} shard bytes/token")
 
 
+@holds_output_locks
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run generate; returns the RTD manifest."""
     from trainer.corruption import validate_corruption

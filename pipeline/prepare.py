@@ -48,7 +48,7 @@ from pipeline.corpus_parts import (
     part_rows,
     plan_parts,
 )
-from pipeline.shard_sets import prepare_output, run_pipeline
+from pipeline.shard_sets import holds_output_locks, prepare_output, run_pipeline
 from pipeline.sources import (
     FileReport,
     InputError,
@@ -341,6 +341,7 @@ def print_summary(m: dict) -> None:
              if m["num_dropped_tail_tokens"] else ""))
 
 
+@holds_output_locks
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run prepare; returns the corpus manifest."""
     parser = config_parser("python -m pipeline.prepare", __doc__)

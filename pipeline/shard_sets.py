@@ -1,18 +1,25 @@
-"""What every Beam job does around its pipeline: recognise a re-run of the same job, refuse to
-replace a different shard set, clear the leftovers of an interrupted run, and run the pipeline
-so that a UserError raised in a worker reaches the user as one.
+"""What every Beam job does around its pipeline: lock the output folder, recognise a re-run of
+the same job, refuse to replace a different shard set, clear the leftovers of an interrupted
+run, and run the pipeline so that a UserError raised in a worker reaches the user as one.
 
-    if not prepare_output(out_dir, "corpus", fp, overwrite, ["part-*.parquet"], "prepare"):
-        return read_manifest(out_dir, "corpus")          # same inputs: nothing to do
-    run_pipeline(p)
+    @holds_output_locks                                  # releases them when run returns/raises
+    def run(argv):
+        if not prepare_output(out_dir, "corpus", fp, overwrite, ["part-*.parquet"], "prepare"):
+            return read_manifest(out_dir, "corpus")      # same inputs: nothing to do
+        run_pipeline(p)
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.beam_util import exists, join, user_error_in
+from pipeline.output_lock import OutputLock
 from pipeline.worker_stderr import held_tracebacks
 from trainer.errors import UserError
 from trainer.shards import MANIFEST, read_manifest
@@ -37,12 +44,40 @@ def fingerprint_diff(old: dict | None, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+# The locks taken by prepare_output in the job now running (``holds_output_locks``).
+_HELD: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar(
+    "output_locks", default=None)
+
+
+def holds_output_locks(job):
+    """Decorates a job's ``run``: the output locks ``prepare_output`` takes during it are
+    released when it returns or raises. Taking the lock inside ``prepare_output`` makes it
+    impossible to delete anything in a folder without holding the folder's lock."""
+
+    @functools.wraps(job)
+    def run(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            token = _HELD.set(stack)
+            try:
+                return job(*args, **kwargs)
+            finally:
+                _HELD.reset(token)
+
+    return run
+
+
 def prepare_output(root: str, kind: str, fp: dict, overwrite: bool, patterns: list[str],
                    job: str) -> bool:
-    """Make ``root`` ready for a new ``kind`` shard set with fingerprint ``fp``. Returns False
+    """Lock ``root`` for this run (``pipeline.output_lock``; refused while another run holds
+    it) and make it ready for a new ``kind`` shard set with fingerprint ``fp``. Returns False
     when it already holds this very set (nothing to do). A different complete set is refused
     unless ``overwrite``; files matching ``patterns`` (and temporaries) from an earlier or
-    interrupted run are deleted, after the manifest, so the folder never looks complete."""
+    interrupted run are deleted, after the manifest, so the folder never looks complete.
+    Must run inside a ``holds_output_locks`` job, which releases the lock."""
+    held = _HELD.get()
+    if held is None:
+        raise RuntimeError("prepare_output must be called inside a @holds_output_locks job")
+    held.enter_context(OutputLock(root, job))
     manifest_path = join(root, MANIFEST)
     if exists(manifest_path):
         old = read_manifest(root, kind).get("fingerprint")

@@ -129,6 +129,72 @@ def verify_files(fs: pafs.FileSystem, path: str, root: str, entries: list[dict],
             check_sha256(fs, path, root, entry["name"], entry["sha256"], job)
 
 
+JOBS = {"corpus": "pipeline.prepare", "rtd": "pipeline.generate"}
+
+
+class ManifestWatch:
+    """Notices that the shard set a reader opened was replaced under it (``--overwrite`` of
+    the folder while a trainer reads it): a file opened or a row group read after that would
+    come from another set, or be missing, or (on an object store) mix two sets' bytes.
+
+    Cheap enough to run at every file open and row-group read: one stat of the manifest,
+    compared with the (size, mtime) seen when the set was opened. Only when that differs is
+    the manifest read again; the same content (a re-run that wrote the very same set) is not
+    a replacement. Every job deletes the manifest before it deletes or rewrites a file and
+    writes it last, so a read whose data could come from another set is always followed by a
+    check that sees the manifest gone or changed."""
+
+    def __init__(self, fs: pafs.FileSystem, path: str, root: str, kind: str):
+        self.fs, self.path, self.root, self.kind = fs, path, root, kind
+        self._stat = self._stat_now()  # before the read: a change in between is seen later
+        self.manifest = read_manifest(root, kind)
+        self._fingerprint = manifest_fingerprint(self.manifest)
+
+    def _stat_now(self) -> tuple[int, int] | None:
+        info = self.fs.get_file_info(f"{self.path}/{MANIFEST}")
+        if info.type == pafs.FileType.NotFound:
+            return None
+        return info.size, info.mtime_ns
+
+    def check(self, name: str) -> None:
+        """Raise a ShardError naming ``name`` if the set is no longer the one opened."""
+        now = self._stat_now()
+        if now == self._stat:
+            return
+        if now is not None:
+            try:
+                with self.fs.open_input_stream(f"{self.path}/{MANIFEST}") as f:
+                    same = manifest_fingerprint(json.loads(f.read())) == self._fingerprint
+            except (FileNotFoundError, json.JSONDecodeError):
+                same = False
+            if same:
+                self._stat = now
+                return
+        raise ShardError(
+            f"{self.root}/{name}: the {self.kind} shard set in {self.root} was replaced while "
+            f"this process was reading it ({MANIFEST} {'is gone' if now is None else 'changed'}"
+            f": e.g. {JOBS[self.kind]} --overwrite into the folder), so its files are no "
+            "longer the ones this run started on. Stop writing into a folder a trainer reads: "
+            "write the new set to another folder. To go on training on the new set, start a "
+            "new run on it; to resume this run, recreate the old set (same config and inputs) "
+            "and resume from the last checkpoint")
+
+    def open(self, entry: dict) -> pq.ParquetFile:
+        """``open_listed`` for this set: a missing or different file of a replaced set is
+        reported as the replacement."""
+        try:
+            pf = open_listed(self.fs, self.path, self.root, entry, JOBS[self.kind])
+        except ShardError:
+            self.check(entry["name"])
+            raise
+        try:
+            self.check(entry["name"])
+        except ShardError:
+            pf.close()
+            raise
+        return pf
+
+
 def read_manifest(root: str, kind: str) -> dict:
     """The manifest of a complete shard set of ``kind`` ("corpus" or "rtd")."""
     fs, path = resolve_fs(root)
@@ -171,7 +237,8 @@ class CorpusShards:
     def __init__(self, root: str):
         self.root = root.rstrip("/")
         self.fs, self.path = resolve_fs(self.root)
-        self.manifest = read_manifest(self.root, "corpus")
+        self.watch = ManifestWatch(self.fs, self.path, self.root, "corpus")
+        self.manifest = self.watch.manifest
 
     @property
     def num_sequences(self) -> int:
@@ -200,27 +267,35 @@ class CorpusShards:
     def verify(self, checksums: bool = False) -> None:
         """Check every file the manifest lists: present, row count, and with ``checksums``
         its sha256 (a full read). Raises ShardError naming the first bad file."""
-        verify_files(self.fs, self.path, self.root, self.files, "pipeline.prepare", checksums)
-        if checksums:
-            for entry in (self.manifest["tokenizer"], self.manifest["unigram"]):
-                check_sha256(self.fs, self.path, self.root, entry["file"], entry["sha256"],
-                             "pipeline.prepare")
+        try:
+            verify_files(self.fs, self.path, self.root, self.files, "pipeline.prepare",
+                         checksums)
+            if checksums:
+                for entry in (self.manifest["tokenizer"], self.manifest["unigram"]):
+                    check_sha256(self.fs, self.path, self.root, entry["file"], entry["sha256"],
+                                 "pipeline.prepare")
+        except ShardError:
+            self.watch.check(MANIFEST)  # a replaced set is the better explanation
+            raise
 
     def read_table(self, index: int) -> pa.Table:
         """Part file ``index`` as one Arrow table (columns of CORPUS_SCHEMA)."""
         entry = self.files[index]
-        pf = open_listed(self.fs, self.path, self.root, entry, "pipeline.prepare")
+        pf = self.watch.open(entry)
         try:
-            return pf.read()
+            table = pf.read()
         except (pa.ArrowInvalid, OSError) as e:  # a footer intact over corrupt pages
+            self.watch.check(entry["name"])
             raise unreadable(self.root, entry["name"], "pipeline.prepare", e) from None
         finally:
             pf.close()
+        self.watch.check(entry["name"])
+        return table
 
     def rows(self) -> Iterator[CorpusRow]:
         """Every sequence in seq_id order."""
         for entry in self.files:
-            pf = open_listed(self.fs, self.path, self.root, entry, "pipeline.prepare")
+            pf = self.watch.open(entry)
             with pf:
                 yield from self._file_rows(pf, entry)
 
@@ -230,9 +305,11 @@ class CorpusShards:
             try:
                 batch = next(batches, None)
             except (pa.ArrowInvalid, OSError) as e:  # a footer intact over corrupt pages
+                self.watch.check(entry["name"])
                 raise unreadable(self.root, entry["name"], "pipeline.prepare", e) from None
             if batch is None:
                 return
+            self.watch.check(entry["name"])
             seq_ids = batch.column("seq_id").to_numpy()
             doc_ids = batch.column("doc_id").to_numpy()
             ids = batch.column("input_ids")
@@ -246,7 +323,9 @@ class CorpusShards:
         """(V,) int64 occurrences of every token id in the corpus sequences ([CLS]/[SEP]
         included; callers building a replacement distribution drop the specials)."""
         with self.fs.open_input_file(f"{self.path}/{self.manifest['unigram']['file']}") as f:
-            return np.load(f)
+            counts = np.load(f)
+        self.watch.check(self.manifest["unigram"]["file"])
+        return counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +586,8 @@ class RTDShards:
     def __init__(self, root: str, cached_row_groups: int = 4):
         self.root = root.rstrip("/")
         self.fs, self.path = resolve_fs(self.root)
-        self.manifest = read_manifest(self.root, "rtd")
+        self.watch = ManifestWatch(self.fs, self.path, self.root, "rtd")
+        self.manifest = self.watch.manifest
         self.dtype = self.manifest["token_dtype"]
         # 4 decoded row groups: the one a rank is reading, the next when a micro-batch
         # straddles them, and the held-out one evaluation reads in between.
@@ -550,7 +630,12 @@ class RTDShards:
         """Every listed file present with its row count (and with ``checksums`` its sha256).
         Reads every footer: a multi-rank trainer has one rank do it (the others check each
         file's row count when they first open it)."""
-        verify_files(self.fs, self.path, self.root, self.files, "pipeline.generate", checksums)
+        try:
+            verify_files(self.fs, self.path, self.root, self.files, "pipeline.generate",
+                         checksums)
+        except ShardError:
+            self.watch.check(MANIFEST)  # a replaced set is the better explanation
+            raise
 
     def _check_range(self, epoch: int, start: int, end: int) -> None:
         n = self.rows_per_epoch
@@ -574,7 +659,7 @@ class RTDShards:
         """``entry``'s file, opened (and its row count checked) on first use. Holds the lock."""
         part = self._open.get(entry["name"])
         if part is None:
-            pf = open_listed(self.fs, self.path, self.root, entry, "pipeline.generate")
+            pf = self.watch.open(entry)
             starts = [entry["position_start"]]
             for g in range(pf.metadata.num_row_groups):
                 starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
@@ -598,11 +683,15 @@ class RTDShards:
 
     def _read_group(self, entry: dict, part: _OpenPart, g: int, **kw) -> pa.Table:
         """Row group ``g`` of ``entry``'s file as read from disk; a footer that parsed over
-        corrupt pages is a ShardError naming the file."""
+        corrupt pages is a ShardError naming the file, and so is a read after the set was
+        replaced (checked after the read: what it returned may be the new set's bytes)."""
         try:
-            return part.file.read_row_group(g, **kw)
+            table = part.file.read_row_group(g, **kw)
         except (pa.ArrowInvalid, OSError) as e:
+            self.watch.check(entry["name"])
             raise unreadable(self.root, entry["name"], "pipeline.generate", e) from None
+        self.watch.check(entry["name"])
+        return table
 
     def _decode(self, entry: dict, part: _OpenPart, g: int) -> RTDBatch:
         """Row group ``g`` of ``entry``'s file, decoded (once while it stays cached). Holds
