@@ -138,7 +138,7 @@ class JointModel(nn.Module):
         return mlm_loss, rtd_loss, stats
 
 
-JOINT_EVAL_SUM_KEYS = (*RTD_SUM_KEYS, "gen_correct", "gen_count", "mlm_loss_sum", "batches")
+JOINT_EVAL_SUM_KEYS = (*RTD_SUM_KEYS, "gen_correct", "gen_count", "gen_nll_sum", "batches")
 """The held-out sums of every joint mode (what ``joint_metrics`` and eval_metrics read)."""
 
 
@@ -203,7 +203,9 @@ class JointTask(CorpusTask):
         model = model.module if isinstance(model, DDP) else model
         for b in self.heldout_batches(d):
             mlm_loss, _, stats = self._run(model, b, self.eval_seed)
-            stats.update(mlm_loss_sum=mlm_loss, batches=1.0)
+            # Token-weighted, not a mean of batch means: how the held-out sequences fall into
+            # batches depends on the world size, the loss over them must not.
+            stats.update(gen_nll_sum=mlm_loss * stats["gen_count"], batches=1.0)
             for k in JOINT_EVAL_SUM_KEYS:
                 sums[k] += float(stats[k])
         return sums
@@ -211,5 +213,5 @@ class JointTask(CorpusTask):
     def eval_metrics(self, sums):
         if not sums.get("batches"):
             return {}
-        n = sums["batches"]
-        return {"eval_gen_mlm_loss": sums["mlm_loss_sum"] / n, **joint_metrics(sums, "eval_")}
+        return {"eval_gen_mlm_loss": sums["gen_nll_sum"] / max(sums["gen_count"], 1.0),
+                **joint_metrics(sums, "eval_")}

@@ -137,9 +137,12 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
             if d.is_main:
                 print(f"train: note: {key} differs from the checkpoint's config")
         if meta["data_fingerprint"] != task.data_fingerprint:
-            raise TrainingError(f"cannot resume from {resume_path}: it was trained on data "
-                                f"{meta['data_fingerprint'][:12]}..., this config reads "
-                                f"{task.data_fingerprint[:12]}... (a different shard set)")
+            # In full: fast-online's fingerprints share their corpus part and differ after it.
+            raise TrainingError(f"cannot resume from {resume_path}: it was trained on data with "
+                                f"fingerprint {meta['data_fingerprint']}, this config reads data "
+                                f"with fingerprint {task.data_fingerprint} (a different shard "
+                                "set, corpus or data plan). Point the config at the data the "
+                                "checkpoint was trained on, or start a new train.out_dir")
         raw_model.load_state_dict(state["model"])
         for opt, sched, o, sc in zip(opts, scheds, state["optimizers"], state["schedulers"],
                                      strict=True):
@@ -267,11 +270,14 @@ def run(argv: list[str] | None = None) -> None:
         args.overrides.append("train.verify_checksums=true")
     rank = int(os.environ.get("RANK", 0))
     cfg = resolve_config(args, echo=rank == 0)
+    # A caller that set up the process group itself (several runs in one launch) keeps it.
+    owns_group = not torch.distributed.is_initialized()
     d = distributed.setup(cfg.train.device)
     try:
         train(cfg, d)
     finally:
-        distributed.teardown()
+        if owns_group:
+            distributed.teardown()
 
 
 def main(argv: list[str] | None = None) -> int:
