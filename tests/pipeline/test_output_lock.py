@@ -81,17 +81,17 @@ def test_a_second_generate_into_a_live_runs_folder_is_refused_and_deletes_nothin
         before = snapshot(rtd_dir)
         assert any(name.startswith("epoch=") for name in before)  # the live run's files
         assert "manifest.json" not in before  # what made the old protocol delete them
-        holder = json.loads(before[LOCK_FILE])
-        assert holder["pid"] == first.pid
 
         second = subprocess.run([sys.executable, "-m", "pipeline.generate", *second_argv],
                                 cwd=REPO, capture_output=True, text=True, timeout=300,
                                 env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"))
         assert first.poll() is None  # still alive (stopped) when the second was refused
-        assert snapshot(rtd_dir) == before
+        assert snapshot(rtd_dir) == before, "the second run changed the live run's folder"
     finally:
         os.killpg(first.pid, signal.SIGCONT)
     assert second.returncode == 2, second.stderr[-2000:]
+    holder = json.loads(before[LOCK_FILE])
+    assert holder["pid"] == first.pid
     err = second.stderr
     assert "Traceback" not in err and err.startswith("error: ")
     for what in (str(rtd_dir), f"pid {first.pid}", f"host {socket.gethostname()}",
