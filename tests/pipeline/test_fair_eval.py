@@ -12,11 +12,13 @@ import torch
 from pipeline.fair_eval import main
 from tests.conftest import IN_MEMORY, TINY
 from tests.pipeline.test_generate import SMALL, aux_checkpoint  # noqa: F401  (fixture)
+from tests.reference_metrics import disagreeing, rtd_reference
+from tests.trainer.test_evaluate import RTD_KEYS, disc_batches
 from tests.trainer.test_pretrained import save
 from trainer.config import load_config
-from trainer.evaluate import main as evaluate_main
 from trainer.joint import JointModel
 from trainer.model import Discriminator, EncoderConfig
+from trainer.pretrained import load_discriminator
 from trainer.shards import RTDShards, resolve_fs, sha256_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,12 +80,17 @@ def test_fair_eval_scores_every_discriminator_on_one_t1_set(prepared, aux_checkp
     table = first[first.index("RTD on"):]
     assert all(d in table for d in discriminators)
 
-    # The same numbers as trainer.evaluate on that set.
-    assert evaluate_main(["--config", TINY, *sets(corpus_dir), "--checkpoint",
-                          discriminators[1], "--rtd-dir", str(rtd_dir), "--only", "rtd",
-                          "--max-sequences", "300", "--json", str(tmp_path / "direct.json")]) == 0
-    direct = json.loads((tmp_path / "direct.json").read_text())["results"][0]
-    assert direct["rtd"]["all"] == rows[1]["rtd"]["all"]
+    # Every figure recomputed by tests.reference_metrics from each model's logits on the
+    # first 300 positions of the set (in fair_eval's batches, so bit-identical logits): catches
+    # a metric bug, the wrong set, epoch or count; a wrong definition must disagree.
+    size = load_config(TINY, SMALL).train.micro_batch_size_per_rank
+    for path, r in zip(discriminators, rows, strict=True):
+        batches = disc_batches(load_discriminator(path), rtd, 0, 300, size)
+        ref = rtd_reference(batches)
+        for key in RTD_KEYS:
+            assert r["rtd"]["all"][key] == pytest.approx(ref[key], rel=1e-6, abs=1e-9), key
+        assert disagreeing(r["rtd"]["all"], rtd_reference(batches, count_specials=True),
+                           ("tokens", "rtd_accuracy", "rtd_loss")) != []
 
     # A re-run reuses the set: generate is a no-op.
     files = {f["name"]: f["sha256"] for f in m["files"]}

@@ -11,17 +11,20 @@ import pytest
 import torch
 
 from tests.conftest import TINY
+from tests.reference_metrics import disagreeing, mlm_reference, rtd_reference
 from tests.trainer.test_pretrained import save
 from tests.trainer.test_rtd import rtd_dir  # noqa: F401  (module fixture: 2 uniform epochs)
 from tests.trainer.test_train import train_argv
 from trainer import checkpoint
 from trainer.config import load_config
+from trainer.distributed import Dist
 from trainer.evaluate import AUCCounts, logit_keys, main, pairwise_auc
 from trainer.joint import JointModel
 from trainer.model import Discriminator, EncoderConfig
-from trainer.pretrained import load_discriminator
-from trainer.rtd import collate, ordinary_mask
-from trainer.shards import RTDShards
+from trainer.pretrained import load_discriminator, load_generator
+from trainer.rtd import collate
+from trainer.shards import CorpusShards, RTDShards
+from trainer.tasks import MLMTask
 from trainer.train import main as train_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,6 +34,42 @@ EVAL_SEQUENCES = 120
 
 def last_metrics(out_dir) -> dict:
     return json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+# What trainer.evaluate reports per epoch, each recomputed by tests.reference_metrics; the
+# trainer's own held-out eval logs the first eight (eval_*).
+LOGGED_KEYS = ("rtd_accuracy", "rtd_precision", "rtd_recall", "rtd_f1", "rtd_loss",
+               "replaced_fraction", "rtd_all_accuracy", "rtd_all_loss")
+RTD_KEYS = (*LOGGED_KEYS, "tokens", "all_tokens", "rtd_auc", "rtd_all_auc",
+            "majority_accuracy", "constant_loss")
+
+
+def disc_batches(model, rtd: RTDShards, epoch: int, count: int, size: int) -> list[dict]:
+    """The discriminator's logits on positions [0, count) of ``epoch``, in batches of
+    ``size``, as numpy arrays with each row's length (tests.reference_metrics' input)."""
+    out = []
+    for lo in range(0, count, size):
+        part = rtd.read_range(epoch, lo, min(lo + size, count))
+        b = collate([part])
+        with torch.no_grad():
+            logits = model(b["input_ids"], b["attention_mask"]).float()
+        out.append({"logits": logits.numpy(), "labels": b["labels"].numpy(),
+                    "input_ids": b["input_ids"].numpy(), "lengths": part.lengths})
+    return out
+
+
+def gen_batches(model, cfg) -> list[dict]:
+    """The generator's (B, T, V) logits on MLMTask's masked held-out batches (its fixed eval
+    seed and split: the data trainer.evaluate scores), as numpy arrays."""
+    d = Dist(0, 1, 0, torch.device("cpu"))
+    out = []
+    for b in MLMTask(cfg, d).heldout_batches(d):
+        with torch.no_grad():
+            logits = model(b["input_ids"], b["attention_mask"]).float()
+        out.append({"logits": logits.numpy(), "input_ids": b["input_ids"].numpy(),
+                    "original_ids": b["original_ids"].numpy(),
+                    "selected": b["selected"].numpy()})
+    return out
 
 
 def evaluate(capsys, *argv: str) -> tuple[int, str, str]:
@@ -82,33 +121,33 @@ def test_rtd_metrics_equal_the_trainers_held_out_eval(prepared, rtd_dir, disc_ru
     e0, e1, both = (result["rtd"]["epochs"]["0"], result["rtd"]["epochs"]["1"],
                     result["rtd"]["all"])
     logged = last_metrics(disc_run)
-    for key in ("rtd_accuracy", "rtd_precision", "rtd_recall", "rtd_f1", "rtd_all_accuracy"):
-        assert e1[key] == pytest.approx(logged[f"eval_{key}"], abs=1e-9), key
-    for key in ("rtd_loss", "rtd_all_loss"):
-        assert e1[key] == pytest.approx(logged[f"eval_{key}"], rel=1e-5), key
-    assert e1["all_tokens"] > e1["tokens"]  # [CLS]/[SEP] count only in the rtd_all_* figures
     # Epoch 0 fed the 6 training steps; epoch 1 did not.
     assert e0["trained_on"] and not e1["trained_on"]
     assert both["tokens"] == e0["tokens"] + e1["tokens"]
     assert both["sequences"] == 2 * EVAL_SEQUENCES
-    assert e1["majority_accuracy"] == max(e1["replaced_fraction"], 1 - e1["replaced_fraction"])
     assert "0*" in out and "RTD on" in out  # the table marks the trained-on epoch
 
-    # ROC-AUC against every (replaced, kept) pair of the same model on the same tokens (in
-    # the same batches of 7, so the logits are bit-identical).
+    # Every figure against tests.reference_metrics on the same model's logits for the same
+    # tokens (in the same batches of 7, so the logits are bit-identical); the trainer's logged
+    # held-out eval (RTDTask.evaluate, batches of 16) against it too. Catches any metric
+    # helper bug that trainer.evaluate and the trainer share (both used rtd_counts).
     model = load_discriminator(result["checkpoint"])
-    rtd = RTDShards(str(rtd_dir))
-    logits, labels = [], []
-    for lo in range(0, EVAL_SEQUENCES, 7):
-        b = collate([rtd.read_range(1, lo, min(lo + 7, EVAL_SEQUENCES))])
-        counted = ordinary_mask(b["input_ids"], b["attention_mask"])  # no [CLS]/[SEP]/[PAD]
-        with torch.no_grad():
-            logits.append(model(b["input_ids"], b["attention_mask"])[counted].numpy())
-        labels.append(b["labels"][counted].numpy())
-    exact = pairwise_auc(np.concatenate(logits), np.concatenate(labels))
-    assert 0.5 < exact < 1.0  # the 6-step model already ranks replaced tokens higher
-    assert e1["rtd_auc"] == pytest.approx(exact, abs=1e-12) and e1["rtd_auc_margin"] == 0
-    assert e1["rtd_all_auc"] is not None and e1["rtd_all_auc"] != e1["rtd_auc"]
+    batches = disc_batches(model, RTDShards(str(rtd_dir)), 1, EVAL_SEQUENCES, 7)
+    ref = rtd_reference(batches)
+    for key in RTD_KEYS:
+        assert e1[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-9), key
+        if key in LOGGED_KEYS:
+            assert logged[f"eval_{key}"] == pytest.approx(ref[key], rel=1e-5, abs=1e-9), key
+    assert e1["rtd_auc_margin"] == 0
+    assert 0.5 < ref["rtd_auc"] < 1.0  # the 6-step model already ranks replaced tokens higher
+    assert ref["rtd_all_auc"] != ref["rtd_auc"]
+    # Negative controls: a wrong definition must disagree with what evaluate reported.
+    assert disagreeing(e1, rtd_reference(batches, count_specials=True),
+                       ("tokens", "rtd_accuracy", "rtd_loss", "rtd_auc")) != []
+    assert disagreeing(e1, rtd_reference(batches, count_padding=True),
+                       ("all_tokens", "rtd_all_accuracy", "rtd_all_loss")) != []
+    assert disagreeing(e1, rtd_reference(batches, positive=0),
+                       ("rtd_precision", "rtd_recall", "rtd_f1")) != []
 
 
 def test_auc_against_brute_force():
@@ -156,10 +195,27 @@ def test_mlm_metrics_equal_the_trainers_held_out_eval(prepared, mlm_run, capsys,
     assert rc == 0, err
     m = json.loads(out_json.read_text())["results"][0]["mlm"]
     logged = last_metrics(mlm_run)
-    assert m["mlm_loss"] == pytest.approx(logged["eval_mlm_loss"], rel=1e-6)
-    assert m["mlm_accuracy"] == pytest.approx(logged["eval_mlm_accuracy"], abs=1e-9)
-    assert m["unigram_loss"] == pytest.approx(logged["eval_unigram_loss"], rel=1e-9)
-    assert m["sequences"] == 20 and m["masked_tokens"] > 50
+    # trainer.evaluate and the trainer's logged held-out eval (both MLMTask.evaluate) against
+    # tests.reference_metrics on the generator's full (B, T, V) logits for the same masked
+    # held-out batches: catches a loss, argmax or unigram-baseline bug they share.
+    cfg = load_config(TINY, [f"data.corpus_dir={corpus_dir}", "tokenizer.vocab_size=600",
+                             "train.holdout_fraction=0.05", "train.eval_sequences=20"])
+    checkpoint_path = json.loads(out_json.read_text())["results"][0]["checkpoint"]
+    batches = gen_batches(load_generator(checkpoint_path), cfg)
+    counts = CorpusShards(str(corpus_dir)).unigram_counts()
+    ref = mlm_reference(batches, counts)
+    assert m["masked_tokens"] == ref["masked_tokens"] > 50 and m["sequences"] == 20
+    for key in ("mlm_loss", "mlm_accuracy", "unigram_loss"):
+        assert m[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-9), key
+        assert logged[f"eval_{key}"] == pytest.approx(ref[key], rel=1e-5, abs=1e-9), key
+    assert 0 < ref["mlm_accuracy"] < 1 and ref["mlm_loss"] < ref["unigram_loss"] * 1.5
+    # Negative controls: a wrong definition must disagree with what evaluate reported.
+    assert disagreeing(m, mlm_reference(batches, counts, count_unselected=True),
+                       ("mlm_loss", "mlm_accuracy", "unigram_loss")) != []
+    assert disagreeing(m, mlm_reference(batches, counts, labels_from_input=True),
+                       ("mlm_loss", "mlm_accuracy")) != []
+    assert disagreeing(m, mlm_reference(batches, counts, smooth_unigram=False),
+                       ("unigram_loss",)) != []
     assert "warning" not in out
     # A different held-out split is evaluated, with a warning that it is not the trained one.
     rc, out, err = evaluate(capsys, "--set", f"data.corpus_dir={corpus_dir}",

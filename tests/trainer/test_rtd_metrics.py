@@ -1,8 +1,9 @@
 """The headline RTD metrics count ordinary tokens only: the project's metric path (rtd_counts +
-rtd_metrics, and trainer.evaluate's RTDAccumulator with its ROC-AUC and loss) against a plain
-numpy recomputation over the positions that are real and not [CLS]/[SEP]/[UNK]/... (written
-here, independent of the project's helpers), with negative controls: the all-token figures
-differ on the same data, and a tampered label moves the result."""
+rtd_metrics, and trainer.evaluate's RTDAccumulator with its ROC-AUC and loss) against the plain
+numpy references of tests.reference_metrics (positions within each row's length and not
+[CLS]/[SEP]/[UNK]/...), with negative controls: each wrong variant of the reference (shifted
+threshold, padding or specials counted, the kept class as positive) disagrees with the
+reported figures, and a tampered label moves the result."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.reference_metrics import disagreeing, rtd_reference
 from trainer.evaluate import RTDAccumulator
 from trainer.joint import joint_metrics
 from trainer.rtd import ordinary_mask, rtd_counts, rtd_metrics
@@ -46,36 +48,11 @@ def make_batch(seed: int, tied: bool) -> dict[str, torch.Tensor]:
             "temperature": torch.ones(B)}
 
 
-def rank_auc(x: np.ndarray, y: np.ndarray) -> float:
-    """Mann-Whitney: (rank sum of positives - n1 (n1 + 1) / 2) / (n1 n0), average ranks for
-    ties."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(1, len(x) + 1)
-    _, inverse = np.unique(x, return_inverse=True)
-    ranks = (np.bincount(inverse, weights=ranks) / np.bincount(inverse))[inverse]
-    n1 = int(y.sum())
-    n0 = len(y) - n1
-    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def reference(b: dict[str, torch.Tensor], ordinary_only: bool) -> dict[str, float]:
-    ids = b["input_ids"].numpy()
-    keep = ~np.isin(ids, SPECIALS) if ordinary_only else ids != PAD_ID
-    x = b["logits"].numpy()[keep].astype(np.float64)
-    y = b["labels"].numpy()[keep].astype(np.float64)
-    pred = x > 0
-    tp, fp = float((pred & (y == 1)).sum()), float((pred & (y == 0)).sum())
-    fn = float((~pred & (y == 1)).sum())
-    precision, recall = tp / (tp + fp), tp / (tp + fn)
-    bce = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
-    frac = y.mean()
-    return {"tokens": len(y), "accuracy": float((pred == (y == 1)).mean()),
-            "precision": precision, "recall": recall,
-            "f1": 2 * precision * recall / (precision + recall), "loss": float(bce.mean()),
-            "auc": rank_auc(x, y), "replaced_fraction": float(frac),
-            "majority": max(frac, 1 - frac),
-            "constant_loss": float(-(frac * np.log(frac) + (1 - frac) * np.log(1 - frac)))}
+def as_numpy(b: dict[str, torch.Tensor]) -> list[dict]:
+    """The batch as tests.reference_metrics reads it: row lengths instead of the mask."""
+    return [{"logits": b["logits"].numpy(), "labels": b["labels"].numpy(),
+             "input_ids": b["input_ids"].numpy(),
+             "lengths": (b["input_ids"] != PAD_ID).sum(1).numpy()}]
 
 
 def counts_path(b: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
@@ -93,23 +70,20 @@ def accumulator_path(b: dict[str, torch.Tensor]) -> dict:
     return total.metrics()
 
 
+HEADLINE = ("rtd_accuracy", "rtd_precision", "rtd_recall", "rtd_f1", "rtd_loss",
+            "replaced_fraction", "rtd_all_accuracy", "rtd_all_loss")
+
+
 def check_headline(b: dict[str, torch.Tensor]) -> None:
-    ref, ref_all = reference(b, True), reference(b, False)
+    ref = rtd_reference(as_numpy(b))
     m, acc = counts_path(b), accumulator_path(b)
-    for key in ("accuracy", "precision", "recall", "f1", "loss"):
-        assert m[f"rtd_{key}"] == pytest.approx(ref[key], abs=1e-6), key
-        assert acc[f"rtd_{key}"] == pytest.approx(ref[key], abs=1e-6), key
-    assert m["replaced_fraction"] == pytest.approx(ref["replaced_fraction"], abs=1e-12)
-    assert acc["rtd_auc"] == pytest.approx(ref["auc"], abs=1e-6)
+    for key in HEADLINE:
+        assert m[key] == pytest.approx(ref[key], abs=1e-6), key
+        assert acc[key] == pytest.approx(ref[key], abs=1e-6), key
+    for key in ("rtd_auc", "rtd_all_auc", "majority_accuracy", "constant_loss"):
+        assert acc[key] == pytest.approx(ref[key], abs=1e-9), key
     assert acc["rtd_auc_margin"] == 0.0
-    assert acc["tokens"] == ref["tokens"] and acc["all_tokens"] == ref_all["tokens"]
-    assert acc["majority_accuracy"] == pytest.approx(ref["majority"], abs=1e-12)
-    assert acc["constant_loss"] == pytest.approx(ref["constant_loss"], abs=1e-9)
-    # The all-token figures, kept under their own names.
-    for key in ("accuracy", "loss"):
-        assert m[f"rtd_all_{key}"] == pytest.approx(ref_all[key], abs=1e-6), key
-        assert acc[f"rtd_all_{key}"] == pytest.approx(ref_all[key], abs=1e-6), key
-    assert acc["rtd_all_auc"] == pytest.approx(ref_all["auc"], abs=1e-6)
+    assert acc["tokens"] == ref["tokens"] and acc["all_tokens"] == ref["all_tokens"]
     # The same sums give the same metrics under the train/eval (and joint) prefixes.
     e = counts_path(b, "eval_")
     assert all(e[f"eval_{k}"] == v for k, v in m.items())
@@ -124,15 +98,30 @@ def test_headline_metrics_count_ordinary_tokens_only(tied):
     b = make_batch(0, tied)
     check_headline(b)
 
-    # Negative control: over all real tokens the figures differ (the specials are easy
-    # negatives), so a regression to all tokens would fail the checks above.
-    ref, ref_all = reference(b, True), reference(b, False)
-    m, acc = counts_path(b), accumulator_path(b)
-    for key in ("accuracy", "loss", "auc", "replaced_fraction"):
-        assert abs(ref[key] - ref_all[key]) > 1e-3, key
-    assert m["rtd_accuracy"] < m["rtd_all_accuracy"]  # the specials flatter accuracy
-    assert abs(acc["rtd_auc"] - ref_all["auc"]) > 1e-3
-    assert abs(acc["rtd_loss"] - ref_all["loss"]) > 1e-3
+
+# Each wrong definition of the reference, and the reported figures it must then disagree with:
+# proof that check_headline would catch the same mistake in the project's metric code.
+WRONG = {
+    "threshold_0.5": (  # a probability cut applied to logits
+        {"threshold": 0.5}, ("rtd_accuracy", "rtd_precision", "rtd_recall", "rtd_f1")),
+    # [PAD] is a special id, so only the every-real-token figures can see padding.
+    "padding_counted": ({"count_padding": True},
+                        ("all_tokens", "rtd_all_accuracy", "rtd_all_loss", "rtd_all_auc")),
+    "specials_in_headline": (  # [CLS]/[SEP]/[UNK] counted in rtd_*
+        {"count_specials": True},
+        ("tokens", "rtd_accuracy", "rtd_loss", "rtd_auc", "replaced_fraction")),
+    "kept_class_positive": ({"positive": 0}, ("rtd_precision", "rtd_recall", "rtd_f1")),
+}
+
+
+@pytest.mark.parametrize("wrong", WRONG)
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_wrong_reference_disagrees_with_the_reported_metrics(wrong, tied):
+    b = make_batch(0, tied)
+    kwargs, keys = WRONG[wrong]
+    reported = {**counts_path(b), **accumulator_path(b)}
+    assert disagreeing(reported, rtd_reference(as_numpy(b)), keys) == []
+    assert disagreeing(reported, rtd_reference(as_numpy(b), **kwargs), keys) == list(keys)
 
 
 def test_the_mask_and_tampered_labels():
