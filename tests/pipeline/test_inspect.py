@@ -12,6 +12,7 @@ from pipeline.generate import run as generate
 from pipeline.inspect import main as inspect_main
 from pipeline.inspect import rtd_figure
 from tests.pipeline.test_generate import gen_argv
+from tests.trainer.test_plot import colour_pixels
 from trainer.shards import RTDShards
 
 pytest.importorskip("matplotlib")
@@ -40,10 +41,14 @@ def test_plot_writes_a_png_and_keeps_the_summary(rtd_set, tmp_path, capsys):
     assert inspect_main([str(rtd_dir), "--plot", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed == plain + f"wrote {out}\n"
-    data = out.read_bytes()
-    assert data.startswith(PNG_MAGIC) and len(data) > 20_000
+    assert out.read_bytes().startswith(PNG_MAGIC)
     assert os.listdir(out.parent) == ["schedule.png"]  # no temp file left behind
-    assert len(manifest["files"]) == 10  # 991 rows / 200 per part, 2 epochs: steps to draw
+    # The parts' replaced fractions (C1) and the epochs' means (C3) are drawn: fails on a
+    # blank or half-drawn figure (tests/trainer/test_plot.py shows a blank one has none).
+    assert colour_pixels(out, "C1") > 50 and colour_pixels(out, "C3") > 10  # C3: 2 short lines
+    # Several parts per epoch (200 rows each), so the figure has steps to draw.
+    rows = RTDShards(str(rtd_dir)).rows_per_epoch
+    assert len(manifest["files"]) == 2 * -(-rows // 200) >= 4
 
 
 def test_plot_refuses_a_corpus(prepared, tmp_path, capsys):
@@ -58,7 +63,7 @@ def test_plot_draws_what_the_manifest_says(rtd_set):
     temp_ax, repl_ax = rtd_figure(RTDShards(str(rtd_dir))).axes
     files = sorted(manifest["files"], key=lambda f: (f["epoch"], f["position_start"]))
     bands = temp_ax.collections  # one min..max band per part, in training order
-    assert len(bands) == len(files) == 10
+    assert len(bands) == len(files)
     for band, f in zip(bands, files, strict=True):
         ys = band.get_paths()[0].vertices[:, 1]
         assert min(ys) == pytest.approx(f["temperature_min"])
@@ -66,7 +71,7 @@ def test_plot_draws_what_the_manifest_says(rtd_set):
     schedule, *_ = temp_ax.get_lines()
     assert schedule.get_ydata()[0] == 2.0 and schedule.get_ydata()[-1] < 1.01
     # Drawn in this order: the parts, then each epoch's mean (epoch separators after).
-    *parts, epoch0, epoch1 = [line.get_ydata()[0] for line in repl_ax.get_lines()[:12]]
+    *parts, epoch0, epoch1 = [line.get_ydata()[0] for line in repl_ax.get_lines()[:len(files) + 2]]
     assert parts == pytest.approx([f["replaced"] / f["tokens"] for f in files])
     fracs = [sum(f["replaced"] for f in files if f["epoch"] == e)
              / sum(f["tokens"] for f in files if f["epoch"] == e) for e in (0, 1)]

@@ -94,22 +94,67 @@ def test_electra_shares_the_rtd_gradient_with_the_generator(prepared):
     assert not torch.allclose(a[key], b[key], atol=1e-6)
 
 
-def test_embedding_sharing_modes(prepared):
-    corpus_dir, _, _ = prepared
-    shared = task_for(corpus_dir, "electra", "joint.embedding_sharing=shared").model
-    assert shared.discriminator.encoder.word_emb is shared.generator.encoder.word_emb
-    none = task_for(corpus_dir, "electra", "joint.embedding_sharing=none").model
-    assert none.discriminator.encoder.word_emb is not none.generator.encoder.word_emb
-    assert task_for(corpus_dir, "decoupled", "joint.embedding_sharing=shared").model \
-        .discriminator.encoder.word_emb is not None  # decoupled never shares
+def embedding_tables(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """(D's word-embedding table as its forward uses it, G's), detached copies."""
+    return (model.discriminator.encoder.word_emb.weight.detach().clone(),
+            model.generator.encoder.word_emb.weight.detach().clone())
 
-    task = task_for(corpus_dir, "electra", "joint.embedding_sharing=gdes")
-    gdes = task.model.discriminator.encoder.word_emb
+
+@torch.no_grad()
+def bump(param: torch.nn.Parameter) -> None:
+    param.add_(1.0)  # an optimizer step's worth of change, in place as optimizers do
+
+
+def test_shared_embeddings_are_one_parameter(prepared):
+    model = task_for(prepared[0], "electra", "joint.embedding_sharing=shared").model
+    d, g = model.discriminator.encoder.word_emb, model.generator.encoder.word_emb
+    assert d.weight is g.weight  # fails if D got a copy, even an equal one
+    before, _ = embedding_tables(model)
+    bump(g.weight)
+    assert torch.equal(embedding_tables(model)[0], before + 1.0)
+
+
+@pytest.mark.parametrize("mode, sharing", [("electra", "none"), ("decoupled", "shared"),
+                                           ("decoupled", "gdes")])
+def test_separate_embeddings_share_no_storage(prepared, mode, sharing):
+    """``none``, and decoupled whatever joint.embedding_sharing says (its two optimizers must
+    not both step one table): distinct storage, and an update to either table leaves the
+    other as it was. Fails if the tables were shared, views of one tensor, or tied (gdes)."""
+    model = task_for(prepared[0], mode, f"joint.embedding_sharing={sharing}").model
+    d, g = model.discriminator.encoder.word_emb, model.generator.encoder.word_emb
+    assert type(d) is torch.nn.Embedding and d.weight is not g.weight
+    assert d.weight.untyped_storage().data_ptr() != g.weight.untyped_storage().data_ptr()
+    d_before, g_before = embedding_tables(model)
+    bump(g.weight)
+    assert torch.equal(embedding_tables(model)[0], d_before)
+    bump(d.weight)
+    assert torch.equal(embedding_tables(model)[1], g_before + 1.0)
+    ids = {id(p) for p in model.discriminator.parameters()}
+    assert not ids & {id(p) for p in model.generator.parameters()}
+
+
+def test_gdes_embedding_is_the_generators_table_plus_its_own_delta(prepared):
+    """DeBERTaV3's definition: D's table = stop_grad(G's table) + delta. G's updates reach D,
+    D's delta never reaches G, and the RTD loss trains delta and not G's table."""
+    task = task_for(prepared[0], "electra", "joint.embedding_sharing=gdes")
+    model = task.model
+    gdes, g = model.discriminator.encoder.word_emb, model.generator.encoder.word_emb
     assert isinstance(gdes, GDESEmbedding)
+    assert gdes.delta is not g.weight and gdes.delta.shape == g.weight.shape
+    d_before, g_before = embedding_tables(model)
+    assert torch.equal(d_before, g_before + gdes.delta.detach())
+    bump(g.weight)  # G's update moves D's table with it
+    assert torch.equal(embedding_tables(model)[0], d_before + 1.0)
+    bump(gdes.delta)  # D's own part does not move G's
+    assert torch.equal(embedding_tables(model)[1], g_before + 1.0)
+    # delta is D's parameter, G's table is not (so D's optimizer does not step it twice).
+    d_params = {id(p) for p in model.discriminator.parameters()}
+    assert id(gdes.delta) in d_params and id(g.weight) not in d_params
+
     b = task.micro_batch(0, 0, CPU)
-    _, rtd_loss, _ = task._run(task.model, b, 0)
+    _, rtd_loss, _ = task._run(model, b, 0)
     rtd_loss.backward()  # the RTD loss alone: G's table must get nothing, D's delta must
-    assert task.model.generator.encoder.word_emb.weight.grad is None
+    assert g.weight.grad is None
     assert gdes.delta.grad is not None and gdes.delta.grad.abs().sum() > 0
 
 

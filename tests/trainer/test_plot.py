@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import pytest
 
 from pipeline.generate import run as generate
@@ -15,7 +16,7 @@ from tests.conftest import IN_MEMORY, TINY
 from tests.trainer.test_train import SMALL, metrics, train_argv, train_proc
 from trainer.errors import UserError
 from trainer.logger import MetricsLog
-from trainer.plot import family_figure, family_keys, find_runs
+from trainer.plot import family_figure, family_keys, find_runs, save_figure
 from trainer.plot import main as plot_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,14 +51,40 @@ def sweep_root(prepared, tmp_path_factory):
     return root / "lr"
 
 
-def pngs(folder) -> dict[str, int]:
-    """{file name: size} of the PNGs in ``folder``; fails on anything that is not one."""
+def pngs(folder) -> dict[str, dict[str, int]]:
+    """{file name: {colour: pixels of it}} of the PNGs in ``folder``, for the colours of the
+    first two series (C0, C1); fails on anything that is not a PNG."""
     out = {}
     for name in os.listdir(folder):
-        data = (folder / name).read_bytes()
-        assert data.startswith(PNG_MAGIC), name
-        out[name] = len(data)
+        assert (folder / name).read_bytes().startswith(PNG_MAGIC), name
+        out[name] = {c: colour_pixels(folder / name, c) for c in ("C0", "C1")}
     return out
+
+
+def colour_pixels(path, colour: str) -> int:
+    """How many pixels of the PNG at ``path`` have the matplotlib colour ``colour`` (within
+    rounding): a drawn series leaves its colour, an empty or blank figure none."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+
+    rgb = imread(str(path))[..., :3]  # (H, W, 3) floats in [0, 1]
+    return int((np.abs(rgb - np.array(to_rgb(colour))).max(-1) < 2 / 255).sum())
+
+
+def test_colour_pixels_sees_only_what_was_drawn(tmp_path):
+    """Negative control for the checks below: a figure with axes but no series has no pixel
+    of a series colour; one line of C1 has C1 pixels and no C0 ones."""
+    from matplotlib.figure import Figure
+
+    blank = Figure(figsize=(4, 3))
+    blank.add_subplot()
+    save_figure(blank, str(tmp_path / "blank.png"))
+    drawn = Figure(figsize=(4, 3))
+    drawn.add_subplot().plot([0, 1, 2], [1, 3, 2], color="C1", linewidth=1.5)
+    save_figure(drawn, str(tmp_path / "drawn.png"))
+    got = pngs(tmp_path)
+    assert got["blank.png"] == {"C0": 0, "C1": 0}
+    assert got["drawn.png"]["C0"] == 0 and got["drawn.png"]["C1"] > 50
 
 
 def test_a_sweep_root_overlays_its_runs(sweep_root, tmp_path, capsys):
@@ -66,8 +93,10 @@ def test_a_sweep_root_overlays_its_runs(sweep_root, tmp_path, capsys):
     # rtd runs log no MLM accuracy: that default family is skipped with a note.
     assert "no run logs 'mlm_accuracy'; skipped" in out
     written = {"loss.png", "rtd_f1.png", "lr.png", "temperature.png"}
-    sizes = pngs(tmp_path / "p")  # also: no temp file is left next to them
-    assert set(sizes) == written and min(sizes.values()) > 15_000
+    colours = pngs(tmp_path / "p")  # also: no temp file is left next to them
+    assert set(colours) == written
+    # Every figure overlays both runs (C0, C1): fails on an empty or one-run figure.
+    assert all(min(c.values()) > 50 for c in colours.values()), colours
     assert [line for line in out.splitlines() if not line.startswith("plot: note")] == \
         [str(tmp_path / "p" / n) for n in ("loss.png", "rtd_f1.png", "lr.png", "temperature.png")]
 
@@ -95,7 +124,9 @@ def test_one_run_default_out_dir_and_chosen_keys(sweep_root, tmp_path, capsys):
     shutil.copytree(sweep_root / "sweep" / "train.lr=3e-3", run_dir)
     assert plot_main([str(run_dir), "--metrics", "grad_norm,tokens_per_s,no_such_key"]) == 0
     assert "no run logs 'no_such_key'; skipped" in capsys.readouterr().out
-    assert set(pngs(run_dir / "plots")) == {"grad_norm.png", "tokens_per_s.png"}
+    colours = pngs(run_dir / "plots")
+    assert set(colours) == {"grad_norm.png", "tokens_per_s.png"}
+    assert all(c["C0"] > 50 for c in colours.values()), colours  # the run's series is drawn
 
 
 def test_two_run_folders_overlay(sweep_root, tmp_path):
