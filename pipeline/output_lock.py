@@ -25,12 +25,14 @@ within moments of each other can both pass it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
 import os
 import socket
 
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.beam_util import exists, join, read_bytes, write_json_atomic
@@ -80,7 +82,8 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         if not self.local:
-            FileSystems.delete([self.path])
+            with contextlib.suppress(BeamIOError):  # deleted by hand meanwhile
+                FileSystems.delete([self.path])
             return
         # Deleted while still flocked: an acquirer that opened it meanwhile sees the path
         # gone (or naming a new file) after its flock, and retries.
@@ -105,6 +108,12 @@ class OutputLock:
                     f"{self.path}). Wait for that run to finish or stop it, or write to "
                     "another folder; the lock is released when its process exits, whatever "
                     "way it exits") from None
+            except OSError as e:  # e.g. ENOLCK: an NFS mount without a lock service
+                os.close(fd)
+                raise OutputLockError(
+                    f"cannot lock {self.path} ({e.strerror}): the filesystem of {self.root} "
+                    "does not support file locks, which keep two runs from writing one folder; "
+                    "write to a local disk (or a gs:// / s3:// path)") from None
             try:
                 current = os.stat(self.path)
             except FileNotFoundError:

@@ -22,6 +22,7 @@ from pipeline.prepare import main as prepare_main
 from pipeline.shard_sets import holds_output_locks, prepare_output
 from tests.conftest import REPO, kill_9_when, prepare_argv
 from tests.pipeline.test_generate import gen_argv
+from tests.trainer.test_train import train_argv, train_proc
 from trainer.shards import CorpusShards, RTDShards, ShardError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -227,3 +228,36 @@ def test_corpus_reader_tells_a_rewrite_of_the_same_set_from_a_replacement(prepar
     with pytest.raises(ShardError, match=r"manifest.json is gone: e.g. pipeline.prepare "
                                          "--overwrite"):
         next(iter(corpus.rows()))
+
+
+def test_a_training_run_stops_when_its_set_is_overwritten(prepared, solo, tmp_path):
+    """The real consumer: `trainer.train` in rtd mode on a set that generate --overwrite
+    replaces (another seed) mid-run exits 2 with the replaced-set error, no traceback, before
+    its last step. The trainer is stopped (SIGSTOP) while the overwrite runs, after it logged
+    a step, so the replacement surely lands mid-run. Catches: a reader that trains on the new
+    rows (exit 0) or dies on a raw pyarrow/IO error."""
+    rtd_dir = tmp_path / "rtd"
+    shutil.copytree(solo[0], rtd_dir)
+    rtd = RTDShards(str(rtd_dir))
+    steps = rtd.num_epochs * rtd.rows_per_epoch // 8
+    out_dir = tmp_path / "run"
+    trainer = train_proc(train_argv(prepared[0], out_dir, "train.mode=rtd",
+                                    f"train.rtd_dir={rtd_dir}", f"train.max_steps={steps}",
+                                    "train.global_batch_size=8",
+                                    "train.micro_batch_size_per_rank=8", "train.log_every=10",
+                                    f"train.checkpoint_every={steps}"))
+    try:
+        wait_for(lambda: (out_dir / "metrics.jsonl").exists()
+                 and (out_dir / "metrics.jsonl").stat().st_size, trainer)
+        os.kill(trainer.pid, signal.SIGSTOP)
+        assert trainer.poll() is None, "the trainer finished before it could be stopped"
+        assert generate_main([*gen_argv(prepared[0], rtd_dir, *UNIFORM, "generate.seed=1"),
+                              "--overwrite"]) == 0
+    finally:
+        os.kill(trainer.pid, signal.SIGCONT)
+    out, err = trainer.communicate(timeout=300)
+    assert trainer.returncode == 2, err[-3000:]
+    assert "Traceback" not in err
+    assert f"the rtd shard set in {rtd_dir} was replaced while this process was reading" in err
+    logged = [json.loads(line)["step"] for line in open(out_dir / "metrics.jsonl")]
+    assert max(logged) < steps
