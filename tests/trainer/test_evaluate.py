@@ -80,15 +80,16 @@ def evaluate(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def disc_run(prepared, rtd_dir, tmp_path_factory):  # noqa: F811
-    """A discriminator trained for 6 steps by the real trainer (rtd mode); epoch 1 of the set
-    is never reached, so the trainer's last record holds its held-out eval_rtd_* on it."""
+    """A discriminator trained for 6 steps by the real trainer (rtd mode), at a learning rate
+    high enough that it flags some tokens as replaced; epoch 1 of the set is never reached, so
+    the trainer's last record holds its held-out eval_rtd_* on it."""
     corpus_dir, _, _ = prepared
     out = tmp_path_factory.mktemp("disc")
     rc = train_main(train_argv(
         corpus_dir, out, "train.mode=rtd", f"train.rtd_dir={rtd_dir}", "train.max_steps=6",
         "train.global_batch_size=16", "train.micro_batch_size_per_rank=16",
         "train.eval_every=6", f"train.eval_sequences={EVAL_SEQUENCES}",
-        "train.checkpoint_every=6"))
+        "train.checkpoint_every=6", "train.lr=3e-2"))
     assert rc == 0
     return out
 
@@ -140,12 +141,16 @@ def test_rtd_metrics_equal_the_trainers_held_out_eval(prepared, rtd_dir, disc_ru
             assert logged[f"eval_{key}"] == pytest.approx(ref[key], rel=1e-5, abs=1e-9), key
     assert e1["rtd_auc_margin"] == 0
     assert 0.5 < ref["rtd_auc"] < 1.0  # the 6-step model already ranks replaced tokens higher
+    # ... and flags some (lr 3e-2): P/R/F1 are not all 0, so their checks have power.
+    assert 0 < ref["rtd_recall"] < 1 and 0 < ref["rtd_precision"] < 1
     assert ref["rtd_all_auc"] != ref["rtd_auc"]
     # Negative controls: a wrong definition must disagree with what evaluate reported.
     assert disagreeing(e1, rtd_reference(batches, count_specials=True),
                        ("tokens", "rtd_accuracy", "rtd_loss", "rtd_auc")) != []
     assert disagreeing(e1, rtd_reference(batches, count_padding=True),
                        ("all_tokens", "rtd_all_accuracy", "rtd_all_loss")) != []
+    assert disagreeing(e1, rtd_reference(batches, threshold=0.5),
+                       ("rtd_precision", "rtd_recall", "rtd_f1")) != []
     assert disagreeing(e1, rtd_reference(batches, positive=0),
                        ("rtd_precision", "rtd_recall", "rtd_f1")) != []
 
