@@ -46,10 +46,11 @@ class OutputLockError(UserError):
 
 
 def describe(holder: dict) -> str:
-    """'generate run pid 123 on host h, started 2026-...' from a lock body."""
+    """'generate run pid 123 on host h, started 2026-...' from a lock body (the caller puts
+    'a'/'another' before it)."""
     if not holder:
-        return "a run that had not yet written its details"
-    return (f"{holder.get('job', 'a')} run pid {holder.get('pid')} on host "
+        return "run that had not yet written its details"
+    return (f"{holder.get('job', 'pipeline')} run pid {holder.get('pid')} on host "
             f"{holder.get('host')}, started {holder.get('started')}")
 
 
@@ -128,7 +129,7 @@ class OutputLock:
         if previous:
             print(f"{self.job}: taking over the stale lock {self.path} of a {describe(previous)}"
                   ": that process is gone (it died without releasing it, e.g. kill -9); its "
-                  "leftovers are removed", flush=True)
+                  "leftovers are removed next", flush=True)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(self.body, sort_keys=True).encode(), 0)
 
