@@ -14,11 +14,13 @@
 # dependencies (pyproject.toml [project] dependencies: apache-beam, pyarrow, sentencepiece,
 # zstandard, ...) are importable: it uses .venv/bin/python when that has torch, else python3.
 # With no network, `make install` cannot run; the project itself is found from the repo root
-# (the script runs there), and its package metadata, which pipeline.generate records in its
-# manifest, is registered with `pip install --no-deps --no-build-isolation -e .` (offline) if
-# missing.
+# (on PYTHONPATH, so also in Beam's worker processes), and so is its package metadata, which
+# pipeline.generate records in its manifest, when fast_electra.egg-info (git-ignored, made by
+# `make install`) is there: copy it along (the device tool's carry). Else it is registered with
+# `pip install --no-deps --no-build-isolation -e .` (offline).
 set -u
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT_DIR="${1:-${OUT:-runs/gpu_check}}"
 shift || true
 
@@ -55,7 +57,6 @@ fi
 
 # The Python-side budget (440 s) leaves time for start-up and the report; the
 # timeout is the backstop (the JSON is rewritten after every item).
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 timeout --signal=INT --kill-after=15 470 \
     $PY bench/gpu_check.py --device cuda --out "$OUT_DIR" --budget-s 440 "$@"
 rc=$?

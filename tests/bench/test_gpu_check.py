@@ -31,7 +31,7 @@ EXPECTED = {
     "bf16_training": {"all_losses_finite": True, "steps": 6},
     "generate_workers": {"1_vs_2_workers_same_sha256": True, "vs_cpu_differing_rows": 0},
     "fast_online_rows": {"aligned_0_equal": True, "start_37_equal": True,
-                         "straddle_equal": True},
+                         "straddle_equal": True, "head_prior_equal": True},
     "rel_bias_sdpa": {"fp32_dropout0.0_grad_finite": True,
                       "fp32_dropout0.1_grad_finite": True, "seq_len": 64},
     "rtd_mfu": {"final_loss_finite": True, "mfu": None},
