@@ -570,7 +570,7 @@ def compile_smoke(fx: Fixtures):
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            out.append(float(loss))
+            out.append(float(loss.detach()))
         seconds[name] = time.perf_counter() - start
         losses[name] = out
     rel = max(abs(a - b) / abs(a) for a, b in zip(losses["eager"], losses["compiled"],
