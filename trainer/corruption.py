@@ -19,9 +19,10 @@ keys).
 
 Cost at scale (128K vocabulary): one keyed 53-bit uniform per masked position, inverted through
 the CDF (``sample_tokens``); the aux LM head runs at the masked positions only, in float32 even
-under autocast, in row chunks of at most 2**24 logits, each sampled before the next is made, so
-no (N, V) tensor exists; the model-free distributions have closed forms (``sample_model_free``)
-that draw the same token as the dense inverse CDF without building any (N, V) row.
+under autocast, in row chunks of at most 2**20 logits (``_CHUNK_ELEMENTS``), each sampled
+before the next is made, so no (N, V) tensor exists; the model-free distributions have closed
+forms (``sample_model_free``) that draw the same token as the dense inverse CDF without building
+any (N, V) row.
 
 Sequences are left-aligned ([CLS] at index 0, padding on the right): the position counter is
 the index in the row, so left padding would change the draws.
