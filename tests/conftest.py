@@ -1,5 +1,8 @@
 """Shared fixtures: small real-text corpora (docstrings of a few standard-library modules, so
-no download and no synthetic gibberish) and one prepared corpus reused by many tests."""
+no download and no synthetic gibberish), one prepared corpus, and the artefacts built on it
+that many modules use, each built once per session: a trained aux checkpoint, its 2-epoch
+RTD set, and model-free (uniform, smoothed_onehot) RTD sets. Shared helpers live in
+tests/helpers.py (kill_9_when, REPO, TINY and IN_MEMORY stay importable from here)."""
 
 from __future__ import annotations
 
@@ -7,27 +10,30 @@ import gzip
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import sysconfig
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 import zstandard
 
 from pipeline.sources import FileReport, read_pydoc
+from tests.helpers import (  # noqa: F401  (kill_9_when: re-exported for older imports)
+    GENERATE_SMALL,
+    IN_MEMORY,
+    REPO,
+    TINY,
+    gen_argv,
+    kill_9_when,
+    once,
+    single_thread,
+)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "configs", "tiny.toml")
 STDLIB = sysconfig.get_paths()["stdlib"]
 PROSE_MODULES = ["argparse.py", "dataclasses.py", "textwrap.py", "json/__init__.py",
                  "logging/__init__.py", "subprocess.py", "tarfile.py", "zipfile.py"]
-# Beam's in-process runner: fast start, one worker. Tests of parallelism ask for more.
-IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 # CI (.ci/run) installs every extra and sets FAST_ELECTRA_REQUIRE_EXTRAS=1: there a test that
 # pytest.importorskip would skip for a missing (or too old) optional module fails instead, so a
@@ -53,38 +59,12 @@ def _private_cache_dir(tmp_path_factory):
     yield
 
 
-def kill_9_when(module: str, argv: list[str], ready, settle: float = 0.0,
-                env: dict | None = None) -> None:
-    """Run ``python -m module argv``, wait until ``ready()`` (then ``settle`` seconds more),
-    check it is still running, and kill -9 its whole process group: a real crash mid-run."""
-    proc = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=REPO,
-                            env=env or dict(os.environ, PYTHONPATH=REPO),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while not ready() and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(settle)
-    assert proc.poll() is None, f"{module} finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 @pytest.fixture(scope="module")
 def one_thread():
-    """One torch thread, here and in the worker processes a test starts (Beam workers read
-    OMP_NUM_THREADS): the models in the tests are tiny, and on a shared 2-core machine
-    oversubscribed threads make them (and the vocabulary-wide Gumbel sampling) up to ~15x
-    slower."""
-    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if env is None:
-        del os.environ["OMP_NUM_THREADS"]
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
+    """One torch thread, here and in the worker processes a test starts
+    (tests.helpers.single_thread)."""
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -149,3 +129,70 @@ def prepared(tmp_path_factory, corpus_inputs):
     corpus_dir = tmp_path_factory.mktemp("prepared") / "corpus"
     manifest = run(prepare_argv(inputs_dir, corpus_dir, *IN_MEMORY))
     return corpus_dir, manifest, files
+
+
+@pytest.fixture(scope="session")
+def aux_checkpoint(prepared, tmp_path_factory) -> str:
+    """A real MLM checkpoint folder: 4 steps of trainer.train in mlm mode (its own process)."""
+    def build():
+        from trainer.checkpoint import find_latest
+
+        out = tmp_path_factory.mktemp("aux")
+        sets = [*GENERATE_SMALL, "train.mode=mlm", "train.max_steps=4", "train.warmup_steps=1",
+                "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=4",
+                "train.global_batch_size=8", "train.micro_batch_size_per_rank=8",
+                "train.holdout_fraction=0.05", f"data.corpus_dir={prepared[0]}",
+                f"train.out_dir={out}"]
+        cmd = [sys.executable, "-m", "trainer.train", "--config", TINY]
+        for s in sets:
+            cmd += ["--set", s]
+        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO))
+        assert p.returncode == 0, p.stderr[-3000:]
+        return find_latest(str(out))
+
+    return once("aux_checkpoint", build)
+
+
+@pytest.fixture(scope="session")
+def aux_rtd(prepared, aux_checkpoint, tmp_path_factory):
+    """(folder, manifest): 2 epochs corrupted by ``aux_checkpoint`` on the CPU, seed 7."""
+    def build():
+        from pipeline.generate import run
+
+        rtd_dir = tmp_path_factory.mktemp("rtd") / "rtd"
+        manifest = run(gen_argv(prepared[0], rtd_dir, f"generate.aux_checkpoint={aux_checkpoint}",
+                                "generate.epochs=2", "generate.seed=7", "generate.device=cpu"))
+        return rtd_dir, manifest
+
+    return once("aux_rtd", build)
+
+
+@pytest.fixture(scope="session")
+def rtd_dir(prepared, tmp_path_factory):
+    """2 epochs with a model-free replacement (uniform): parts of 300 rows in row groups of
+    32, so reads cross row groups and files."""
+    def build():
+        from pipeline.generate import run
+
+        out = tmp_path_factory.mktemp("uniform") / "rtd"
+        run(gen_argv(prepared[0], out, "corruption.replacement=uniform", "generate.epochs=2",
+                     "data.row_group_rows=32", extra=("--set", "generate.part_rows=300")))
+        return out
+
+    return once("rtd_dir", build)
+
+
+@pytest.fixture(scope="session")
+def smoothed_rtd(prepared, tmp_path_factory):
+    """(folder, manifest): 2 epochs x 5 parts of smoothed_onehot replacements: the replaced
+    fraction falls with the temperature, so plots and schedules have something to show."""
+    def build():
+        from pipeline.generate import run
+
+        out = tmp_path_factory.mktemp("smoothed") / "rtd"
+        manifest = run(gen_argv(prepared[0], out, "corruption.replacement=smoothed_onehot",
+                                "generate.epochs=2"))
+        return out, manifest
+
+    return once("smoothed_rtd", build)

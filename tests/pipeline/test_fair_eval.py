@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pipeline.fair_eval import main
-from tests.conftest import IN_MEMORY, TINY
-from tests.pipeline.test_generate import SMALL, aux_checkpoint  # noqa: F401  (fixture)
+from tests.helpers import GENERATE_SMALL as SMALL
+from tests.helpers import IN_MEMORY, TINY
 from tests.reference_metrics import disagreeing, rtd_reference
 from tests.trainer.test_evaluate import RTD_KEYS, disc_batches
 from tests.trainer.test_pretrained import save
@@ -45,7 +45,7 @@ def discriminators(tmp_path_factory) -> list[str]:
     return [disc, joint]
 
 
-def test_fair_eval_scores_every_discriminator_on_one_t1_set(prepared, aux_checkpoint,  # noqa: F811
+def test_fair_eval_scores_every_discriminator_on_one_t1_set(prepared, aux_checkpoint,
                                                             discriminators, tmp_path, capsys):
     corpus_dir, _, _ = prepared
     out_dir = tmp_path / "fair"
@@ -99,7 +99,7 @@ def test_fair_eval_scores_every_discriminator_on_one_t1_set(prepared, aux_checkp
     assert {f["name"]: f["sha256"] for f in RTDShards(str(rtd_dir)).files} == files
 
 
-def test_fair_eval_refuses_before_any_work(prepared, aux_checkpoint, discriminators,  # noqa: F811
+def test_fair_eval_refuses_before_any_work(prepared, aux_checkpoint, discriminators,
                                            tmp_path, capsys):
     corpus_dir, _, _ = prepared
     base = ["--config", TINY, *sets(corpus_dir), "--out-dir", str(tmp_path / "fair"),

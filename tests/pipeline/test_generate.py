@@ -7,8 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -19,8 +17,9 @@ import torch
 from pipeline.generate import CorruptionHandler, main, run
 from pipeline.generate_fns import Layout
 from pipeline.inspect import main as inspect_main
-from tests.conftest import IN_MEMORY, REPO, TINY, kill_9_when
-from trainer.checkpoint import find_latest
+from tests import conftest
+from tests.helpers import GENERATE_SMALL as SMALL
+from tests.helpers import TINY, gen_argv, kill_9_when, shard_files
 from trainer.checkpoint import save as save_checkpoint
 from trainer.config import load_config, to_dict
 from trainer.corruption import (
@@ -43,48 +42,7 @@ from trainer.shards import (
 )
 from trainer.tokenizer import NUM_SPECIAL
 
-SMALL = ["model.num_layers=2", "model.hidden_size=32", "model.num_heads=2", "model.ffn_size=64",
-         "aux.num_layers=2", "tokenizer.vocab_size=600", "data.max_seq_len=64",
-         "data.row_group_rows=16"]
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def aux_checkpoint(prepared, tmp_path_factory):
-    """A real MLM checkpoint: 4 steps of trainer.train in mlm mode."""
-    corpus_dir, _, _ = prepared
-    out = tmp_path_factory.mktemp("aux")
-    sets = [*SMALL, "train.mode=mlm", "train.max_steps=4", "train.warmup_steps=1",
-            "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=4",
-            "train.global_batch_size=8", "train.micro_batch_size_per_rank=8",
-            "train.holdout_fraction=0.05", f"data.corpus_dir={corpus_dir}",
-            f"train.out_dir={out}"]
-    cmd = [sys.executable, "-m", "trainer.train", "--config", TINY]
-    for s in sets:
-        cmd += ["--set", s]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO))
-    assert p.returncode == 0, p.stderr[-3000:]
-    return find_latest(str(out))
-
-
-def gen_argv(corpus_dir, rtd_dir, *sets: str, extra=(), beam=tuple(IN_MEMORY)) -> list[str]:
-    argv = ["--config", TINY]
-    for s in [*SMALL, f"data.corpus_dir={corpus_dir}", f"generate.rtd_dir={rtd_dir}",
-              "generate.batch_tokens=1024", *sets]:
-        argv += ["--set", s]
-    return [*argv, "--set", "generate.part_rows=200", *extra, *beam]
-
-
-@pytest.fixture(scope="module")
-def aux_rtd(prepared, aux_checkpoint, tmp_path_factory):
-    corpus_dir, _, _ = prepared
-    rtd_dir = tmp_path_factory.mktemp("rtd") / "rtd"
-    manifest = run(gen_argv(corpus_dir, rtd_dir, f"generate.aux_checkpoint={aux_checkpoint}",
-                            "generate.epochs=2", "generate.seed=7", "generate.device=cpu"))
-    return rtd_dir, manifest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,15 +421,19 @@ def test_killed_run_leaves_no_manifest_and_rerun_completes(prepared, aux_checkpo
     rtd_dir = tmp_path / "rtd"
     sets = [f"generate.aux_checkpoint={aux_checkpoint}", "generate.epochs=3"]
     argv = gen_argv(corpus_dir, rtd_dir, *sets, beam=("--direct_num_workers=2",))
-    # Killed 1 s into the Beam job (after the launcher wrote config.toml).
-    kill_9_when("pipeline.generate", argv, (rtd_dir / "config.toml").exists, settle=1.0)
-    assert not (rtd_dir / "manifest.json").exists()
+    # Killed once the Beam job has written a part or a temporary: the leftovers must exist
+    # (fails if the kill landed before anything was written, or after the run finished) and
+    # the re-run must clear the ones it does not rewrite.
+    kill_9_when("pipeline.generate", argv, lambda: shard_files(rtd_dir) != [])
+    leftovers = shard_files(rtd_dir)
+    assert leftovers and not (rtd_dir / "manifest.json").exists()
     with pytest.raises(ShardError, match="incomplete"):
         RTDShards(str(rtd_dir))
     manifest = run(gen_argv(corpus_dir, rtd_dir, *sets))
     rtd = RTDShards(str(rtd_dir))
     rtd.verify(checksums=True)
     assert rtd.num_epochs == 3 and len(manifest["files"]) == 3 * len(rtd.epoch_files(0))
+    assert shard_files(rtd_dir) == sorted(f["name"] for f in manifest["files"])  # no temps
     assert [r.position for r in rtd.rows(epoch=2)] == list(range(rtd.rows_per_epoch))
 
 
@@ -601,3 +563,8 @@ def test_model_free_samples_follow_their_distribution(prepared, tmp_path, replac
     wrong = "unigram" if replacement == "uniform" else "uniform"
     assert any(abs(obs - exp) > 5 * std for obs, exp, std in
                replacement_moments(rtd_dir, corpus_dir, cfg, model_free(wrong)))
+
+
+# Older imports (``from tests.pipeline.test_generate import aux_checkpoint, aux_rtd``) keep
+# working: the session fixtures of tests/conftest.py, built once (tests.helpers.once).
+aux_checkpoint, aux_rtd = conftest.aux_checkpoint, conftest.aux_rtd

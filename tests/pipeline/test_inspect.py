@@ -8,10 +8,8 @@ import os
 
 import pytest
 
-from pipeline.generate import run as generate
 from pipeline.inspect import main as inspect_main
 from pipeline.inspect import rtd_figure
-from tests.pipeline.test_generate import gen_argv
 from tests.trainer.test_plot import colour_pixels
 from trainer.shards import RTDShards
 
@@ -22,19 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def rtd_set(prepared, tmp_path_factory):
-    """2 epochs x 5 parts of smoothed_onehot replacements: the replaced fraction falls as the
-    temperature does, so the plot has something to show."""
-    corpus_dir, _, _ = prepared
-    rtd_dir = tmp_path_factory.mktemp("inspect") / "rtd"
-    manifest = generate(gen_argv(corpus_dir, rtd_dir, "corruption.replacement=smoothed_onehot",
-                                 "generate.epochs=2"))
-    return rtd_dir, manifest
-
-
-def test_plot_writes_a_png_and_keeps_the_summary(rtd_set, tmp_path, capsys):
-    rtd_dir, manifest = rtd_set
+def test_plot_writes_a_png_and_keeps_the_summary(smoothed_rtd, tmp_path, capsys):
+    rtd_dir, manifest = smoothed_rtd
     assert inspect_main([str(rtd_dir)]) == 0
     plain = capsys.readouterr().out
     out = tmp_path / "figs" / "schedule.png"
@@ -58,8 +45,8 @@ def test_plot_refuses_a_corpus(prepared, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_plot_draws_what_the_manifest_says(rtd_set):
-    rtd_dir, manifest = rtd_set
+def test_plot_draws_what_the_manifest_says(smoothed_rtd):
+    rtd_dir, manifest = smoothed_rtd
     temp_ax, repl_ax = rtd_figure(RTDShards(str(rtd_dir))).axes
     files = sorted(manifest["files"], key=lambda f: (f["epoch"], f["position_start"]))
     bands = temp_ax.collections  # one min..max band per part, in training order

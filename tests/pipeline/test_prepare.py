@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.prepare import main, run
-from tests.conftest import IN_MEMORY, kill_9_when, prepare_argv, write_corpus
+from tests.conftest import prepare_argv, write_corpus
+from tests.helpers import IN_MEMORY, kill_9_when, shard_files
 from trainer.shards import CorpusShards, ShardError
 from trainer.tokenizer import CLS_ID, SEP_ID, load_tokenizer
 
@@ -118,15 +119,18 @@ def test_killed_run_leaves_no_manifest_and_rerun_recovers(prose, tmp_path):
     corpus_dir = tmp_path / "corpus"
     argv = prepare_argv(inputs, corpus_dir, "--direct_num_workers=2",
                         "--set", "data.part_text_bytes=100000")
-    # Killed 1 s into the Beam job (after the tokenizer is written).
-    kill_9_when("pipeline.prepare", argv, (corpus_dir / "tokenizer.model").exists, settle=1.0)
-    assert not (corpus_dir / "manifest.json").exists()
+    # Killed once the Beam job has written a part or a temporary: the leftovers must exist
+    # (fails if the kill landed before anything was written, or after the run finished) and
+    # the re-run must clear the ones it does not rewrite.
+    kill_9_when("pipeline.prepare", argv, lambda: shard_files(corpus_dir) != [])
+    assert shard_files(corpus_dir) and not (corpus_dir / "manifest.json").exists()
     with pytest.raises(ShardError, match="incomplete"):
         CorpusShards(str(corpus_dir))
 
     manifest = run(argv[:-2] + ["--set", "data.part_text_bytes=100000", *IN_MEMORY])
     CorpusShards(str(corpus_dir)).verify(checksums=True)
     assert manifest["num_documents"] == len(prose) * 12 + 1
+    assert shard_files(corpus_dir) == sorted(f["name"] for f in manifest["files"])  # no temps
 
 
 def test_bad_records_are_counted_not_fatal(tmp_path, prose, capsys):

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY
+from tests.helpers import train_argv
 from tests.reference_metrics import disagreeing, mlm_reference, rtd_reference
 from tests.trainer.test_pretrained import save
-from tests.trainer.test_rtd import rtd_dir  # noqa: F401  (module fixture: 2 uniform epochs)
-from tests.trainer.test_train import train_argv
 from trainer import checkpoint
 from trainer.config import load_config
 from trainer.distributed import Dist
@@ -79,7 +78,7 @@ def evaluate(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def disc_run(prepared, rtd_dir, tmp_path_factory):  # noqa: F811
+def disc_run(prepared, rtd_dir, tmp_path_factory):
     """A discriminator trained for 6 steps by the real trainer (rtd mode), at a learning rate
     high enough that it flags some tokens as replaced; epoch 1 of the set is never reached, so
     the trainer's last record holds its held-out eval_rtd_* on it."""
@@ -107,7 +106,7 @@ def mlm_run(prepared, tmp_path_factory):
     return out
 
 
-def test_rtd_metrics_equal_the_trainers_held_out_eval(prepared, rtd_dir, disc_run,  # noqa: F811
+def test_rtd_metrics_equal_the_trainers_held_out_eval(prepared, rtd_dir, disc_run,
                                                       tmp_path, capsys):
     corpus_dir, _, _ = prepared
     out_json = tmp_path / "eval" / "rtd.json"
@@ -230,7 +229,7 @@ def test_mlm_metrics_equal_the_trainers_held_out_eval(prepared, mlm_run, capsys,
     assert "warning" in out and "holdout_fraction = 0.05" in out
 
 
-def test_joint_checkpoint_gives_both_and_several_rows(prepared, rtd_dir, disc_run,  # noqa: F811
+def test_joint_checkpoint_gives_both_and_several_rows(prepared, rtd_dir, disc_run,
                                                       tmp_path, capsys):
     corpus_dir, _, _ = prepared
     cfg = load_config(TINY, ["model.num_layers=2", "model.hidden_size=32", "model.num_heads=2",
@@ -259,7 +258,7 @@ def test_joint_checkpoint_gives_both_and_several_rows(prepared, rtd_dir, disc_ru
     assert rc == 2 and "no held-out sequences" in err and "holdout_fraction = 0.01" in err
 
 
-def test_unreadable_data_is_refused_by_name(prepared, rtd_dir, disc_run, tmp_path,  # noqa: F811
+def test_unreadable_data_is_refused_by_name(prepared, rtd_dir, disc_run, tmp_path,
                                             capsys):
     corpus_dir, _, _ = prepared
     cfg = load_config(TINY, ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2",

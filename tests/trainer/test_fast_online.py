@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY
-from tests.pipeline.test_generate import aux_checkpoint, aux_rtd  # noqa: F401 (fixtures)
+from tests.helpers import SMALL, TINY, run_train, train_argv
 from tests.trainer.test_rtd import metrics
-from tests.trainer.test_train import SMALL, run_train, train_argv
 from trainer.config import load_config
 from trainer.distributed import Dist
 from trainer.errors import UserError
@@ -44,7 +42,7 @@ def plan(corpus_dir, aux, rtd_dir, *overrides: str) -> list[str]:
             "generate.epochs=2", "generate.seed=7", f"train.rtd_dir={rtd_dir}", *overrides]
 
 
-def test_online_rows_equal_the_offline_shards(prepared, aux_checkpoint, aux_rtd,  # noqa: F811
+def test_online_rows_equal_the_offline_shards(prepared, aux_checkpoint, aux_rtd,
                                               xdg_cache):
     corpus_dir, _, _ = prepared
     rtd_dir, _ = aux_rtd
@@ -65,8 +63,8 @@ def test_online_rows_equal_the_offline_shards(prepared, aux_checkpoint, aux_rtd,
         assert got["labels"].sum() > 0
 
 
-def test_fast_online_trains_exactly_like_rtd_on_its_shards(prepared, aux_checkpoint,  # noqa: F811
-                                                          aux_rtd, tmp_path):  # noqa: F811
+def test_fast_online_trains_exactly_like_rtd_on_its_shards(prepared, aux_checkpoint,
+                                                          aux_rtd, tmp_path):
     corpus_dir, _, _ = prepared
     rtd_dir, _ = aux_rtd
     common = plan(corpus_dir, aux_checkpoint, rtd_dir, "train.max_steps=6",

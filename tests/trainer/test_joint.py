@@ -4,14 +4,12 @@ exact resume of a two-optimizer run."""
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 
 import pytest
 import torch
 
-from tests.conftest import TINY
-from tests.trainer.test_train import SMALL, run_train, train_argv
+from tests.helpers import SMALL, TINY, metrics, run_train, strip_timing, train_argv, train_proc
 from trainer import checkpoint
 from trainer.config import load_config
 from trainer.distributed import Dist
@@ -190,9 +188,7 @@ def test_resume_is_exact(prepared, tmp_path, mode):
     shutil.rmtree(checkpoint.step_dir(str(cut), 8))
     r = run_train(train_argv(corpus_dir, cut, *common) + ["--resume"])
     assert r.returncode == 0, r.stderr[-3000:]
-    timing = {"tokens_per_s", "seconds_per_step", "peak_memory_gb"}
-    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing}
-             for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (straight, cut)]
+    rows = [strip_timing(metrics(d)) for d in (straight, cut)]
     assert rows[0] == rows[1]
     last = rows[0][-1]
     assert {"gen_mlm_accuracy", "rtd_f1", "rtd_precision", "rtd_recall", "eval_rtd_f1"} <= set(
@@ -242,8 +238,6 @@ def test_two_ranks_with_one_heldout_sequence_evaluate_without_deadlock(prepared,
     import os
     import signal
     import subprocess
-
-    from tests.trainer.test_train import metrics, train_proc
 
     corpus_dir, _, _ = prepared
     out = tmp_path / "run"

@@ -11,9 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.generate import run as generate
-from tests.conftest import IN_MEMORY, TINY
-from tests.trainer.test_train import SMALL, metrics, train_argv, train_proc
+from tests.helpers import metrics, train_argv, train_proc
 from trainer.errors import UserError
 from trainer.logger import MetricsLog
 from trainer.plot import family_figure, family_keys, find_runs, save_figure
@@ -26,18 +24,14 @@ POINTS = ["train.lr=1e-3", "train.lr=3e-3"]
 
 
 @pytest.fixture(scope="module")
-def sweep_root(prepared, tmp_path_factory):
-    """Two rtd runs laid out as ``trainer.sweep --grid train.lr=1e-3,3e-3`` lays them out
-    (<out_dir>/sweep/<point>/), launched side by side to halve the wait: 8 steps each, eval
-    every 4 on the held-out second epoch, so they log loss, rtd_f1, eval_rtd_f1, lr and
-    temperature."""
+def sweep_root(prepared, smoothed_rtd, tmp_path_factory):
+    """Two rtd runs on the session's smoothed_onehot set, laid out as ``trainer.sweep --grid
+    train.lr=1e-3,3e-3`` lays them out (<out_dir>/sweep/<point>/), launched side by side to
+    halve the wait: 8 steps each, eval every 4 on the held-out second epoch, so they log loss,
+    rtd_f1, eval_rtd_f1, lr and temperature."""
     corpus_dir, _, _ = prepared
     root = tmp_path_factory.mktemp("plot")
-    rtd = root / "rtd"
-    sets = [*SMALL, f"data.corpus_dir={corpus_dir}", f"generate.rtd_dir={rtd}",
-            "corruption.replacement=smoothed_onehot", "generate.epochs=2",
-            "generate.part_rows=500"]
-    generate(["--config", TINY, *(a for s in sets for a in ("--set", s)), *IN_MEMORY])
+    rtd, _ = smoothed_rtd
     procs = [train_proc(train_argv(corpus_dir, root / "lr" / "sweep" / point, point,
                                    "train.mode=rtd", f"train.rtd_dir={rtd}",
                                    "train.max_steps=8", "train.eval_every=4",

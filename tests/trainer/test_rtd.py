@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.generate import run as generate
-from tests.conftest import IN_MEMORY, TINY
-from tests.trainer.test_train import SMALL, run_train, train_argv
+from tests import conftest
+from tests.helpers import SMALL, TINY, run_train, strip_timing, train_argv
+from tests.helpers import metrics as all_metrics
 from trainer import checkpoint
 from trainer.config import load_config
 from trainer.distributed import Dist
@@ -25,29 +25,14 @@ from trainer.tokenizer import PAD_ID
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def rtd_dir(prepared, tmp_path_factory):
-    """2 epochs of shards with a model-free replacement (no aux model needed)."""
-    corpus_dir, _, _ = prepared
-    out = tmp_path_factory.mktemp("rtd") / "rtd"
-    argv = ["--config", TINY]
-    for s in [*SMALL, f"data.corpus_dir={corpus_dir}", f"generate.rtd_dir={out}",
-              "corruption.replacement=uniform", "generate.epochs=2", "generate.part_rows=300",
-              "data.row_group_rows=32"]:
-        argv += ["--set", s]
-    generate([*argv, *IN_MEMORY])
-    return out
-
-
 def rtd_argv(corpus_dir, rtd_dir, out_dir, *overrides):
     return train_argv(corpus_dir, out_dir, "train.mode=rtd", f"train.rtd_dir={rtd_dir}",
                       *overrides)
 
 
 def metrics(out_dir) -> list[dict]:
-    timing = {"tokens_per_s", "seconds_per_step", "peak_memory_gb"}
-    return [{k: v for k, v in json.loads(line).items() if k not in timing}
-            for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    """The run's records without their wall-clock figures."""
+    return strip_timing(all_metrics(out_dir))
 
 
 def test_rank_slices_make_the_global_batch(prepared, rtd_dir):
@@ -262,3 +247,8 @@ def test_sweep_runs_every_point_on_one_shard_set_and_resumes(prepared, rtd_dir, 
     assert capsys.readouterr().out.count("is finished; skipping") == 4
     assert sweep([*argv, "--grid", "train.lrr=1"]) == 2
     assert "unknown key train.lrr" in capsys.readouterr().err
+
+
+# Older imports (``from tests.trainer.test_rtd import rtd_dir``) keep working: the session
+# fixture of tests/conftest.py, built once (tests.helpers.once).
+rtd_dir = conftest.rtd_dir

@@ -16,9 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.generate import run as generate
 from tests.conftest import REPO, TINY
-from tests.pipeline.test_generate import gen_argv
 from trainer.config import load_config
 from trainer.errors import UserError
 from trainer.rtd import open_rtd
@@ -26,16 +24,6 @@ from trainer.shards import RTDShards, ShardError, open_corpus
 from trainer.tokenizer import NUM_SPECIAL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def uniform_rtd(prepared, tmp_path_factory):
-    """2 epochs, model-free replacement, parts of 200 rows in row groups of 16."""
-    corpus_dir, _, _ = prepared
-    rtd_dir = tmp_path_factory.mktemp("spec") / "rtd"
-    generate(gen_argv(corpus_dir, rtd_dir, "corruption.replacement=uniform",
-                      "generate.epochs=2", "generate.seed=5"))
-    return rtd_dir
 
 
 def raw_corpus(corpus_dir) -> dict[int, np.ndarray]:
@@ -51,19 +39,19 @@ def raw_corpus(corpus_dir) -> dict[int, np.ndarray]:
     return out
 
 
-def test_raw_rtd_columns_decode_as_documented_and_equal_the_reader(prepared, uniform_rtd):
+def test_raw_rtd_columns_decode_as_documented_and_equal_the_reader(prepared, rtd_dir):
     corpus_dir, _, _ = prepared
     corpus = raw_corpus(corpus_dir)
-    manifest = json.loads((uniform_rtd / "manifest.json").read_text())
+    manifest = json.loads((rtd_dir / "manifest.json").read_text())
     dtype = manifest["token_dtype"]
     assert dtype == "<u2"  # vocab 600 <= 65536
     n = len(corpus)
-    reader = RTDShards(str(uniform_rtd))
+    reader = RTDShards(str(rtd_dir))
     seen = {0: [], 1: []}
     replaced = tokens = 0
     assert len(manifest["files"]) > 4  # several parts per epoch
     for f in manifest["files"]:
-        t = pq.read_table(uniform_rtd / f["name"])
+        t = pq.read_table(rtd_dir / f["name"])
         assert t.schema.field("position").type == pa.int64()
         assert t.schema.field("seq_id").type == pa.int64()
         assert t.schema.field("input_ids").type == pa.binary()
@@ -118,11 +106,11 @@ def test_open_corpus_refuses_sequences_longer_than_data_max_seq_len(prepared):
         open_corpus(seq_len_config(prepared, "data.max_seq_len=32"))
 
 
-def test_open_rtd_refuses_sequences_longer_than_data_max_seq_len(prepared, uniform_rtd):
-    ok = open_rtd(seq_len_config(prepared, "data.max_seq_len=64", f"train.rtd_dir={uniform_rtd}"))
+def test_open_rtd_refuses_sequences_longer_than_data_max_seq_len(prepared, rtd_dir):
+    ok = open_rtd(seq_len_config(prepared, "data.max_seq_len=64", f"train.rtd_dir={rtd_dir}"))
     assert ok.rows_per_epoch > 0
     with pytest.raises(UserError, match=r"up to 64 tokens.*data\.max_seq_len = 32"):
-        open_rtd(seq_len_config(prepared, "data.max_seq_len=32", f"train.rtd_dir={uniform_rtd}"))
+        open_rtd(seq_len_config(prepared, "data.max_seq_len=32", f"train.rtd_dir={rtd_dir}"))
 
 
 def test_require_extras_turns_a_missing_import_skip_into_a_failure(tmp_path):
