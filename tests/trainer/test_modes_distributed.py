@@ -17,11 +17,9 @@ import time
 import pytest
 import torch
 
-from tests.conftest import REPO
-from tests.pipeline.test_generate import aux_checkpoint, aux_rtd  # noqa: F401 (fixtures)
+from tests.helpers import REPO, env, strip_timing, train_argv
+from tests.helpers import metrics as all_metrics
 from tests.trainer.modes_driver import cut
-from tests.trainer.test_rtd import metrics, rtd_dir  # noqa: F401 (fixture)
-from tests.trainer.test_train import env, train_argv
 from trainer import checkpoint
 from trainer.train import main as train_main
 
@@ -77,7 +75,7 @@ def launch(jobs: list[dict], path, nproc: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def runs(prepared, aux_checkpoint, aux_rtd, tmp_path_factory):  # noqa: F811
+def runs(prepared, aux_checkpoint, aux_rtd, tmp_path_factory):
     """Both launches; returns (root, the modes' overrides). Folders
     under root: one/M and two/M (straight), one-resumed/M and two-resumed/M (cut to step 3,
     resumed on the same world size), two-then-one/M (2 ranks to step 3, 1 process from
@@ -110,6 +108,10 @@ def runs(prepared, aux_checkpoint, aux_rtd, tmp_path_factory):  # noqa: F811
                "one process": launch(one, root / "one.json", 1)}
     print(f"modes_driver launches: {seconds}")
     return root, mm
+
+
+def metrics(run_dir) -> list[dict]:
+    return strip_timing(all_metrics(run_dir))
 
 
 def state(run_dir, step: int = STEPS) -> dict:
@@ -263,7 +265,7 @@ def test_every_mode_resumes_on_another_world_size(runs):
         assert metrics(root / "two-then-one" / m)[:CUT] == metrics(root / "two" / m)[:CUT]
 
 
-def test_resume_on_other_data_is_refused_naming_both_fingerprints(runs, prepared, rtd_dir,  # noqa: F811
+def test_resume_on_other_data_is_refused_naming_both_fingerprints(runs, prepared, rtd_dir,
                                                                   tmp_path, capsys):
     """A checkpoint resumed against a different shard set (rtd: the uniform-replacement set
     instead of the aux one), or against another data plan (fast-online: another
