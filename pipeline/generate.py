@@ -40,7 +40,6 @@ shard encoding is documented in ``trainer/shards.py``.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import sys
 from importlib.metadata import version
@@ -155,14 +154,12 @@ class Corrupter:
         temperature (B,) float32; the device)."""
         import torch
 
-        from trainer.corruption import corrupt_batch
+        from trainer.corruption import aux_autocast, corrupt_batch
 
         ids, valid = pad_rows(tokens, lengths, PAD_ID, np.int64)  # (B, T) each
         u = progress(epoch, positions, self.num_sequences, self.epochs,
                      self.corruption.granularity)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                    if self.device.startswith("cuda") else contextlib.nullcontext())
-        with autocast:
+        with aux_autocast(self.device):
             out = corrupt_batch(torch.from_numpy(ids).to(self.device),
                                 torch.from_numpy(valid).to(self.device),
                                 torch.from_numpy(np.asarray(seq_ids, np.int64)), epoch,

@@ -550,6 +550,16 @@ class CorruptedBatch:
     selected: torch.Tensor  # (B, T) bool: the positions that were masked and resampled
 
 
+def aux_autocast(device: torch.device | str):
+    """The precision of the aux encoder for every caller that corrupts with it (generate's
+    workers, fast-online's training step): bf16 autocast on CUDA, float32 elsewhere, whatever
+    autocast surrounds the call (the trainer's ``train.precision``), so fast-online reproduces
+    the rows generate writes on the same hardware. The LM head is float32 in any case
+    (``_aux_head_fp32``)."""
+    dev = torch.device(device)
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+
 def _aux_hidden(aux, input_ids, attention_mask, selected, plan, seed, epoch, seq_ids
                 ) -> torch.Tensor:
     """The frozen aux encoder's hidden states at the selected positions (N, H), in the

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from trainer.config import RunConfig
-from trainer.corruption import corrupt_batch
+from trainer.corruption import aux_autocast, corrupt_batch
 from trainer.data import CorpusTokens
 from trainer.distributed import Dist
 from trainer.errors import UserError
@@ -72,7 +72,8 @@ class FastOnlineTask(RTDTask):
                 "u": torch.from_numpy(u)}
 
     def ready(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Corrupt the clean rows with the frozen aux, exactly as pipeline.generate does."""
+        """Corrupt the clean rows with the frozen aux, exactly as pipeline.generate does: in
+        its precision (``aux_autocast``), not the trainer's."""
         ids, mask = b["input_ids"], b["attention_mask"]  # (B, T)
         corrupted = torch.empty_like(ids)
         labels = torch.empty(ids.shape, dtype=torch.float32, device=ids.device)
@@ -80,10 +81,12 @@ class FastOnlineTask(RTDTask):
         epochs = b["epochs"].cpu()
         for e in epochs.unique().tolist():
             rows = (epochs == e).to(ids.device)
-            out = corrupt_batch(ids[rows], mask[rows], b["seq_ids"][rows], int(e),
-                                b["u"][rows.cpu()], self.cfg.corruption, self.cfg.generate.seed,
-                                aux=self.aux, unigram_counts=self.unigram,
-                                vocab_size=self.cfg.tokenizer.vocab_size)
+            with aux_autocast(ids.device):
+                out = corrupt_batch(ids[rows], mask[rows], b["seq_ids"][rows], int(e),
+                                    b["u"][rows.cpu()], self.cfg.corruption,
+                                    self.cfg.generate.seed, aux=self.aux,
+                                    unigram_counts=self.unigram,
+                                    vocab_size=self.cfg.tokenizer.vocab_size)
             # Clones: inference-mode tensors cannot be saved for the discriminator's backward.
             corrupted[rows] = out.input_ids.clone()
             labels[rows] = out.labels.float()

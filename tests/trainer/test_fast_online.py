@@ -63,6 +63,34 @@ def test_online_rows_equal_the_offline_shards(prepared, aux_checkpoint, aux_rtd,
         assert got["labels"].sum() > 0
 
 
+def test_online_rows_ignore_the_trainers_autocast(prepared, aux_checkpoint, aux_rtd):
+    """train.precision = bf16 wraps the step (and so ``ready``) in bf16 autocast; the aux must
+    still run in generate's precision (``aux_autocast``: fp32 on CPU), or fast-online trains on
+    other rows than the shards hold (fp32 rows = shard rows: the test above). The aux is made
+    confident (tied embeddings x 30: the LM head's logits x 30, the encoder unchanged) so that
+    bf16's rounding moves draws; control: corrupt_batch with the aux under bf16 does change
+    rows, so the equality is not vacuous."""
+    from trainer.corruption import corrupt_batch
+
+    corpus_dir, _, _ = prepared
+    rtd_dir, _ = aux_rtd
+    cfg = load_config(TINY, [*SMALL, *plan(corpus_dir, aux_checkpoint, rtd_dir,
+                                           "train.precision=bf16", "train.max_steps=10")])
+    online = FastOnlineTask(cfg, CPU)
+    with torch.no_grad():
+        online.aux.head.weight.mul_(30.0)
+    clean = online.rows(0, 128)
+    fp32 = online.ready(clean)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = online.ready(clean)
+        bf16 = corrupt_batch(clean["input_ids"], clean["attention_mask"], clean["seq_ids"], 0,
+                             clean["u"], cfg.corruption, cfg.generate.seed, aux=online.aux,
+                             vocab_size=cfg.tokenizer.vocab_size)
+    for key in ("input_ids", "labels"):
+        assert torch.equal(got[key], fp32[key]), key
+    assert not torch.equal(bf16.input_ids, fp32["input_ids"])
+
+
 def test_fast_online_trains_exactly_like_rtd_on_its_shards(prepared, aux_checkpoint,
                                                           aux_rtd, tmp_path):
     corpus_dir, _, _ = prepared
