@@ -19,7 +19,7 @@ keys).
 
 Cost at scale (128K vocabulary): one keyed 53-bit uniform per masked position, inverted through
 the CDF (``sample_tokens``); the aux LM head runs at the masked positions only, in float32 even
-under autocast, in row chunks of at most 2**20 logits (``_CHUNK_ELEMENTS``), each sampled
+under autocast, in row chunks of at most 2**20 logits (2**24 on a GPU), each sampled
 before the next is made, so no (N, V) tensor exists; the model-free distributions have closed
 forms (``sample_model_free``) that draw the same token as the dense inverse CDF without building
 any (N, V) row.
@@ -83,7 +83,10 @@ from trainer.tokenizer import MASK_ID, NUM_SPECIAL, UNK_ID
 # Recorded in every shard set's manifest and fingerprint: a change of sampling algorithm changes
 # the bytes, so a re-run must not take an older set for its own output.
 SAMPLER = "inverse-cdf-v2"
-_CHUNK_ELEMENTS = 1 << 20  # (rows x V) per chunk: bounds temporaries and keeps them in cache
+_CHUNK_ELEMENTS = 1 << 20  # (rows x V) per chunk on CPU: bounds temporaries, stays in cache
+# On a GPU 2**20 would be 8 rows per chunk at V = 128K: ~1,200 chunks of a dozen small kernels
+# per 128 x 512 batch, bound by launches. 2**24 fp32 logits = 64 MiB per chunk.
+_CUDA_CHUNK_ELEMENTS = 1 << 24
 
 INTERP_REPLACEMENTS = {"uniform->smoothed_onehot": "uniform",
                        "unigram->smoothed_onehot": "unigram"}
@@ -368,8 +371,9 @@ def plan_augmentation(cfg: CorruptionConfig, value: torch.Tensor) -> Augmentatio
 # Sampling
 # ---------------------------------------------------------------------------------------------
 
-def _row_chunks(n: int, vocab_size: int):
-    step = max(1, _CHUNK_ELEMENTS // vocab_size)
+def _row_chunks(n: int, vocab_size: int, device: torch.device):
+    elements = _CUDA_CHUNK_ELEMENTS if device.type == "cuda" else _CHUNK_ELEMENTS
+    step = max(1, elements // vocab_size)
     return (slice(i, min(i + step, n)) for i in range(0, n, step))
 
 
@@ -450,7 +454,7 @@ def sample_tokens(logp: torch.Tensor, seed: int, epoch: int, seq_ids: torch.Tens
     temperature = torch.as_tensor(1.0 if temperature is None else temperature,
                                   dtype=torch.float32, device=logp.device).expand(N)
     u = keyed_sample_uniform(seed, epoch, seq_ids.to(logp.device), positions.to(logp.device))
-    for rows in _row_chunks(N, V):
+    for rows in _row_chunks(N, V, logp.device):
         out[rows] = _inverse_cdf_chunk(logp[rows], u[rows], temperature[rows])
     return out
 
@@ -642,7 +646,7 @@ def corrupt_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_ids
             hidden = _aux_hidden(aux, aux_in, attention_mask, selected, plan, seed, epoch,
                                  seq_ids)  # (N, H)
             # Row chunks: at no time more than a bounded (n, V) block of logits exists.
-            for rows in _row_chunks(original.numel(), V):
+            for rows in _row_chunks(original.numel(), V, dev):
                 lp = aux_logprobs(_aux_head_fp32(aux, hidden[rows]))  # (n, V) float32
                 if aug == "log_interp_unigram":
                     lp = log_interp(unigram_logprobs(unigram_counts, lp.shape[0], dev), lp,

@@ -836,8 +836,8 @@ def test_sample_tokens_in_many_chunks_equals_one_chunk(monkeypatch):
     assert C._CHUNK_ELEMENTS // V >= 97  # the default: one chunk
     whole = C.sample_tokens(logp, 5, 1, seq, pos, temp)
     chunks = []
-    monkeypatch.setattr(C, "_row_chunks", lambda n, v, f=C._row_chunks: chunks.append(
-        list(f(n, v))) or iter(chunks[-1]))
+    monkeypatch.setattr(C, "_row_chunks", lambda n, v, d, f=C._row_chunks: chunks.append(
+        list(f(n, v, d))) or iter(chunks[-1]))
     monkeypatch.setattr(C, "_CHUNK_ELEMENTS", 3 * V + 1)  # 3 rows per chunk, the last one 1
     split = C.sample_tokens(logp, 5, 1, seq, pos, temp)
     assert len(chunks[-1]) == 33
@@ -856,11 +856,21 @@ def test_corrupt_batch_with_aux_in_many_chunks_equals_one_chunk(aux, monkeypatch
         assert C._CHUNK_ELEMENTS // V >= n  # the default: one chunk
         with monkeypatch.context() as m:
             calls = []
-            m.setattr(C, "_row_chunks", lambda n, v, f=C._row_chunks: calls.append(
-                list(f(n, v))) or iter(calls[-1]))
+            m.setattr(C, "_row_chunks", lambda n, v, d, f=C._row_chunks: calls.append(
+                list(f(n, v, d))) or iter(calls[-1]))
             m.setattr(C, "_CHUNK_ELEMENTS", 4 * V)  # 4 rows per chunk
             split = C.corrupt_batch(ids, attn, seq, 1, u, c, 3, aux=aux, unigram_counts=counts)
         assert len(calls[0]) == -(-n // 4) > 5  # the aux head ran in many chunks
         assert torch.equal(split.input_ids, whole.input_ids)
         assert torch.equal(split.labels, whole.labels)
         assert int(whole.labels.sum()) > 0
+
+
+def test_row_chunks_are_larger_on_a_gpu_and_cover_every_row_once():
+    """At V = 128K a CPU chunk is 8 rows (cache-sized temporaries); a GPU chunk must be far
+    larger or ~1,200 tiny chunks per batch make sampling launch-bound."""
+    n, vocab = 10_000, 128_000
+    for dev, rows in ((torch.device("cpu"), 8), (torch.device("cuda"), 131)):
+        chunks = list(C._row_chunks(n, vocab, dev))
+        assert chunks[0] == slice(0, rows)
+        assert torch.equal(torch.cat([torch.arange(n)[c] for c in chunks]), torch.arange(n))
