@@ -24,27 +24,21 @@ from trainer.errors import UserError
 from trainer.train import check_resume_config, grad_accum_steps, resolve_resume
 
 
-def test_mlm_one_process_equals_two_ranks(prepared, tmp_path):
-    """Same global batch, 1 process with grad accumulation vs torchrun with 2 gloo ranks:
-    the same samples and masks per step, so the same losses (dropout off: it is per rank)."""
+def test_mlm_starts_at_the_unigram_baseline(prepared, tmp_path):
+    """The MLM bias starts at the corpus unigram: step 1 is already far below the uniform guess
+    log(600) = 6.40 (a zero bias starts there), and 12 steps stay near that baseline. (1 process
+    vs 2 ranks, for every mode: tests/trainer/test_modes_distributed.py.)"""
     corpus_dir, _, _ = prepared
     common = ["train.max_steps=12", "train.global_batch_size=16",
               "train.micro_batch_size_per_rank=8", "model.dropout=0",
               "model.attention_dropout=0", "train.checkpoint_every=12"]
     one = run_train(train_argv(corpus_dir, tmp_path / "one", *common))
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run_train(train_argv(corpus_dir, tmp_path / "two", *common), nproc=2)
-    assert two.returncode == 0, two.stderr[-3000:]
-    m1, m2 = metrics(tmp_path / "one"), metrics(tmp_path / "two")
-    assert [r["step"] for r in m1] == [r["step"] for r in m2] == list(range(1, 13))
-    for a, b in zip(m1, m2, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
-        assert a["mlm_accuracy"] == pytest.approx(b["mlm_accuracy"], abs=1e-6)
-    # The MLM bias starts at the corpus unigram: step 1 is already far below the uniform
-    # guess log(600) = 6.40 (a zero bias starts there), and 12 steps stay near that baseline.
+    m1 = metrics(tmp_path / "one")
+    assert [r["step"] for r in m1] == list(range(1, 13))
     assert m1[0]["loss"] < math.log(600) - 0.7
     assert m1[-1]["loss"] < m1[0]["loss"] + 0.1
-    assert checkpoint.list_steps(str(tmp_path / "two")) == [12]
+    assert checkpoint.list_steps(str(tmp_path / "one")) == [12]
 
 
 def test_kill_9_then_resume_gives_identical_losses(prepared, tmp_path):
