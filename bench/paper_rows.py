@@ -114,9 +114,10 @@ def _safe(name: str) -> str:
     return name.replace("->", "_to_")
 
 
-def _max_rel_diff(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> float:
+def _max_rel_diff(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> float | None:
+    """max |a - b| / |b| over the steps both curves logged (None: no common step)."""
     bv = dict(b)
-    return max(abs(v - bv[s]) / abs(bv[s]) for s, v in a if s in bv)
+    return max((abs(v - bv[s]) / abs(bv[s]) for s, v in a if s in bv), default=None)
 
 
 def decoupled(bench) -> dict:

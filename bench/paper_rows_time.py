@@ -15,7 +15,8 @@ import os
 import statistics
 
 from bench.paper_rows import checkpoints, mean_seconds_per_step
-from bench.paper_runs import read_json, record_wall, run_finished, wall_seconds
+from bench.paper_runs import record_wall, run_finished, wall_seconds
+from trainer.plot import read_metrics
 
 SWEEP_LRS = ("1e-3", "2e-3", "5e-3", "1e-2")
 
@@ -40,7 +41,7 @@ def equal_wallclock(bench, cost: dict) -> dict:
                                      for n, d in dirs.items()},
             "generate_seconds": gen,
             "generate_seconds_amortised_over_sweep": None if gen is None
-            else gen / len(SWEEP_LRS),
+            else gen / bench.plan.sweep_points,
             "discriminators": {("electra" if n == "electra" else f"wallclock-{n}"):
                                checkpoints(d)[-1] for n, d in dirs.items()}}
 
@@ -75,23 +76,24 @@ def _stats(values: list[float]) -> dict:
 
 def sweep(bench) -> dict:
     p = bench.plan
+    lrs = SWEEP_LRS[:p.sweep_points]
     root = os.path.join(bench.out, "runs", "sweep-offline")
-    points = [os.path.join(root, "sweep", f"train.lr={lr}") for lr in SWEEP_LRS]
+    points = [os.path.join(root, "sweep", f"train.lr={lr}") for lr in lrs]
     if not all(run_finished(d, p.sweep_steps) for d in points):
         argv = ["--config", bench.config]
         for s in [*bench.train_sets(p.sweep_steps), "train.mode=rtd", f"train.out_dir={root}"]:
             argv += ["--set", s]
         record_wall(root, bench.runner.call("sweep/offline", "trainer.sweep",
-                                            [*argv, "--grid", "train.lr=" + ",".join(SWEEP_LRS)]))
+                                            [*argv, "--grid", "train.lr=" + ",".join(lrs)]))
     offline = wall_seconds(root)
     online = [bench.train(f"sweep-online-lr{lr}", ["train.mode=fast-online", f"train.lr={lr}"],
-                          steps=p.sweep_steps)["seconds"] for lr in SWEEP_LRS]
+                          steps=p.sweep_steps)["seconds"] for lr in lrs]
     gen = bench.generate_seconds()
     read_share = p.sweep_steps * p.batch / (bench.epochs * bench.corpus().num_sequences)
-    final = {lr: _last(d, "loss") for lr, d in zip(SWEEP_LRS, points, strict=True)}
+    final = {lr: _last(d, "loss") for lr, d in zip(lrs, points, strict=True)}
     final_online = {lr: _last(os.path.join(bench.out, "runs", f"sweep-online-lr{lr}"), "loss")
-                    for lr in SWEEP_LRS}
-    return {"lrs": list(SWEEP_LRS), "steps": p.sweep_steps, "offline_sweep_seconds": offline,
+                    for lr in lrs}
+    return {"lrs": list(lrs), "steps": p.sweep_steps, "offline_sweep_seconds": offline,
             "generate_seconds": gen, "online_run_seconds": online,
             "online_total": sum(online), "offline_total": offline + (gen or 0.0),
             "offline_total_prorated": offline + (gen or 0.0) * read_share,
@@ -100,14 +102,5 @@ def sweep(bench) -> dict:
 
 
 def _last(run_dir: str, key: str) -> float:
-    rows = [r for r in _records(run_dir) if key in r]
+    rows = [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if key in r]
     return rows[-1][key]
-
-
-def _records(run_dir: str) -> list[dict]:
-    from trainer.plot import read_metrics
-
-    return read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-
-
-__all__ = ["equal_wallclock", "downstream", "sweep", "read_json"]

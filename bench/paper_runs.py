@@ -47,24 +47,24 @@ class Plan:
     seeds: int           # fine-tuning seeds per discriminator (and for --from-scratch)
     cost_reps: int       # interleaved repetitions of the cost row (A B C ... A B C ...)
     cost_steps: int      # steps per cost measurement (the first is not timed)
-    sweep_steps: int     # steps of each of the 8 runs of the shard-reuse row
+    sweep_steps: int     # steps of each run of the shard-reuse row
+    sweep_points: int    # lrs of that row's sweep (and as many fast-online runs)
     aux_steps: int       # 0 = the aux config's own train.max_steps
     ft_train: int        # examples of the default (corpus-built) task
     ft_dev: int
-    ft_max_train: int    # 0 = every row of a user task; else the first N (smoke)
     fair_sequences: int  # sequences of the fair T = 1 set each discriminator is scored on
     eval_every: int      # trainer's own held-out evaluation interval
 
 
 PLANS = {
     "full": Plan("full", steps=300, batch=32, seeds=3, cost_reps=5, cost_steps=6,
-                 sweep_steps=150, aux_steps=0, ft_train=2000, ft_dev=500, ft_max_train=0,
+                 sweep_steps=150, sweep_points=4, aux_steps=0, ft_train=2000, ft_dev=500,
                  fair_sequences=2048, eval_every=100),
     "quick": Plan("quick", steps=48, batch=32, seeds=1, cost_reps=3, cost_steps=4,
-                  sweep_steps=24, aux_steps=0, ft_train=600, ft_dev=300, ft_max_train=0,
+                  sweep_steps=24, sweep_points=4, aux_steps=0, ft_train=600, ft_dev=300,
                   fair_sequences=512, eval_every=24),
     "smoke": Plan("smoke", steps=4, batch=4, seeds=1, cost_reps=1, cost_steps=2,
-                  sweep_steps=2, aux_steps=2, ft_train=24, ft_dev=12, ft_max_train=24,
+                  sweep_steps=2, sweep_points=2, aux_steps=2, ft_train=24, ft_dev=12,
                   fair_sequences=16, eval_every=4),
 }
 
@@ -153,8 +153,9 @@ class Bench:
         self.aux_run = os.path.join(self.out, "aux")
         self.rtd_dir = os.path.join(self.out, "shards", "rtd")
         self.fair_root = os.path.join(self.out, "shards", "fair")
-        self.beam = (["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-                     if args.in_process else [])
+        # Beam's in-process runner: the bench's sets are one part per epoch, which one worker
+        # writes; the multi-process runner only added ~1 min of start-up per job here.
+        self.beam = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
     # -- setup ---------------------------------------------------------------------------
 
