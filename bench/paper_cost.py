@@ -92,6 +92,8 @@ def run_row(bench) -> dict:
     device = results["electra"][0]["device"]
     memory_kind = ("torch.cuda.max_memory_allocated" if device.startswith("cuda") else
                    "CPU peak RSS (ru_maxrss) above the RSS before the task was built")
+    if bench.runner.in_process:  # one process's ru_maxrss only grows: no per-mode figure
+        memory_kind = "none (--in-process: every mode shares one process's peak RSS)"
     return {"modes": table, "device": device, "memory_measure": memory_kind,
             "reps": bench.plan.cost_reps, "timed_steps": bench.plan.cost_steps - 1,
             "batch": bench.plan.batch, "analytic_flops": {

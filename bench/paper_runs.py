@@ -61,7 +61,7 @@ PLANS = {
                  sweep_steps=150, sweep_points=4, aux_steps=0, ft_train=2000, ft_dev=500,
                  fair_sequences=2048, eval_every=100),
     "quick": Plan("quick", steps=48, batch=32, seeds=1, cost_reps=3, cost_steps=4,
-                  sweep_steps=24, sweep_points=4, aux_steps=0, ft_train=600, ft_dev=300,
+                  sweep_steps=24, sweep_points=4, aux_steps=80, ft_train=400, ft_dev=200,
                   fair_sequences=512, eval_every=24),
     "smoke": Plan("smoke", steps=4, batch=4, seeds=1, cost_reps=1, cost_steps=2,
                   sweep_steps=2, sweep_points=2, aux_steps=2, ft_train=24, ft_dev=12,
@@ -218,10 +218,11 @@ class Bench:
     def train_aux(self) -> None:
         steps = self.plan.aux_steps
         sets = [*self.data_sets(), f"train.out_dir={self.aux_run}", "train.resume=auto"]
-        if steps:
-            sets += [f"train.max_steps={steps}", "train.warmup_steps=0",
-                     f"train.checkpoint_every={steps}", f"train.eval_every={steps}",
-                     f"train.micro_batch_size_per_rank={self.plan.batch}",
+        if steps:  # fewer steps than the recipe's; warm-up as its share (30 of 150)
+            sets += [f"train.max_steps={steps}", f"train.warmup_steps={steps // 5}",
+                     f"train.checkpoint_every={steps}", f"train.eval_every={steps}"]
+        if self.plan.mode == "smoke":
+            sets += [f"train.micro_batch_size_per_rank={self.plan.batch}",
                      f"train.global_batch_size={self.plan.batch}", "train.grad_accum=0"]
         sets = [f"aux.num_layers={BENCH_KEYS['aux']['num_layers']}", *self.args.overrides, *sets]
         if run_finished(self.aux_run, load_config(self.args.aux_config, sets).train.max_steps):
