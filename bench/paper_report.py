@@ -294,10 +294,10 @@ def plots(report: dict, out_dir: str) -> list[str]:
     if "curriculum" in rows and "error" not in rows["curriculum"]:
         fig, ax = _figure()
         for n, pts in rows["curriculum"]["fair"].items():
-            ax.plot([p["step"] for p in pts], [p["auc"] for p in pts], marker="o",
-                    label=f"{n} AUC")
+            (line,) = ax.plot([p["step"] for p in pts], [p["auc"] for p in pts], marker="o",
+                              label=f"{n} AUC")
             ax.plot([p["step"] for p in pts], [p["f1"] for p in pts], marker="x",
-                    linestyle="--", label=f"{n} F1")
+                    linestyle="--", color=line.get_color(), label=f"{n} F1")
         ax.set_xlabel("step")
         ax.set_ylabel("fair RTD metric (aux at T = 1)")
         ax.legend(fontsize="small")

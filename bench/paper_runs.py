@@ -58,11 +58,11 @@ class Plan:
 
 PLANS = {
     "full": Plan("full", steps=300, batch=32, seeds=3, cost_reps=5, cost_steps=6,
-                 sweep_steps=150, sweep_points=4, aux_steps=0, ft_train=2000, ft_dev=500,
+                 sweep_steps=150, sweep_points=4, aux_steps=0, ft_train=1000, ft_dev=400,
                  fair_sequences=2048, eval_every=100),
-    "quick": Plan("quick", steps=48, batch=32, seeds=1, cost_reps=3, cost_steps=4,
-                  sweep_steps=24, sweep_points=4, aux_steps=80, ft_train=400, ft_dev=200,
-                  fair_sequences=512, eval_every=24),
+    "quick": Plan("quick", steps=40, batch=32, seeds=1, cost_reps=3, cost_steps=4,
+                  sweep_steps=16, sweep_points=4, aux_steps=80, ft_train=300, ft_dev=150,
+                  fair_sequences=512, eval_every=20),
     "smoke": Plan("smoke", steps=4, batch=4, seeds=1, cost_reps=1, cost_steps=2,
                   sweep_steps=2, sweep_points=2, aux_steps=2, ft_train=24, ft_dev=12,
                   fair_sequences=16, eval_every=4),
