@@ -98,6 +98,11 @@ def summarise(row: str, r: dict, rows: dict) -> tuple[str, str]:
         mem = fo["memory"]["median"]
         verdict += ("; memory within 0.83-0.85" if 0.83 <= mem <= 0.85 else
                     f"; memory {mem:.2f} (paper 0.83-0.85)")
+        a = r["analytic_flops"]
+        verdict += (f". trainer.cost for these shapes (aux as deep as the discriminator; the "
+                    f"paper's is 1/3): FLOPs fast/joint {a['fast_over_joint']:.2f}, offline/"
+                    f"joint {a['offline_over_joint']:.2f}, memory fast/joint "
+                    f"{a['fast_memory_over_joint']:.2f}")
         return ours, verdict
     if row == "curriculum":
         last = {n: v[-1] for n, v in r["fair"].items()}
@@ -176,10 +181,14 @@ def summarise(row: str, r: dict, rows: dict) -> tuple[str, str]:
                 f"{f(r['generate_seconds'], 0)} s once = {r['offline_total']:.0f} s "
                 f"({r['offline_total_prorated']:.0f} s with the shard time prorated to the "
                 f"{r['share_of_shards_read']:.0%} read); online: {r['online_total']:.0f} s")
+        lg = r["logged_train_seconds"]
+        ours += (f"; the runs' logged training seconds (no start-up): offline "
+                 f"{lg['offline']:.0f} s, online {lg['online']:.0f} s")
         ok = r["offline_total"] < r["online_total"]
-        return ours, (f"{'agrees' if ok else 'differs'}: offline/online = "
+        return ours, (f"{'agrees' if ok else 'differs'}: offline/online wall-clock = "
                       f"{r['offline_total'] / r['online_total']:.2f} "
-                      f"(prorated {r['offline_total_prorated'] / r['online_total']:.2f})")
+                      f"(prorated {r['offline_total_prorated'] / r['online_total']:.2f}); "
+                      f"training alone {lg['offline'] / lg['online']:.2f}")
     raise KeyError(row)
 
 

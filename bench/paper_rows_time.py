@@ -90,10 +90,13 @@ def sweep(bench) -> dict:
                           steps=p.sweep_steps)["seconds"] for lr in lrs]
     gen = bench.generate_seconds()
     read_share = p.sweep_steps * p.batch / (bench.epochs * bench.corpus().num_sequences)
+    online_dirs = [os.path.join(bench.out, "runs", f"sweep-online-lr{lr}") for lr in lrs]
     final = {lr: _last(d, "loss") for lr, d in zip(lrs, points, strict=True)}
-    final_online = {lr: _last(os.path.join(bench.out, "runs", f"sweep-online-lr{lr}"), "loss")
-                    for lr in lrs}
+    final_online = {lr: _last(d, "loss") for lr, d in zip(lrs, online_dirs, strict=True)}
+    logged = {side: sum(mean_seconds_per_step(d) * p.sweep_steps for d in dirs)
+              for side, dirs in (("offline", points), ("online", online_dirs))}
     return {"lrs": list(lrs), "steps": p.sweep_steps, "offline_sweep_seconds": offline,
+            "logged_train_seconds": logged,
             "generate_seconds": gen, "online_run_seconds": online,
             "online_total": sum(online), "offline_total": offline + (gen or 0.0),
             "offline_total_prorated": offline + (gen or 0.0) * read_share,
