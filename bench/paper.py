@@ -119,11 +119,15 @@ def run(argv: list[str] | None = None) -> dict:
         if os.path.isfile(path):
             rows[name] = read_json(path)
             skipped.append(name)
-            elapsed[name] = "skipped (finished earlier)"
+            took = rows[name].get("elapsed_seconds")
+            elapsed[name] = "skipped (finished earlier" + (
+                f" in {took:.0f} s)" if took is not None else ")")
             print(f"paper: {name}: skipped (finished earlier: {path})", flush=True)
             continue
         try:
+            t0 = time.perf_counter()
             rows[name] = timed(name, fn)
+            rows[name]["elapsed_seconds"] = time.perf_counter() - t0
             write_json(path, rows[name])
         except (UserError, KeyError, OSError, ValueError, RuntimeError) as e:
             # Kept in the report as "not run" with the reason; the next invocation retries.
