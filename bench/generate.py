@@ -61,11 +61,11 @@ from pipeline.generate import (  # noqa: E402
     write_part,
 )
 from pipeline.generate_fns import Layout  # noqa: E402
-from trainer.config import load_config  # noqa: E402
-from trainer.corruption import corrupt_batch, mask_positions  # noqa: E402
-from trainer.data import CorpusTokens  # noqa: E402
+from trainer.config.sections import load_config  # noqa: E402
+from trainer.corruption.corrupt import corrupt_batch, mask_positions  # noqa: E402
+from trainer.data.loader import CorpusTokens  # noqa: E402
+from trainer.data.rtd_shards import CorpusShards, token_dtype  # noqa: E402
 from trainer.pretrained import load_generator  # noqa: E402
-from trainer.shards import CorpusShards, token_dtype  # noqa: E402
 
 
 def generate_argv(args, rtd_dir: str, defaults=(), forced=()) -> list[str]:

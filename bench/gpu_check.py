@@ -253,7 +253,7 @@ def _near_tie_distances(aux, masked, mask, selected, tokens, temperature, seq_id
     to the nearest edge of that token's interval of the float64 CDF recomputed on the CPU from
     the aux's fp32 log-probs (positive inside; a reconstruction that matches corrupt_batch puts
     every reference draw inside, which tests/bench/test_gpu_check.py checks)."""
-    from trainer.corruption import aux_logprobs, keyed_sample_uniform
+    from trainer.corruption.corrupt import aux_logprobs, keyed_sample_uniform
 
     b_idx, t_idx = selected.nonzero(as_tuple=True)
     with torch.inference_mode():
@@ -274,7 +274,7 @@ def compare_aux_draws(aux_a, aux_b, device_b, ids, mask, seq_ids, u, c, seed: in
     ``device_b`` (under bf16 autocast if asked) over one batch: whether the integer decisions
     agree, how many aux draws differ and (fp32) the largest distance of a differing draw's
     uniform to its CPU CDF interval's edge (0 when none differ)."""
-    from trainer.corruption import corrupt_batch, mask_positions
+    from trainer.corruption.corrupt import corrupt_batch, mask_positions
 
     a = corrupt_batch(ids, mask, seq_ids, epoch, u, c, seed, aux=aux_a)
     auto = (torch.autocast(device_b.type, dtype=torch.bfloat16) if autocast_b
@@ -301,9 +301,9 @@ def compare_aux_draws(aux_a, aux_b, device_b, ids, mask, seq_ids, u, c, seed: in
 def corruption_batch(fx: Fixtures, n: int = 256):
     """(ids, mask, seq_ids, u, corruption config, corpus) of the corpus's first n sequences,
     u spread over the whole schedule (T from 2 down to ~1)."""
-    from trainer.config import load_config
-    from trainer.data import CorpusTokens
-    from trainer.shards import CorpusShards
+    from trainer.config.sections import load_config
+    from trainer.data.loader import CorpusTokens
+    from trainer.data.rtd_shards import CorpusShards
 
     corpus = CorpusShards(str(fx.corpus()))
     n = min(corpus.num_sequences, n)
@@ -313,7 +313,7 @@ def corruption_batch(fx: Fixtures, n: int = 256):
 
 
 def corrupt_cpu_vs_device(fx: Fixtures):
-    from trainer.corruption import corrupt_batch, mask_positions
+    from trainer.corruption.corrupt import corrupt_batch, mask_positions
     from trainer.pretrained import load_generator
 
     dev = fx.device
@@ -392,7 +392,7 @@ def bf16_training(fx: Fixtures):
 
 def _row_differences(dir_a: Path, dir_b: Path) -> tuple[int, int, int]:
     """(rows, rows that differ, tokens that differ) over every epoch of two shard sets."""
-    from trainer.shards import RTDShards
+    from trainer.data.rtd_shards import RTDShards
 
     a, b = RTDShards(str(dir_a)), RTDShards(str(dir_b))
     rows = rows_diff = tokens_diff = 0
@@ -431,10 +431,10 @@ def generate_workers(fx: Fixtures):
 
 
 def fast_online_rows(fx: Fixtures):
-    from trainer.config import load_config
+    from trainer.config.sections import load_config
     from trainer.distributed import Dist
-    from trainer.fast_online import FastOnlineTask
-    from trainer.rtd import RTDTask
+    from trainer.modes.fast_online import FastOnlineTask
+    from trainer.modes.rtd import RTDTask
     from trainer.train import autocast_context
 
     rtd_dir, manifest = fx.device_shards()
@@ -475,8 +475,8 @@ def fast_online_rows(fx: Fixtures):
 def rel_bias_sdpa(fx: Fixtures):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from trainer.config import load_config
-    from trainer.model import Discriminator, EncoderConfig
+    from trainer.config.sections import load_config
+    from trainer.model.encoder import Discriminator, EncoderConfig
 
     dev, T = fx.device, fx.shapes.sdpa_seq
     assert T % 128 == 64
@@ -524,7 +524,7 @@ def rel_bias_sdpa(fx: Fixtures):
 
 def _in_memory_rtd():
     """RTDTask's real loss, for batches made in memory (no shard set at the base shape)."""
-    from trainer.rtd import RTDTask
+    from trainer.modes.rtd import RTDTask
 
     class InMemoryRTD(RTDTask):
         def __init__(self):  # noqa: D107 (no shards to open: loss() needs only ready())
@@ -545,8 +545,8 @@ def _rtd_batch(B: int, T: int, vocab: int, device, seed: int = 0) -> dict:
 
 
 def compile_smoke(fx: Fixtures):
-    from trainer.config import load_config
-    from trainer.model import Discriminator, EncoderConfig
+    from trainer.config.sections import load_config
+    from trainer.model.encoder import Discriminator, EncoderConfig
     from trainer.optim import build_optimizer
 
     dev, steps = fx.device, 3
@@ -595,10 +595,10 @@ def _peak_tflops(device: torch.device, override: float | None) -> tuple[float | 
 
 
 def rtd_mfu(fx: Fixtures):
-    from trainer.config import load_config
-    from trainer.cost import estimate, forward_flops
-    from trainer.model import Discriminator, EncoderConfig
+    from trainer.config.sections import load_config
+    from trainer.model.encoder import Discriminator, EncoderConfig
     from trainer.optim import build_optimizer
+    from trainer.tools.cost import estimate, forward_flops
     from trainer.train import autocast_context
 
     dev, s = fx.device, fx.shapes
@@ -651,8 +651,8 @@ def rtd_mfu(fx: Fixtures):
 def aux_tokens_per_s(fx: Fixtures):
     from pipeline.generate import Corrupter
     from pipeline.generate_fns import Layout
-    from trainer.config import load_config
-    from trainer.model import EncoderConfig, MLMModel
+    from trainer.config.sections import load_config
+    from trainer.model.encoder import EncoderConfig, MLMModel
 
     dev, s = fx.device, fx.shapes
     cfg = load_config(s.base_config, ["corruption.replacement=aux"])

@@ -33,7 +33,7 @@ from bench import paper_cost, paper_report, paper_rows, paper_rows_time
 from bench.paper_runs import PLANS, Bench, BenchError, read_json
 from trainer.cli import main_guard
 from trainer.errors import UserError
-from trainer.evaluate import write_json
+from trainer.tools.evaluate import write_json
 
 
 def parser() -> argparse.ArgumentParser:

@@ -40,7 +40,7 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="where the JSON result is written")
     args = p.parse_args(argv)
     result = child(argparse.Namespace(**json.loads(args.child)))
-    from trainer.evaluate import write_json
+    from trainer.tools.evaluate import write_json
 
     write_json(args.out, result)
     print(json.dumps(result))
@@ -84,7 +84,7 @@ def run_row(bench) -> dict:
         bench.runner.call("cost/trainer.cost", "trainer.cost", argv)
         with open(log) as f:  # trainer.cost --json prints the object (after nothing else)
             text = f.read()
-        from trainer.evaluate import write_json
+        from trainer.tools.evaluate import write_json
 
         write_json(analytic, json.loads(text[text.index("{"):]))
     with open(analytic) as f:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from trainer.plot import require_matplotlib, save_figure
+from trainer.tools.plot import require_matplotlib, save_figure
 
 ROWS = ("cost", "curriculum", "replacement", "wallclock", "decoupled", "early_exit",
         "downstream", "sweep")

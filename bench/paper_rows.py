@@ -13,7 +13,7 @@ import os
 import statistics
 
 from trainer import checkpoint
-from trainer.plot import read_metrics
+from trainer.tools.plot import read_metrics
 
 # Row 2 (Fast-ELECTRA D.2): the same frozen aux and steps, three temperature programmes. The
 # exponential one streams the offline shards (train.mode = rtd); the other two would each need

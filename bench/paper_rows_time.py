@@ -16,7 +16,7 @@ import statistics
 
 from bench.paper_rows import checkpoints, mean_seconds_per_step
 from bench.paper_runs import record_wall, run_finished, wall_seconds
-from trainer.plot import read_metrics
+from trainer.tools.plot import read_metrics
 
 SWEEP_LRS = ("1e-3", "2e-3", "5e-3", "1e-2")
 

@@ -24,10 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from trainer import checkpoint
-from trainer.config import load_config, parse_override, toml_value
+from trainer.config.sections import load_config, parse_override, toml_value
+from trainer.data.rtd_shards import CorpusShards
 from trainer.errors import UserError
-from trainer.evaluate import write_json
-from trainer.shards import CorpusShards
+from trainer.tools.evaluate import write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WALL = "bench_wall.json"

@@ -43,13 +43,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from trainer.config import load_config  # noqa: E402
+from trainer.config.sections import load_config  # noqa: E402
 from trainer.distributed import Dist, pick_device  # noqa: E402
-from trainer.hf import require_transformers  # noqa: E402
-from trainer.hf_export import electra_config  # noqa: E402
-from trainer.model import EncoderConfig  # noqa: E402
+from trainer.model.encoder import EncoderConfig  # noqa: E402
+from trainer.modes.rtd import RTD_SUM_KEYS, RTDTask, ordinary_mask, rtd_counts, rtd_metrics  # noqa: E402
 from trainer.optim import build_optimizer, build_scheduler  # noqa: E402
-from trainer.rtd import RTD_SUM_KEYS, RTDTask, ordinary_mask, rtd_counts, rtd_metrics  # noqa: E402
+from trainer.tools.hf.cli import require_transformers  # noqa: E402
+from trainer.tools.hf.exporter import electra_config  # noqa: E402
 from trainer.train import autocast_context, grad_accum_steps  # noqa: E402
 
 FORCED = ["model.position=absolute", "model.layer_norm=post"]  # the HF ELECTRA shape

@@ -33,12 +33,12 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from trainer.config import load_config  # noqa: E402
-from trainer.data import Prefetcher  # noqa: E402
+from trainer.config.sections import load_config  # noqa: E402
+from trainer.data.loader import Prefetcher  # noqa: E402
+from trainer.data.rtd_shards import RTDShards, decode_rtd_table  # noqa: E402
 from trainer.distributed import Dist  # noqa: E402
+from trainer.modes.rtd import RTDTask  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
-from trainer.rtd import RTDTask  # noqa: E402
-from trainer.shards import RTDShards, decode_rtd_table  # noqa: E402
 
 
 def train_seconds(task: RTDTask, next_batch, steps: int) -> float:

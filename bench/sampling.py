@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from trainer.config import load_config  # noqa: E402
-from trainer.corruption import (  # noqa: E402
+from trainer.config.sections import load_config  # noqa: E402
+from trainer.corruption.corrupt import (
     aux_logprobs,
     keyed_sample_uniform,
     mask_positions,
@@ -43,7 +43,7 @@ from trainer.corruption import (  # noqa: E402
     sample_model_free,
     sample_tokens,
 )
-from trainer.model import EncoderConfig, MLMModel  # noqa: E402
+from trainer.model.encoder import EncoderConfig, MLMModel  # noqa: E402
 from trainer.tokenizer import NUM_SPECIAL  # noqa: E402
 
 

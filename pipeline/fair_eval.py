@@ -42,15 +42,15 @@ import sys
 
 from pipeline.generate import run as generate
 from trainer.cli import config_parser, main_guard, resolve_config
+from trainer.data.rtd_shards import resolve_fs, sha256_file
 from trainer.errors import UserError
-from trainer.evaluate import add_eval_arguments, eval_device, evaluate_checkpoint, report
 from trainer.pretrained import (
     DISCRIMINATOR_KINDS,
     GENERATOR_KINDS,
     read_meta,
     resolve_checkpoint,
 )
-from trainer.shards import resolve_fs, sha256_file
+from trainer.tools.evaluate import add_eval_arguments, eval_device, evaluate_checkpoint, report
 
 # Masks and samples are keyed by (seed, epoch, seq_id): with the training sets' default seed 0,
 # epoch 0 of the evaluation set would mask the very positions epoch 0 of training did.

@@ -72,11 +72,10 @@ from pipeline.generate_fns import (
 )
 from pipeline.shard_sets import holds_output_locks, prepare_output, run_pipeline
 from trainer.cli import config_parser, main_guard, resolve_config
-from trainer.config import RunConfig, to_dict, to_toml
-from trainer.corruption import SAMPLER
-from trainer.order import permute, progress
-from trainer.pretrained import GENERATOR_KINDS, generator_config, load_generator, read_meta
-from trainer.shards import (
+from trainer.config.sections import RunConfig, to_dict, to_toml
+from trainer.corruption.corrupt import SAMPLER
+from trainer.data.order import permute, progress
+from trainer.data.rtd_shards import (
     CONFIG_FILE,
     MANIFEST,
     RTD_SCHEMA,
@@ -93,6 +92,7 @@ from trainer.shards import (
     sha256_file,
     token_dtype,
 )
+from trainer.pretrained import GENERATOR_KINDS, generator_config, load_generator, read_meta
 from trainer.tokenizer import PAD_ID
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ class Corrupter:
         temperature (B,) float32; the device)."""
         import torch
 
-        from trainer.corruption import aux_autocast, corrupt_batch
+        from trainer.corruption.corrupt import aux_autocast, corrupt_batch
 
         ids, valid = pad_rows(tokens, lengths, PAD_ID, np.int64)  # (B, T) each
         u = progress(epoch, positions, self.num_sequences, self.epochs,
@@ -353,7 +353,7 @@ def print_summary(m: dict) -> None:
 @holds_output_locks
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run generate; returns the RTD manifest."""
-    from trainer.corruption import validate_corruption
+    from trainer.corruption.corrupt import validate_corruption
 
     parser = config_parser("python -m pipeline.generate", __doc__)
     parser.add_argument("--overwrite", action="store_true",

@@ -18,10 +18,10 @@ import json
 import sys
 
 from trainer.cli import main_guard
-from trainer.corruption import schedule_value
+from trainer.corruption.corrupt import schedule_value
+from trainer.data.rtd_shards import MANIFEST, CorpusShards, RTDShards, ShardError, resolve_fs
 from trainer.errors import UserError
-from trainer.plot import require_matplotlib, save_figure
-from trainer.shards import MANIFEST, CorpusShards, RTDShards, ShardError, resolve_fs
+from trainer.tools.plot import require_matplotlib, save_figure
 
 
 def rtd_summary(rtd: RTDShards) -> list[str]:

@@ -59,9 +59,8 @@ from pipeline.sources import (
 )
 from pipeline.tokenizer_train import train_tokenizer
 from trainer.cli import config_parser, main_guard, resolve_config
-from trainer.config import RunConfig, to_dict, to_toml
-from trainer.errors import UserError
-from trainer.shards import (
+from trainer.config.sections import RunConfig, to_dict, to_toml
+from trainer.data.rtd_shards import (
     CONFIG_FILE,
     MANIFEST,
     SCHEMA_VERSION,
@@ -69,6 +68,7 @@ from trainer.shards import (
     UNIGRAM_FILE,
     read_manifest,
 )
+from trainer.errors import UserError
 from trainer.tokenizer import SPECIAL_IDS, TokenizerError, load_tokenizer_bytes
 
 

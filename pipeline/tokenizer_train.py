@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import sentencepiece as spm
 
 from pipeline.sources import FileReport, read_file
-from trainer.config import DataConfig, TokenizerConfig
+from trainer.config.sections import DataConfig, TokenizerConfig
 from trainer.tokenizer import TRAINER_SPEC, TokenizerError, load_tokenizer_bytes
 
 # SentencePiece skips longer lines; cutting them keeps their text in the sample.

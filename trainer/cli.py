@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from trainer.config import RunConfig, describe, load_config, to_toml
+from trainer.config.sections import RunConfig, describe, load_config, to_toml
 from trainer.errors import UserError
 
 

@@ -31,9 +31,9 @@ from collections.abc import Callable
 import torch
 
 from trainer.checkpoint import find_latest, load_state
-from trainer.config import RunConfig, build_config
+from trainer.config.sections import RunConfig, build_config
 from trainer.errors import UserError
-from trainer.model import Discriminator, EncoderConfig, MLMModel
+from trainer.model.encoder import Discriminator, EncoderConfig, MLMModel
 
 GENERATOR_KINDS = ("mlm", "joint", "early-exit")
 DISCRIMINATOR_KINDS = ("discriminator", "joint", "early-exit")

@@ -24,12 +24,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint, distributed
 from trainer.cli import config_parser, main_guard, resolve_config
-from trainer.config import RunConfig, to_dict, to_toml
-from trainer.data import Prefetcher
+from trainer.config.sections import RunConfig, to_dict, to_toml
+from trainer.data.loader import Prefetcher
 from trainer.errors import UserError
 from trainer.logger import MetricsLog, peak_memory_gb
+from trainer.modes.base import Task, build_task
 from trainer.optim import build_optimizer, build_scheduler
-from trainer.tasks import Task, build_task
 
 # Keys whose change would make a resumed run diverge from the one it continues.
 _RESUME_MUST_MATCH = ("data.max_seq_len", "tokenizer.vocab_size", "model.*", "aux.*",

@@ -16,9 +16,9 @@ import torch
 
 from bench.gpu_check import NEAR_TIE, ORDER, _near_tie_distances, compare_aux_draws
 from tests.conftest import REPO, TINY
-from trainer.config import load_config
-from trainer.corruption import corrupt_batch, mask_positions
-from trainer.model import EncoderConfig, MLMModel
+from trainer.config.sections import load_config
+from trainer.corruption.corrupt import corrupt_batch, mask_positions
+from trainer.model.encoder import EncoderConfig, MLMModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

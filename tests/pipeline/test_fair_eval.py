@@ -13,13 +13,13 @@ from pipeline.fair_eval import main
 from tests.helpers import GENERATE_SMALL as SMALL
 from tests.helpers import IN_MEMORY, TINY
 from tests.reference_metrics import disagreeing, rtd_reference
-from tests.trainer.test_evaluate import RTD_KEYS, disc_batches
 from tests.trainer.test_pretrained import save
-from trainer.config import load_config
-from trainer.joint import JointModel
-from trainer.model import Discriminator, EncoderConfig
+from tests.trainer.tools.test_evaluate import RTD_KEYS, disc_batches
+from trainer.config.sections import load_config
+from trainer.data.rtd_shards import RTDShards, resolve_fs, sha256_file
+from trainer.model.encoder import Discriminator, EncoderConfig
+from trainer.modes.joint import JointModel
 from trainer.pretrained import load_discriminator
-from trainer.shards import RTDShards, resolve_fs, sha256_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,18 +21,16 @@ from tests import conftest
 from tests.helpers import GENERATE_SMALL as SMALL
 from tests.helpers import TINY, gen_argv, kill_9_when, shard_files
 from trainer.checkpoint import save as save_checkpoint
-from trainer.config import load_config, to_dict
-from trainer.corruption import (
+from trainer.config.sections import load_config, to_dict
+from trainer.corruption.corrupt import (
     aux_logprobs,
     corrupt_batch,
     mask_positions,
     replacement_logprobs,
     schedule_value,
 )
-from trainer.joint import JointModel
-from trainer.order import progress, unpermute
-from trainer.pretrained import load_generator
-from trainer.shards import (
+from trainer.data.order import progress, unpermute
+from trainer.data.rtd_shards import (
     CorpusShards,
     RTDShards,
     ShardError,
@@ -40,6 +38,8 @@ from trainer.shards import (
     encode_rtd_rows,
     token_dtype,
 )
+from trainer.modes.joint import JointModel
+from trainer.pretrained import load_generator
 from trainer.tokenizer import NUM_SPECIAL
 
 pytestmark = pytest.mark.usefixtures("one_thread")

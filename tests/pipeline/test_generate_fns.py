@@ -25,8 +25,8 @@ from pipeline.generate_fns import (
     worker_device,
 )
 from tests.conftest import REPO, TINY
-from trainer.config import ConfigError, load_config
-from trainer.order import permute
+from trainer.config.sections import ConfigError, load_config
+from trainer.data.order import permute
 
 
 def corpus_part(rng, first: int, rows: int, vocab: int):

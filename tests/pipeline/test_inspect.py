@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.inspect import main as inspect_main
 from pipeline.inspect import rtd_figure
-from tests.trainer.test_plot import colour_pixels
-from trainer.shards import RTDShards
+from tests.trainer.tools.test_plot import colour_pixels
+from trainer.data.rtd_shards import RTDShards
 
 pytest.importorskip("matplotlib")
 

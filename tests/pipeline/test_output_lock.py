@@ -23,7 +23,7 @@ from pipeline.shard_sets import holds_output_locks, prepare_output
 from tests.conftest import REPO, kill_9_when, prepare_argv
 from tests.pipeline.test_generate import gen_argv
 from tests.trainer.test_train import train_argv, train_proc
-from trainer.shards import CorpusShards, RTDShards, ShardError
+from trainer.data.rtd_shards import CorpusShards, RTDShards, ShardError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,8 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, TINY
-from trainer import finetune_config
-from trainer.config import (
+from trainer.config.sections import (
     SECTIONS,
     ConfigError,
     RunConfig,
@@ -21,7 +20,8 @@ from trainer.config import (
     load_config,
     to_toml,
 )
-from trainer.corruption import validate_corruption
+from trainer.corruption.corrupt import validate_corruption
+from trainer.tools.finetune import config as finetune_config
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.toml"), recursive=True))
 FINETUNE = os.path.join(REPO, "configs", "finetune")  # task files: trainer.finetune_config

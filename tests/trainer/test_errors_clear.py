@@ -13,9 +13,9 @@ import sys
 import pytest
 
 from tests.conftest import REPO, TINY
-from tests.trainer.test_shards import write_rtd_set
+from tests.trainer.data.test_shards import write_rtd_set
 from tests.trainer.test_train import SMALL
-from trainer.shards import CorpusShards, RTDShards, ShardError
+from trainer.data.rtd_shards import CorpusShards, RTDShards, ShardError
 
 
 def truncate(path, keep: float = 0.5) -> None:

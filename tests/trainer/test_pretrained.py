@@ -9,10 +9,10 @@ import torch
 from tests.conftest import TINY
 from tests.trainer.test_train import SMALL
 from trainer import checkpoint
-from trainer.config import load_config, to_dict
+from trainer.config.sections import load_config, to_dict
 from trainer.errors import UserError
-from trainer.joint import JointModel
-from trainer.model import EncoderConfig, MLMModel
+from trainer.model.encoder import EncoderConfig, MLMModel
+from trainer.modes.joint import JointModel
 from trainer.pretrained import load_discriminator, load_generator, resolve_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,7 +8,7 @@ import pytest
 import sentencepiece as spm
 
 from pipeline.tokenizer_train import train_tokenizer
-from trainer.config import DataConfig, TokenizerConfig
+from trainer.config.sections import DataConfig, TokenizerConfig
 from trainer.tokenizer import (
     MASK_ID,
     SPECIAL_TOKENS,

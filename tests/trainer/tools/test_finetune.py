@@ -1,0 +1,423 @@
+"""Fine-tuning: task files in every format, errors that name file:row, metrics against hand
+computations, layer-wise learning rates, and real runs from a real discriminator checkpoint
+(saved with trainer.checkpoint.save on the `prepared` corpus, with its real tokenizer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.conftest import REPO, TINY
+from tests.trainer.test_train import SMALL
+from trainer import checkpoint
+from trainer.config.sections import ConfigError, load_config, to_dict
+from trainer.data.rtd_shards import TOKENIZER_FILE
+from trainer.errors import UserError
+from trainer.model.encoder import Discriminator, Encoder, EncoderConfig
+from trainer.tokenizer import CLS_ID, SEP_ID, load_tokenizer
+from trainer.tools.finetune.config import FinetuneConfig, TaskConfig, load_finetune_config
+from trainer.tools.finetune.data import (
+    continuation_task,
+    corpus_texts,
+    encode,
+    label_names_from,
+    order_task,
+    pack,
+    read_rows,
+    truncate_pair,
+)
+from trainer.tools.finetune.run import (
+    FinetuneModel,
+    average_ranks,
+    f1,
+    main,
+    mcc,
+    open_pretrained,
+    param_groups,
+    pearson,
+    run,
+    spearman,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PAIR = TaskConfig(text_a="sentence1", text_b="sentence2")
+SINGLE = TaskConfig()
+KEYWORD = "the"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading task files
+# ---------------------------------------------------------------------------------------------
+
+def write_task_file(path, records: list[dict]) -> str:
+    """The same records as TSV (header row), JSONL or Parquet, by the file's extension."""
+    path = str(path)
+    if path.endswith(".tsv"):
+        cols = list(records[0])
+        lines = ["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in records]
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    elif path.endswith(".jsonl"):
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    else:
+        pq.write_table(pa.Table.from_pylist(records), path)
+    return path
+
+
+@pytest.mark.parametrize("ext", ["tsv", "jsonl", "parquet"])
+def test_reads_single_and_pair_rows_in_every_format(tmp_path, ext):
+    # A stray double quote must stay text (GLUE's TSVs are unquoted).
+    pair = [{"sentence1": 'He said "hi', "sentence2": "b one", "label": 1},
+            {"sentence1": "a two", "sentence2": "b two", "label": 0}]
+    rows = read_rows(write_task_file(tmp_path / f"pair.{ext}", pair), PAIR)
+    assert [(r.text_a, r.text_b) for r in rows] == [('He said "hi', "b one"), ("a two", "b two")]
+    assert label_names_from(rows, PAIR) == ["0", "1"]
+    first = "pair.parquet: row 0" if ext == "parquet" else f"pair.{ext}:{2 if ext == 'tsv' else 1}"
+    assert rows[0].where.endswith(first)
+
+    single = [{"sentence": "only one", "label": "pos", "idx": 3}]
+    rows = read_rows(write_task_file(tmp_path / f"single.{ext}", single), SINGLE)
+    assert (rows[0].text_a, rows[0].text_b, rows[0].label) == ("only one", None, "pos")
+    test = read_rows(write_task_file(tmp_path / f"test.{ext}", [{"sentence": "x"}]), SINGLE,
+                     require_label=False)
+    assert test[0].label is None
+
+
+def test_bad_rows_are_named_by_file_row_and_field(tmp_path):
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("sentence1\tsentence2\tlabel\na\tb\t1\nonly a\n")
+    with pytest.raises(UserError, match=r"train\.tsv:3: field 'sentence2' is missing"):
+        read_rows(str(tsv), PAIR)
+    with pytest.raises(UserError, match=r"x\.tsv:1: no column 'sentence2'"):
+        read_rows(write_task_file(tmp_path / "x.tsv", [{"sentence1": "a", "label": 0}]), PAIR)
+
+    jl = write_task_file(tmp_path / "dev.jsonl", [{"sentence": "a", "label": 0},
+                                                  {"sentence": None, "label": 1}])
+    with pytest.raises(UserError, match=r"dev\.jsonl:2: field 'sentence' is empty"):
+        read_rows(jl, SINGLE)
+    pqf = write_task_file(tmp_path / "s.parquet", [{"sentence": "a", "label": "0.5"},
+                                                   {"sentence": "b", "label": "high"}])
+    reg = TaskConfig(type="regression")
+    with pytest.raises(UserError, match=r"s\.parquet: row 1: field 'label' = 'high' is not a "
+                                        r"finite number"):
+        encode(read_rows(pqf, reg), reg, [], _FakeSp(), 16)
+
+    train = read_rows(write_task_file(tmp_path / "t.jsonl", [{"sentence": "a", "label": "x"},
+                                                             {"sentence": "b", "label": "y"}]),
+                      SINGLE)
+    dev = read_rows(write_task_file(tmp_path / "d.tsv", [{"sentence": "a", "label": "x"},
+                                                         {"sentence": "c", "label": "z"}]),
+                    SINGLE)
+    with pytest.raises(UserError, match=r"d\.tsv:3: field 'label' = 'z' is not a known label "
+                                        r"\['x', 'y'\]"):
+        encode(dev, SINGLE, label_names_from(train, SINGLE), _FakeSp(), 16)
+
+
+class _FakeSp:
+    """Whitespace "tokenizer" for tests of the label checks only (tokenization is not under
+    test there; the real SentencePiece model is used everywhere else)."""
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return [[10 + len(w) for w in t.split()] for t in texts]
+
+
+def test_pair_packing_and_longest_first_truncation():
+    assert truncate_pair(10, 3, 8) == (5, 3)
+    assert truncate_pair(4, 4, 6) == (3, 3)
+    assert truncate_pair(2, 9, 6) == (2, 4)
+    ids = pack([11, 12, 13, 14], [21, 22], 7)  # budget 4: a loses two tokens
+    assert ids.tolist() == [CLS_ID, 11, 12, SEP_ID, 21, 22, SEP_ID]
+    assert pack([11, 12, 13], None, 4).tolist() == [CLS_ID, 11, 12, SEP_ID]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+def test_metrics_against_hand_computed_values():
+    gold = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    pred = np.array([1, 1, 0, 0, 0, 1, 0, 1])  # tp 3, fn 1, fp 1, tn 3
+    assert f1(pred, gold, 2) == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    assert mcc(pred, gold, 2) == pytest.approx((3 * 3 - 1 * 1) / np.sqrt(4 * 4 * 4 * 4))
+    assert mcc(np.zeros(4, int), np.array([0, 1, 0, 1]), 2) == 0.0  # constant prediction
+    # 3 classes, confusion (gold rows) [[1,1,0],[1,1,0],[0,1,1]]: per-class F1 = 2/4, 2/5,
+    # 2/3 (macro = their mean). MCC by Gorodkin's formula with c = 3 correct of s = 6,
+    # predicted counts p = (2, 3, 1), true counts t = (2, 2, 2).
+    g3, p3 = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 0, 1, 2])
+    assert f1(p3, g3, 3) == pytest.approx((2 / 4 + 2 / 5 + 2 / 3) / 3)
+    assert mcc(p3, g3, 3) == pytest.approx((3 * 6 - (2 * 2 + 3 * 2 + 1 * 2))
+                                           / np.sqrt((36 - (4 + 9 + 1)) * (36 - 12)))
+
+    assert average_ranks(np.array([10.0, 20, 20, 5, 20])).tolist() == [2, 4, 4, 1, 4]
+    x, y = np.array([1.0, 2, 2, 3]), np.array([1.0, 3, 2, 4])
+    # ranks x = 1, 2.5, 2.5, 4; y = 1, 3, 2, 4 -> Pearson of the ranks by hand: 0.9486833
+    assert spearman(x, y) == pytest.approx(3 / np.sqrt(10), rel=1e-9)
+    assert pearson(np.array([1.0, 2, 3]), np.array([2.0, 4, 7])) == pytest.approx(
+        np.corrcoef([1, 2, 3], [2, 4, 7])[0, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser
+# ---------------------------------------------------------------------------------------------
+
+def test_layer_wise_lr_decay_follows_electra():
+    cfg = EncoderConfig(vocab_size=600, num_layers=2, hidden_size=32, num_heads=2, ffn_size=64,
+                        max_seq_len=64)
+    model = FinetuneModel(Encoder(cfg), 2, FinetuneConfig(lr=1.0, layer_decay=0.5))
+    lr = {name: g["lr"] for g in param_groups(model, FinetuneConfig(lr=1.0, layer_decay=0.5))
+          for name in g["names"]}
+    assert lr["head.out_proj.weight"] == lr["head.dense.bias"] == 1.0
+    assert lr["encoder.blocks.1.attn.qkv.weight"] == 0.5 ** 2
+    assert lr["encoder.blocks.0.ffn.up.weight"] == 0.5 ** 3
+    assert lr["encoder.word_emb.weight"] == lr["encoder.emb_ln.weight"] == 0.5 ** 4
+    assert lr["encoder.rel_bias"] == 0.5 ** 4
+    assert len(lr) == len(list(model.parameters()))
+    groups = param_groups(model, FinetuneConfig(lr=1.0, layer_decay=0.5, weight_decay=0.1))
+    decays = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert decays["encoder.blocks.0.ffn.up.weight"] == 0.1
+    assert decays["encoder.blocks.0.ffn.up.bias"] == decays["encoder.rel_bias"] == 0.0
+
+
+def test_config_errors_name_the_key(tmp_path):
+    task = tmp_path / "t.toml"
+    task.write_text('[task]\ntext_a = "s"\n[grid]\nlr = [1e-4, -1.0]\n')
+    with pytest.raises(ConfigError, match="finetune.lr"):
+        from trainer.tools.finetune.config import grid_points
+        grid_points(load_finetune_config(task))
+    with pytest.raises(ConfigError, match="unknown key.*finetune.lrate"):
+        load_finetune_config(task, ["finetune.lrate=1"])
+    with pytest.raises(ConfigError, match="task.metric.*accuracy, f1, mcc"):
+        load_finetune_config(task, ["task.metric=spearman"])
+    with pytest.raises(ConfigError, match="grid.warmup"):
+        load_finetune_config(task, ["grid.warmup=[0.1]"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Real runs
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def disc_checkpoint(prepared, tmp_path_factory):
+    """A real discriminator checkpoint (random weights) on the prepared corpus."""
+    corpus_dir, _, _ = prepared
+    cfg = load_config(TINY, [*SMALL, "train.mode=rtd", f"data.corpus_dir={corpus_dir}"])
+    torch.manual_seed(0)
+    model = Discriminator(EncoderConfig.main(cfg))
+    out = str(tmp_path_factory.mktemp("disc"))
+    meta = {"step": 1, "mode": "rtd", "config": to_dict(cfg), "model_kind": "discriminator"}
+    checkpoint.save(out, 1, {"model": model.state_dict()}, meta, 0, 1, lambda: None)
+    return out, str(corpus_dir)
+
+
+def keyword_task(prose: list[str], n: int, seed: int) -> list[dict]:
+    """Real prose snippets; label "yes" where the word KEYWORD was inserted (snippets that
+    already hold it are skipped), "no" otherwise: learnable, balanced."""
+    rng = random.Random(seed)
+    words = [w for doc in prose for w in doc.split()]
+    out = []
+    while len(out) < n:
+        i = rng.randrange(len(words) - 10)
+        snippet = words[i:i + rng.randint(5, 10)]
+        if any(re.sub(r"\W", "", w).lower() == KEYWORD for w in snippet):
+            continue
+        positive = len(out) % 2 == 0
+        if positive:
+            snippet.insert(rng.randrange(len(snippet) + 1), KEYWORD)
+        out.append({"sentence": " ".join(snippet).replace("\t", " "),
+                    "label": "yes" if positive else "no"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def keyword_files(prose, tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    train = write_task_file(root / "train.tsv", keyword_task(prose, 640, 0))
+    dev = write_task_file(root / "dev.jsonl", keyword_task(prose, 200, 1))
+    test = write_task_file(root / "test.parquet",
+                           [{"sentence": r["sentence"], "label": -1}  # as GLUE test exports
+                            for r in keyword_task(prose, 10, 2)])
+    task = root / "keyword.toml"
+    task.write_text(f'extends = "{os.path.join(REPO, "configs", "finetune", "base.toml")}"\n'
+                    '[task]\nname = "keyword"\ntext_a = "sentence"\n'
+                    '[finetune]\nbatch_size = 16\nepochs = 3\nlr = 2e-3\nlayer_decay = 0.9\n'
+                    'eval_batch_size = 100\n')
+    return str(task), train, dev, test
+
+
+def finetune_argv(disc_checkpoint, keyword_files, out_dir, *extra: str) -> list[str]:
+    ckpt, _ = disc_checkpoint
+    task, train, dev, test = keyword_files
+    return ["--checkpoint", ckpt, "--task", task, "--train", train, "--dev", dev,
+            "--out-dir", str(out_dir), *extra]
+
+
+def test_finetune_learns_a_keyword_task(disc_checkpoint, keyword_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    test = keyword_files[3]
+    results = run(finetune_argv(disc_checkpoint, keyword_files, out, "--test", test))
+    assert results["labels"] == ["no", "yes"]
+    # Chance is 0.5 (balanced classes); measured: 0.5, 0.99, 0.995 over 3 epochs.
+    assert results["final"]["dev_accuracy"] >= 0.85, results["epochs"]
+    assert set(results["best"]) >= {"dev_accuracy", "dev_f1", "dev_mcc", "train_loss"}
+    assert len(results["epochs"]) == 3 and results["steps"] == 3 * 40
+    for name in ("config.toml", "labels.json", "metrics.jsonl", "results.json"):
+        assert (out / name).is_file()
+    preds = (out / "test_predictions.tsv").read_text().splitlines()
+    assert preds[0] == "index\tprediction" and len(preds) == 11
+    assert {p.split("\t")[1] for p in preds[1:]} <= {"no", "yes"}
+    # Same inputs and settings: a finished run is not repeated.
+    again = run(finetune_argv(disc_checkpoint, keyword_files, out, "--test", test))
+    assert "is finished; skipping" in capsys.readouterr().out
+    assert again == json.loads((out / "results.json").read_text())
+    # Different settings in that folder: refused, named.
+    code = main(finetune_argv(disc_checkpoint, keyword_files, out, "--test", test,
+                              "--set", "finetune.lr=1e-3"))
+    assert code == 2
+    assert "different config.finetune" in capsys.readouterr().err
+
+
+def test_pretrained_weights_are_loaded_and_from_scratch_is_not(disc_checkpoint):
+    ckpt, _ = disc_checkpoint
+    saved = torch.load(os.path.join(checkpoint.find_latest(ckpt), "state.pt"))["model"]
+    pre = open_pretrained(ckpt, None, from_scratch=False)
+    for name, value in pre.encoder.state_dict().items():
+        assert torch.equal(value, saved[f"encoder.{name}"]), name
+    assert open_pretrained(ckpt, None, from_scratch=True).encoder is None
+    assert pre.sp.get_piece_size() == pre.encoder_cfg.vocab_size == 600
+
+
+def test_grid_runs_each_point_once_and_resumes(disc_checkpoint, keyword_files, tmp_path,
+                                               capsys):
+    out = tmp_path / "grid"
+    argv = finetune_argv(disc_checkpoint, keyword_files, out, "--grid", "--from-scratch",
+                         "--set", "grid.lr=[1e-3,2e-3]", "--set", "grid.batch_size=[64]",
+                         "--set", "grid.epochs=[1]", "--set", "grid.layer_decay=[1.0]",
+                         "--set", "grid.optimizer=[\"adamw\",\"adamax\"]")
+    first = run(argv)
+    names = [p["point"] for p in first["points"]]
+    assert len(names) == 4 and names[0] == ("lr=0.001,batch_size=64,epochs=1,"
+                                            "warmup_proportion=0.1,layer_decay=1,optimizer=adamw")
+    for name in names:
+        assert (out / name / "results.json").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["point"] in names and summary["from_scratch"] is True
+    assert (out / "summary.tsv").read_text().count("\n") == 5
+    capsys.readouterr()
+
+    # Lose one point's results (an interrupted run): only that one runs again.
+    os.remove(out / names[2] / "results.json")
+    second = run(argv)
+    log = capsys.readouterr().out
+    assert log.count("is finished; skipping") == 3
+    assert f"{names[2]} epoch 1/1" in log
+    # CPU runs are deterministic: the re-run point scores exactly as before.
+    assert second["points"][2]["final"]["dev_accuracy"] == first["points"][2]["final"][
+        "dev_accuracy"]
+
+
+def test_regression_pair_task_and_checkpoint_tokenizer(disc_checkpoint, prose, tmp_path):
+    _, corpus_dir = disc_checkpoint
+    sp = load_tokenizer(os.path.join(corpus_dir, TOKENIZER_FILE))
+    rng = random.Random(0)
+    records = []
+    for _ in range(60):
+        a, b = rng.choice(prose)[:80], rng.choice(prose)[:80]
+        records.append({"sentence1": a, "sentence2": b, "label": len(a.split()) / 5})
+    train = write_task_file(tmp_path / "train.parquet", records[:40])
+    dev = write_task_file(tmp_path / "dev.jsonl", records[40:])
+    task = tmp_path / "reg.toml"
+    task.write_text('[task]\ntype = "regression"\ntext_a = "sentence1"\ntext_b = "sentence2"\n'
+                    '[finetune]\nepochs = 1\nbatch_size = 8\nmax_seq_len = 24\n')
+    # bf16 autocast (what a GPU run uses) also runs on CPU: the same code path.
+    results = run(["--checkpoint", disc_checkpoint[0], "--task", str(task), "--train", train,
+                   "--dev", dev, "--out-dir", str(tmp_path / "reg"),
+                   "--set", "finetune.precision=bf16"])
+    assert load_finetune_config(tmp_path / "reg" / "config.toml") == load_finetune_config(
+        task, ["finetune.precision=bf16"])
+    assert set(results["final"]) >= {"dev_pearson", "dev_spearman"}
+    assert results["metric"] == "spearman" and results["labels"] == []
+    # The pair is encoded with the checkpoint's corpus tokenizer, truncated to max_seq_len.
+    rows = read_rows(dev, load_finetune_config(task).task)
+    enc = encode(rows, load_finetune_config(task).task, [], sp, 24)
+    a, b = sp.encode(rows[0].text_a), sp.encode(rows[0].text_b)
+    la, lb = truncate_pair(len(a), len(b), 21)
+    assert enc.ids[0].tolist() == [CLS_ID, *a[:la], SEP_ID, *b[:lb], SEP_ID]
+    assert max(len(x) for x in enc.ids) <= 24
+
+
+def test_too_long_max_seq_len_and_missing_args_are_user_errors(disc_checkpoint, keyword_files,
+                                                               tmp_path, capsys):
+    argv = finetune_argv(disc_checkpoint, keyword_files, tmp_path / "x",
+                         "--set", "finetune.max_seq_len=512")
+    assert main(argv) == 2
+    assert "finetune.max_seq_len = 512 exceeds the checkpoint's data.max_seq_len = 64" in (
+        capsys.readouterr().err)
+    assert main(["--task", keyword_files[0]]) == 2
+    assert "missing --checkpoint, --train, --dev, --out-dir" in capsys.readouterr().err
+
+
+def test_continuation_demo_task_from_a_corpus(prepared, tmp_path):
+    corpus_dir, _, _ = prepared
+    paths = continuation_task(str(corpus_dir), str(tmp_path), num_train=60, num_dev=20)
+    task = load_finetune_config(os.path.join(REPO, "configs", "finetune", "demo.toml")).task
+    train, dev = read_rows(paths["train"], task), read_rows(paths["dev"], task)
+    assert len(train) == 60 and len(dev) == 20
+    assert sorted(r.label for r in train).count("1") == 30
+    assert {r.text_a for r in train}.isdisjoint(r.text_a for r in dev)
+    assert all(r.text_a and r.text_b for r in train + dev)
+    # No length shortcut: a negative's second half has as many tokens as the true one
+    # (the test corpus has one of every needed length within +-2 tokens).
+    sp = load_tokenizer(os.path.join(str(corpus_dir), "tokenizer.model"))
+    truth = {a: b for _, (a, b), _ in corpus_texts(str(corpus_dir))["train"]}
+    gaps = [abs(len(sp.encode(r.text_b)) - len(sp.encode(truth[r.text_a])))
+            for r in train if r.label == "0"]
+    assert len(gaps) == 30 and sum(gaps) / len(gaps) <= 2, gaps
+    with pytest.raises(UserError, match="ask for fewer examples"):
+        continuation_task(str(corpus_dir), str(tmp_path), num_train=10**6)
+
+
+def test_order_demo_task_from_a_corpus(prepared, tmp_path):
+    """Label 0 rows are a label-1-like text with exactly one window of 4 words permuted: the
+    same multiset of words, a different order. Negative control: the label-1 rows are
+    corpus text verbatim."""
+    corpus_dir, _, _ = prepared
+    paths = order_task(str(corpus_dir), str(tmp_path), num_train=60, num_dev=20, seed=3)
+    task = load_finetune_config(os.path.join(REPO, "configs", "finetune",
+                                             "demo_order.toml")).task
+    train, dev = read_rows(paths["train"], task), read_rows(paths["dev"], task)
+    assert len(train) == 60 and len(dev) == 20
+    assert sorted(r.label for r in train).count("1") == 30
+    assert {r.text_a for r in train}.isdisjoint(r.text_a for r in dev)
+    # Every row's words come from one corpus sequence; a shuffled row differs from it in one
+    # window of 4 words that holds the same words.
+    texts = [" ".join(h) for _, h, _ in corpus_texts(str(corpus_dir))["train"]]
+    by_words = {}
+    for t in texts:
+        by_words.setdefault(tuple(sorted(t.split(" "))), []).append(t.split(" "))
+    for r in train:
+        words = r.text_a.split(" ")
+        sources = by_words[tuple(sorted(words))]
+        if r.label == "1":
+            assert words in sources
+        else:
+            assert words not in sources
+            diffs = [[i for i, (a, b) in enumerate(zip(words, src)) if a != b]
+                     for src in sources]
+            assert any(d and d[-1] - d[0] < 4 for d in diffs), words
+    # Same seed, same files.
+    again = order_task(str(corpus_dir), str(tmp_path / "again"), num_train=60, num_dev=20,
+                       seed=3)
+    with open(paths["train"]) as a, open(again["train"]) as b:
+        assert a.read() == b.read()
+    with pytest.raises(UserError, match="ask for fewer examples"):
+        order_task(str(corpus_dir), str(tmp_path), num_train=10**6)

@@ -1,0 +1,222 @@
+"""Training modes as tasks: what a micro-batch is, what the loss is, what gets logged.
+
+``trainer.train`` runs the same loop for every task; a task owns its model, its data order and
+its metrics. Sums returned by ``loss``/``evaluate`` are added over micro-batches, ranks and
+the log interval before ``train_metrics``/``eval_metrics`` turn them into ratios.
+
+    task = build_task(cfg, dist)            # e.g. MLMTask for train.mode = "mlm"
+    batch = task.micro_batch(step, micro, dist)
+    loss, sums = task.loss(model, batch)
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.config.sections import RunConfig
+from trainer.corruption.corrupt import mask_positions, unigram_logprobs
+from trainer.data.loader import CorpusTokens, TrainOrder
+from trainer.data.rtd_shards import manifest_fingerprint, open_corpus
+from trainer.distributed import Dist
+from trainer.errors import UserError
+from trainer.model.encoder import EncoderConfig, MLMHead, MLMModel, RTDHead
+from trainer.tokenizer import NUM_SPECIAL
+
+# Held-out masks are fixed across runs, steps and seeds: evaluations stay comparable.
+_EVAL_SEED = 7
+
+
+class Task(Protocol):
+    model: torch.nn.Module
+    model_kind: str
+    data_fingerprint: str
+    samples_per_epoch: int
+
+    def optimized(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, float]]: ...
+
+    def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]:
+        """This rank's micro-batch ``micro`` of step ``step``, as CPU tensors (built ahead in
+        a background thread; the loop moves them to the device)."""
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def train_metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+    def evaluate(self, model: torch.nn.Module, d: Dist) -> dict[str, float]: ...
+
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+    # Optional: ``after_step(done, step_sums, dist)`` runs on every rank after each optimizer
+    # step with that step's (rank-local) sums; state it changes must live in the model.
+
+
+def expected_replaced_fraction(unigram_counts: np.ndarray, mask_prob: float) -> float:
+    """Share of real tokens a generator that samples from the corpus unigram replaces by a
+    different token: mask_prob x (ordinary share of tokens) x (1 - sum_v p_v^2). It is where
+    a joint generator starts (its MLM bias is the unigram), so the discriminator's prior."""
+    counts = np.asarray(unigram_counts, np.float64)
+    p = counts[NUM_SPECIAL:] / max(counts[NUM_SPECIAL:].sum(), 1.0)
+    ordinary = counts[NUM_SPECIAL:].sum() / max(counts.sum(), 1.0)
+    return mask_prob * ordinary * (1.0 - float((p * p).sum()))
+
+
+def init_priors_(model: torch.nn.Module, unigram_counts: np.ndarray,
+                 replaced_fraction: float | None = None) -> None:
+    """Start every MLM head at the corpus unigram (``MLMHead.init_unigram_``) and every RTD
+    head at the prior log-odds of ``replaced_fraction`` (``RTDHead.init_prior_``), so that
+    neither spends its first steps learning a constant. A resume overwrites both."""
+    logp = unigram_logprobs(unigram_counts)[0]  # (V,)
+    for m in model.modules():
+        if isinstance(m, MLMHead):
+            m.init_unigram_(logp.to(m.bias.device))
+        elif isinstance(m, RTDHead):
+            if replaced_fraction is None:
+                raise ValueError("init_priors_: the model has an RTD head; pass "
+                                 "replaced_fraction")
+            m.init_prior_(replaced_fraction)
+
+
+class CorpusTask:
+    """What the corpus-reading modes share: the corpus in memory, the held-out split, the
+    step -> samples order, and masking keyed by (seed, epoch, seq_id), so a step's masks never
+    depend on world size or resumption. Subclasses add the model, loss and metrics."""
+
+    eval_seed = _EVAL_SEED
+
+    def __init__(self, cfg: RunConfig, d: Dist, mask_prob: float, mask_token_prob: float,
+                 random_token_prob: float):
+        self.cfg, self.device = cfg, d.device
+        self.masking = (mask_prob, mask_token_prob, random_token_prob)
+        corpus = open_corpus(cfg)
+        self.data_fingerprint = manifest_fingerprint(corpus.manifest)
+        self.tokens = CorpusTokens(corpus, cfg.data.cache_dir)
+        train_ids, heldout = self.tokens.split(cfg.train.holdout_fraction)
+        if len(train_ids) == 0:
+            raise UserError(f"train.holdout_fraction = {cfg.train.holdout_fraction} leaves no "
+                            f"training sequences in {cfg.data.corpus_dir}")
+        self.order = TrainOrder(train_ids, cfg.train.global_batch_size, cfg.train.seed)
+        self.heldout = heldout[:cfg.train.eval_sequences]
+        self.samples_per_epoch = len(train_ids)
+        self.unigram_counts = corpus.unigram_counts()
+
+    def announce(self, d: Dist, what: str) -> None:
+        if d.is_main:
+            print(f"train: {what}; {self.samples_per_epoch:,} training and "
+                  f"{len(self.heldout):,} held-out sequences from {self.cfg.data.corpus_dir}",
+                  flush=True)
+
+    def optimized(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, float]]:
+        """(name, module, peak lr) per optimizer."""
+        return [("model", model, self.cfg.train.lr)]
+
+    def _masked(self, seq_ids: np.ndarray, epochs: np.ndarray, seed: int
+                ) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = self.tokens.batch(seq_ids)  # (B, T) each
+        mask_prob, mask_token_prob, random_token_prob = self.masking
+        masked = input_ids.clone()
+        selected = torch.zeros_like(input_ids, dtype=torch.bool)
+        sid = torch.from_numpy(seq_ids)
+        for e in np.unique(epochs):  # a global batch can straddle an epoch boundary
+            rows = torch.from_numpy(epochs == e)
+            masked[rows], selected[rows] = mask_positions(
+                input_ids[rows], sid[rows], seed=seed, epoch=int(e), mask_prob=mask_prob,
+                mask_token_prob=mask_token_prob, random_token_prob=random_token_prob,
+                vocab_size=self.cfg.tokenizer.vocab_size)
+        tensors = {"input_ids": masked, "original_ids": input_ids,
+                   "attention_mask": attention_mask, "selected": selected,
+                   "labels": input_ids[selected], "seq_ids": sid,
+                   "epochs": torch.from_numpy(epochs)}
+        return tensors
+
+    def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]:
+        seq_ids, epochs = self.order.micro_batch(step, micro, d.rank, d.world_size,
+                                                 self.cfg.train.micro_batch_size_per_rank)
+        return self._masked(seq_ids, epochs, self.cfg.train.seed)
+
+    def heldout_batches(self, d: Dist):
+        """This rank's share of the held-out sequences, masked with the fixed eval seed."""
+        mine = self.heldout[d.rank::d.world_size]
+        size = self.cfg.train.micro_batch_size_per_rank
+        for i in range(0, len(mine), size):
+            seq_ids = mine[i:i + size]
+            batch = self._masked(seq_ids, np.zeros(len(seq_ids), np.int64), self.eval_seed)
+            yield {k: v.to(self.device) for k, v in batch.items()}
+
+
+class MLMTask(CorpusTask):
+    """``train.mode = "mlm"``: pre-train the auxiliary model (sizes from [aux]) by masked
+    language modelling with dynamic masking ([mlm]: BERT's 80/10/10 by default)."""
+
+    model_kind = "mlm"
+
+    def __init__(self, cfg: RunConfig, d: Dist):
+        m = cfg.mlm
+        super().__init__(cfg, d, m.mask_prob, m.mask_token_prob, m.random_token_prob)
+        self.model = MLMModel(EncoderConfig.aux(cfg))
+        init_priors_(self.model, self.unigram_counts)
+        counts = self.unigram_counts.astype(np.float64)
+        counts[:NUM_SPECIAL] = 0
+        counts[NUM_SPECIAL:] += 1  # unseen tokens get a small, finite probability
+        self.unigram_logp = torch.from_numpy(np.log(np.maximum(counts, 1e-300) / counts.sum()))
+        self.announce(d, f"mlm, aux model {self.model.num_parameters():,} parameters")
+
+    def _forward(self, model, b):
+        logits = model(b["input_ids"], b["attention_mask"], positions_mask=b["selected"])
+        return logits.float()  # (N, V)
+
+    def loss(self, model, b):
+        logits = self._forward(model, b)  # (N, V)
+        loss = F.cross_entropy(logits, b["labels"])
+        return loss, {"mlm_correct": (logits.argmax(-1) == b["labels"]).sum().detach(),
+                      "mlm_count": torch.tensor(float(len(b["labels"]))),
+                      "tokens": b["attention_mask"].sum().detach()}
+
+    def train_metrics(self, sums):
+        return {"mlm_accuracy": sums["mlm_correct"] / max(sums["mlm_count"], 1.0)}
+
+    def evaluate(self, model, d):
+        sums = {"nll": 0.0, "correct": 0.0, "count": 0.0, "unigram_nll": 0.0}
+        for b in self.heldout_batches(d):
+            logits = self._forward(model, b)
+            labels = b["labels"]
+            sums["nll"] += F.cross_entropy(logits, labels, reduction="sum").item()
+            sums["correct"] += (logits.argmax(-1) == labels).sum().item()
+            sums["count"] += len(labels)
+            sums["unigram_nll"] -= self.unigram_logp[labels.cpu()].sum().item()
+        return sums
+
+    def eval_metrics(self, sums):
+        if sums["count"] == 0:
+            return {}
+        return {"eval_mlm_loss": sums["nll"] / sums["count"],
+                "eval_mlm_accuracy": sums["correct"] / sums["count"],
+                "eval_unigram_loss": sums["unigram_nll"] / sums["count"]}
+
+
+def build_task(cfg: RunConfig, d: Dist) -> Task:
+    if cfg.train.mode == "mlm":
+        return MLMTask(cfg, d)
+    # These modules build on this one (CorpusTask): imported here.
+    if cfg.train.mode in ("electra", "decoupled"):
+        from trainer.modes.joint import JointTask
+
+        return JointTask(cfg, d)
+    if cfg.train.mode == "rtd":
+        from trainer.modes.rtd import RTDTask
+
+        return RTDTask(cfg, d)
+    if cfg.train.mode == "early-exit":
+        from trainer.modes.early_exit import EarlyExitTask
+
+        return EarlyExitTask(cfg, d)
+    if cfg.train.mode == "fast-online":
+        from trainer.modes.fast_online import FastOnlineTask
+
+        return FastOnlineTask(cfg, d)
+    raise UserError(f"train.mode = {cfg.train.mode!r} is not available in this version yet; "
+                    "available: 'rtd', 'mlm', 'electra', 'decoupled', 'fast-online', 'early-exit'")

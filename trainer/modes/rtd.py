@@ -1,0 +1,238 @@
+"""``train.mode = "rtd"``: the discriminator learns from the offline RTD shards, with no
+auxiliary model in the loop (the Fast-ELECTRA saving, taken to zero).
+
+    torchrun --nproc_per_node 2 -m trainer.train --config configs/tiny.toml --set train.mode=rtd
+
+The shard set (train.rtd_dir, or generate.rtd_dir) decides the training order: the sample at
+global index g = step * global_batch + i is position g % N of epoch g // N. Rank r of W reads
+its slice [(m*W + r) * B, (m*W + r + 1) * B) of each global batch for micro-batch m straight
+from the row groups that hold it, so any world size trains on the same stream and a resume
+at any step needs no scan. Each rank keeps its files open and decodes each row group once
+(``trainer.shards.RTDShards``); rank 0 checks every file's row count at start, the others
+each file's at its first read. Batches are padded on the right to their longest sequence;
+padded positions are masked out of attention and of the loss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.config.sections import RunConfig
+from trainer.data.rtd_shards import RTDBatch, RTDShards, manifest_fingerprint, pad_rows
+from trainer.distributed import Dist
+from trainer.errors import UserError
+from trainer.model.encoder import Discriminator, EncoderConfig
+from trainer.tokenizer import NUM_SPECIAL, PAD_ID
+
+
+def ordinary_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The tokens the headline RTD metrics count, (B, T) bool: real (``attention_mask``) and not
+    a special id ([CLS], [SEP], [UNK], ...: ids < NUM_SPECIAL). Specials are never selected for
+    replacement and no sampler emits one (``trainer.corruption``), so they are always label 0
+    (a replaced position is always ordinary) and would flatter every figure. ``input_ids``
+    may be the original or the corrupted row: both have their specials at the same places."""
+    return attention_mask.bool() & (input_ids >= NUM_SPECIAL)
+
+
+# What rtd_counts returns (sums over tokens); an evaluation starts every one of them at 0.
+RTD_SUM_KEYS = tuple(f"{name}_{k}" for name in ("rtd", "rtd_all")
+                     for k in ("tp", "fp", "fn", "tn", "nll"))
+
+
+def rtd_counts(logits: torch.Tensor, labels: torch.Tensor, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor) -> dict:
+    """Sums for ``rtd_metrics``, all (B, T): confusion counts of the replaced class and the
+    summed BCE, over the ordinary tokens (``rtd_tp/fp/fn/tn/nll``, see ``ordinary_mask``) and
+    over every real token (``rtd_all_*``). Measurement only: the training loss is not this."""
+    out = {}
+    for name, mask in (("rtd", ordinary_mask(input_ids, attention_mask)),
+                       ("rtd_all", attention_mask.bool())):
+        x, y = logits[mask].float(), labels[mask].float()
+        pred, gold = x > 0, y.bool()
+        out.update({f"{name}_tp": (pred & gold).sum(), f"{name}_fp": (pred & ~gold).sum(),
+                    f"{name}_fn": (~pred & gold).sum(), f"{name}_tn": (~pred & ~gold).sum(),
+                    f"{name}_nll": F.binary_cross_entropy_with_logits(
+                        x, y, reduction="none").double().sum()})
+    return out
+
+
+def rtd_metrics(s: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """Sums of ``rtd_counts`` -> the headline metrics over the ordinary tokens (accuracy,
+    precision/recall/F1 of the replaced class, mean BCE ``rtd_loss``, ``replaced_fraction``),
+    and for reference ``rtd_all_accuracy`` / ``rtd_all_loss`` over every real token."""
+    tp, fp, fn, tn = s["rtd_tp"], s["rtd_fp"], s["rtd_fn"], s["rtd_tn"]
+    total = max(tp + fp + fn + tn, 1.0)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    total_all = max(s["rtd_all_tp"] + s["rtd_all_fp"] + s["rtd_all_fn"] + s["rtd_all_tn"], 1.0)
+    return {f"{prefix}rtd_accuracy": (tp + tn) / total, f"{prefix}rtd_precision": precision,
+            f"{prefix}rtd_recall": recall, f"{prefix}rtd_f1": f1,
+            f"{prefix}rtd_loss": s["rtd_nll"] / total,
+            f"{prefix}replaced_fraction": (tp + fn) / total,
+            f"{prefix}rtd_all_accuracy": (s["rtd_all_tp"] + s["rtd_all_tn"]) / total_all,
+            f"{prefix}rtd_all_loss": s["rtd_all_nll"] / total_all}
+
+
+def open_rtd(cfg: RunConfig, verify: bool = True, checksums: bool = False) -> RTDShards:
+    """The shard set to train on, checked against the model config. With ``verify`` every
+    file's footer is read now to check its row count (one rank does it: the others check
+    each file when they first read it), with ``checksums`` its sha256 too (a full read)."""
+    root = cfg.train.rtd_dir or cfg.generate.rtd_dir
+    rtd = RTDShards(root)
+    if verify:
+        rtd.verify(checksums)
+    if rtd.vocab_size != cfg.tokenizer.vocab_size:
+        raise UserError(f"{root} was generated with a vocabulary of {rtd.vocab_size}, the "
+                        f"config says tokenizer.vocab_size = {cfg.tokenizer.vocab_size}; set "
+                        f"--set tokenizer.vocab_size={rtd.vocab_size}")
+    seq_len = rtd.manifest["corpus"]["max_seq_len"]
+    if seq_len > cfg.data.max_seq_len:
+        raise UserError(f"{root} holds sequences of up to {seq_len} tokens, the model takes "
+                        f"data.max_seq_len = {cfg.data.max_seq_len}")
+    return rtd
+
+
+class RTDTask:
+    """``train.mode = "rtd"``. The global stream is ``rows(start, count)``; subclasses that
+    compute the rows instead of reading them (``fast-online``) override ``rows``/``ready``."""
+
+    model_kind = "discriminator"
+
+    def __init__(self, cfg: RunConfig, d: Dist):
+        if d.is_main and cfg.train.verify_checksums:
+            root = cfg.train.rtd_dir or cfg.generate.rtd_dir
+            print(f"train: checking the sha256 of every file of {root}", flush=True)
+        self.rtd = open_rtd(cfg, verify=d.is_main,
+                            checksums=d.is_main and cfg.train.verify_checksums)
+        self.setup(cfg, d, self.rtd.num_epochs, self.rtd.rows_per_epoch,
+                   manifest_fingerprint(self.rtd.manifest), f"rtd on {self.rtd.root}",
+                   "generate more epochs or lower train.max_steps")
+
+    def setup(self, cfg: RunConfig, d: Dist, num_epochs: int, samples_per_epoch: int,
+              fingerprint: str, what: str, fix: str) -> None:
+        """The discriminator, the step budget and the held-out epoch of a stream of
+        ``num_epochs`` x ``samples_per_epoch`` samples."""
+        self.cfg, self.device = cfg, d.device
+        self.data_fingerprint = fingerprint
+        self.num_epochs, self.samples_per_epoch = num_epochs, samples_per_epoch
+        total = num_epochs * samples_per_epoch
+        steps = total // cfg.train.global_batch_size
+        if cfg.train.max_steps > steps:
+            raise UserError(f"train.max_steps = {cfg.train.max_steps} needs "
+                            f"{cfg.train.max_steps * cfg.train.global_batch_size:,} samples; "
+                            f"{what} holds {total:,} ({num_epochs} epoch(s) x "
+                            f"{samples_per_epoch:,}) = {steps} steps of "
+                            f"{cfg.train.global_batch_size}: {fix}")
+        self.model = Discriminator(EncoderConfig.main(cfg))
+        fraction = self.replaced_fraction()
+        self.model.head.init_prior_(fraction)
+        # An epoch the run never reaches is held out: evaluation reads its first positions.
+        last_trained = (cfg.train.max_steps * cfg.train.global_batch_size - 1) // \
+            samples_per_epoch
+        self.heldout_epoch = num_epochs - 1 if num_epochs - 1 > last_trained else None
+        if d.is_main:
+            u_end = cfg.train.max_steps * cfg.train.global_batch_size / total
+            print(f"train: {what}: {num_epochs} epoch(s) x {samples_per_epoch:,} samples, "
+                  f"{cfg.train.max_steps} of {steps} possible steps; discriminator "
+                  f"{self.model.num_parameters():,} parameters, its RTD bias at the prior "
+                  f"log-odds of {fraction:.2%} replaced", flush=True)
+            if u_end < 1.0:
+                print(f"train: warning: the run stops at u = {u_end:.3f} of the data plan: its "
+                      f"temperature schedule is truncated there ({1 - u_end:.1%} of the "
+                      "samples unused)", flush=True)
+            if self.heldout_epoch is not None:
+                print(f"train: epoch {self.heldout_epoch} is never trained on: evaluation "
+                      f"uses its first {cfg.train.eval_sequences} samples", flush=True)
+
+    def optimized(self, model):
+        return [("model", model, self.cfg.train.lr)]
+
+    def replaced_fraction(self) -> float:
+        """The share of real tokens labelled replaced in the stream's first global batch: the
+        RTD head's prior. Read from the data rather than the manifest so that ``fast-online``
+        (no manifest) starts from the very same model as ``rtd`` on its shards."""
+        b = self.ready({k: v.to(self.device)
+                        for k, v in self.rows(0, self.cfg.train.global_batch_size).items()})
+        fraction = float(b["labels"][b["attention_mask"]].float().mean())
+        # Clamped: a degenerate set (nothing or everything replaced) has no finite log-odds.
+        return min(max(fraction, 1e-4), 1 - 1e-4)
+
+    def rows(self, start: int, count: int) -> dict[str, torch.Tensor]:
+        """Global samples [start, start + count), across epochs, as padded CPU tensors."""
+        n = self.samples_per_epoch
+        parts, g = [], start
+        while g < start + count:
+            epoch, pos = divmod(g, n)
+            end = min(pos + (start + count - g), n)
+            parts.append(self.rtd.read_range(epoch, pos, end))
+            g += end - pos
+        return collate(parts)
+
+    def ready(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch on the device as the discriminator sees it (shard rows already are)."""
+        return b
+
+    def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]:
+        t = self.cfg.train
+        start = step * t.global_batch_size + (micro * d.world_size + d.rank) * \
+            t.micro_batch_size_per_rank
+        batch = self.rows(start, t.micro_batch_size_per_rank)
+        batch["sample_ids"] = torch.arange(start, start + t.micro_batch_size_per_rank)
+        return batch
+
+    def loss(self, model, b):
+        b = self.ready(b)
+        logits = model(b["input_ids"], b["attention_mask"]).float()  # (B, T)
+        real = b["attention_mask"]
+        loss = F.binary_cross_entropy_with_logits(logits[real], b["labels"][real])
+        with torch.no_grad():
+            sums = rtd_counts(logits, b["labels"], b["input_ids"], real)
+            sums.update(tokens=real.sum(), temperature_sum=b["temperature"].sum(),
+                        samples=torch.tensor(float(len(b["temperature"]))),
+                        sample_id_sum=b["sample_ids"].double().sum())
+        return loss, sums
+
+    def train_metrics(self, sums):
+        # sample_id_sum: the sum of global sample indices trained in the interval, the same
+        # for any world size (a cheap witness that every rank read its own slice).
+        return {**rtd_metrics(sums), "temperature": sums["temperature_sum"] / sums["samples"],
+                "sample_id_sum": sums["sample_id_sum"]}
+
+    def evaluate(self, model, d):
+        if self.heldout_epoch is None:
+            return {}
+        n = min(self.cfg.train.eval_sequences, self.samples_per_epoch)
+        lo, hi = n * d.rank // d.world_size, n * (d.rank + 1) // d.world_size
+        size = self.cfg.train.micro_batch_size_per_rank
+        first = self.heldout_epoch * self.samples_per_epoch
+        sums = dict.fromkeys(RTD_SUM_KEYS, 0.0)  # every rank reports every key
+        for start in range(lo, hi, size):
+            rows = self.rows(first + start, min(size, hi - start))
+            b = self.ready({k: v.to(self.device) for k, v in rows.items()})
+            logits = model(b["input_ids"], b["attention_mask"]).float()
+            for k, v in rtd_counts(logits, b["labels"], b["input_ids"],
+                                   b["attention_mask"]).items():
+                sums[k] += v.item()
+        return sums
+
+    def eval_metrics(self, sums):
+        """eval_rtd_* (eval_rtd_loss included) over the ordinary tokens; eval_rtd_all_*."""
+        if not sums["rtd_all_tp"] + sums["rtd_all_fp"] + sums["rtd_all_fn"] + \
+                sums["rtd_all_tn"]:
+            return {}
+        return rtd_metrics(sums, "eval_")
+
+
+def collate(parts: list[RTDBatch]) -> dict[str, torch.Tensor]:
+    """Decoded shard rows (RTDBatch parts, in order) -> padded tensors: input_ids (B, T)
+    long, attention_mask (B, T) bool, labels (B, T) float, temperature (B,)."""
+    batch = RTDBatch.concat(parts)
+    flat = slice(batch.offsets[0], batch.offsets[-1])
+    ids, real = pad_rows(batch.tokens[flat], batch.lengths, PAD_ID, np.int64)  # (B, T) each
+    labels, _ = pad_rows(batch.flat_labels[flat], batch.lengths, 0, np.float32)  # (B, T)
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(real),
+            "labels": torch.from_numpy(labels),
+            "temperature": torch.from_numpy(np.array(batch.temperature, np.float32))}

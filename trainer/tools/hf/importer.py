@@ -1,0 +1,317 @@
+"""A local Hugging Face masked LM -> a checkpoint of this project (model_kind "mlm").
+
+    python -m trainer.hf import hf/my-mlm runs/my-mlm [--config configs/base.toml]
+
+Accepts ``BertForMaskedLM``, ``RobertaForMaskedLM`` and ``ElectraForMaskedLM`` folders
+(config.json + model.safetensors or pytorch_model.bin; read locally, never downloaded) and
+writes ``OUT_DIR/checkpoints/step_00000000`` with a resolved config whose [aux] sizes,
+tokenizer.vocab_size and data.max_seq_len describe the model (model.position = "absolute",
+model.layer_norm = "post"; everything else from ``--config``), so ``load_generator`` and
+``pipeline.generate`` use it unchanged. The conversion is exact:
+
+- q, k, v projections -> one fused qkv Linear (cat along the output dim);
+- token_type embedding row 0 is added to every token by HF, so it is folded into the position
+  table; RoBERTa's first padding_idx + 1 position rows are never used by right-padded input and
+  are sliced off;
+- Admin omegas = 1, so each LN(omega * x + f(x)) is HF's post-LN LN(x + f(x));
+- the LM head's transform (dense, GELU, LayerNorm) and decoder bias -> MLMHead; its weight must
+  be the input embeddings (our head is tied).
+
+Not representable, and refused with the config key named: an activation other than exact
+GELU (``hidden_act``), ELECTRA's ``embedding_size != hidden_size``, ``position_embedding_type``
+other than absolute, an untied LM head, and special tokens away from the project's ids.
+
+Special tokens: every model, shard and corruption in this project assumes [PAD] [UNK] [CLS]
+[SEP] [MASK] = ids 0-4 (trainer.tokenizer), and the corpus is tokenised by the SentencePiece
+model in data.corpus_dir. An imported MLM is therefore only meaningful if it was trained on
+that very vocabulary (e.g. a model exported by ``trainer.hf export``, or one trained in HF with
+the corpus's tokenizer.model); nothing is renumbered, because a renumbered public model (BERT's
+WordPiece, RoBERTa's byte BPE) would still need the corpus re-tokenised with its own
+vocabulary, which pipeline.prepare cannot do. The special ids are checked against the folder's
+tokenizer file: a SentencePiece tokenizer.model (checked by trainer.tokenizer's contract),
+tokenizer.json, vocab.txt or vocab.json.
+
+LayerNorm eps: ours is 1e-5 (PyTorch's default, fixed in trainer.model), BERT's 1e-12. A
+LayerNorm whose input has variance v then differs by about 1e-5 / (2 v) relative, which
+matters only where v is small (a freshly initialised 32-wide BERT: embeddings off by ~4e-3,
+logits by ~1e-3); the import says so and reports the figure for the model's embedding
+LayerNorm. Should trainer.model gain a ``model.layer_norm_eps`` key, the import sets it and
+is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from trainer import checkpoint
+from trainer.config.sections import RunConfig, build_config, load_config, to_dict, to_toml
+from trainer.errors import UserError
+from trainer.model.encoder import EncoderConfig, MLMModel
+from trainer.tokenizer import NUM_SPECIAL, SPECIAL_IDS, load_tokenizer
+from trainer.tools.hf.cli import require_transformers
+
+OUR_LN_EPS = 1e-5  # nn.LayerNorm's default, which every LayerNorm in trainer.model uses
+EXACT_GELU = ("gelu", "gelu_python")  # erf GELU = F.gelu, what trainer.model uses
+MODEL_CLASSES = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM",
+                 "electra": "ElectraForMaskedLM"}
+DEFAULT_SPECIALS = {  # token strings when the folder does not name them
+    "bert": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
+    "roberta": {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"},
+}
+DEFAULT_SPECIALS["electra"] = DEFAULT_SPECIALS["bert"]
+SP_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks on the HF config and tokenizer
+# ---------------------------------------------------------------------------------------------
+
+def check_hf_config(hf_dir: str, config) -> None:
+    """Refuse what trainer.model cannot represent exactly, naming the config.json key."""
+    where = os.path.join(hf_dir, "config.json")
+    model_type = config.model_type
+    if model_type not in MODEL_CLASSES:
+        raise UserError(f"{where}: model_type = {model_type!r}; the import supports "
+                        f"{', '.join(MODEL_CLASSES)} masked LMs")
+
+    def refuse(key: str, why: str) -> None:
+        raise UserError(f"{where}: {key} = {getattr(config, key, None)!r}: {why}")
+
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        refuse("position_embedding_type", "only absolute position embeddings convert exactly")
+    if config.hidden_act not in EXACT_GELU:
+        refuse("hidden_act", "trainer.model uses the exact (erf) GELU everywhere; a tanh "
+               "approximation or another activation would change every layer's output")
+    if model_type == "electra" and config.embedding_size != config.hidden_size:
+        refuse("embedding_size", f"differs from hidden_size = {config.hidden_size}; ELECTRA's "
+               "embeddings_project Linear has no counterpart in trainer.model")
+    if getattr(config, "is_decoder", False):
+        refuse("is_decoder", "a causal (decoder) model is not a masked LM")
+    if config.pad_token_id != SPECIAL_IDS["pad"]:
+        refuse("pad_token_id", f"the project's [PAD] id is {SPECIAL_IDS['pad']}")
+
+
+def _token_strings(hf_dir: str, model_type: str) -> dict[str, str]:
+    """Role -> token string, from special_tokens_map.json / tokenizer_config.json if present."""
+    names = dict(DEFAULT_SPECIALS[model_type])
+    for fname in ("tokenizer_config.json", "special_tokens_map.json"):  # the latter wins
+        path = os.path.join(hf_dir, fname)
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            data = json.load(f)
+        for role in names:
+            tok = data.get(f"{role}_token")
+            if isinstance(tok, dict):
+                tok = tok.get("content")
+            if isinstance(tok, str):
+                names[role] = tok
+    return names
+
+
+def _vocab(hf_dir: str) -> tuple[dict[str, int], str] | None:
+    """Token string -> id from the folder's tokenizer.json, vocab.txt or vocab.json."""
+    path = os.path.join(hf_dir, "tokenizer.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            data = json.load(f)
+        vocab = data.get("model", {}).get("vocab", {})
+        if isinstance(vocab, list):  # Unigram: [[piece, score], ...] in id order
+            vocab = {piece: i for i, (piece, _) in enumerate(vocab)}
+        vocab = dict(vocab)
+        vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
+        return vocab, path
+    path = os.path.join(hf_dir, "vocab.txt")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return {line.rstrip("\n"): i for i, line in enumerate(f)}, path
+    path = os.path.join(hf_dir, "vocab.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f), path
+    return None
+
+
+def check_special_ids(hf_dir: str, model_type: str, trust: bool) -> str:
+    """Check that the folder's tokenizer puts the five special tokens at ids 0-4; returns the
+    file that was checked (or "trusted")."""
+    for name in SP_FILES:
+        path = os.path.join(hf_dir, name)
+        if os.path.isfile(path):
+            load_tokenizer(path)  # the project's own contract check, with its own message
+            return path
+    found = _vocab(hf_dir)
+    if found is None:
+        if trust:
+            return "trusted (--trust-special-ids)"
+        raise UserError(f"{hf_dir} has no tokenizer file ({', '.join(SP_FILES)}, tokenizer.json, "
+                        "vocab.txt or vocab.json), so its special-token ids cannot be checked; "
+                        "copy in the tokenizer the model was trained with, or pass "
+                        "--trust-special-ids if you know [PAD] [UNK] [CLS] [SEP] [MASK] are "
+                        "ids 0-4")
+    vocab, path = found
+    problems = []
+    for role, token in _token_strings(hf_dir, model_type).items():
+        got, want = vocab.get(token), SPECIAL_IDS[role]
+        if got != want:
+            problems.append(f"{role} token {token!r} is "
+                            + ("missing" if got is None else f"id {got}") + f", must be {want}")
+    if problems:
+        raise UserError(
+            f"{path}: the special tokens break the project's contract ([PAD] [UNK] [CLS] [SEP] "
+            f"[MASK] = ids 0-4): {'; '.join(problems)}. The import does not renumber "
+            "vocabularies: the corpus must be tokenised with the model's own vocabulary, so "
+            "only a model trained on a tokenizer that meets the contract (the corpus's "
+            "SentencePiece tokenizer.model, see trainer.tokenizer.TRAINER_SPEC) can be imported")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+# ---------------------------------------------------------------------------------------------
+
+def _lm_head(model) -> tuple:
+    """(transform dense, transform LayerNorm, decoder Linear) of an HF *ForMaskedLM."""
+    if hasattr(model, "cls"):  # BERT
+        p = model.cls.predictions
+        return p.transform.dense, p.transform.LayerNorm, p.decoder
+    if hasattr(model, "lm_head"):  # RoBERTa
+        return model.lm_head.dense, model.lm_head.layer_norm, model.lm_head.decoder
+    g = model.generator_predictions  # ELECTRA
+    return g.dense, g.LayerNorm, model.generator_lm_head
+
+
+def position_offset(config) -> int:
+    """Rows of the HF position table before the one read at our position 0. RoBERTa numbers
+    real tokens from padding_idx + 1 (pads get padding_idx), so with right padding token i
+    reads row padding_idx + 1 + i and the rows before are never used."""
+    return config.pad_token_id + 1 if config.model_type == "roberta" else 0
+
+
+def convert_state(model, hf_dir: str) -> tuple[dict[str, torch.Tensor], int]:
+    """Our MLMModel state dict from an HF masked LM; also the number of positions."""
+    config = model.config
+    base = model.base_model
+    emb = base.embeddings
+    word = emb.word_embeddings.weight  # (V, H)
+    offset = position_offset(config)
+    pos = emb.position_embeddings.weight[offset:] + emb.token_type_embeddings.weight[0]  # (P, H)
+    s = {"encoder.word_emb.weight": word, "encoder.pos_emb.weight": pos,
+         "encoder.emb_ln.weight": emb.LayerNorm.weight, "encoder.emb_ln.bias": emb.LayerNorm.bias}
+    for i, layer in enumerate(base.encoder.layer):
+        a, b = layer.attention, f"encoder.blocks.{i}."
+        qkv = (a.self.query, a.self.key, a.self.value)
+        s[b + "attn.qkv.weight"] = torch.cat([m.weight for m in qkv])  # (3H, H)
+        s[b + "attn.qkv.bias"] = torch.cat([m.bias for m in qkv])
+        for ours, theirs in (("attn.out", a.output.dense), ("ln_attn", a.output.LayerNorm),
+                             ("ffn.up", layer.intermediate.dense), ("ffn.down", layer.output.dense),
+                             ("ln_ffn", layer.output.LayerNorm)):
+            s[b + ours + ".weight"], s[b + ours + ".bias"] = theirs.weight, theirs.bias
+        s[b + "omega_attn"] = s[b + "omega_ffn"] = torch.ones(config.hidden_size)
+    dense, ln, decoder = _lm_head(model)
+    if not torch.equal(decoder.weight, word):
+        raise UserError(f"{os.path.join(hf_dir, 'config.json')}: tie_word_embeddings = "
+                        f"{config.tie_word_embeddings!r} and the LM head's weight differs from "
+                        "the input embeddings; the project's MLM head is tied to them, so an "
+                        "untied head cannot be converted")
+    s.update({"head.dense.weight": dense.weight, "head.dense.bias": dense.bias,
+              "head.ln.weight": ln.weight, "head.ln.bias": ln.bias, "head.weight": word,
+              "head.bias": decoder.bias})
+    # Tensors of our own (no views into HF storage), float32 as trainer.model keeps them.
+    shared = word.detach().float().clone()
+    state = {k: shared if v is word else v.detach().float().clone() for k, v in s.items()}
+    return state, pos.shape[0]
+
+
+def embedding_eps_effect(state: dict[str, torch.Tensor], hf_eps: float) -> float:
+    """Median relative change of the normalised embeddings caused by eps 1e-5 instead of
+    ``hf_eps``, over (token, position) pairs of the first tokens and positions."""
+    word = state["encoder.word_emb.weight"][NUM_SPECIAL:NUM_SPECIAL + 4096]  # (V', H)
+    pos = state["encoder.pos_emb.weight"][:8]  # (8, H): a sample keeps this small
+    var = (word[:, None, :] + pos[None, :, :]).var(-1, unbiased=False)  # (V', 8)
+    change = 1 - torch.sqrt((var + hf_eps) / (var + OUR_LN_EPS))
+    return float(change.abs().median())
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+def our_eps(cfg: RunConfig) -> float:
+    """The LayerNorm eps trainer.model will use for ``cfg``."""
+    return float(getattr(cfg.model, "layer_norm_eps", OUR_LN_EPS))
+
+
+def run_config(base: RunConfig, config, max_seq_len: int) -> RunConfig:
+    """``base`` with the sections that describe the imported model overwritten."""
+    raw = to_dict(base)
+    raw["model"].update(position="absolute", layer_norm="post",
+                        dropout=float(config.hidden_dropout_prob),
+                        attention_dropout=float(config.attention_probs_dropout_prob))
+    raw["aux"] = {"num_layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
+                  "num_heads": config.num_attention_heads, "ffn_size": config.intermediate_size}
+    raw["tokenizer"]["vocab_size"] = config.vocab_size
+    raw["data"]["max_seq_len"] = max_seq_len
+    raw["train"]["mode"] = "mlm"
+    if "layer_norm_eps" in raw["model"]:  # a trainer.model that can take HF's eps: exact
+        raw["model"]["layer_norm_eps"] = float(config.layer_norm_eps)
+    return build_config(raw, "the imported model's config")
+
+
+def import_mlm(hf_dir: str, out_dir: str, config_path: str | None = None,
+               trust_special_ids: bool = False) -> str:
+    """Convert ``hf_dir`` and write the checkpoint; returns the checkpoint folder."""
+    transformers = require_transformers()
+    if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+        raise UserError(f"{hf_dir} has no config.json: give a local folder written by "
+                        "save_pretrained (the import never downloads)")
+    if checkpoint.list_steps(out_dir):
+        raise UserError(f"{out_dir} already holds checkpoints; give a new OUT_DIR")
+    base = load_config(config_path) if config_path else RunConfig()
+    try:
+        config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
+    except (OSError, ValueError) as e:  # bad JSON, an unknown model_type
+        raise UserError(f"{os.path.join(hf_dir, 'config.json')} is unreadable as a Hugging "
+                        f"Face config: {e}") from None
+    check_hf_config(hf_dir, config)
+    special_source = check_special_ids(hf_dir, config.model_type, trust_special_ids)
+    cls = getattr(transformers, MODEL_CLASSES[config.model_type])
+    model, info = cls.from_pretrained(hf_dir, local_files_only=True, output_loading_info=True)
+    if info.get("mismatched_keys"):
+        raise UserError(f"{hf_dir}: weights of the wrong shape for config.json: "
+                        f"{sorted(info['mismatched_keys'])[:4]}; the folder is inconsistent")
+    if info["missing_keys"]:
+        raise UserError(f"{hf_dir} has no weights for {sorted(info['missing_keys'])[:4]}: it "
+                        f"does not hold a {cls.__name__} (a discriminator or a bare encoder has "
+                        "no MLM head); give a masked-LM folder")
+    state, max_seq_len = convert_state(model.eval(), hf_dir)
+    cfg = run_config(base, config, max_seq_len)
+    enc = EncoderConfig.aux(cfg)
+    with torch.device("meta"):  # shapes only: no init, no Admin profiling pass
+        want = MLMModel(enc).state_dict()
+    wrong = [k for k in want if k not in state or state[k].shape != want[k].shape]
+    if wrong or set(state) != set(want):
+        raise AssertionError(f"conversion bug: state keys/shapes differ at {wrong[:4]}")
+
+    eps = float(config.layer_norm_eps)
+    if eps != our_eps(cfg):
+        print(f"hf import: note: {hf_dir} uses LayerNorm eps {eps:g}, trainer.model uses "
+              f"{OUR_LN_EPS:g}, so the logits are close to HF's but not equal: a LayerNorm "
+              f"whose input has variance v is off by about {OUR_LN_EPS:g} / (2 v) relative; "
+              f"at this model's embedding LayerNorm that is a median "
+              f"{embedding_eps_effect(state, eps):.1e}")
+    meta = {"step": 0, "mode": "mlm", "model_kind": "mlm", "config": to_dict(cfg),
+            "hf_import": {"source": os.path.abspath(hf_dir), "model_type": config.model_type,
+                          "class": cls.__name__, "layer_norm_eps": eps,
+                          "position_offset": position_offset(config),
+                          "special_ids_checked_in": special_source}}
+    os.makedirs(out_dir, exist_ok=True)
+    path = checkpoint.save(out_dir, 0, {"model": state}, meta, 0, 1, lambda: None)
+    tmp = os.path.join(out_dir, ".config.toml.tmp")
+    with open(tmp, "w") as f:
+        f.write(to_toml(cfg))
+    os.replace(tmp, os.path.join(out_dir, "config.toml"))
+    return path
