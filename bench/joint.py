@@ -36,7 +36,7 @@ from trainer.config.sections import load_config, to_dict  # noqa: E402
 from trainer.data.rtd_shards import CorpusShards  # noqa: E402
 from trainer.distributed import Dist, pick_device  # noqa: E402
 from trainer.model.encoder import EncoderConfig, MLMModel  # noqa: E402
-from trainer.modes.base import build_task  # noqa: E402
+from trainer.modes.registry import build_task  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
 from trainer.train import autocast_context  # noqa: E402
 

@@ -48,7 +48,7 @@ from trainer.distributed import Dist, pick_device  # noqa: E402
 from trainer.model.encoder import EncoderConfig  # noqa: E402
 from trainer.modes.rtd import RTD_SUM_KEYS, RTDTask, ordinary_mask, rtd_counts, rtd_metrics  # noqa: E402
 from trainer.optim import build_optimizer, build_scheduler  # noqa: E402
-from trainer.tools.hf.cli import require_transformers  # noqa: E402
+from trainer.tools.hf.common import require_transformers  # noqa: E402
 from trainer.tools.hf.exporter import electra_config  # noqa: E402
 from trainer.train import autocast_context, grad_accum_steps  # noqa: E402
 

@@ -28,7 +28,8 @@ from trainer.config.sections import RunConfig, to_dict, to_toml
 from trainer.data.loader import Prefetcher
 from trainer.errors import UserError
 from trainer.logger import MetricsLog, peak_memory_gb
-from trainer.modes.base import Task, build_task
+from trainer.modes.base import Task
+from trainer.modes.registry import build_task
 from trainer.optim import build_optimizer, build_scheduler
 
 # Keys whose change would make a resumed run diverge from the one it continues.

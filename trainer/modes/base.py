@@ -1,10 +1,11 @@
-"""Training modes as tasks: what a micro-batch is, what the loss is, what gets logged.
+"""What every training mode is: the Task protocol, and CorpusTask, the base of the modes that
+read the corpus (mlm, electra / decoupled, early-exit) with its keyed masking and held-out split.
 
 ``trainer.train`` runs the same loop for every task; a task owns its model, its data order and
 its metrics. Sums returned by ``loss``/``evaluate`` are added over micro-batches, ranks and
 the log interval before ``train_metrics``/``eval_metrics`` turn them into ratios.
 
-    task = build_task(cfg, dist)            # e.g. MLMTask for train.mode = "mlm"
+    task = build_task(cfg, dist)            # trainer.modes.registry: MLMTask for "mlm", ...
     batch = task.micro_batch(step, micro, dist)
     loss, sums = task.loss(model, batch)
 """
@@ -15,7 +16,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from trainer.config.sections import RunConfig
 from trainer.corruption.corrupt import mask_positions, unigram_logprobs
@@ -23,7 +23,7 @@ from trainer.data.loader import CorpusTokens, TrainOrder
 from trainer.data.rtd_shards import manifest_fingerprint, open_corpus
 from trainer.distributed import Dist
 from trainer.errors import UserError
-from trainer.model.encoder import EncoderConfig, MLMHead, MLMModel, RTDHead
+from trainer.model.encoder import MLMHead, RTDHead
 from trainer.tokenizer import NUM_SPECIAL
 
 # Held-out masks are fixed across runs, steps and seeds: evaluations stay comparable.
@@ -146,77 +146,3 @@ class CorpusTask:
             seq_ids = mine[i:i + size]
             batch = self._masked(seq_ids, np.zeros(len(seq_ids), np.int64), self.eval_seed)
             yield {k: v.to(self.device) for k, v in batch.items()}
-
-
-class MLMTask(CorpusTask):
-    """``train.mode = "mlm"``: pre-train the auxiliary model (sizes from [aux]) by masked
-    language modelling with dynamic masking ([mlm]: BERT's 80/10/10 by default)."""
-
-    model_kind = "mlm"
-
-    def __init__(self, cfg: RunConfig, d: Dist):
-        m = cfg.mlm
-        super().__init__(cfg, d, m.mask_prob, m.mask_token_prob, m.random_token_prob)
-        self.model = MLMModel(EncoderConfig.aux(cfg))
-        init_priors_(self.model, self.unigram_counts)
-        counts = self.unigram_counts.astype(np.float64)
-        counts[:NUM_SPECIAL] = 0
-        counts[NUM_SPECIAL:] += 1  # unseen tokens get a small, finite probability
-        self.unigram_logp = torch.from_numpy(np.log(np.maximum(counts, 1e-300) / counts.sum()))
-        self.announce(d, f"mlm, aux model {self.model.num_parameters():,} parameters")
-
-    def _forward(self, model, b):
-        logits = model(b["input_ids"], b["attention_mask"], positions_mask=b["selected"])
-        return logits.float()  # (N, V)
-
-    def loss(self, model, b):
-        logits = self._forward(model, b)  # (N, V)
-        loss = F.cross_entropy(logits, b["labels"])
-        return loss, {"mlm_correct": (logits.argmax(-1) == b["labels"]).sum().detach(),
-                      "mlm_count": torch.tensor(float(len(b["labels"]))),
-                      "tokens": b["attention_mask"].sum().detach()}
-
-    def train_metrics(self, sums):
-        return {"mlm_accuracy": sums["mlm_correct"] / max(sums["mlm_count"], 1.0)}
-
-    def evaluate(self, model, d):
-        sums = {"nll": 0.0, "correct": 0.0, "count": 0.0, "unigram_nll": 0.0}
-        for b in self.heldout_batches(d):
-            logits = self._forward(model, b)
-            labels = b["labels"]
-            sums["nll"] += F.cross_entropy(logits, labels, reduction="sum").item()
-            sums["correct"] += (logits.argmax(-1) == labels).sum().item()
-            sums["count"] += len(labels)
-            sums["unigram_nll"] -= self.unigram_logp[labels.cpu()].sum().item()
-        return sums
-
-    def eval_metrics(self, sums):
-        if sums["count"] == 0:
-            return {}
-        return {"eval_mlm_loss": sums["nll"] / sums["count"],
-                "eval_mlm_accuracy": sums["correct"] / sums["count"],
-                "eval_unigram_loss": sums["unigram_nll"] / sums["count"]}
-
-
-def build_task(cfg: RunConfig, d: Dist) -> Task:
-    if cfg.train.mode == "mlm":
-        return MLMTask(cfg, d)
-    # These modules build on this one (CorpusTask): imported here.
-    if cfg.train.mode in ("electra", "decoupled"):
-        from trainer.modes.joint import JointTask
-
-        return JointTask(cfg, d)
-    if cfg.train.mode == "rtd":
-        from trainer.modes.rtd import RTDTask
-
-        return RTDTask(cfg, d)
-    if cfg.train.mode == "early-exit":
-        from trainer.modes.early_exit import EarlyExitTask
-
-        return EarlyExitTask(cfg, d)
-    if cfg.train.mode == "fast-online":
-        from trainer.modes.fast_online import FastOnlineTask
-
-        return FastOnlineTask(cfg, d)
-    raise UserError(f"train.mode = {cfg.train.mode!r} is not available in this version yet; "
-                    "available: 'rtd', 'mlm', 'electra', 'decoupled', 'fast-online', 'early-exit'")

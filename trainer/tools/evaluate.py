@@ -61,7 +61,7 @@ from trainer.data.rtd_shards import CorpusShards, RTDBatch, RTDShards, manifest_
 from trainer.distributed import Dist, pick_device
 from trainer.errors import UserError
 from trainer.model.encoder import Discriminator, EncoderConfig, MLMModel
-from trainer.modes.base import MLMTask
+from trainer.modes.mlm import MLMTask
 from trainer.modes.rtd import RTD_SUM_KEYS, collate, ordinary_mask, rtd_counts, rtd_metrics
 from trainer.pretrained import (
     DISCRIMINATOR_KINDS,

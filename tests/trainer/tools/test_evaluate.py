@@ -19,8 +19,8 @@ from trainer.config.sections import load_config
 from trainer.data.rtd_shards import CorpusShards, RTDShards
 from trainer.distributed import Dist
 from trainer.model.encoder import Discriminator, EncoderConfig
-from trainer.modes.base import MLMTask
 from trainer.modes.joint import JointModel
+from trainer.modes.mlm import MLMTask
 from trainer.modes.rtd import collate
 from trainer.pretrained import load_discriminator, load_generator
 from trainer.tools.evaluate import AUCCounts, logit_keys, main, pairwise_auc

@@ -19,7 +19,8 @@ from trainer.errors import UserError
 from trainer.model.encoder import Discriminator, EncoderConfig, MLMModel
 from trainer.modes.joint import JointModel
 from trainer.pretrained import load_generator
-from trainer.tools.hf.cli import main, require_transformers, run
+from trainer.tools.hf.cli import main, run
+from trainer.tools.hf.common import require_transformers
 
 transformers = pytest.importorskip("transformers")
 

@@ -24,20 +24,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from types import ModuleType
 
 from trainer.cli import main_guard
-from trainer.errors import UserError
-
-
-def require_transformers() -> ModuleType:
-    """The ``transformers`` module, or a UserError saying how to install it."""
-    try:
-        import transformers
-    except ImportError:
-        raise UserError("Hugging Face interop needs the optional 'hf' dependencies "
-                        "(transformers, safetensors): pip install -e '.[hf]'") from None
-    return transformers
+from trainer.tools.hf.common import require_transformers
+from trainer.tools.hf.exporter import export_electra
+from trainer.tools.hf.importer import import_mlm
 
 
 def run(argv: list[str] | None = None) -> str:
@@ -63,13 +54,9 @@ def run(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     require_transformers().utils.logging.disable_progress_bar()  # one summary line instead
     if args.command == "import":
-        from trainer.tools.hf.importer import import_mlm
-
         path = import_mlm(args.hf_dir, args.out_dir, args.config, args.trust_special_ids)
         print(f"hf import: wrote {path}\n  use it as --set generate.aux_checkpoint={path}")
         return path
-    from trainer.tools.hf.exporter import export_electra
-
     path = export_electra(args.checkpoint, args.out_dir, args.role, args.overwrite)
     print(f"hf export: wrote {path} (load it with transformers' from_pretrained)")
     return path

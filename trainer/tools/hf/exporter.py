@@ -45,7 +45,7 @@ from trainer.pretrained import (
     resolve_checkpoint,
 )
 from trainer.tokenizer import PAD_ID, load_tokenizer
-from trainer.tools.hf.cli import require_transformers
+from trainer.tools.hf.common import require_transformers
 from trainer.tools.hf.importer import OUR_LN_EPS
 
 ALL_KINDS = tuple(dict.fromkeys(GENERATOR_KINDS + DISCRIMINATOR_KINDS))

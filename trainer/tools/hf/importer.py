@@ -51,7 +51,7 @@ from trainer.config.sections import RunConfig, build_config, load_config, to_dic
 from trainer.errors import UserError
 from trainer.model.encoder import EncoderConfig, MLMModel
 from trainer.tokenizer import NUM_SPECIAL, SPECIAL_IDS, load_tokenizer
-from trainer.tools.hf.cli import require_transformers
+from trainer.tools.hf.common import require_transformers
 
 OUR_LN_EPS = 1e-5  # nn.LayerNorm's default, which every LayerNorm in trainer.model uses
 EXACT_GELU = ("gelu", "gelu_python")  # erf GELU = F.gelu, what trainer.model uses
