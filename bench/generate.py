@@ -61,10 +61,12 @@ from pipeline.generate import (  # noqa: E402
     write_part,
 )
 from pipeline.generate_fns import Layout  # noqa: E402
-from trainer.config.sections import load_config  # noqa: E402
-from trainer.corruption.corrupt import corrupt_batch, mask_positions  # noqa: E402
-from trainer.data.loader import CorpusTokens  # noqa: E402
-from trainer.data.rtd_shards import CorpusShards, token_dtype  # noqa: E402
+from trainer.config.load import load_config  # noqa: E402
+from trainer.corruption.corrupt import corrupt_batch  # noqa: E402
+from trainer.corruption.masking import mask_positions  # noqa: E402
+from trainer.data.corpus_shards import CorpusShards  # noqa: E402
+from trainer.data.corpus_tokens import CorpusTokens  # noqa: E402
+from trainer.data.rtd_format import token_dtype  # noqa: E402
 from trainer.pretrained import load_generator  # noqa: E402
 
 

@@ -253,7 +253,8 @@ def _near_tie_distances(aux, masked, mask, selected, tokens, temperature, seq_id
     to the nearest edge of that token's interval of the float64 CDF recomputed on the CPU from
     the aux's fp32 log-probs (positive inside; a reconstruction that matches corrupt_batch puts
     every reference draw inside, which tests/bench/test_gpu_check.py checks)."""
-    from trainer.corruption.corrupt import aux_logprobs, keyed_sample_uniform
+    from trainer.corruption.distributions import aux_logprobs
+    from trainer.corruption.sampling import keyed_sample_uniform
 
     b_idx, t_idx = selected.nonzero(as_tuple=True)
     with torch.inference_mode():
@@ -274,7 +275,8 @@ def compare_aux_draws(aux_a, aux_b, device_b, ids, mask, seq_ids, u, c, seed: in
     ``device_b`` (under bf16 autocast if asked) over one batch: whether the integer decisions
     agree, how many aux draws differ and (fp32) the largest distance of a differing draw's
     uniform to its CPU CDF interval's edge (0 when none differ)."""
-    from trainer.corruption.corrupt import corrupt_batch, mask_positions
+    from trainer.corruption.corrupt import corrupt_batch
+    from trainer.corruption.masking import mask_positions
 
     a = corrupt_batch(ids, mask, seq_ids, epoch, u, c, seed, aux=aux_a)
     auto = (torch.autocast(device_b.type, dtype=torch.bfloat16) if autocast_b
@@ -301,9 +303,9 @@ def compare_aux_draws(aux_a, aux_b, device_b, ids, mask, seq_ids, u, c, seed: in
 def corruption_batch(fx: Fixtures, n: int = 256):
     """(ids, mask, seq_ids, u, corruption config, corpus) of the corpus's first n sequences,
     u spread over the whole schedule (T from 2 down to ~1)."""
-    from trainer.config.sections import load_config
-    from trainer.data.loader import CorpusTokens
-    from trainer.data.rtd_shards import CorpusShards
+    from trainer.config.load import load_config
+    from trainer.data.corpus_shards import CorpusShards
+    from trainer.data.corpus_tokens import CorpusTokens
 
     corpus = CorpusShards(str(fx.corpus()))
     n = min(corpus.num_sequences, n)
@@ -313,7 +315,8 @@ def corruption_batch(fx: Fixtures, n: int = 256):
 
 
 def corrupt_cpu_vs_device(fx: Fixtures):
-    from trainer.corruption.corrupt import corrupt_batch, mask_positions
+    from trainer.corruption.corrupt import corrupt_batch
+    from trainer.corruption.masking import mask_positions
     from trainer.pretrained import load_generator
 
     dev = fx.device
@@ -431,7 +434,7 @@ def generate_workers(fx: Fixtures):
 
 
 def fast_online_rows(fx: Fixtures):
-    from trainer.config.sections import load_config
+    from trainer.config.load import load_config
     from trainer.distributed import Dist
     from trainer.modes.fast_online import FastOnlineTask
     from trainer.modes.rtd import RTDTask
@@ -475,8 +478,9 @@ def fast_online_rows(fx: Fixtures):
 def rel_bias_sdpa(fx: Fixtures):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from trainer.config.sections import load_config
-    from trainer.model.encoder import Discriminator, EncoderConfig
+    from trainer.config.load import load_config
+    from trainer.model.encoder_config import EncoderConfig
+    from trainer.model.heads import Discriminator
 
     dev, T = fx.device, fx.shapes.sdpa_seq
     assert T % 128 == 64
@@ -545,8 +549,9 @@ def _rtd_batch(B: int, T: int, vocab: int, device, seed: int = 0) -> dict:
 
 
 def compile_smoke(fx: Fixtures):
-    from trainer.config.sections import load_config
-    from trainer.model.encoder import Discriminator, EncoderConfig
+    from trainer.config.load import load_config
+    from trainer.model.encoder_config import EncoderConfig
+    from trainer.model.heads import Discriminator
     from trainer.optim import build_optimizer
 
     dev, steps = fx.device, 3
@@ -595,8 +600,9 @@ def _peak_tflops(device: torch.device, override: float | None) -> tuple[float | 
 
 
 def rtd_mfu(fx: Fixtures):
-    from trainer.config.sections import load_config
-    from trainer.model.encoder import Discriminator, EncoderConfig
+    from trainer.config.load import load_config
+    from trainer.model.encoder_config import EncoderConfig
+    from trainer.model.heads import Discriminator
     from trainer.optim import build_optimizer
     from trainer.tools.cost import estimate, forward_flops
     from trainer.train import autocast_context
@@ -651,8 +657,9 @@ def rtd_mfu(fx: Fixtures):
 def aux_tokens_per_s(fx: Fixtures):
     from pipeline.generate import Corrupter
     from pipeline.generate_fns import Layout
-    from trainer.config.sections import load_config
-    from trainer.model.encoder import EncoderConfig, MLMModel
+    from trainer.config.load import load_config
+    from trainer.model.encoder_config import EncoderConfig
+    from trainer.model.heads import MLMModel
 
     dev, s = fx.device, fx.shapes
     cfg = load_config(s.base_config, ["corruption.replacement=aux"])

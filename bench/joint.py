@@ -32,10 +32,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from trainer import checkpoint  # noqa: E402
-from trainer.config.sections import load_config, to_dict  # noqa: E402
-from trainer.data.rtd_shards import CorpusShards  # noqa: E402
+from trainer.config.load import load_config, to_dict  # noqa: E402
+from trainer.data.corpus_shards import CorpusShards  # noqa: E402
 from trainer.distributed import Dist, pick_device  # noqa: E402
-from trainer.model.encoder import EncoderConfig, MLMModel  # noqa: E402
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import MLMModel  # noqa: E402
 from trainer.modes.registry import build_task  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
 from trainer.train import autocast_context  # noqa: E402

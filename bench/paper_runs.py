@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from trainer import checkpoint
-from trainer.config.sections import load_config, parse_override, toml_value
-from trainer.data.rtd_shards import CorpusShards
+from trainer.config.load import load_config, parse_override, toml_value
+from trainer.data.corpus_shards import CorpusShards
 from trainer.errors import UserError
 from trainer.tools.evaluate import write_json
 

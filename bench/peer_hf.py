@@ -43,9 +43,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from trainer.config.sections import load_config  # noqa: E402
+from trainer.config.load import load_config  # noqa: E402
 from trainer.distributed import Dist, pick_device  # noqa: E402
-from trainer.model.encoder import EncoderConfig  # noqa: E402
+from trainer.model.encoder_config import EncoderConfig  # noqa: E402
 from trainer.modes.rtd import RTD_SUM_KEYS, RTDTask, ordinary_mask, rtd_counts, rtd_metrics  # noqa: E402
 from trainer.optim import build_optimizer, build_scheduler  # noqa: E402
 from trainer.tools.hf.common import require_transformers  # noqa: E402

@@ -33,9 +33,10 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from trainer.config.sections import load_config  # noqa: E402
-from trainer.data.loader import Prefetcher  # noqa: E402
-from trainer.data.rtd_shards import RTDShards, decode_rtd_table  # noqa: E402
+from trainer.config.load import load_config  # noqa: E402
+from trainer.data.prefetch import Prefetcher  # noqa: E402
+from trainer.data.rtd_format import decode_rtd_table  # noqa: E402
+from trainer.data.rtd_shards import RTDShards  # noqa: E402
 from trainer.distributed import Dist  # noqa: E402
 from trainer.modes.rtd import RTDTask  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402

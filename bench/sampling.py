@@ -34,16 +34,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from trainer.config.sections import load_config  # noqa: E402
-from trainer.corruption.corrupt import (
-    aux_logprobs,
-    keyed_sample_uniform,
-    mask_positions,
-    replacement_logprobs,
-    sample_model_free,
-    sample_tokens,
-)
-from trainer.model.encoder import EncoderConfig, MLMModel  # noqa: E402
+from trainer.config.load import load_config  # noqa: E402
+from trainer.corruption.distributions import aux_logprobs, replacement_logprobs
+from trainer.corruption.masking import mask_positions
+from trainer.corruption.sampling import keyed_sample_uniform, sample_model_free, sample_tokens
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import MLMModel  # noqa: E402
 from trainer.tokenizer import NUM_SPECIAL  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.data.rtd_shards import CORPUS_SCHEMA
+from trainer.data.corpus_shards import CORPUS_SCHEMA
 from trainer.tokenizer import CLS_ID, SEP_ID
 
 PartKey = tuple[int, int]

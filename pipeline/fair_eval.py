@@ -42,7 +42,7 @@ import sys
 
 from pipeline.generate import run as generate
 from trainer.cli import config_parser, main_guard, resolve_config
-from trainer.data.rtd_shards import resolve_fs, sha256_file
+from trainer.data.manifest import resolve_fs, sha256_file
 from trainer.errors import UserError
 from trainer.pretrained import (
     DISCRIMINATOR_KINDS,

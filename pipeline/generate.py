@@ -72,24 +72,26 @@ from pipeline.generate_fns import (
 )
 from pipeline.shard_sets import holds_output_locks, prepare_output, run_pipeline
 from trainer.cli import config_parser, main_guard, resolve_config
-from trainer.config.sections import RunConfig, to_dict, to_toml
-from trainer.corruption.corrupt import SAMPLER
-from trainer.data.order import permute, progress
-from trainer.data.rtd_shards import (
+from trainer.config.load import to_dict, to_toml
+from trainer.config.run import RunConfig
+from trainer.corruption.sampling import SAMPLER
+from trainer.data.corpus_shards import CorpusShards, open_corpus
+from trainer.data.manifest import (
     CONFIG_FILE,
     MANIFEST,
-    RTD_SCHEMA,
     RTD_SCHEMA_VERSION,
-    CorpusShards,
     ShardError,
-    encode_rtd_rows,
     manifest_fingerprint,
-    open_corpus,
-    pad_rows,
     read_manifest,
     resolve_fs,
-    rtd_part_name,
     sha256_file,
+)
+from trainer.data.order import permute, progress
+from trainer.data.rtd_format import (
+    RTD_SCHEMA,
+    encode_rtd_rows,
+    pad_rows,
+    rtd_part_name,
     token_dtype,
 )
 from trainer.pretrained import GENERATOR_KINDS, generator_config, load_generator, read_meta
@@ -353,7 +355,7 @@ def print_summary(m: dict) -> None:
 @holds_output_locks
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run generate; returns the RTD manifest."""
-    from trainer.corruption.corrupt import validate_corruption
+    from trainer.corruption.augmentations import validate_corruption
 
     parser = config_parser("python -m pipeline.generate", __doc__)
     parser.add_argument("--overwrite", action="store_true",

@@ -18,8 +18,10 @@ import json
 import sys
 
 from trainer.cli import main_guard
-from trainer.corruption.corrupt import schedule_value
-from trainer.data.rtd_shards import MANIFEST, CorpusShards, RTDShards, ShardError, resolve_fs
+from trainer.corruption.schedules import schedule_value
+from trainer.data.corpus_shards import CorpusShards
+from trainer.data.manifest import MANIFEST, ShardError, resolve_fs
+from trainer.data.rtd_shards import RTDShards
 from trainer.errors import UserError
 from trainer.tools.plot import require_matplotlib, save_figure
 

@@ -59,8 +59,9 @@ from pipeline.sources import (
 )
 from pipeline.tokenizer_train import train_tokenizer
 from trainer.cli import config_parser, main_guard, resolve_config
-from trainer.config.sections import RunConfig, to_dict, to_toml
-from trainer.data.rtd_shards import (
+from trainer.config.load import to_dict, to_toml
+from trainer.config.run import RunConfig
+from trainer.data.manifest import (
     CONFIG_FILE,
     MANIFEST,
     SCHEMA_VERSION,

@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.beam_util import exists, join, user_error_in
 from pipeline.output_lock import OutputLock
 from pipeline.worker_stderr import held_tracebacks
-from trainer.data.rtd_shards import MANIFEST, read_manifest
+from trainer.data.manifest import MANIFEST, read_manifest
 from trainer.errors import UserError
 
 

@@ -12,7 +12,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from trainer.config.sections import RunConfig, describe, load_config, to_toml
+from trainer.config.load import describe, load_config, to_toml
+from trainer.config.run import RunConfig
 from trainer.errors import UserError
 
 

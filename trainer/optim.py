@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from trainer.config.sections import TrainConfig
-from trainer.model.encoder import weight_decay_groups
+from trainer.config.run import TrainConfig
+from trainer.model.params import weight_decay_groups
 
 BETAS = (0.9, 0.98)
 EPS = 1e-6

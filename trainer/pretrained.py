@@ -31,9 +31,11 @@ from collections.abc import Callable
 import torch
 
 from trainer.checkpoint import find_latest, load_state
-from trainer.config.sections import RunConfig, build_config
+from trainer.config.load import build_config
+from trainer.config.run import RunConfig
 from trainer.errors import UserError
-from trainer.model.encoder import Discriminator, EncoderConfig, MLMModel
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import Discriminator, MLMModel
 
 GENERATOR_KINDS = ("mlm", "joint", "early-exit")
 DISCRIMINATOR_KINDS = ("discriminator", "joint", "early-exit")

@@ -24,8 +24,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint, distributed
 from trainer.cli import config_parser, main_guard, resolve_config
-from trainer.config.sections import RunConfig, to_dict, to_toml
-from trainer.data.loader import Prefetcher
+from trainer.config.load import to_dict, to_toml
+from trainer.config.run import RunConfig
+from trainer.data.prefetch import Prefetcher
 from trainer.errors import UserError
 from trainer.logger import MetricsLog, peak_memory_gb
 from trainer.modes.base import Task

@@ -16,9 +16,11 @@ import torch
 
 from bench.gpu_check import NEAR_TIE, ORDER, _near_tie_distances, compare_aux_draws
 from tests.conftest import REPO, TINY
-from trainer.config.sections import load_config
-from trainer.corruption.corrupt import corrupt_batch, mask_positions
-from trainer.model.encoder import EncoderConfig, MLMModel
+from trainer.config.load import load_config
+from trainer.corruption.corrupt import corrupt_batch
+from trainer.corruption.masking import mask_positions
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import MLMModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,7 @@ from pipeline.corpus_parts import (
     plan_parts,
     split_sequences,
 )
-from trainer.data.rtd_shards import CORPUS_SCHEMA
+from trainer.data.corpus_shards import CORPUS_SCHEMA
 from trainer.tokenizer import CLS_ID, SEP_ID
 
 

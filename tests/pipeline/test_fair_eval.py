@@ -15,9 +15,11 @@ from tests.helpers import IN_MEMORY, TINY
 from tests.reference_metrics import disagreeing, rtd_reference
 from tests.trainer.test_pretrained import save
 from tests.trainer.tools.test_evaluate import RTD_KEYS, disc_batches
-from trainer.config.sections import load_config
-from trainer.data.rtd_shards import RTDShards, resolve_fs, sha256_file
-from trainer.model.encoder import Discriminator, EncoderConfig
+from trainer.config.load import load_config
+from trainer.data.manifest import resolve_fs, sha256_file
+from trainer.data.rtd_shards import RTDShards
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import Discriminator
 from trainer.modes.joint import JointModel
 from trainer.pretrained import load_discriminator
 

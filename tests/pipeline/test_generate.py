@@ -21,23 +21,16 @@ from tests import conftest
 from tests.helpers import GENERATE_SMALL as SMALL
 from tests.helpers import TINY, gen_argv, kill_9_when, shard_files
 from trainer.checkpoint import save as save_checkpoint
-from trainer.config.sections import load_config, to_dict
-from trainer.corruption.corrupt import (
-    aux_logprobs,
-    corrupt_batch,
-    mask_positions,
-    replacement_logprobs,
-    schedule_value,
-)
+from trainer.config.load import load_config, to_dict
+from trainer.corruption.corrupt import corrupt_batch
+from trainer.corruption.distributions import aux_logprobs, replacement_logprobs
+from trainer.corruption.masking import mask_positions
+from trainer.corruption.schedules import schedule_value
+from trainer.data.corpus_shards import CorpusShards
+from trainer.data.manifest import ShardError
 from trainer.data.order import progress, unpermute
-from trainer.data.rtd_shards import (
-    CorpusShards,
-    RTDShards,
-    ShardError,
-    decode_rtd_table,
-    encode_rtd_rows,
-    token_dtype,
-)
+from trainer.data.rtd_format import decode_rtd_table, encode_rtd_rows, token_dtype
+from trainer.data.rtd_shards import RTDShards
 from trainer.modes.joint import JointModel
 from trainer.pretrained import load_generator
 from trainer.tokenizer import NUM_SPECIAL

@@ -18,8 +18,8 @@ import torch
 from pipeline.generate import run as generate
 from tests.conftest import TINY
 from tests.pipeline.test_generate import SMALL, gen_argv
-from trainer.config.sections import load_config
-from trainer.data.rtd_shards import CorpusShards
+from trainer.config.load import load_config
+from trainer.data.corpus_shards import CorpusShards
 from trainer.distributed import Dist
 from trainer.modes.rtd import RTDTask
 from trainer.tokenizer import NUM_SPECIAL, PAD_ID

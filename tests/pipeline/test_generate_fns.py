@@ -25,7 +25,8 @@ from pipeline.generate_fns import (
     worker_device,
 )
 from tests.conftest import REPO, TINY
-from trainer.config.sections import ConfigError, load_config
+from trainer.config.load import load_config
+from trainer.config.sections import ConfigError
 from trainer.data.order import permute
 
 

@@ -23,7 +23,9 @@ from pipeline.shard_sets import holds_output_locks, prepare_output
 from tests.conftest import REPO, kill_9_when, prepare_argv
 from tests.pipeline.test_generate import gen_argv
 from tests.trainer.test_train import train_argv, train_proc
-from trainer.data.rtd_shards import CorpusShards, RTDShards, ShardError
+from trainer.data.corpus_shards import CorpusShards
+from trainer.data.manifest import ShardError
+from trainer.data.rtd_shards import RTDShards
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

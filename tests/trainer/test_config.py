@@ -11,16 +11,10 @@ import sys
 import pytest
 
 from tests.conftest import REPO, TINY
-from trainer.config.sections import (
-    SECTIONS,
-    ConfigError,
-    RunConfig,
-    build_config,
-    field_docs,
-    load_config,
-    to_toml,
-)
-from trainer.corruption.corrupt import validate_corruption
+from trainer.config.load import build_config, field_docs, load_config, to_toml
+from trainer.config.run import SECTIONS, RunConfig
+from trainer.config.sections import ConfigError
+from trainer.corruption.augmentations import validate_corruption
 from trainer.tools.finetune import config as finetune_config
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.toml"), recursive=True))

@@ -15,7 +15,9 @@ import pytest
 from tests.conftest import REPO, TINY
 from tests.trainer.data.test_shards import write_rtd_set
 from tests.trainer.test_train import SMALL
-from trainer.data.rtd_shards import CorpusShards, RTDShards, ShardError
+from trainer.data.corpus_shards import CorpusShards
+from trainer.data.manifest import ShardError
+from trainer.data.rtd_shards import RTDShards
 
 
 def truncate(path, keep: float = 0.5) -> None:

@@ -9,9 +9,10 @@ import torch
 from tests.conftest import TINY
 from tests.trainer.test_train import SMALL
 from trainer import checkpoint
-from trainer.config.sections import load_config, to_dict
+from trainer.config.load import load_config, to_dict
 from trainer.errors import UserError
-from trainer.model.encoder import EncoderConfig, MLMModel
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import MLMModel
 from trainer.modes.joint import JointModel
 from trainer.pretrained import load_discriminator, load_generator, resolve_checkpoint
 

@@ -19,7 +19,7 @@ from tests.helpers import (  # noqa: F401  (SMALL, train_proc: re-exported for o
     train_proc,
 )
 from trainer import checkpoint
-from trainer.config.sections import load_config
+from trainer.config.load import load_config
 from trainer.errors import UserError
 from trainer.train import check_resume_config, grad_accum_steps, resolve_resume
 
@@ -106,7 +106,7 @@ def test_batch_geometry():
 
 
 def test_resume_config_check():
-    from trainer.config.sections import to_dict
+    from trainer.config.load import to_dict
 
     saved = to_dict(load_config(TINY))
     assert check_resume_config(saved, load_config(TINY, ["train.max_steps=100",

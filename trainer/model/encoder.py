@@ -1,12 +1,14 @@
-"""The ELECTRA encoder, its two heads, and exact parameter counts (paper Table 2).
+"""The ELECTRA encoder: a BERT-style Transformer with T5 relative position buckets (one bias
+table shared by all layers, trainer.model.positions) or learned absolute positions, SDPA
+attention, post-LN with Admin initialisation (default) or pre-LN. Its two heads and the models
+built on it are in trainer.model.heads, its shape in trainer.model.encoder_config, exact
+parameter counts (paper Table 2) in trainer.model.params.
 
-Everything is in this one file, nanoGPT style: a BERT-style Transformer encoder with T5 relative
-position buckets (one bias table shared by all layers) or learned absolute positions, SDPA
-attention, post-LN with Admin initialisation (default) or pre-LN, an MLM head tied to the word
-embeddings and an RTD (replaced token detection) head.
-
-    from trainer.config import load_config
-    from trainer.model import Discriminator, EncoderConfig, MLMModel, count_parameters
+    from trainer.config.load import load_config
+    from trainer.model.dropout import DropoutPlan
+    from trainer.model.encoder_config import EncoderConfig
+    from trainer.model.heads import Discriminator, MLMModel
+    from trainer.model.params import count_parameters
 
     cfg = load_config("configs/base.toml")
     disc = Discriminator(EncoderConfig.main(cfg))         # the model being pre-trained
@@ -47,167 +49,17 @@ plain BERT init and a final LayerNorm.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainer.config.sections import ConfigError, RunConfig
+from trainer.model.dropout import DropoutPlan, dropout
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.positions import relative_bias_prior, relative_position_bucket
 from trainer.tokenizer import NUM_SPECIAL
 
 INIT_STD = 0.02  # BERT
-
-
-# ---------------------------------------------------------------------------------------------
-# Config
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Everything that fixes an encoder's shape and regularisation."""
-
-    vocab_size: int
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    ffn_size: int
-    position: Literal["relative", "absolute"] = "relative"
-    rel_num_buckets: int = 32
-    rel_max_distance: int = 128
-    rel_bias_scale: float = 1.0
-    max_seq_len: int = 512
-    layer_norm: Literal["post", "pre"] = "post"
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    layer_norm_eps: float = 1e-5
-
-    def __post_init__(self):
-        def check(ok: bool, name: str, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"EncoderConfig.{name}: {msg}")
-
-        check(self.vocab_size > NUM_SPECIAL, "vocab_size",
-              f"must be > {NUM_SPECIAL} (the special tokens), got {self.vocab_size}")
-        for name in ("num_layers", "hidden_size", "num_heads", "ffn_size", "max_seq_len"):
-            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        check(self.hidden_size % self.num_heads == 0, "num_heads",
-              f"must divide hidden_size ({self.hidden_size}), got {self.num_heads}")
-        check(self.position in ("relative", "absolute"), "position",
-              f"must be 'relative' or 'absolute', got {self.position!r}")
-        check(self.layer_norm in ("post", "pre"), "layer_norm",
-              f"must be 'post' or 'pre', got {self.layer_norm!r}")
-        if self.position == "relative":
-            # Bidirectional T5 buckets: half per direction, half of those exact, so at least 4
-            # buckets are needed for one exact and one logarithmic bucket per direction.
-            check(self.rel_num_buckets >= 4, "rel_num_buckets",
-                  f"must be >= 4 for bidirectional buckets, got {self.rel_num_buckets}")
-            check(self.rel_max_distance > self.rel_num_buckets // 4, "rel_max_distance",
-                  f"must be > rel_num_buckets // 4 = {self.rel_num_buckets // 4} (the largest "
-                  f"exactly bucketed distance), got {self.rel_max_distance}")
-        check(self.rel_bias_scale > 0, "rel_bias_scale", f"must be > 0, got {self.rel_bias_scale}")
-        for name in ("dropout", "attention_dropout"):
-            p = getattr(self, name)
-            check(0.0 <= p < 1.0, name, f"must be in [0, 1), got {p}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @classmethod
-    def main(cls, run_cfg: RunConfig) -> EncoderConfig:
-        """The discriminator: [model] plus the tokenizer's vocabulary and data.max_seq_len."""
-        m = run_cfg.model
-        return cls(vocab_size=run_cfg.tokenizer.vocab_size, num_layers=m.num_layers,
-                   hidden_size=m.hidden_size, num_heads=m.num_heads, ffn_size=m.ffn_size,
-                   position=m.position, rel_num_buckets=m.rel_num_buckets,
-                   rel_max_distance=m.rel_max_distance, rel_bias_scale=m.rel_bias_scale,
-                   max_seq_len=run_cfg.data.max_seq_len,
-                   layer_norm=m.layer_norm, dropout=m.dropout,
-                   attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps)
-
-    @classmethod
-    def aux(cls, run_cfg: RunConfig) -> EncoderConfig:
-        """The auxiliary MLM: [aux] sizes, 0 meaning "as the main model"; the rest as main."""
-        m, a = run_cfg.model, run_cfg.aux
-        return cls(vocab_size=run_cfg.tokenizer.vocab_size, num_layers=a.num_layers,
-                   hidden_size=a.hidden_size or m.hidden_size,
-                   num_heads=a.num_heads or m.num_heads, ffn_size=a.ffn_size or m.ffn_size,
-                   position=m.position, rel_num_buckets=m.rel_num_buckets,
-                   rel_max_distance=m.rel_max_distance, rel_bias_scale=m.rel_bias_scale,
-                   max_seq_len=run_cfg.data.max_seq_len,
-                   layer_norm=m.layer_norm, dropout=m.dropout,
-                   attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps)
-
-
-# ---------------------------------------------------------------------------------------------
-# Relative positions (T5)
-# ---------------------------------------------------------------------------------------------
-
-def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int,
-                             max_distance: int) -> torch.Tensor:
-    """T5 bidirectional buckets of ``key_pos - query_pos``: one bucket per distance up to
-    num_buckets // 4 in each direction, then logarithmically wider buckets up to max_distance,
-    beyond which all distances share the last bucket."""
-    half = num_buckets // 2
-    bucket = (relative_position > 0).long() * half  # keys to the right use the upper half
-    distance = relative_position.abs()
-    max_exact = half // 2
-    # clamp(min=1) only keeps log() finite where the exact branch is taken anyway
-    log_ratio = torch.log(distance.clamp(min=1).float() / max_exact) / math.log(
-        max_distance / max_exact)
-    large = (max_exact + (log_ratio * (half - max_exact)).long()).clamp(max=half - 1)
-    return bucket + torch.where(distance < max_exact, distance, large)
-
-
-def relative_bias_prior(num_buckets: int, max_distance: int, num_heads: int) -> torch.Tensor:
-    """Initial (buckets, heads) relative bias in nats: head h prefers nearby keys by
-    -slope_h * log(1 + d), d the smallest distance in the bucket, slopes evenly spaced from 0
-    (head 0: no preference, global) to 2 (last head: a neighbour gets ~2.2 nats more than a
-    key 2 tokens further). Symmetric: which side matters is left to training. A locality
-    prior (as in ALiBi) gives a small model word order from step 0 instead of after the
-    table has drifted there. Computed on the CPU (also under a meta-device context)."""
-    cpu = torch.device("cpu")
-    d = torch.arange(-2 * max_distance, 2 * max_distance + 1, device=cpu)
-    buckets = relative_position_bucket(d, num_buckets, max_distance)
-    nearest = torch.full((num_buckets,), float(2 * max_distance), device=cpu)
-    nearest = nearest.scatter_reduce(0, buckets, d.abs().float(), reduce="amin")
-    slopes = torch.linspace(0.0, 2.0, num_heads, device=cpu)
-    return -nearest.log1p()[:, None] * slopes[None, :]  # (buckets, heads)
-
-
-# ---------------------------------------------------------------------------------------------
-# Blocks
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DropoutPlan:
-    """Dropout for one forward pass, given by the caller instead of read from the module:
-    these rates apply whatever the module's train/eval mode, with masks drawn from
-    ``generator`` (the global RNG when None). A shared frozen model (the aux of the
-    corruption step, used by several RunInference threads) is then never mutated, and each
-    call's masks depend on its own generator only."""
-
-    hidden: float = 0.0
-    attention: float = 0.0
-    generator: torch.Generator | None = None
-
-    def __post_init__(self):
-        for name, p in (("hidden", self.hidden), ("attention", self.attention)):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"DropoutPlan: {name} rate must be in [0, 1), got {p}")
-
-
-def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = None
-            ) -> torch.Tensor:
-    """Inverted dropout at rate p (0 = identity), its mask from ``generator`` if given."""
-    if p == 0.0:
-        return x
-    if generator is None:
-        return F.dropout(x, p, True)
-    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
-    return x * keep / (1.0 - p)
 
 
 class SelfAttention(nn.Module):
@@ -456,158 +308,3 @@ def _init_bert(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-# ---------------------------------------------------------------------------------------------
-# Heads
-# ---------------------------------------------------------------------------------------------
-
-class MLMHead(nn.Module):
-    """dense -> GELU -> LayerNorm -> vocabulary projection tied to the word embeddings."""
-
-    def __init__(self, cfg: EncoderConfig, word_embeddings: nn.Embedding):
-        super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.weight = word_embeddings.weight  # tied: the very same Parameter, (V, H)
-        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-        self.apply(_init_bert)
-
-    @torch.no_grad()
-    def init_unigram_(self, logprobs: torch.Tensor) -> None:
-        """Start the vocabulary bias at the corpus's log unigram frequencies (V,): an untrained
-        model then predicts the unigram baseline instead of a uniform guess, and its first
-        steps go into context rather than into learning token frequencies. Non-finite entries
-        (special tokens, never a target) get the smallest finite one."""
-        if logprobs.shape != self.bias.shape:
-            raise ValueError(f"unigram log-probabilities must have shape "
-                             f"{tuple(self.bias.shape)}, got {tuple(logprobs.shape)}")
-        finite = torch.isfinite(logprobs)
-        self.bias.copy_(torch.where(finite, logprobs, logprobs[finite].min()))
-
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """hidden (B, T, H); positions (B, T) bool selects where to predict. Returns (N, V)
-        for the N selected positions in row-major (batch, then time) order, or (B, T, V)."""
-        if positions is not None:
-            if positions.dtype != torch.bool or positions.shape != hidden.shape[:2]:
-                raise ValueError(f"positions must be a bool mask of shape "
-                                 f"{tuple(hidden.shape[:2])}, got {positions.dtype} "
-                                 f"{tuple(positions.shape)}")
-            # Gather first: the (H x V) projection is the dominant cost and only ~15% of the
-            # positions are predicted.
-            hidden = hidden[positions]  # (N, H)
-        h = self.ln(F.gelu(self.dense(hidden)))  # (..., H)
-        return F.linear(h, self.weight, self.bias)  # (..., V)
-
-
-class RTDHead(nn.Module):
-    """dense -> GELU -> dense to one logit: "was this token replaced?"."""
-
-    def __init__(self, cfg: EncoderConfig):
-        super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.out = nn.Linear(cfg.hidden_size, 1)
-        self.apply(_init_bert)
-
-    @torch.no_grad()
-    def init_prior_(self, replaced_fraction: float) -> None:
-        """Start the output bias at the prior log-odds of "replaced". With a zero bias the
-        cheapest way down from BCE(0.5) to the class prior is to push every token's hidden
-        state onto one shared direction (the RTD "collapse": all logits equal, F1 0), which
-        a single Adam-updated scalar reaches only after ~|logit(p)| / lr steps."""
-        if not 0.0 < replaced_fraction < 1.0:
-            raise ValueError(f"replaced_fraction must be in (0, 1), got {replaced_fraction}")
-        self.out.bias.fill_(math.log(replaced_fraction / (1.0 - replaced_fraction)))
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.out(F.gelu(self.dense(hidden))).squeeze(-1)  # (B, T)
-
-
-# ---------------------------------------------------------------------------------------------
-# Models
-# ---------------------------------------------------------------------------------------------
-
-def _num_parameters(model: nn.Module, exclude_embeddings: bool) -> int:
-    # parameters() yields a tied Parameter once, so the MLM projection is not double counted.
-    n = sum(p.numel() for p in model.parameters())
-    if exclude_embeddings:
-        n -= sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
-    return n
-
-
-class MLMModel(nn.Module):
-    """Encoder + tied MLM head: the auxiliary model (generator)."""
-
-    def __init__(self, cfg: EncoderConfig, word_embeddings: nn.Embedding | None = None):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = Encoder(cfg, word_embeddings)
-        self.head = MLMHead(cfg, self.encoder.word_emb)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                positions_mask: torch.Tensor | None = None, dropout: DropoutPlan | None = None
-                ) -> torch.Tensor:
-        """(N, V) logits at positions_mask, or (B, T, V) without one."""
-        return self.head(self.encoder(input_ids, attention_mask, dropout=dropout),
-                         positions_mask)
-
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        return _num_parameters(self, exclude_embeddings)
-
-
-class Discriminator(nn.Module):
-    """Encoder + RTD head: the main model."""
-
-    def __init__(self, cfg: EncoderConfig, word_embeddings: nn.Embedding | None = None):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = Encoder(cfg, word_embeddings)
-        self.head = RTDHead(cfg)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        return self.head(self.encoder(input_ids, attention_mask))  # (B, T)
-
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        return _num_parameters(self, exclude_embeddings)
-
-
-def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: no decay on biases, LayerNorm, Admin omegas (all 1-D) and the
-    relative position bias table (a bias, though 2-D). Tied parameters appear once."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():  # deduplicated: tied weights appear once
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or name.endswith("rel_bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-# ---------------------------------------------------------------------------------------------
-# Analytic parameter count
-# ---------------------------------------------------------------------------------------------
-
-def count_parameters(cfg: EncoderConfig, head: Literal["none", "mlm", "rtd"] = "none"
-                     ) -> dict[str, int]:
-    """Exact parameter count from the config, without building the model.
-
-    Returns ``embeddings`` (word + absolute position tables; the tied MLM projection is counted
-    here, once), ``encoder`` (everything in Encoder, embeddings included), ``head`` and
-    ``total``. tests/trainer/test_model.py checks it against sum(p.numel()) of real models.
-    """
-    H, F_, V, L = cfg.hidden_size, cfg.ffn_size, cfg.vocab_size, cfg.num_layers
-    embeddings = V * H + (cfg.max_seq_len * H if cfg.position == "absolute" else 0)
-    per_block = (3 * H * H + 3 * H) + (H * H + H)  # attention: qkv + output projection
-    per_block += (H * F_ + F_) + (F_ * H + H)  # feed-forward
-    per_block += 2 * 2 * H  # two LayerNorms
-    per_block += 2 * H if cfg.layer_norm == "post" else 0  # Admin omegas
-    encoder = embeddings + 2 * H + L * per_block  # + embedding LayerNorm
-    encoder += cfg.rel_num_buckets * cfg.num_heads if cfg.position == "relative" else 0
-    encoder += 2 * H if cfg.layer_norm == "pre" else 0  # final LayerNorm
-    heads = {"none": 0,
-             "mlm": (H * H + H) + 2 * H + V,  # dense, LayerNorm, output bias (weight tied)
-             "rtd": (H * H + H) + (H + 1)}
-    return {"embeddings": embeddings, "encoder": encoder, "head": heads[head],
-            "total": encoder + heads[head]}

@@ -17,13 +17,15 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from trainer.config.sections import RunConfig
-from trainer.corruption.corrupt import mask_positions, unigram_logprobs
-from trainer.data.loader import CorpusTokens, TrainOrder
-from trainer.data.rtd_shards import manifest_fingerprint, open_corpus
+from trainer.config.run import RunConfig
+from trainer.corruption.distributions import unigram_logprobs
+from trainer.corruption.masking import mask_positions
+from trainer.data.corpus_shards import open_corpus
+from trainer.data.corpus_tokens import CorpusTokens, TrainOrder
+from trainer.data.manifest import manifest_fingerprint
 from trainer.distributed import Dist
 from trainer.errors import UserError
-from trainer.model.encoder import MLMHead, RTDHead
+from trainer.model.heads import MLMHead, RTDHead
 from trainer.tokenizer import NUM_SPECIAL
 
 # Held-out masks are fixed across runs, steps and seeds: evaluations stay comparable.

@@ -25,10 +25,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainer import distributed
-from trainer.config.sections import RunConfig
+from trainer.config.run import RunConfig
 from trainer.distributed import Dist
 from trainer.errors import UserError
-from trainer.model.encoder import Encoder, EncoderConfig, MLMHead, _num_parameters
+from trainer.model.encoder import Encoder
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import MLMHead, _num_parameters
 from trainer.modes.joint import JointModel, JointTask
 
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainer.config.sections import RunConfig
+from trainer.config.run import RunConfig
 from trainer.corruption.corrupt import aux_autocast, corrupt_batch
-from trainer.data.loader import CorpusTokens
+from trainer.data.corpus_shards import open_corpus
+from trainer.data.corpus_tokens import CorpusTokens
+from trainer.data.manifest import manifest_fingerprint, resolve_fs, sha256_file
 from trainer.data.order import progress, unpermute
-from trainer.data.rtd_shards import manifest_fingerprint, open_corpus, resolve_fs, sha256_file
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.modes.rtd import RTDTask

@@ -34,11 +34,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from trainer.config.sections import RunConfig
-from trainer.corruption.corrupt import aux_logprobs, sample_tokens
+from trainer.config.run import RunConfig
+from trainer.corruption.distributions import aux_logprobs
+from trainer.corruption.sampling import sample_tokens
 from trainer.distributed import Dist
 from trainer.errors import UserError
-from trainer.model.encoder import Discriminator, EncoderConfig, MLMModel
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import Discriminator, MLMModel
 from trainer.modes.base import CorpusTask, expected_replaced_fraction, init_priors_
 from trainer.modes.rtd import RTD_SUM_KEYS, rtd_counts, rtd_metrics
 from trainer.tokenizer import NUM_SPECIAL

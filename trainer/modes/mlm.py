@@ -9,9 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.config.sections import RunConfig
+from trainer.config.run import RunConfig
 from trainer.distributed import Dist
-from trainer.model.encoder import EncoderConfig, MLMModel
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import MLMModel
 from trainer.modes.base import CorpusTask, init_priors_
 from trainer.tokenizer import NUM_SPECIAL
 

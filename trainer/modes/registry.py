@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from trainer.config.sections import RunConfig
+from trainer.config.run import RunConfig
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.modes.base import Task

@@ -19,11 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.config.sections import RunConfig
-from trainer.data.rtd_shards import RTDBatch, RTDShards, manifest_fingerprint, pad_rows
+from trainer.config.run import RunConfig
+from trainer.data.manifest import manifest_fingerprint
+from trainer.data.rtd_format import RTDBatch, pad_rows
+from trainer.data.rtd_shards import RTDShards
 from trainer.distributed import Dist
 from trainer.errors import UserError
-from trainer.model.encoder import Discriminator, EncoderConfig
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import Discriminator
 from trainer.tokenizer import NUM_SPECIAL, PAD_ID
 
 

@@ -34,10 +34,11 @@ import sys
 from pathlib import Path
 
 from trainer.cli import config_parser, main_guard, resolve_config
-from trainer.config.sections import RunConfig
+from trainer.config.run import RunConfig
 from trainer.errors import UserError
 from trainer.logger import METRICS
-from trainer.model.encoder import EncoderConfig, count_parameters
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.params import count_parameters
 
 GB = 1e9
 TRAINABLE_BYTES = 20  # bf16/fp32 weights + fp32 grads + two fp32 Adam moments (mixed precision)

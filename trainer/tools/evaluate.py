@@ -55,12 +55,17 @@ import numpy as np
 import torch
 
 from trainer.cli import config_parser, main_guard, resolve_config
-from trainer.config.sections import RunConfig, to_dict
-from trainer.data.loader import Prefetcher
-from trainer.data.rtd_shards import CorpusShards, RTDBatch, RTDShards, manifest_fingerprint
+from trainer.config.load import to_dict
+from trainer.config.run import RunConfig
+from trainer.data.corpus_shards import CorpusShards
+from trainer.data.manifest import manifest_fingerprint
+from trainer.data.prefetch import Prefetcher
+from trainer.data.rtd_format import RTDBatch
+from trainer.data.rtd_shards import RTDShards
 from trainer.distributed import Dist, pick_device
 from trainer.errors import UserError
-from trainer.model.encoder import Discriminator, EncoderConfig, MLMModel
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import Discriminator, MLMModel
 from trainer.modes.mlm import MLMTask
 from trainer.modes.rtd import RTD_SUM_KEYS, collate, ordinary_mask, rtd_counts, rtd_metrics
 from trainer.pretrained import (

@@ -21,7 +21,7 @@ import sys
 
 from trainer import checkpoint
 from trainer.cli import config_parser, main_guard, resolve_config
-from trainer.config.sections import load_config
+from trainer.config.load import load_config
 from trainer.errors import UserError
 
 SUMMARY_KEYS = ("loss", "rtd_f1", "eval_rtd_f1", "eval_mlm_loss", "gen_mlm_accuracy")

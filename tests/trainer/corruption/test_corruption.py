@@ -17,7 +17,22 @@ import torch.nn.functional as F
 from trainer.config.sections import ConfigError, CorruptionConfig
 from trainer.corruption import corrupt as C
 from trainer.corruption import keyed_rng as R
-from trainer.model.encoder import EncoderConfig, MLMModel
+from trainer.corruption import sampling as S
+from trainer.corruption.augmentations import plan_augmentation, validate_corruption
+from trainer.corruption.corrupt import corrupt_batch
+from trainer.corruption.distributions import (
+    aux_logprobs,
+    log_interp,
+    replacement_logprobs,
+    smoothed_onehot_logprobs,
+    uniform_logprobs,
+    unigram_logprobs,
+)
+from trainer.corruption.masking import drop_tokens, mask_positions
+from trainer.corruption.sampling import keyed_sample_uniform, sample_model_free, sample_tokens
+from trainer.corruption.schedules import SCHEDULES, schedule_strength, schedule_value
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import MLMModel
 from trainer.tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, UNK_ID
 
 V = 300
@@ -129,7 +144,7 @@ def test_no_twin_draws_across_a_million_sequences_at_paired_positions():
     pos = torch.arange(positions).repeat(n)
     k1, k2 = R.row_keys(0, 0, seq, R.STREAM_SAMPLE, pos)
     draws = _draws_53(k1, k2)
-    assert torch.equal(C.keyed_sample_uniform(0, 0, seq[:4096], pos[:4096]),
+    assert torch.equal(keyed_sample_uniform(0, 0, seq[:4096], pos[:4096]),
                        (draws[:4096].double() + 0.5) * 2.0**-53)
     assert len(torch.unique(draws)) == len(draws)
     weak = _draws_53(k1, R._mix32(k1 ^ 0x9E3779B9))
@@ -185,13 +200,13 @@ def test_keyed_uniform_looks_uniform_and_independent():
 
 
 def test_sample_uniforms_are_uniform_and_keyed():
-    u = C.keyed_sample_uniform(0, 0, torch.arange(20_000), torch.arange(20_000) % 97)
+    u = keyed_sample_uniform(0, 0, torch.arange(20_000), torch.arange(20_000) % 97)
     assert u.dtype == torch.float64 and bool(((u > 0) & (u < 1)).all())
     assert abs(float(u.mean()) - 0.5) < 6 * math.sqrt(1 / 12 / u.numel())
     assert abs(float(u.var()) - 1 / 12) < 0.003
     assert len(torch.unique(u)) == u.numel()  # 53 bits: no collisions at this size
     # The position is part of the key: the same sequence at another position draws anew.
-    other = C.keyed_sample_uniform(0, 0, torch.arange(20_000), torch.arange(20_000) % 97 + 1)
+    other = keyed_sample_uniform(0, 0, torch.arange(20_000), torch.arange(20_000) % 97 + 1)
     assert float((u == other).double().mean()) == 0.0
 
 
@@ -204,7 +219,7 @@ def test_sampling_at_a_large_vocabulary_is_exact():
     logits[:NUM_SPECIAL] = -math.inf
     logits[NUM_SPECIAL:NUM_SPECIAL + 4] = torch.tensor([8.0, 7.0, 6.0, 5.0])
     n = 20_000
-    s = C.sample_tokens(logits[None].expand(n, -1), 3, 0, torch.arange(n),
+    s = sample_tokens(logits[None].expand(n, -1), 3, 0, torch.arange(n),
                         torch.zeros(n, dtype=torch.long))
     p = logits.softmax(-1).double()
     assert int((s < NUM_SPECIAL).sum()) == 0
@@ -230,41 +245,41 @@ def test_two_level_cdf_equals_a_plain_float64_cdf(vocab):
     logits[:, -1] = -math.inf  # the last real entry is impossible: the padding's neighbour
     seq, pos = torch.arange(n), torch.zeros(n, dtype=torch.long)
     t = 1.0 + torch.arange(n) % 3 / 2
-    got = C.sample_tokens(logits, 4, 0, seq, pos, t)
-    u = C.keyed_sample_uniform(4, 0, seq, pos)
+    got = sample_tokens(logits, 4, 0, seq, pos, t)
+    u = keyed_sample_uniform(4, 0, seq, pos)
     cdf = (logits / t[:, None]).double().softmax(-1).cumsum(-1)
     plain = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
     assert torch.equal(got, plain)
     for extreme in (2.0**-54, 1 - 2.0**-54):
         u_row = torch.full((8,), extreme, dtype=torch.float64)
-        s = C._inverse_cdf_chunk(logits[:8], u_row, torch.ones(8))
+        s = S._inverse_cdf_chunk(logits[:8], u_row, torch.ones(8))
         assert bool(((s >= NUM_SPECIAL) & (s < vocab - 1)).all()), (extreme, s)
 
 
 # --- schedules -------------------------------------------------------------------------------
 
 def test_schedules():
-    assert C.schedule_value("exponential", 0.0, 2.0, 0.1) == pytest.approx(2.0)
-    assert C.schedule_value("exponential", 1.0, 2.0, 0.1) == pytest.approx(1 + math.exp(-10))
-    assert C.schedule_value("exponential", 0.1, 3.0, 0.1) == pytest.approx(1 + 2 / math.e)
-    assert C.schedule_value("constant", 0.7, 2.5, 0.1) == 2.5
-    assert C.schedule_value("fixed", 0.0, 2.0, 0.1) == 1.0
-    assert C.schedule_value("polynomial", 0.5, 2.0, 2.0) == pytest.approx(1.25)
-    assert C.schedule_value("polynomial", 1.0, 2.0, 2.0) == pytest.approx(1.0)
-    steps = [C.schedule_value("stepwise", u, 2.0, 4.0) for u in (0, 0.2, 0.3, 0.6, 0.99, 1.0)]
+    assert schedule_value("exponential", 0.0, 2.0, 0.1) == pytest.approx(2.0)
+    assert schedule_value("exponential", 1.0, 2.0, 0.1) == pytest.approx(1 + math.exp(-10))
+    assert schedule_value("exponential", 0.1, 3.0, 0.1) == pytest.approx(1 + 2 / math.e)
+    assert schedule_value("constant", 0.7, 2.5, 0.1) == 2.5
+    assert schedule_value("fixed", 0.0, 2.0, 0.1) == 1.0
+    assert schedule_value("polynomial", 0.5, 2.0, 2.0) == pytest.approx(1.25)
+    assert schedule_value("polynomial", 1.0, 2.0, 2.0) == pytest.approx(1.0)
+    steps = [schedule_value("stepwise", u, 2.0, 4.0) for u in (0, 0.2, 0.3, 0.6, 0.99, 1.0)]
     assert steps == pytest.approx([2.0, 2.0, 1.75, 1.5, 1.25, 1.0])
-    assert C.schedule_strength("exponential", 0.0, 1.3, 0.1) == pytest.approx(0.3)
+    assert schedule_strength("exponential", 0.0, 1.3, 0.1) == pytest.approx(0.3)
     # Vectorised per sample: the same values as the scalar path, monotone non-increasing.
     u = torch.linspace(0, 1, 101, dtype=torch.float64)
-    for kind in C.SCHEDULES:
-        vec = C.schedule_value(kind, u, 2.0, 4.0 if kind == "stepwise" else 0.1)
+    for kind in SCHEDULES:
+        vec = schedule_value(kind, u, 2.0, 4.0 if kind == "stepwise" else 0.1)
         assert vec.shape == (101,)
         assert vec.tolist() == pytest.approx(
-            [C.schedule_value(kind, float(x), 2.0, 4.0 if kind == "stepwise" else 0.1)
+            [schedule_value(kind, float(x), 2.0, 4.0 if kind == "stepwise" else 0.1)
              for x in u])
         assert bool((vec[1:] <= vec[:-1] + 1e-12).all())
     with pytest.raises(ValueError, match="unknown schedule"):
-        C.schedule_value("cosine", 0.0, 2.0, 0.1)
+        schedule_value("cosine", 0.0, 2.0, 0.1)
 
 
 # --- masking ---------------------------------------------------------------------------------
@@ -275,7 +290,7 @@ def test_masking_selects_exact_share_of_normal_tokens_never_specials():
     ids[1, 2] = MASK_ID
     ids[2, :3] = torch.tensor([CLS_ID, SEP_ID, PAD_ID])  # no normal token at all
     ids[2, 3:] = PAD_ID
-    masked, sel = C.mask_positions(ids, torch.arange(300), 0, 0, 0.15, 0.85)
+    masked, sel = mask_positions(ids, torch.arange(300), 0, 0, 0.15, 0.85)
     assert not bool(sel[ids < NUM_SPECIAL].any())
     normal = (ids >= NUM_SPECIAL).sum(1)
     expect = [max(1, int(Decimal(n) * Decimal("0.15") + Decimal("0.5"))) if n else 0
@@ -290,13 +305,13 @@ def test_masking_selects_exact_share_of_normal_tokens_never_specials():
     # An attention mask removes positions from the candidates.
     attn = attn.clone()
     attn[:, 10:] = False
-    _, sel2 = C.mask_positions(ids, torch.arange(300), 0, 0, 0.15, 0.85, attention_mask=attn)
+    _, sel2 = mask_positions(ids, torch.arange(300), 0, 0, 0.15, 0.85, attention_mask=attn)
     assert not bool(sel2[:, 10:].any())
 
 
 def test_masking_85_15_split():
     ids, _ = make_batch(400, 64, seed=2)
-    masked, sel = C.mask_positions(ids, torch.arange(400), 3, 0, 0.15, 0.85)
+    masked, sel = mask_positions(ids, torch.arange(400), 3, 0, 0.15, 0.85)
     n = int(sel.sum())
     is_mask = masked[sel] == MASK_ID
     kept = masked[sel] == ids[sel]
@@ -306,7 +321,7 @@ def test_masking_85_15_split():
 
 def test_masking_80_10_10_split():
     ids, _ = make_batch(600, 64, seed=3)
-    masked, sel = C.mask_positions(ids, torch.arange(600), 3, 0, 0.15, 0.8,
+    masked, sel = mask_positions(ids, torch.arange(600), 3, 0, 0.15, 0.8,
                                    random_token_prob=0.1, vocab_size=V)
     n = int(sel.sum())
     got, orig = masked[sel], ids[sel]
@@ -321,21 +336,21 @@ def test_masking_80_10_10_split():
     assert abs(float(rand.mean()) - (NUM_SPECIAL + V - 1) / 2) < 5 * 85 / math.sqrt(rand.numel())
     assert int(rand.max()) > V - 20
     with pytest.raises(ValueError, match="vocab_size"):
-        C.mask_positions(ids, torch.arange(600), 3, 0, 0.15, 0.8, random_token_prob=0.1)
+        mask_positions(ids, torch.arange(600), 3, 0, 0.15, 0.8, random_token_prob=0.1)
 
 
 def test_masking_is_batch_and_padding_independent_and_keyed():
     ids, _ = make_batch(6, 40, seed=4)
     seq = torch.tensor([10, 11, 12, 13, 14, 15])
-    big_m, big_s = C.mask_positions(pad_to(ids, 64), seq, 5, 2, 0.15, 0.85)
+    big_m, big_s = mask_positions(pad_to(ids, 64), seq, 5, 2, 0.15, 0.85)
     for b in range(6):
-        m, s = C.mask_positions(ids[b:b + 1], seq[b:b + 1], 5, 2, 0.15, 0.85)
+        m, s = mask_positions(ids[b:b + 1], seq[b:b + 1], 5, 2, 0.15, 0.85)
         assert torch.equal(m[0], big_m[b, :40]) and torch.equal(s[0], big_s[b, :40])
     assert not bool(big_s[:, 40:].any())
-    again = C.mask_positions(pad_to(ids, 64), seq, 5, 2, 0.15, 0.85)
+    again = mask_positions(pad_to(ids, 64), seq, 5, 2, 0.15, 0.85)
     assert torch.equal(again[0], big_m) and torch.equal(again[1], big_s)
     for seed, epoch in ((6, 2), (5, 3)):
-        _, other = C.mask_positions(pad_to(ids, 64), seq, seed, epoch, 0.15, 0.85)
+        _, other = mask_positions(pad_to(ids, 64), seq, seed, epoch, 0.15, 0.85)
         assert not torch.equal(other, big_s)
         assert torch.equal(other.sum(1), big_s.sum(1))  # same counts, other positions
 
@@ -343,19 +358,19 @@ def test_masking_is_batch_and_padding_independent_and_keyed():
 def test_drop_tokens():
     ids, _ = make_batch(200, 64, seed=5)
     seq = torch.arange(200)
-    _, sel = C.mask_positions(ids, seq, 0, 0, 0.15, 0.85)
-    dropped = C.drop_tokens(ids, sel, seq, 0, 0, 0.4)
+    _, sel = mask_positions(ids, seq, 0, 0, 0.15, 0.85)
+    dropped = drop_tokens(ids, sel, seq, 0, 0, 0.4)
     eligible = (ids >= NUM_SPECIAL) & ~sel
     changed = dropped != ids
     assert bool((dropped[changed] == UNK_ID).all()) and not bool(changed[~eligible].any())
     n = int(eligible.sum())
     assert abs(float(changed[eligible].double().mean()) - 0.4) < 5 * math.sqrt(0.24 / n)
-    assert torch.equal(C.drop_tokens(ids, sel, seq, 0, 0, 0.0), ids)
-    per_row = C.drop_tokens(ids, sel, seq, 0, 0, torch.tensor([0.0, 1.0]).repeat(100))
+    assert torch.equal(drop_tokens(ids, sel, seq, 0, 0, 0.0), ids)
+    per_row = drop_tokens(ids, sel, seq, 0, 0, torch.tensor([0.0, 1.0]).repeat(100))
     assert torch.equal(per_row[0::2], ids[0::2])
     assert bool((per_row[1::2][eligible[1::2]] == UNK_ID).all())
     # Keyed: row 7 alone gives the same result.
-    alone = C.drop_tokens(ids[7:8], sel[7:8], seq[7:8], 0, 0, 0.4)
+    alone = drop_tokens(ids[7:8], sel[7:8], seq[7:8], 0, 0, 0.4)
     assert torch.equal(alone[0], dropped[7])
 
 
@@ -376,7 +391,7 @@ def test_distributions_normalised_zero_on_specials():
     counts = torch.randint(0, 1000, (V,), generator=g)
     for kind in ("aux", "uniform", "unigram", "smoothed_onehot", "uniform->smoothed_onehot",
                  "unigram->smoothed_onehot"):
-        lp = C.replacement_logprobs(kind, orig, V, weight=torch.full((7,), 0.3),
+        lp = replacement_logprobs(kind, orig, V, weight=torch.full((7,), 0.3),
                                     unigram_counts=counts, aux_logits=logits)
         assert lp.shape == (7, V)
         p = _check_distribution(lp)
@@ -385,7 +400,7 @@ def test_distributions_normalised_zero_on_specials():
 
 def test_smoothed_onehot_and_uniform():
     orig = torch.tensor([5, 100, V - 1])
-    p = C.smoothed_onehot_logprobs(orig, V, 0.35).double().exp()
+    p = smoothed_onehot_logprobs(orig, V, 0.35).double().exp()
     assert p[torch.arange(3), orig].tolist() == pytest.approx([0.35] * 3)
     rest = p.clone()
     rest[torch.arange(3), orig] = 0
@@ -393,7 +408,7 @@ def test_smoothed_onehot_and_uniform():
     assert torch.allclose(rest[rest > 0], torch.tensor(0.65 / (V - NUM_SPECIAL - 1),
                                                        dtype=torch.float64))
     assert int((rest > 0).sum()) == 3 * (V - NUM_SPECIAL - 1)
-    pu = _check_distribution(C.uniform_logprobs(2, V))
+    pu = _check_distribution(uniform_logprobs(2, V))
     assert torch.allclose(pu[:, NUM_SPECIAL:], torch.tensor(1 / (V - NUM_SPECIAL),
                                                             dtype=torch.float64))
 
@@ -402,34 +417,34 @@ def test_unigram_follows_counts_with_add_one():
     counts = torch.zeros(V, dtype=torch.long)
     counts[:NUM_SPECIAL] = 10**6  # [CLS]/[SEP] occur in every sequence: must not count
     counts[10], counts[11] = 3000, 1000
-    p = _check_distribution(C.unigram_logprobs(counts))[0]
+    p = _check_distribution(unigram_logprobs(counts))[0]
     total = 4000 + (V - NUM_SPECIAL)
     assert float(p[10]) == pytest.approx(3001 / total)
     assert float(p[11]) == pytest.approx(1001 / total)
     assert float(p[12]) == pytest.approx(1 / total)  # unseen: small, not zero
     with pytest.raises(ValueError, match="non-negative"):
-        C.unigram_logprobs(-counts)
+        unigram_logprobs(-counts)
 
 
 def test_log_interp_endpoints_and_midpoint():
     orig = torch.tensor([7, 8])
     counts = torch.arange(V)
-    lp1 = C.unigram_logprobs(counts, 2)
-    lp2 = C.smoothed_onehot_logprobs(orig, V, 0.35)
-    assert torch.allclose(C.log_interp(lp1, lp2, 1.0), lp1, atol=1e-5)
-    assert torch.allclose(C.log_interp(lp1, lp2, 0.0), lp2, atol=1e-5)
-    mid = C.log_interp(lp1, lp2, torch.tensor([0.25, 1.0]))
+    lp1 = unigram_logprobs(counts, 2)
+    lp2 = smoothed_onehot_logprobs(orig, V, 0.35)
+    assert torch.allclose(log_interp(lp1, lp2, 1.0), lp1, atol=1e-5)
+    assert torch.allclose(log_interp(lp1, lp2, 0.0), lp2, atol=1e-5)
+    mid = log_interp(lp1, lp2, torch.tensor([0.25, 1.0]))
     expect = (0.25 * lp1[0] + 0.75 * lp2[0]).log_softmax(-1)
     assert torch.allclose(mid[0], expect, atol=1e-5)
     assert torch.allclose(mid[1], lp1[1], atol=1e-5)
     # The named replacements are the same interpolation; alpha = 1 (a zero outside the
     # original) does not produce NaN at the p1 endpoint.
-    rep = C.replacement_logprobs("unigram->smoothed_onehot", orig, V, weight=0.25,
+    rep = replacement_logprobs("unigram->smoothed_onehot", orig, V, weight=0.25,
                                  unigram_counts=counts)
     assert torch.allclose(rep[0], expect, atol=1e-5)
-    delta = C.smoothed_onehot_logprobs(orig, V, 1.0)
-    assert torch.allclose(C.log_interp(lp1, delta, 1.0), lp1, atol=1e-5)
-    assert torch.allclose(C.log_interp(lp1, delta, 0.5).exp()[0, 7], torch.tensor(1.0))
+    delta = smoothed_onehot_logprobs(orig, V, 1.0)
+    assert torch.allclose(log_interp(lp1, delta, 1.0), lp1, atol=1e-5)
+    assert torch.allclose(log_interp(lp1, delta, 0.5).exp()[0, 7], torch.tensor(1.0))
 
 
 # --- Gumbel-max sampling ---------------------------------------------------------------------
@@ -446,17 +461,17 @@ def _chi2(samples: torch.Tensor, p: torch.Tensor) -> float:
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_sample_frequencies_match_softmax(temperature):
     logits = torch.tensor([0.0] * NUM_SPECIAL + [2.0, 1.0, 0.5, 0.0, -1.0, -2.0, 1.5, -0.5])
-    logp = C.aux_logprobs(logits[None]).expand(40_000, -1)
+    logp = aux_logprobs(logits[None]).expand(40_000, -1)
     n = logp.shape[0]
     pos = torch.arange(n) % 37
-    s = C.sample_tokens(logp, 11, 0, torch.arange(n) // 37, pos, temperature)
-    p = (C.aux_logprobs(logits[None])[0] / temperature).softmax(-1)
+    s = sample_tokens(logp, 11, 0, torch.arange(n) // 37, pos, temperature)
+    p = (aux_logprobs(logits[None])[0] / temperature).softmax(-1)
     # 7 degrees of freedom: P(chi2 > 35) ~ 1e-5.
     assert _chi2(s, p) < 35
-    wrong = (C.aux_logprobs(logits[None])[0] / (temperature * 1.1)).softmax(-1)
+    wrong = (aux_logprobs(logits[None])[0] / (temperature * 1.1)).softmax(-1)
     assert _chi2(s, wrong) > 70  # power: 10% off in temperature fails the test twice over
     # Batch independence of the sample itself.
-    assert torch.equal(C.sample_tokens(logp[123:124], 11, 0, torch.tensor([123 // 37]),
+    assert torch.equal(sample_tokens(logp[123:124], 11, 0, torch.tensor([123 // 37]),
                                       pos[123:124], temperature), s[123:124])
 
 
@@ -464,8 +479,8 @@ def test_unigram_samples_follow_counts():
     counts = torch.zeros(V, dtype=torch.long)
     counts[NUM_SPECIAL:NUM_SPECIAL + 10] = torch.tensor([5, 10, 20, 40, 80, 160, 320, 640,
                                                          1280, 2560]) * 100
-    lp = C.unigram_logprobs(counts, 30_000)
-    s = C.sample_tokens(lp, 0, 0, torch.arange(30_000), torch.zeros(30_000, dtype=torch.long))
+    lp = unigram_logprobs(counts, 30_000)
+    s = sample_tokens(lp, 0, 0, torch.arange(30_000), torch.zeros(30_000, dtype=torch.long))
     p = lp[0].double().exp()
     top = torch.zeros(V + 1, dtype=torch.float64)  # the 10 counted tokens + "any other"
     top[:V] = p
@@ -473,7 +488,7 @@ def test_unigram_samples_follow_counts():
     top[V] = p[NUM_SPECIAL + 10:].sum()
     binned = torch.where(s >= NUM_SPECIAL + 10, V, s)
     assert _chi2(binned, top) < 40  # 10 dof: P(chi2 > 40) ~ 2e-5
-    hot = C.sample_tokens(lp, 0, 0, torch.arange(30_000), torch.zeros(30_000, dtype=torch.long),
+    hot = sample_tokens(lp, 0, 0, torch.arange(30_000), torch.zeros(30_000, dtype=torch.long),
                           1.1)  # power: the same draws at a 10% higher temperature
     assert _chi2(torch.where(hot >= NUM_SPECIAL + 10, V, hot), top) > 200
 
@@ -481,12 +496,12 @@ def test_unigram_samples_follow_counts():
 def test_temperature_moves_samples_away_from_the_mode():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4000, 50, generator=g) * 3
-    logp = C.aux_logprobs(logits)
+    logp = aux_logprobs(logits)
     mode = logp.argmax(-1)
     seq, pos = torch.arange(4000), torch.zeros(4000, dtype=torch.long)
     hits, surprisals = [], []
     for t in (1.0, 2.0, 4.0):
-        s = C.sample_tokens(logp, 0, 0, seq, pos, t)
+        s = sample_tokens(logp, 0, 0, seq, pos, t)
         hits.append(float((s == mode).double().mean()))
         # Mean -log p(sample) under the T = 1 distribution: at T = 1 it is the entropy.
         surprisals.append(float(-logp[torch.arange(4000), s].mean()))
@@ -525,15 +540,15 @@ def test_model_free_samplers_draw_exactly_the_dense_distribution(case):
     n, o = 60_000, NUM_SPECIAL + 3  # a frequent original: keeping it must be exact too
     original = torch.full((n,), o)
     seq, pos = torch.arange(n) // 50, torch.arange(n) % 50
-    u = C.keyed_sample_uniform(5, 1, seq, pos)
+    u = keyed_sample_uniform(5, 1, seq, pos)
     counts = _zipf_counts()
 
     def dense(t, w) -> torch.Tensor:
-        lp = C.replacement_logprobs(kind, original[:1], V, weight=w, alpha=0.35,
+        lp = replacement_logprobs(kind, original[:1], V, weight=w, alpha=0.35,
                                     unigram_counts=counts)[0]
         return (lp / t).softmax(-1).double()
 
-    s = C.sample_model_free(kind, u, original, V, torch.full((n,), t), torch.full((n,), w),
+    s = sample_model_free(kind, u, original, V, torch.full((n,), t), torch.full((n,), w),
                             0.35, counts)
     assert int((s < NUM_SPECIAL).sum()) == 0
     p = dense(t, w)
@@ -559,19 +574,19 @@ def test_model_free_samplers_are_per_row():
     n = 64
     original = NUM_SPECIAL + torch.arange(n) % 20
     seq, pos = torch.arange(n), torch.arange(n) % 7
-    u = C.keyed_sample_uniform(9, 2, seq, pos)
+    u = keyed_sample_uniform(9, 2, seq, pos)
     t = 1.0 + torch.arange(n) % 5 / 4
     w = torch.arange(n) % 3 / 2
     for kind in ("unigram", "unigram->smoothed_onehot", "smoothed_onehot",
                  "uniform->smoothed_onehot", "uniform"):
-        both = C.sample_model_free(kind, u, original, V, t, w, 0.35, counts)
-        alone = torch.cat([C.sample_model_free(kind, u[i:i + 1], original[i:i + 1], V,
+        both = sample_model_free(kind, u, original, V, t, w, 0.35, counts)
+        alone = torch.cat([sample_model_free(kind, u[i:i + 1], original[i:i + 1], V,
                                                t[i:i + 1], w[i:i + 1], 0.35, counts)
                            for i in range(n)])
         assert torch.equal(both, alone), kind
-        lp = C.replacement_logprobs(kind, original, V, weight=w, alpha=0.35,
+        lp = replacement_logprobs(kind, original, V, weight=w, alpha=0.35,
                                     unigram_counts=counts)
-        assert torch.equal(both, C.sample_tokens(lp, 9, 2, seq, pos, t)), kind
+        assert torch.equal(both, sample_tokens(lp, 9, 2, seq, pos, t)), kind
 
 
 # --- augmentations ---------------------------------------------------------------------------
@@ -588,29 +603,29 @@ def test_validation_rejects_nonsense_combinations():
            (dict(schedule="stepwise", tau=0.1), "corruption.tau")]
     for kw, key in bad:
         with pytest.raises(ConfigError, match=key):
-            C.validate_corruption(cfg(**kw))
+            validate_corruption(cfg(**kw))
     for kw in (dict(replacement="uniform"), dict(replacement="unigram->smoothed_onehot"),
                dict(augmentation="log_interp_unigram"), dict(augmentation="dropout", t0=1.3),
                dict(augmentation="drop_token", schedule="fixed"), dict(t0=5.0),
                dict(schedule="stepwise", tau=4.0)):
-        C.validate_corruption(cfg(**kw))
+        validate_corruption(cfg(**kw))
 
 
 def test_plan_maps_schedule_value_to_each_augmentation():
     T = torch.tensor([1.5, 1.3], dtype=torch.float64)
-    p = C.plan_augmentation(cfg(), T)
+    p = plan_augmentation(cfg(), T)
     assert p.temperature.tolist() == [1.5, 1.3] and p.weight.tolist() == [0, 0]
     assert p.used.tolist() == pytest.approx([1.5, 1.3])
-    p = C.plan_augmentation(cfg(augmentation="log_interp_unigram"), T)
+    p = plan_augmentation(cfg(augmentation="log_interp_unigram"), T)
     assert p.weight.tolist() == pytest.approx([0.5, 0.3]) and p.temperature.tolist() == [1, 1]
-    p = C.plan_augmentation(cfg(replacement="uniform->smoothed_onehot"), T)
+    p = plan_augmentation(cfg(replacement="uniform->smoothed_onehot"), T)
     assert p.weight.tolist() == pytest.approx([0.5, 0.3]) and p.temperature.tolist() == [1, 1]
-    p = C.plan_augmentation(cfg(augmentation="drop_token"), T)
+    p = plan_augmentation(cfg(augmentation="drop_token"), T)
     assert p.drop_token.tolist() == pytest.approx([0.5, 0.3])
-    p = C.plan_augmentation(cfg(augmentation="dropout"), T)
+    p = plan_augmentation(cfg(augmentation="dropout"), T)
     assert (p.hidden_dropout, p.attention_dropout) == (pytest.approx(0.4), 0.0)
     assert p.used.tolist() == pytest.approx([1.4, 1.4])
-    p = C.plan_augmentation(cfg(augmentation="drop_attention"), T)
+    p = plan_augmentation(cfg(augmentation="drop_attention"), T)
     assert (p.hidden_dropout, p.attention_dropout) == (0.0, pytest.approx(0.4))
 
 
@@ -636,24 +651,24 @@ def test_corrupt_batch_is_batch_and_padding_independent(aux, case):
     seq = torch.tensor([3, 1, 4, 1_000_000, 9])
     u = torch.tensor([0.0, 0.01, 0.05, 0.3, 1.0])
     counts = torch.arange(V) * 7 % 101
-    big = C.corrupt_batch(pad_to(ids, 56), pad_to(attn, 56).bool(), seq, 2, u, c, 42, aux=aux,
+    big = corrupt_batch(pad_to(ids, 56), pad_to(attn, 56).bool(), seq, 2, u, c, 42, aux=aux,
                           unigram_counts=counts)
     assert not bool(big.selected[:, 40:].any()) and not bool(big.labels[:, 40:].any())
     for b in range(5):
-        one = C.corrupt_batch(ids[b:b + 1], attn[b:b + 1], seq[b:b + 1], 2, u[b:b + 1], c, 42,
+        one = corrupt_batch(ids[b:b + 1], attn[b:b + 1], seq[b:b + 1], 2, u[b:b + 1], c, 42,
                               aux=aux, unigram_counts=counts)
         assert torch.equal(one.input_ids[0], big.input_ids[b, :40])
         assert torch.equal(one.labels[0], big.labels[b, :40])
         assert torch.equal(one.selected[0], big.selected[b, :40])
         assert torch.equal(one.temperature, big.temperature[b:b + 1])
     assert big.temperature.tolist() == pytest.approx(
-        C.schedule_value(c.schedule, u.double(), c.t0, c.tau).tolist())
+        schedule_value(c.schedule, u.double(), c.t0, c.tau).tolist())
     assert int(big.labels.sum()) > 0
 
 
 def test_corrupt_batch_labels_exactly_where_changed():
     ids, attn = make_batch(200, 64, seed=7)
-    out = C.corrupt_batch(ids, attn, torch.arange(200), 0, 1.0,
+    out = corrupt_batch(ids, attn, torch.arange(200), 0, 1.0,
                           cfg(replacement="smoothed_onehot", schedule="fixed"), 0,
                           vocab_size=V)
     sel = out.selected
@@ -673,15 +688,15 @@ def test_corrupt_batch_aux_never_samples_specials_and_is_deterministic(aux):
         saved = aux.head.bias[MASK_ID].item()
         aux.head.bias[MASK_ID] = 100.0  # the aux model now wants [MASK] everywhere
     try:
-        a = C.corrupt_batch(ids, attn, seq, 0, 0.0, cfg(), 1, aux=aux)
-        b = C.corrupt_batch(ids, attn, seq, 0, 0.0, cfg(), 1, aux=aux)
+        a = corrupt_batch(ids, attn, seq, 0, 0.0, cfg(), 1, aux=aux)
+        b = corrupt_batch(ids, attn, seq, 0, 0.0, cfg(), 1, aux=aux)
     finally:
         with torch.no_grad():
             aux.head.bias[MASK_ID] = saved
     assert bool((a.input_ids[a.selected] >= NUM_SPECIAL).all())
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
-    c = C.corrupt_batch(ids, attn, seq, 0, 0.0, cfg(), 2, aux=aux)
-    d = C.corrupt_batch(ids, attn, seq, 1, 0.0, cfg(), 1, aux=aux)
+    c = corrupt_batch(ids, attn, seq, 0, 0.0, cfg(), 2, aux=aux)
+    d = corrupt_batch(ids, attn, seq, 1, 0.0, cfg(), 1, aux=aux)
     assert not torch.equal(c.selected, a.selected) and not torch.equal(d.selected, a.selected)
 
 
@@ -690,11 +705,11 @@ def test_corrupt_batch_temperature_flattens_aux_samples(aux):
     seq = torch.arange(64)
     hits = []
     for t0 in (1.0, 3.0):  # constant schedule: T = t0 for every sample
-        out = C.corrupt_batch(ids, attn, seq, 0, 0.0, cfg(schedule="constant", t0=t0), 0,
+        out = corrupt_batch(ids, attn, seq, 0, 0.0, cfg(schedule="constant", t0=t0), 0,
                               aux=aux)
-        masked, sel = C.mask_positions(ids, seq, 0, 0, 0.15, 0.85)
+        masked, sel = mask_positions(ids, seq, 0, 0, 0.15, 0.85)
         with torch.no_grad():
-            mode = C.aux_logprobs(aux(masked, attn, positions_mask=sel)).argmax(-1)
+            mode = aux_logprobs(aux(masked, attn, positions_mask=sel)).argmax(-1)
         hits.append(float((out.input_ids[sel] == mode).double().mean()))
         assert out.temperature.tolist() == [t0] * 64
     assert hits[0] > hits[1] + 0.15
@@ -704,12 +719,12 @@ def test_corrupt_batch_log_interp_unigram_starts_at_unigram(aux):
     ids, attn = make_batch(32, 48, seed=10)
     counts = torch.zeros(V, dtype=torch.long)
     counts[[20, 30, 40]] = 10**7
-    out = C.corrupt_batch(ids, attn, torch.arange(32), 0, 0.0,
+    out = corrupt_batch(ids, attn, torch.arange(32), 0, 0.0,
                           cfg(augmentation="log_interp_unigram", schedule="constant", t0=2.0),
                           0, aux=aux, unigram_counts=counts.numpy())  # as CorpusShards gives
     got = out.input_ids[out.selected]
     assert float(torch.isin(got, torch.tensor([20, 30, 40])).double().mean()) > 0.99
-    late = C.corrupt_batch(ids, attn, torch.arange(32), 0, 1.0,
+    late = corrupt_batch(ids, attn, torch.arange(32), 0, 1.0,
                            cfg(augmentation="log_interp_unigram", schedule="polynomial",
                                tau=1.0), 0, aux=aux, unigram_counts=counts)
     assert late.temperature.tolist() == [1.0] * 32  # g = 0: the aux model alone
@@ -722,15 +737,15 @@ def test_corrupt_batch_dropout_restores_model_and_rng(aux):
     seq = torch.arange(16)
     c = cfg(augmentation="dropout", schedule="constant", t0=1.5)
     rng = torch.get_rng_state()
-    a = C.corrupt_batch(ids, attn, seq, 0, 0.0, c, 0, aux=aux)
+    a = corrupt_batch(ids, attn, seq, 0, 0.0, c, 0, aux=aux)
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG stream is untouched
     assert not aux.training
     assert (aux.encoder.dropout, aux.encoder.attention_dropout) == (AUX_CFG.dropout,
                                                                     AUX_CFG.attention_dropout)
-    b = C.corrupt_batch(ids, attn, seq, 0, 0.0, c, 0, aux=aux)
+    b = corrupt_batch(ids, attn, seq, 0, 0.0, c, 0, aux=aux)
     assert torch.equal(a.input_ids, b.input_ids)  # same batch: reproducible
     assert a.temperature.tolist() == [1.5] * 16
-    plain = C.corrupt_batch(ids, attn, seq, 0, 0.0, cfg(schedule="fixed"), 0, aux=aux)
+    plain = corrupt_batch(ids, attn, seq, 0, 0.0, cfg(schedule="fixed"), 0, aux=aux)
     assert torch.equal(plain.selected, a.selected)
     assert not torch.equal(plain.input_ids, a.input_ids)  # dropout changed the aux model
 
@@ -743,7 +758,7 @@ def test_dropout_augmentations_are_thread_safe(aux, augmentation):
 
     c = cfg(augmentation=augmentation, schedule="constant", t0=1.5)
     jobs = [make_batch(16, 48, seed=20 + i) + (torch.arange(16) + 100 * i,) for i in range(2)]
-    alone = [C.corrupt_batch(ids, attn, seq, 0, 0.0, c, 0, aux=aux).input_ids
+    alone = [corrupt_batch(ids, attn, seq, 0, 0.0, c, 0, aux=aux).input_ids
              for ids, attn, seq in jobs]
     got: dict[int, list[torch.Tensor]] = {0: [], 1: []}
     start = threading.Barrier(2)
@@ -752,7 +767,7 @@ def test_dropout_augmentations_are_thread_safe(aux, augmentation):
         start.wait()
         for _ in range(5):
             ids, attn, seq = jobs[i]
-            got[i].append(C.corrupt_batch(ids, attn, seq, 0, 0.0, c, 0, aux=aux).input_ids)
+            got[i].append(corrupt_batch(ids, attn, seq, 0, 0.0, c, 0, aux=aux).input_ids)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
     for th in threads:
@@ -761,18 +776,18 @@ def test_dropout_augmentations_are_thread_safe(aux, augmentation):
         th.join()
     for i in range(2):
         assert len(got[i]) == 5 and all(torch.equal(x, alone[i]) for x in got[i])
-    assert not torch.equal(alone[0], C.corrupt_batch(*jobs[0], 0, 0.0, cfg(schedule="fixed"),
+    assert not torch.equal(alone[0], corrupt_batch(*jobs[0], 0, 0.0, cfg(schedule="fixed"),
                                                      0, aux=aux).input_ids)
 
 
 def test_corrupt_batch_drop_token_changes_the_aux_input(aux):
     ids, attn = make_batch(16, 48, seed=14)
     seq = torch.arange(16)
-    plain = C.corrupt_batch(ids, attn, seq, 0, 0.0, cfg(schedule="fixed"), 0, aux=aux)
-    dropped = C.corrupt_batch(ids, attn, seq, 0, 0.0,
+    plain = corrupt_batch(ids, attn, seq, 0, 0.0, cfg(schedule="fixed"), 0, aux=aux)
+    dropped = corrupt_batch(ids, attn, seq, 0, 0.0,
                               cfg(augmentation="drop_token", schedule="constant", t0=1.9), 0,
                               aux=aux)
-    none = C.corrupt_batch(ids, attn, seq, 0, 0.0,
+    none = corrupt_batch(ids, attn, seq, 0, 0.0,
                            cfg(augmentation="drop_token", schedule="fixed"), 0, aux=aux)
     assert torch.equal(plain.selected, dropped.selected)
     assert torch.equal(plain.input_ids, none.input_ids)  # rate 0: exactly the plain aux
@@ -782,7 +797,7 @@ def test_corrupt_batch_drop_token_changes_the_aux_input(aux):
 
 def test_corrupt_batch_outputs_are_trainable_tensors(aux):
     ids, attn = make_batch(4, 32, seed=12)
-    out = C.corrupt_batch(ids, attn, torch.arange(4), 0, 0.5, cfg(), 0, aux=aux)
+    out = corrupt_batch(ids, attn, torch.arange(4), 0, 0.5, cfg(), 0, aux=aux)
     assert not out.input_ids.is_inference() and not out.selected.is_inference()
     emb = torch.nn.Embedding(V, 8)
     emb(out.input_ids).sum().backward()  # an inference tensor would refuse to be saved
@@ -793,16 +808,16 @@ def test_corrupt_batch_argument_errors(aux):
     ids, attn = make_batch(2, 16)
     seq = torch.arange(2)
     with pytest.raises(ValueError, match="auxiliary model"):
-        C.corrupt_batch(ids, attn, seq, 0, 0.0, cfg(), 0)
+        corrupt_batch(ids, attn, seq, 0, 0.0, cfg(), 0)
     with pytest.raises(ValueError, match="unigram"):
-        C.corrupt_batch(ids, attn, seq, 0, 0.0, cfg(replacement="unigram"), 0, vocab_size=V)
+        corrupt_batch(ids, attn, seq, 0, 0.0, cfg(replacement="unigram"), 0, vocab_size=V)
     with pytest.raises(ValueError, match="vocabulary size"):
-        C.corrupt_batch(ids, attn, seq, 0, 0.0, cfg(replacement="uniform"), 0)
+        corrupt_batch(ids, attn, seq, 0, 0.0, cfg(replacement="uniform"), 0)
     with pytest.raises(ValueError, match="agree"):
-        C.corrupt_batch(ids, attn, seq, 0, 0.0, cfg(replacement="unigram"), 0,
+        corrupt_batch(ids, attn, seq, 0, 0.0, cfg(replacement="unigram"), 0,
                         unigram_counts=torch.ones(V + 1, dtype=torch.long), aux=aux)
     with pytest.raises(ConfigError, match="corruption.augmentation"):
-        C.corrupt_batch(ids, attn, seq, 0, 0.0,
+        corrupt_batch(ids, attn, seq, 0, 0.0,
                         cfg(replacement="uniform", augmentation="dropout"), 0, vocab_size=V)
 
 
@@ -813,13 +828,13 @@ def test_cpu_and_cuda_agree(aux):
     cuda = torch.device("cuda")
     assert torch.equal(R.keyed_bits(7, 3, seq, 1, (64,)),
                        R.keyed_bits(7, 3, seq.to(cuda), 1, (64,)).cpu())
-    for a, b in zip(C.mask_positions(ids, seq, 7, 3, 0.15, 0.8, 0.1, V),
-                    C.mask_positions(ids.to(cuda), seq.to(cuda), 7, 3, 0.15, 0.8, 0.1, V)):
+    for a, b in zip(mask_positions(ids, seq, 7, 3, 0.15, 0.8, 0.1, V),
+                    mask_positions(ids.to(cuda), seq.to(cuda), 7, 3, 0.15, 0.8, 0.1, V)):
         assert torch.equal(a, b.cpu())
     c = cfg(replacement="unigram->smoothed_onehot")
     counts = torch.arange(V)
-    host = C.corrupt_batch(ids, attn, seq, 0, 0.2, c, 7, unigram_counts=counts)
-    dev = C.corrupt_batch(ids.to(cuda), attn.to(cuda), seq.to(cuda), 0, 0.2, c, 7,
+    host = corrupt_batch(ids, attn, seq, 0, 0.2, c, 7, unigram_counts=counts)
+    dev = corrupt_batch(ids.to(cuda), attn.to(cuda), seq.to(cuda), 0, 0.2, c, 7,
                           unigram_counts=counts)
     # Samples may differ only at float near-ties of log / log1p between the devices.
     assert float((host.input_ids != dev.input_ids.cpu()).double().mean()) < 1e-3
@@ -833,13 +848,13 @@ def test_sample_tokens_in_many_chunks_equals_one_chunk(monkeypatch):
     logp[:, :NUM_SPECIAL] = -math.inf
     seq, pos = torch.arange(97) * 13, torch.arange(97) % 40
     temp = torch.linspace(0.2, 3.0, 97)
-    assert C._CHUNK_ELEMENTS // V >= 97  # the default: one chunk
-    whole = C.sample_tokens(logp, 5, 1, seq, pos, temp)
+    assert S._CHUNK_ELEMENTS // V >= 97  # the default: one chunk
+    whole = sample_tokens(logp, 5, 1, seq, pos, temp)
     chunks = []
-    monkeypatch.setattr(C, "_row_chunks", lambda n, v, d, f=C._row_chunks: chunks.append(
+    monkeypatch.setattr(S, "_row_chunks", lambda n, v, d, f=S._row_chunks: chunks.append(
         list(f(n, v, d))) or iter(chunks[-1]))
-    monkeypatch.setattr(C, "_CHUNK_ELEMENTS", 3 * V + 1)  # 3 rows per chunk, the last one 1
-    split = C.sample_tokens(logp, 5, 1, seq, pos, temp)
+    monkeypatch.setattr(S, "_CHUNK_ELEMENTS", 3 * V + 1)  # 3 rows per chunk, the last one 1
+    split = sample_tokens(logp, 5, 1, seq, pos, temp)
     assert len(chunks[-1]) == 33
     assert torch.equal(split, whole)
     assert len(set(whole.tolist())) > 20  # not a degenerate draw
@@ -851,15 +866,15 @@ def test_corrupt_batch_with_aux_in_many_chunks_equals_one_chunk(aux, monkeypatch
     u = torch.linspace(0.0, 1.0, 12)
     for c in (cfg(), cfg(augmentation="log_interp_unigram")):
         counts = torch.arange(V) * 5 % 89 + 1
-        whole = C.corrupt_batch(ids, attn, seq, 1, u, c, 3, aux=aux, unigram_counts=counts)
+        whole = corrupt_batch(ids, attn, seq, 1, u, c, 3, aux=aux, unigram_counts=counts)
         n = int(whole.selected.sum())
-        assert C._CHUNK_ELEMENTS // V >= n  # the default: one chunk
+        assert S._CHUNK_ELEMENTS // V >= n  # the default: one chunk
         with monkeypatch.context() as m:
             calls = []
             m.setattr(C, "_row_chunks", lambda n, v, d, f=C._row_chunks: calls.append(
                 list(f(n, v, d))) or iter(calls[-1]))
-            m.setattr(C, "_CHUNK_ELEMENTS", 4 * V)  # 4 rows per chunk
-            split = C.corrupt_batch(ids, attn, seq, 1, u, c, 3, aux=aux, unigram_counts=counts)
+            m.setattr(S, "_CHUNK_ELEMENTS", 4 * V)  # 4 rows per chunk
+            split = corrupt_batch(ids, attn, seq, 1, u, c, 3, aux=aux, unigram_counts=counts)
         assert len(calls[0]) == -(-n // 4) > 5  # the aux head ran in many chunks
         assert torch.equal(split.input_ids, whole.input_ids)
         assert torch.equal(split.labels, whole.labels)
@@ -871,6 +886,6 @@ def test_row_chunks_are_larger_on_a_gpu_and_cover_every_row_once():
     larger or ~1,200 tiny chunks per batch make sampling launch-bound."""
     n, vocab = 10_000, 128_000
     for dev, rows in ((torch.device("cpu"), 8), (torch.device("cuda"), 131)):
-        chunks = list(C._row_chunks(n, vocab, dev))
+        chunks = list(S._row_chunks(n, vocab, dev))
         assert chunks[0] == slice(0, rows)
         assert torch.equal(torch.cat([torch.arange(n)[c] for c in chunks]), torch.arange(n))

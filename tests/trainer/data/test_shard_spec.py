@@ -17,8 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO, TINY
-from trainer.config.sections import load_config
-from trainer.data.rtd_shards import RTDShards, ShardError, open_corpus
+from trainer.config.load import load_config
+from trainer.data.corpus_shards import open_corpus
+from trainer.data.manifest import ShardError
+from trainer.data.rtd_shards import RTDShards
 from trainer.errors import UserError
 from trainer.modes.rtd import open_rtd
 from trainer.tokenizer import NUM_SPECIAL

@@ -13,17 +13,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from trainer.data.rtd_shards import (
-    RTD_SCHEMA_VERSION,
-    CorpusShards,
-    RTDBatch,
-    RTDShards,
-    ShardError,
-    encode_rtd_rows,
-    epoch_dir,
-    rtd_part_name,
-    token_dtype,
-)
+from trainer.data.corpus_shards import CorpusShards
+from trainer.data.manifest import RTD_SCHEMA_VERSION, ShardError
+from trainer.data.rtd_format import RTDBatch, encode_rtd_rows, epoch_dir, rtd_part_name, token_dtype
+from trainer.data.rtd_shards import RTDShards
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from trainer.model.encoder import Encoder, EncoderConfig
+from trainer.model.encoder import Encoder
+from trainer.model.encoder_config import EncoderConfig
 from trainer.tokenizer import NUM_SPECIAL
 
 POST = EncoderConfig(vocab_size=60, num_layers=4, hidden_size=64, num_heads=4, ffn_size=256,

@@ -7,18 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.config.sections import ConfigError, build_config
-from trainer.model.encoder import (
-    Discriminator,
-    DropoutPlan,
-    Encoder,
-    EncoderConfig,
-    MLMModel,
-    count_parameters,
-    relative_bias_prior,
-    relative_position_bucket,
-    weight_decay_groups,
-)
+from trainer.config.load import build_config
+from trainer.config.sections import ConfigError
+from trainer.model.dropout import DropoutPlan
+from trainer.model.encoder import Encoder
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import Discriminator, MLMModel
+from trainer.model.params import count_parameters, weight_decay_groups
+from trainer.model.positions import relative_bias_prior, relative_position_bucket
 from trainer.tokenizer import MASK_ID, NUM_SPECIAL, PAD_ID
 
 TINY = EncoderConfig(vocab_size=60, num_layers=2, hidden_size=32, num_heads=4, ffn_size=64,
@@ -432,7 +428,7 @@ def test_fresh_discriminator_starts_at_the_constant_guess(name):
 def test_fresh_mlm_starts_at_the_unigram_baseline():
     """MLMHead.init_unigram_: a fresh model's cross-entropy on tokens drawn from the unigram
     is the unigram entropy (the baseline an aux must beat), not log V."""
-    from trainer.corruption.corrupt import unigram_logprobs
+    from trainer.corruption.distributions import unigram_logprobs
 
     cfg = dataclasses.replace(TINY, dropout=0.0, attention_dropout=0.0)
     g = torch.Generator().manual_seed(0)

@@ -12,7 +12,7 @@ import torch
 from tests.conftest import TINY
 from tests.trainer.test_train import SMALL
 from trainer import checkpoint
-from trainer.config.sections import load_config, to_dict
+from trainer.config.load import load_config, to_dict
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.modes.early_exit import EarlyExitModel, EarlyExitTask, exit_layers

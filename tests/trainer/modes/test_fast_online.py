@@ -13,7 +13,7 @@ import torch
 
 from tests.helpers import SMALL, TINY, run_train, train_argv
 from tests.trainer.modes.test_rtd import metrics
-from trainer.config.sections import load_config
+from trainer.config.load import load_config
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.modes.fast_online import FastOnlineTask

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.helpers import SMALL, TINY
-from trainer.config.sections import load_config
+from trainer.config.load import load_config
 from trainer.distributed import Dist
 from trainer.modes.joint import GDESEmbedding, JointTask
 from trainer.optim import build_optimizer
@@ -169,7 +169,7 @@ def test_joint_models_start_at_their_priors(prepared):
     log-odds of what such a generator replaces (trainer.tasks.expected_replaced_fraction)."""
     import math
 
-    from trainer.corruption.corrupt import unigram_logprobs
+    from trainer.corruption.distributions import unigram_logprobs
     from trainer.modes.base import expected_replaced_fraction
 
     corpus_dir, _, _ = prepared

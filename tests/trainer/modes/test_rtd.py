@@ -15,8 +15,8 @@ from tests import conftest
 from tests.helpers import SMALL, TINY, run_train, strip_timing, train_argv
 from tests.helpers import metrics as all_metrics
 from trainer import checkpoint
-from trainer.config.sections import load_config
-from trainer.data.rtd_shards import ShardError
+from trainer.config.load import load_config
+from trainer.data.manifest import ShardError
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.modes.rtd import RTDTask

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config.sections import build_config, load_config
-from trainer.model.encoder import EncoderConfig, count_parameters
+from trainer.config.load import build_config, load_config
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.params import count_parameters
 from trainer.tools.cost import estimate, forward_flops, main
 
 # S = seq_len, D = hidden, V = vocab, F = ffn, h = heads, L = main layers, La = aux layers

@@ -15,10 +15,12 @@ from tests.helpers import train_argv
 from tests.reference_metrics import disagreeing, mlm_reference, rtd_reference
 from tests.trainer.test_pretrained import save
 from trainer import checkpoint
-from trainer.config.sections import load_config
-from trainer.data.rtd_shards import CorpusShards, RTDShards
+from trainer.config.load import load_config
+from trainer.data.corpus_shards import CorpusShards
+from trainer.data.rtd_shards import RTDShards
 from trainer.distributed import Dist
-from trainer.model.encoder import Discriminator, EncoderConfig
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import Discriminator
 from trainer.modes.joint import JointModel
 from trainer.modes.mlm import MLMTask
 from trainer.modes.rtd import collate

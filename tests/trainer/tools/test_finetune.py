@@ -18,10 +18,13 @@ import torch
 from tests.conftest import REPO, TINY
 from tests.trainer.test_train import SMALL
 from trainer import checkpoint
-from trainer.config.sections import ConfigError, load_config, to_dict
-from trainer.data.rtd_shards import TOKENIZER_FILE
+from trainer.config.load import load_config, to_dict
+from trainer.config.sections import ConfigError
+from trainer.data.manifest import TOKENIZER_FILE
 from trainer.errors import UserError
-from trainer.model.encoder import Discriminator, Encoder, EncoderConfig
+from trainer.model.encoder import Encoder
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import Discriminator
 from trainer.tokenizer import CLS_ID, SEP_ID, load_tokenizer
 from trainer.tools.finetune.config import FinetuneConfig, TaskConfig, load_finetune_config
 from trainer.tools.finetune.data import (

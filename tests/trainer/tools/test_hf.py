@@ -14,9 +14,10 @@ import torch
 from tests.conftest import TINY
 from tests.trainer.test_train import SMALL
 from trainer import checkpoint
-from trainer.config.sections import load_config, to_dict
+from trainer.config.load import load_config, to_dict
 from trainer.errors import UserError
-from trainer.model.encoder import Discriminator, EncoderConfig, MLMModel
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import Discriminator, MLMModel
 from trainer.modes.joint import JointModel
 from trainer.pretrained import load_generator
 from trainer.tools.hf.cli import main, run

@@ -25,15 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from trainer.config.sections import (
-    ConfigError,
-    apply_overrides,
-    check,
-    coerce,
-    read_toml,
-    toml_value,
-)
-from trainer.config.sections import describe as describe_sections
+from trainer.config.load import apply_overrides, coerce, read_toml, toml_value
+from trainer.config.load import describe as describe_sections
+from trainer.config.sections import ConfigError, check
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
 REGRESSION_METRICS = ("pearson", "spearman")

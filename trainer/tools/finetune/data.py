@@ -284,7 +284,7 @@ def corpus_texts(corpus_dir: str) -> dict[str, list[tuple[int, list[str], int]]]
     half) per split: every document goes wholly to train or to dev (doc_id % 5 == 0: dev), so
     dev texts are unseen in fine-tuning. continuation_task pairs the halves; order_task joins
     them."""
-    from trainer.data.rtd_shards import CorpusShards
+    from trainer.data.corpus_shards import CorpusShards
     from trainer.tokenizer import load_tokenizer
 
     corpus = CorpusShards(corpus_dir)

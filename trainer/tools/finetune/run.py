@@ -47,11 +47,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainer.cli import main_guard
-from trainer.config.sections import to_toml
-from trainer.data.rtd_shards import TOKENIZER_FILE
+from trainer.config.load import to_toml
+from trainer.data.manifest import TOKENIZER_FILE
 from trainer.distributed import pick_device
 from trainer.errors import UserError
-from trainer.model.encoder import INIT_STD, Encoder, EncoderConfig, weight_decay_groups
+from trainer.model.encoder import INIT_STD, Encoder
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.params import weight_decay_groups
 from trainer.optim import lr_factor
 from trainer.pretrained import (
     DISCRIMINATOR_KINDS,

@@ -32,9 +32,10 @@ import shutil
 
 import torch
 
-from trainer.config.sections import RunConfig
+from trainer.config.run import RunConfig
 from trainer.errors import UserError
-from trainer.model.encoder import Encoder, EncoderConfig
+from trainer.model.encoder import Encoder
+from trainer.model.encoder_config import EncoderConfig
 from trainer.pretrained import (
     DISCRIMINATOR_KINDS,
     GENERATOR_KINDS,

@@ -47,9 +47,11 @@ import os
 import torch
 
 from trainer import checkpoint
-from trainer.config.sections import RunConfig, build_config, load_config, to_dict, to_toml
+from trainer.config.load import build_config, load_config, to_dict, to_toml
+from trainer.config.run import RunConfig
 from trainer.errors import UserError
-from trainer.model.encoder import EncoderConfig, MLMModel
+from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import MLMModel
 from trainer.tokenizer import NUM_SPECIAL, SPECIAL_IDS, load_tokenizer
 from trainer.tools.hf.common import require_transformers
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from trainer.data.loader import CorpusTokens, TrainOrder
-from trainer.data.rtd_shards import CorpusShards, ShardError
+from trainer.data.corpus_shards import CorpusShards
+from trainer.data.corpus_tokens import CorpusTokens, TrainOrder
+from trainer.data.manifest import ShardError
 from trainer.tokenizer import PAD_ID
 
 
@@ -121,8 +122,8 @@ def test_two_processes_building_the_cache_at_once(prepared, tmp_path):
     go = tmp_path / "go"
     script = (
         "import os, sys, time, numpy as np\n"
-        "from trainer.data import CorpusTokens\n"
-        "from trainer.shards import CorpusShards\n"
+        "from trainer.data.corpus_tokens import CorpusTokens\n"
+        "from trainer.data.corpus_shards import CorpusShards\n"
         f"shards = CorpusShards({str(corpus_dir)!r})\n"
         f"while not os.path.exists({str(go)!r}): time.sleep(0.001)\n"
         f"t = CorpusTokens(shards, {str(tmp_path / 'cache')!r})\n"
@@ -152,7 +153,7 @@ def test_an_unusable_cache_dir_is_named(prepared, tmp_path):
 def test_prefetcher_keeps_order_and_raises_the_workers_error():
     import torch
 
-    from trainer.data.loader import Prefetcher
+    from trainer.data.prefetch import Prefetcher
 
     made = lambda step, micro: {"x": torch.tensor([step, micro])}  # noqa: E731
     p = Prefetcher(made, 3, 6, accum=2, depth=2)

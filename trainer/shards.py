@@ -1,0 +1,11 @@
+"""The shard-reading API DESIGN.md promises notebooks and checks:
+
+    from trainer.shards import CorpusShards, RTDShards
+
+The readers live in trainer/data/ (corpus_shards.py, rtd_shards.py); code imports them there.
+"""
+
+from trainer.data.corpus_shards import CorpusShards
+from trainer.data.rtd_shards import RTDShards
+
+__all__ = ["CorpusShards", "RTDShards"]
