@@ -15,7 +15,7 @@ from tests.reference_metrics import disagreeing, rtd_reference
 from trainer.modes.joint import joint_metrics
 from trainer.modes.rtd import ordinary_mask, rtd_counts, rtd_metrics
 from trainer.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
-from trainer.tools.evaluate import RTDAccumulator
+from trainer.tools.eval_metrics import RTDAccumulator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

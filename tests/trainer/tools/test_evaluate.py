@@ -25,7 +25,8 @@ from trainer.modes.joint import JointModel
 from trainer.modes.mlm import MLMTask
 from trainer.modes.rtd import collate
 from trainer.pretrained import load_discriminator, load_generator
-from trainer.tools.evaluate import AUCCounts, logit_keys, main, pairwise_auc
+from trainer.tools.eval_metrics import AUCCounts, logit_keys, pairwise_auc
+from trainer.tools.evaluate import main
 from trainer.train import main as train_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

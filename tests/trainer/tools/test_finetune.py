@@ -27,28 +27,12 @@ from trainer.model.encoder_config import EncoderConfig
 from trainer.model.heads import Discriminator
 from trainer.tokenizer import CLS_ID, SEP_ID, load_tokenizer
 from trainer.tools.finetune.config import FinetuneConfig, TaskConfig, load_finetune_config
-from trainer.tools.finetune.data import (
-    continuation_task,
-    corpus_texts,
-    encode,
-    label_names_from,
-    order_task,
-    pack,
-    read_rows,
-    truncate_pair,
-)
-from trainer.tools.finetune.run import (
-    FinetuneModel,
-    average_ranks,
-    f1,
-    main,
-    mcc,
-    open_pretrained,
-    param_groups,
-    pearson,
-    run,
-    spearman,
-)
+from trainer.tools.finetune.data import encode, label_names_from, pack, read_rows, truncate_pair
+from trainer.tools.finetune.demo_tasks import continuation_task, corpus_texts, order_task
+from trainer.tools.finetune.inputs import open_pretrained
+from trainer.tools.finetune.metrics import average_ranks, f1, mcc, pearson, spearman
+from trainer.tools.finetune.model import FinetuneModel, param_groups
+from trainer.tools.finetune.run import main, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -32,49 +32,41 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
-import sentencepiece as spm
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from trainer.cli import main_guard
 from trainer.config.load import to_toml
-from trainer.data.manifest import TOKENIZER_FILE
 from trainer.distributed import pick_device
 from trainer.errors import UserError
-from trainer.model.encoder import INIT_STD, Encoder
-from trainer.model.encoder_config import EncoderConfig
-from trainer.model.params import weight_decay_groups
+from trainer.model.encoder import Encoder
 from trainer.optim import lr_factor
-from trainer.pretrained import (
-    DISCRIMINATOR_KINDS,
-    checkpoint_config,
-    discriminator_config,
-    load_discriminator,
-    read_meta,
-    resolve_checkpoint,
-)
-from trainer.tokenizer import load_tokenizer
 from trainer.tools.finetune.config import (
     FinetuneConfig,
     FinetuneSpec,
-    TaskConfig,
     describe,
     grid_points,
     load_finetune_config,
     point_name,
     to_dict,
 )
-from trainer.tools.finetune.data import EncodedData, encode, label_names_from, read_rows
+from trainer.tools.finetune.data import EncodedData
+from trainer.tools.finetune.inputs import (
+    Pretrained,
+    TaskData,
+    TaskFiles,
+    effective_max_seq_len,
+    open_pretrained,
+)
+from trainer.tools.finetune.metrics import score
+from trainer.tools.finetune.model import FinetuneModel, build_optimizer
 from trainer.train import autocast_context
 
 RESULTS = "results.json"
@@ -87,239 +79,6 @@ def write_atomic(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics (numpy; all higher-is-better)
-# ---------------------------------------------------------------------------------------------
-
-def confusion(pred: np.ndarray, gold: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, C) counts, rows = gold class, columns = predicted class."""
-    return np.bincount(gold * num_classes + pred, minlength=num_classes ** 2).reshape(
-        num_classes, num_classes).astype(np.float64)
-
-
-def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
-    return float(np.mean(pred == gold))
-
-
-def f1(pred: np.ndarray, gold: np.ndarray, num_classes: int) -> float:
-    """Binary: F1 of class 1. Multi-class: the unweighted mean of the per-class F1 (macro).
-    A class never predicted and never present scores 0, as in scikit-learn."""
-    c = confusion(pred, gold, num_classes)
-    tp = np.diag(c)
-    denom = c.sum(0) + c.sum(1)  # 2 tp + fp + fn
-    per_class = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(per_class[1] if num_classes == 2 else per_class.mean())
-
-
-def mcc(pred: np.ndarray, gold: np.ndarray, num_classes: int) -> float:
-    """Matthews correlation (Gorodkin's multi-class R_K; the usual MCC for two classes);
-    0 when every prediction or every gold label is one class."""
-    c = confusion(pred, gold, num_classes)
-    s, correct = c.sum(), np.trace(c)
-    p, t = c.sum(0), c.sum(1)  # predicted / true counts per class
-    denom = math.sqrt((s * s - p @ p) * (s * s - t @ t))
-    return float((correct * s - p @ t) / denom) if denom > 0 else 0.0
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = x.astype(np.float64) - x.mean(), y.astype(np.float64) - y.mean()
-    denom = math.sqrt((x @ x) * (y @ y))
-    return float(x @ y / denom) if denom > 0 else 0.0
-
-
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks; tied values share the mean of the ranks they span."""
-    order = np.argsort(x, kind="stable")
-    sorted_x = x[order]
-    # Start index of each run of equal values, and each element's run.
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    run_of = np.cumsum(np.r_[True, sorted_x[1:] != sorted_x[:-1]]) - 1
-    ends = np.r_[starts[1:], len(x)]
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = ((starts + 1 + ends) / 2.0)[run_of]  # mean of ranks start+1 .. end
-    return ranks
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    return pearson(average_ranks(x), average_ranks(y))
-
-
-def score(task: TaskConfig, pred: np.ndarray, gold: np.ndarray, num_classes: int
-          ) -> dict[str, float]:
-    if task.type == "regression":
-        return {"pearson": pearson(pred, gold), "spearman": spearman(pred, gold)}
-    return {"accuracy": accuracy(pred, gold), "f1": f1(pred, gold, num_classes),
-            "mcc": mcc(pred, gold, num_classes)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------------------
-
-class ClassificationHead(nn.Module):
-    """On the [CLS] state: dropout, dense, activation, dropout, out_proj (ELECTRA)."""
-
-    def __init__(self, hidden_size: int, num_outputs: int, dropout: float, activation: str):
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.out_proj = nn.Linear(hidden_size, num_outputs)
-        self.dropout = dropout
-        self.activation = torch.tanh if activation == "tanh" else F.gelu
-        for layer in (self.dense, self.out_proj):
-            nn.init.normal_(layer.weight, std=INIT_STD)
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, cls: torch.Tensor) -> torch.Tensor:
-        x = F.dropout(cls, self.dropout, self.training)  # (B, H)
-        x = F.dropout(self.activation(self.dense(x)), self.dropout, self.training)
-        return self.out_proj(x)  # (B, C)
-
-
-class FinetuneModel(nn.Module):
-    """Encoder + ClassificationHead: (B, C) logits, or (B, 1) predictions for regression."""
-
-    def __init__(self, encoder: Encoder, num_outputs: int, ft: FinetuneConfig):
-        super().__init__()
-        self.encoder = encoder
-        self.encoder.set_dropout(ft.dropout, ft.attention_dropout)
-        self.head = ClassificationHead(encoder.cfg.hidden_size, num_outputs, ft.dropout,
-                                       ft.head_activation)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids, attention_mask)  # (B, T, H)
-        return self.head(hidden[:, 0])  # [CLS] -> (B, C)
-
-
-def layer_depth(name: str, num_layers: int) -> int:
-    """ELECTRA's depth of a parameter: embeddings 0, block k k+1, head num_layers + 2. The
-    relative position table, shared by all blocks and read with the inputs, counts as an
-    embedding; a pre-LN final LayerNorm belongs to the top block."""
-    if name.startswith("head."):
-        return num_layers + 2
-    if name.startswith("encoder.blocks."):
-        return int(name.split(".")[2]) + 1
-    if name.startswith("encoder.final_ln."):
-        return num_layers
-    return 0
-
-
-def param_groups(model: FinetuneModel, ft: FinetuneConfig) -> list[dict]:
-    """One group per (depth, decayed or not), lr = ft.lr * layer_decay^(L + 2 - depth), as in
-    ELECTRA's _get_layer_lrs (so the top block gets lr * d^2 and the embeddings
-    lr * d^(L+2)); which parameters are decayed is trainer.model.weight_decay_groups' rule."""
-    decayed = {id(p) for p in weight_decay_groups(model, ft.weight_decay)[0]["params"]}
-    L = model.encoder.cfg.num_layers
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        depth, decay = layer_depth(name, L), id(p) in decayed
-        group = groups.setdefault((depth, decay), {
-            "params": [], "names": [], "depth": depth,
-            "lr": ft.lr * ft.layer_decay ** (L + 2 - depth),
-            "weight_decay": ft.weight_decay if decay else 0.0})
-        group["params"].append(p)
-        group["names"].append(name)
-    return [groups[k] for k in sorted(groups)]
-
-
-def build_optimizer(model: FinetuneModel, ft: FinetuneConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, ft)
-    betas = (ft.adam_beta1, ft.adam_beta2)
-    if ft.optimizer == "adamax":
-        return torch.optim.Adamax(groups, lr=ft.lr, betas=betas, eps=ft.adam_eps)
-    return torch.optim.AdamW(groups, lr=ft.lr, betas=betas, eps=ft.adam_eps)
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs shared by every run of one invocation
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Pretrained:
-    """The checkpoint's encoder (None with --from-scratch), its config and tokenizer."""
-
-    path: str
-    encoder_cfg: EncoderConfig
-    encoder: Encoder | None
-    tokenizer_path: str
-    sp: spm.SentencePieceProcessor
-
-
-def open_pretrained(checkpoint: str, tokenizer: str | None, from_scratch: bool) -> Pretrained:
-    path = resolve_checkpoint(checkpoint)
-    meta = read_meta(path, "discriminator", DISCRIMINATOR_KINDS)
-    run_cfg = checkpoint_config(meta)
-    if tokenizer is None:
-        tokenizer = os.path.join(run_cfg.data.corpus_dir, TOKENIZER_FILE)
-        if not os.path.isfile(tokenizer):
-            raise UserError(f"the checkpoint's corpus tokenizer {tokenizer} does not exist (its "
-                            f"data.corpus_dir is {run_cfg.data.corpus_dir!r}, relative to where "
-                            "it was trained); pass --tokenizer PATH to the corpus's "
-                            "tokenizer.model")
-    sp = load_tokenizer(tokenizer)
-    enc_cfg = discriminator_config(meta)
-    if sp.get_piece_size() != enc_cfg.vocab_size:
-        raise UserError(f"tokenizer {tokenizer} has {sp.get_piece_size()} pieces but the "
-                        f"checkpoint's model has a vocabulary of {enc_cfg.vocab_size}; give the "
-                        "tokenizer of the corpus the checkpoint was trained on (--tokenizer)")
-    encoder = None if from_scratch else load_discriminator(path).encoder
-    return Pretrained(path, enc_cfg, encoder, tokenizer, sp)
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@dataclass
-class TaskData:
-    label_names: list[str]
-    train: EncodedData
-    dev: EncodedData
-    test: EncodedData | None
-    fingerprint: dict
-    """Absolute path and sha256 of every file: what makes a finished run the same run."""
-
-
-class TaskFiles:
-    """The train/dev/test rows, read once, tokenized once per max_seq_len."""
-
-    def __init__(self, task: TaskConfig, train: str, dev: str, test: str | None):
-        self.task = task
-        self.rows = {"train": read_rows(train, task), "dev": read_rows(dev, task)}
-        if test:
-            self.rows["test"] = read_rows(test, task, require_label=False)
-        self.label_names = label_names_from(self.rows["train"], task)
-        self.fingerprint = {name: {"path": os.path.abspath(p), "sha256": sha256_file(p)}
-                            for name, p in (("train", train), ("dev", dev), ("test", test)) if p}
-        self._encoded: dict[int, TaskData] = {}
-
-    def encoded(self, sp: spm.SentencePieceProcessor, max_seq_len: int) -> TaskData:
-        if max_seq_len not in self._encoded:
-            splits = {name: encode(rows, self.task, self.label_names, sp, max_seq_len,
-                                   labelled=name != "test")
-                      for name, rows in self.rows.items()}
-            for name, data in splits.items():
-                if data.truncated:
-                    print(f"finetune: {data.truncated} of {len(data)} {name} examples truncated "
-                          f"to {max_seq_len} tokens", flush=True)
-            self._encoded[max_seq_len] = TaskData(self.label_names, splits["train"],
-                                                  splits["dev"], splits.get("test"),
-                                                  self.fingerprint)
-        return self._encoded[max_seq_len]
-
-
-def effective_max_seq_len(ft: FinetuneConfig, enc_cfg: EncoderConfig) -> int:
-    if ft.max_seq_len > enc_cfg.max_seq_len:
-        raise UserError(f"finetune.max_seq_len = {ft.max_seq_len} exceeds the checkpoint's "
-                        f"data.max_seq_len = {enc_cfg.max_seq_len}; set it to at most that (or 0)")
-    return ft.max_seq_len or enc_cfg.max_seq_len
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""What every run of one ``python -m trainer.finetune`` invocation shares: the pre-trained
+encoder and its tokenizer (Pretrained), and the task's files read and encoded once (TaskFiles,
+TaskData), with their sha256 so a finished run is recognised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import sentencepiece as spm
+
+from trainer.data.manifest import TOKENIZER_FILE
+from trainer.errors import UserError
+from trainer.model.encoder import Encoder
+from trainer.model.encoder_config import EncoderConfig
+from trainer.pretrained import (
+    DISCRIMINATOR_KINDS,
+    checkpoint_config,
+    discriminator_config,
+    load_discriminator,
+    read_meta,
+    resolve_checkpoint,
+)
+from trainer.tokenizer import load_tokenizer
+from trainer.tools.finetune.config import (
+    FinetuneConfig,
+    TaskConfig,
+)
+from trainer.tools.finetune.data import EncodedData, encode, label_names_from, read_rows
+
+
+@dataclass
+class Pretrained:
+    """The checkpoint's encoder (None with --from-scratch), its config and tokenizer."""
+
+    path: str
+    encoder_cfg: EncoderConfig
+    encoder: Encoder | None
+    tokenizer_path: str
+    sp: spm.SentencePieceProcessor
+
+
+def open_pretrained(checkpoint: str, tokenizer: str | None, from_scratch: bool) -> Pretrained:
+    path = resolve_checkpoint(checkpoint)
+    meta = read_meta(path, "discriminator", DISCRIMINATOR_KINDS)
+    run_cfg = checkpoint_config(meta)
+    if tokenizer is None:
+        tokenizer = os.path.join(run_cfg.data.corpus_dir, TOKENIZER_FILE)
+        if not os.path.isfile(tokenizer):
+            raise UserError(f"the checkpoint's corpus tokenizer {tokenizer} does not exist (its "
+                            f"data.corpus_dir is {run_cfg.data.corpus_dir!r}, relative to where "
+                            "it was trained); pass --tokenizer PATH to the corpus's "
+                            "tokenizer.model")
+    sp = load_tokenizer(tokenizer)
+    enc_cfg = discriminator_config(meta)
+    if sp.get_piece_size() != enc_cfg.vocab_size:
+        raise UserError(f"tokenizer {tokenizer} has {sp.get_piece_size()} pieces but the "
+                        f"checkpoint's model has a vocabulary of {enc_cfg.vocab_size}; give the "
+                        "tokenizer of the corpus the checkpoint was trained on (--tokenizer)")
+    encoder = None if from_scratch else load_discriminator(path).encoder
+    return Pretrained(path, enc_cfg, encoder, tokenizer, sp)
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class TaskData:
+    label_names: list[str]
+    train: EncodedData
+    dev: EncodedData
+    test: EncodedData | None
+    fingerprint: dict
+    """Absolute path and sha256 of every file: what makes a finished run the same run."""
+
+
+class TaskFiles:
+    """The train/dev/test rows, read once, tokenized once per max_seq_len."""
+
+    def __init__(self, task: TaskConfig, train: str, dev: str, test: str | None):
+        self.task = task
+        self.rows = {"train": read_rows(train, task), "dev": read_rows(dev, task)}
+        if test:
+            self.rows["test"] = read_rows(test, task, require_label=False)
+        self.label_names = label_names_from(self.rows["train"], task)
+        self.fingerprint = {name: {"path": os.path.abspath(p), "sha256": sha256_file(p)}
+                            for name, p in (("train", train), ("dev", dev), ("test", test)) if p}
+        self._encoded: dict[int, TaskData] = {}
+
+    def encoded(self, sp: spm.SentencePieceProcessor, max_seq_len: int) -> TaskData:
+        if max_seq_len not in self._encoded:
+            splits = {name: encode(rows, self.task, self.label_names, sp, max_seq_len,
+                                   labelled=name != "test")
+                      for name, rows in self.rows.items()}
+            for name, data in splits.items():
+                if data.truncated:
+                    print(f"finetune: {data.truncated} of {len(data)} {name} examples truncated "
+                          f"to {max_seq_len} tokens", flush=True)
+            self._encoded[max_seq_len] = TaskData(self.label_names, splits["train"],
+                                                  splits["dev"], splits.get("test"),
+                                                  self.fingerprint)
+        return self._encoded[max_seq_len]
+
+
+def effective_max_seq_len(ft: FinetuneConfig, enc_cfg: EncoderConfig) -> int:
+    if ft.max_seq_len > enc_cfg.max_seq_len:
+        raise UserError(f"finetune.max_seq_len = {ft.max_seq_len} exceeds the checkpoint's "
+                        f"data.max_seq_len = {enc_cfg.max_seq_len}; set it to at most that (or 0)")
+    return ft.max_seq_len or enc_cfg.max_seq_len
