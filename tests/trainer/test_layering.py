@@ -1,19 +1,185 @@
-"""DESIGN.md's dependency rule: a training node needs no Beam."""
+"""The import graph of pipeline/ and trainer/: DESIGN.md's dependency rule (a training node needs
+no Beam), no import cycles, and the map in trainer/__init__.py's docstring (what each room may
+import). The graph comes from the source (ast): module-level and function-level imports alike,
+so an import hidden in a function to dodge a cycle still counts as one."""
 
 from __future__ import annotations
 
+import ast
 import pkgutil
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import trainer
 from tests.conftest import REPO
 
 
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """module -> every module or top-level name it imports, anywhere in its source.
+    ``from a import b`` is an edge to a.b when that is a module of ours, else to a."""
+    files = {module_name(root, p): p for pkg in packages for p in (root / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        out = graph.setdefault(mod, set())
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolved against this module's package
+                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                for a in node.names:
+                    out.add(f"{base}.{a.name}" if f"{base}.{a.name}" in files else base)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), sorted: every
+    import cycle lies in one of them."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in graph or w == v:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def parse_map(doc: str) -> dict[str, set[str] | None]:
+    """trainer/__init__.py's 'room <- rooms it may import' lines -> {room: allowed}, None for
+    ``(any)``."""
+    allowed: dict[str, set[str] | None] = {}
+    for line in doc.splitlines():
+        m = re.fullmatch(r"\s+([\w ]+?)\s+<-\s+(.+)", line)
+        if not m:
+            continue
+        right = m.group(2).strip()
+        targets = None if right == "(any)" else set() if right == "(nothing)" else set(
+            right.split())
+        for room in m.group(1).split():
+            allowed[room] = targets
+    return allowed
+
+
+def room(module: str) -> str | None:
+    """trainer.model.heads -> model, trainer.train -> train; None outside trainer's rooms."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "trainer" and len(parts) > 1 else None
+
+
+def map_violations(graph: dict[str, set[str]], allowed: dict[str, set[str] | None]
+                   ) -> list[str]:
+    out = []
+    for mod, targets in sorted(graph.items()):
+        here = room(mod)
+        if here is None:
+            continue
+        if here not in allowed:
+            out.append(f"{mod}: room {here!r} is not in trainer/__init__.py's map")
+            continue
+        for target in sorted(targets):
+            there = room(target)
+            if there is None or there == here or allowed[here] is None:
+                continue
+            if there not in allowed[here]:
+                out.append(f"{mod} imports {target}: {here} may import only "
+                           f"{' '.join(sorted(allowed[here])) or 'nothing'}")
+    return out
+
+
+def repo_graph() -> dict[str, set[str]]:
+    return import_graph(Path(REPO), ("trainer", "pipeline"))
+
+
+def test_no_import_cycles():
+    assert cycles(repo_graph()) == []
+
+
+def test_the_cycle_check_sees_function_level_imports(tmp_path):
+    """Negative control: the two cycles the restructure removed, as they were (a registry that
+    imports the modes inside a function, modes that import the registry at the top; a
+    relative import), are found."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "tasks.py").write_text("def build():\n    from pkg.joint import JointTask\n")
+    (pkg / "joint.py").write_text("from pkg.tasks import build\n")
+    (pkg / "hf.py").write_text("def run():\n    from . import hf_export\n")
+    (pkg / "hf_export.py").write_text("from .hf import run\n")
+    (pkg / "alone.py").write_text("import pkg.tasks\n")
+    graph = import_graph(tmp_path, ("pkg",))
+    assert cycles(graph) == [["pkg.hf", "pkg.hf_export"], ["pkg.joint", "pkg.tasks"]]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set()}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b", "os"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_trainer_never_imports_pipeline_or_beam_in_its_source():
+    """Also the imports of code paths no test runs (the runtime check below sees only what
+    importing the modules executes)."""
+    bad = sorted(f"{mod} imports {target}" for mod, targets in repo_graph().items()
+                 if mod.startswith("trainer") for target in targets
+                 if target.split(".")[0] in ("pipeline", "apache_beam"))
+    assert bad == []
+
+
 def test_trainer_never_imports_beam():
-    modules = [f"trainer.{m.name}" for m in pkgutil.iter_modules(trainer.__path__)]
+    modules = [m.name for m in pkgutil.walk_packages(trainer.__path__, "trainer.")]
+    assert "trainer.model.encoder" in modules  # the subpackages' modules are walked too
     code = ("import importlib, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             "bad = sorted(m for m in sys.modules if m.startswith(('apache_beam', 'pipeline')))\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_every_import_keeps_to_the_map():
+    allowed = parse_map(trainer.__doc__)
+    assert {"model", "corruption", "data", "modes", "tools", "train"} <= set(allowed)
+    assert map_violations(repo_graph(), allowed) == []
+
+
+def test_the_map_check_has_power():
+    """Negative control: the model importing a training mode, and a module in a room the map
+    does not list, are reported."""
+    allowed = parse_map(trainer.__doc__)
+    graph = {"trainer.model.heads": {"trainer.modes.rtd", "torch", "trainer.model.encoder"},
+             "trainer.newroom.x": {"trainer.errors"},
+             "trainer.tools.evaluate": {"trainer.train"}}
+    assert map_violations(graph, allowed) == [
+        "trainer.model.heads imports trainer.modes.rtd: model may import only config tokenizer",
+        "trainer.newroom.x: room 'newroom' is not in trainer/__init__.py's map"]
