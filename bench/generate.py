@@ -53,13 +53,8 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.generate import (  # noqa: E402
-    AssignPositionsFn,
-    Corrupter,
-    index_part,
-    run,
-    write_part,
-)
+from pipeline.corrupt_write import Corrupter, write_part  # noqa: E402
+from pipeline.generate import AssignPositionsFn, index_part, run  # noqa: E402
 from pipeline.generate_fns import Layout  # noqa: E402
 from trainer.config.load import load_config  # noqa: E402
 from trainer.corruption.corrupt import corrupt_batch  # noqa: E402

@@ -655,7 +655,7 @@ def rtd_mfu(fx: Fixtures):
 
 
 def aux_tokens_per_s(fx: Fixtures):
-    from pipeline.generate import Corrupter
+    from pipeline.corrupt_write import Corrupter
     from pipeline.generate_fns import Layout
     from trainer.config.load import load_config
     from trainer.model.encoder_config import EncoderConfig

@@ -41,19 +41,15 @@ shard encoding is documented in ``trainer/shards.py``.
 from __future__ import annotations
 
 import io
-import sys
 from importlib.metadata import version
 
 import apache_beam as beam
-import numpy as np
 import pyarrow.parquet as pq
-from apache_beam.ml.inference.base import ModelHandler, RunInference
+from apache_beam.ml.inference.base import RunInference
 
 from pipeline.beam_util import (
     exists,
     join,
-    open_atomic,
-    pipeline_options,
     read_bytes,
     runs_locally,
     sha256_hex,
@@ -61,17 +57,17 @@ from pipeline.beam_util import (
     write_json_atomic,
 )
 from pipeline.corpus_parts import ZSTD_LEVEL
+from pipeline.corrupt_write import CorruptionHandler
 from pipeline.generate_fns import (
     GenerateError,
     Layout,
     PartRows,
-    RowGroupBuffer,
-    claim_device_slot,
     split_by_part,
     worker_device,
 )
-from pipeline.shard_sets import holds_output_locks, prepare_output, run_pipeline
-from trainer.cli import config_parser, main_guard, resolve_config
+from pipeline.job import already_done, parse_job_args, run_as_main, run_job
+from pipeline.shard_sets import holds_output_locks
+from trainer.cli import main_guard
 from trainer.config.load import to_dict, to_toml
 from trainer.config.run import RunConfig
 from trainer.corruption.sampling import SAMPLER
@@ -82,20 +78,15 @@ from trainer.data.manifest import (
     RTD_SCHEMA_VERSION,
     ShardError,
     manifest_fingerprint,
-    read_manifest,
     resolve_fs,
     sha256_file,
 )
-from trainer.data.order import permute, progress
+from trainer.data.order import permute
 from trainer.data.rtd_format import (
     RTD_SCHEMA,
-    encode_rtd_rows,
-    pad_rows,
-    rtd_part_name,
     token_dtype,
 )
-from trainer.pretrained import GENERATOR_KINDS, generator_config, load_generator, read_meta
-from trainer.tokenizer import PAD_ID
+from trainer.pretrained import GENERATOR_KINDS, generator_config, read_meta
 
 # ---------------------------------------------------------------------------------------------
 # Steps
@@ -132,123 +123,6 @@ def index_part(element: tuple, layout: Layout, dtype: str) -> PartRows:
     """GroupByPart's ((epoch, part), packed chunks) -> the part's rows in position order."""
     (epoch, part), chunks = element
     return PartRows.gather(epoch, part, chunks, layout, dtype)
-
-
-class Corrupter:
-    """What a worker loads once, RunInference's "model": the device, the frozen aux MLM (None
-    for model-free replacements) and the unigram counts (when the corruption needs them).
-    ``corrupt`` takes and returns numpy arrays only, so it works unchanged behind the proxy
-    RunInference puts in front of a model shared across processes (``generate.model_copies``
-    >= 1: the model lives in one process of the machine, the calls are pickled to it)."""
-
-    def __init__(self, device: str, aux, unigram: np.ndarray | None, cfg: RunConfig,
-                 num_sequences: int, vocab_size: int):
-        self.device, self.aux, self.unigram = device, aux, unigram
-        self.corruption, self.seed = cfg.corruption, cfg.generate.seed
-        self.epochs, self.num_sequences, self.vocab_size = (cfg.generate.epochs, num_sequences,
-                                                            vocab_size)
-
-    def corrupt(self, epoch: int, positions: np.ndarray, seq_ids: np.ndarray,
-                lengths: np.ndarray, tokens: np.ndarray) -> tuple:
-        """One inference batch (rows in position order, their tokens concatenated) through
-        ``corrupt_batch``, padded on the right to the batch's longest sequence, bf16
-        autocast on CUDA -> (corrupted tokens int32, labels uint8, both concatenated;
-        temperature (B,) float32; the device)."""
-        import torch
-
-        from trainer.corruption.corrupt import aux_autocast, corrupt_batch
-
-        ids, valid = pad_rows(tokens, lengths, PAD_ID, np.int64)  # (B, T) each
-        u = progress(epoch, positions, self.num_sequences, self.epochs,
-                     self.corruption.granularity)
-        with aux_autocast(self.device):
-            out = corrupt_batch(torch.from_numpy(ids).to(self.device),
-                                torch.from_numpy(valid).to(self.device),
-                                torch.from_numpy(np.asarray(seq_ids, np.int64)), epoch,
-                                torch.from_numpy(u), self.corruption, self.seed, aux=self.aux,
-                                unigram_counts=self.unigram, vocab_size=self.vocab_size)
-        return (out.input_ids.cpu().numpy()[valid].astype(np.int32),
-                out.labels.cpu().numpy()[valid].astype(np.uint8),
-                out.temperature.cpu().numpy().astype(np.float32), self.device)
-
-
-class CorruptionHandler(ModelHandler):
-    """RunInference handler of the corrupt-and-write step. Each element is one whole output
-    part (``PartRows``, grouped by GroupByPart), so Beam's own batching is pinned to one
-    element per call (results must not depend on it); ``run_inference`` corrupts the part in
-    batches of ``layout.batch_rows`` positions and streams it to Parquet (``write_part``),
-    returning its manifest entry. ``load_model`` runs once per SDK process, or, with
-    ``generate.model_copies`` >= 1 and an aux model, once per copy per machine
-    (RunInference's ``large_model`` / ``model_copies``)."""
-
-    def __init__(self, cfg: RunConfig, layout: Layout, vocab_size: int, corpus_dir: str,
-                 dtype: str):
-        shared = cfg.corruption.replacement == "aux" and cfg.generate.model_copies > 0
-        super().__init__(min_batch_size=1, max_batch_size=1, large_model=shared,
-                         model_copies=cfg.generate.model_copies if shared else None)
-        self.cfg, self.layout, self.vocab_size = cfg, layout, vocab_size
-        self.corpus_dir, self.dtype = corpus_dir, dtype
-
-    def load_model(self) -> Corrupter:
-        import torch
-
-        requested = self.cfg.generate.device
-        count = 0 if requested == "cpu" else torch.cuda.device_count()
-        device = worker_device(requested, count, claim_device_slot() if count else 0)
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-        corruption = self.cfg.corruption
-        aux = unigram = None
-        if corruption.replacement == "aux":
-            aux = load_generator(self.cfg.generate.aux_checkpoint, device, read_bytes)
-        if "unigram" in corruption.replacement or corruption.augmentation == "log_interp_unigram":
-            unigram = CorpusShards(self.corpus_dir).unigram_counts()
-        return Corrupter(device, aux, unigram, self.cfg, self.layout.num_sequences,
-                         self.vocab_size)
-
-    def run_inference(self, batch, model: Corrupter, inference_args=None):
-        return [write_part(rows, model, self.cfg.generate.rtd_dir, self.layout.batch_rows,
-                           self.cfg.data.row_group_rows, self.dtype) for rows in batch]
-
-    def get_num_bytes(self, batch) -> int:
-        return sum(rows.nbytes for rows in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return "generate"
-
-
-def write_part(rows: PartRows, corrupter: Corrupter, rtd_dir: str, batch_rows: int,
-               row_group_rows: int, dtype: str) -> dict:
-    """Corrupt one part batch by batch and stream it, row group by row group, to
-    ``epoch=EEEE/part-PPPPP.parquet`` (temp name, then rename; sha256 and size computed on the
-    way) -> its manifest entry. Idempotent: a retry writes the same bytes to the same name."""
-    name = rtd_part_name(rows.epoch, rows.part)
-    pending = RowGroupBuffer()
-    tokens = replaced = 0
-    t_min, t_max, devices = np.inf, -np.inf, set()
-    with (open_atomic(join(rtd_dir, name)) as sink,
-          pq.ParquetWriter(sink, RTD_SCHEMA, compression="zstd",
-                           compression_level=ZSTD_LEVEL) as writer):
-        for positions, seq_ids, lengths, ids in rows.batches(batch_rows):
-            out_ids, labels, temps, device = corrupter.corrupt(rows.epoch, positions, seq_ids,
-                                                               lengths, ids)
-            pending.add(positions, seq_ids, lengths, out_ids, labels, temps)
-            tokens, replaced = tokens + len(out_ids), replaced + int(labels.sum())
-            t_min, t_max = min(t_min, float(temps.min())), max(t_max, float(temps.max()))
-            devices.add(device)
-            while len(pending) >= row_group_rows:
-                writer.write_table(encode_rtd_rows(*pending.take(row_group_rows), dtype),
-                                   row_group_size=row_group_rows)
-        if len(pending):
-            writer.write_table(encode_rtd_rows(*pending.take(len(pending)), dtype),
-                               row_group_size=row_group_rows)
-    lo = rows.start
-    return {
-        "name": name, "epoch": rows.epoch, "part": rows.part, "rows": len(rows),
-        "position_start": lo, "position_end": lo + len(rows), "bytes": sink.bytes,
-        "sha256": sink.sha256(), "tokens": tokens, "replaced": replaced,
-        "temperature_min": t_min, "temperature_max": t_max, "devices": sorted(devices),
-    }
 
 
 def finalize(parts: list[dict], context: dict) -> dict:
@@ -357,11 +231,9 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     """Run generate; returns the RTD manifest."""
     from trainer.corruption.augmentations import validate_corruption
 
-    parser = config_parser("python -m pipeline.generate", __doc__)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a different shard set already in generate.rtd_dir")
-    args, beam_argv = parser.parse_known_args(argv)
-    cfg = resolve_config(args)
+    args, cfg, beam_argv = parse_job_args(
+        "python -m pipeline.generate", __doc__, argv,
+        "replace a different shard set already in generate.rtd_dir")
     gen, rtd_dir = cfg.generate, cfg.generate.rtd_dir
     validate_corruption(cfg.corruption)
     if gen.device == "cuda" and runs_locally(beam_argv):
@@ -377,13 +249,11 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     corpus_fp = manifest_fingerprint(corpus.manifest)
     dtype = token_dtype(corpus.vocab_size)
     fp = fingerprint(cfg, corpus_fp, aux, layout, dtype)
-    if not prepare_output(rtd_dir, "rtd", fp, args.overwrite,
-                          ["epoch=*/part-*.parquet", "epoch=*/.tmp-*"], "generate"):
-        print(f"generate: {rtd_dir} already holds this shard set (same corpus, aux checkpoint "
-              "and config); nothing to do. Pass --overwrite to rebuild it.")
-        manifest = read_manifest(rtd_dir, "rtd")
-        print_summary(manifest)
-        return manifest
+    done = already_done(rtd_dir, "rtd", fp, args.overwrite,
+                        ["epoch=*/part-*.parquet", "epoch=*/.tmp-*"], "generate",
+                        "this shard set (same corpus, aux checkpoint and config)", print_summary)
+    if done is not None:
+        return done
 
     print(f"generate: {gen.epochs} epoch(s) of {corpus.num_sequences:,} sequences from "
           f"{corpus.root} -> {rtd_dir} ({layout.num_parts} part(s)/epoch, "
@@ -426,12 +296,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
             "fingerprint": fp,
         },
     }
-    p = test_pipeline or beam.Pipeline(options=pipeline_options(beam_argv))
-    build(p, cfg, corpus, layout, context)
-    run_pipeline(p)
-    manifest = read_manifest(rtd_dir, "rtd")
-    print_summary(manifest)
-    return manifest
+    return run_job(lambda p: build(p, cfg, corpus, layout, context), test_pipeline, beam_argv,
+                   rtd_dir, "rtd", print_summary)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -439,7 +305,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Re-import by module name so Beam pickles the DoFns by reference, not from __main__.
-    from pipeline import generate
-
-    sys.exit(generate.main())
+    run_as_main("pipeline.generate")

@@ -18,7 +18,6 @@ is refused unless ``--overwrite``. Leftovers of an interrupted run are removed f
 from __future__ import annotations
 
 import io
-import sys
 from importlib.metadata import version
 
 import apache_beam as beam
@@ -32,7 +31,6 @@ from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
 from pipeline.beam_util import (
     exists,
     join,
-    pipeline_options,
     read_bytes,
     sha256_hex,
     write_atomic,
@@ -48,7 +46,8 @@ from pipeline.corpus_parts import (
     part_rows,
     plan_parts,
 )
-from pipeline.shard_sets import holds_output_locks, prepare_output, run_pipeline
+from pipeline.job import already_done, parse_job_args, run_as_main, run_job
+from pipeline.shard_sets import holds_output_locks
 from pipeline.sources import (
     FileReport,
     InputError,
@@ -58,7 +57,7 @@ from pipeline.sources import (
     resolve_format,
 )
 from pipeline.tokenizer_train import train_tokenizer
-from trainer.cli import config_parser, main_guard, resolve_config
+from trainer.cli import main_guard
 from trainer.config.load import to_dict, to_toml
 from trainer.config.run import RunConfig
 from trainer.data.manifest import (
@@ -67,7 +66,6 @@ from trainer.data.manifest import (
     SCHEMA_VERSION,
     TOKENIZER_FILE,
     UNIGRAM_FILE,
-    read_manifest,
 )
 from trainer.errors import UserError
 from trainer.tokenizer import SPECIAL_IDS, TokenizerError, load_tokenizer_bytes
@@ -345,24 +343,20 @@ def print_summary(m: dict) -> None:
 @holds_output_locks
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run prepare; returns the corpus manifest."""
-    parser = config_parser("python -m pipeline.prepare", __doc__)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a different corpus already in data.corpus_dir")
-    args, beam_argv = parser.parse_known_args(argv)
-    cfg = resolve_config(args)
+    args, cfg, beam_argv = parse_job_args(
+        "python -m pipeline.prepare", __doc__, argv,
+        "replace a different corpus already in data.corpus_dir")
     corpus_dir = cfg.data.corpus_dir
 
     files = expand_inputs(cfg.data.input)
     preflight(files, cfg)
     given = load_given_tokenizer(cfg)
     fp = fingerprint(cfg, files, given)
-    if not prepare_output(corpus_dir, "corpus", fp, args.overwrite,
-                          ["part-*.parquet", UNIGRAM_FILE], "prepare"):
-        print(f"prepare: {corpus_dir} already holds this corpus (same config and inputs); "
-              "nothing to do. Pass --overwrite to rebuild it.")
-        manifest = read_manifest(corpus_dir, "corpus")
-        print_summary(manifest)
-        return manifest
+    done = already_done(corpus_dir, "corpus", fp, args.overwrite,
+                        ["part-*.parquet", UNIGRAM_FILE], "prepare",
+                        "this corpus (same config and inputs)", print_summary)
+    if done is not None:
+        return done
 
     total_mb = sum(size for _, size in files) / 2**20
     print(f"prepare: {len(files)} input file(s), {total_mb:.1f} MiB -> {corpus_dir}", flush=True)
@@ -389,12 +383,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
             "config": {"data": to_dict(cfg)["data"], "tokenizer": to_dict(cfg)["tokenizer"]},
         },
     }
-    p = test_pipeline or beam.Pipeline(options=pipeline_options(beam_argv))
-    build(p, files, cfg, context)
-    run_pipeline(p)
-    manifest = read_manifest(corpus_dir, "corpus")
-    print_summary(manifest)
-    return manifest
+    return run_job(lambda p: build(p, files, cfg, context), test_pipeline, beam_argv,
+                   corpus_dir, "corpus", print_summary)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,7 +392,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Re-import by module name so Beam pickles the DoFns by reference, not from __main__.
-    from pipeline import prepare
-
-    sys.exit(prepare.main())
+    run_as_main("pipeline.prepare")

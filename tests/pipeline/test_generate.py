@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.generate import CorruptionHandler, main, run
+from pipeline.corrupt_write import CorruptionHandler
+from pipeline.generate import main, run
 from pipeline.generate_fns import Layout
 from pipeline.inspect import main as inspect_main
 from tests import conftest

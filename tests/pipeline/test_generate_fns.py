@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import generate_fns
 from pipeline.beam_util import open_atomic, runs_locally
-from pipeline.generate import CorruptionHandler
+from pipeline.corrupt_write import CorruptionHandler
 from pipeline.generate_fns import (
     GenerateError,
     Layout,

@@ -1,0 +1,79 @@
+"""The command line every Beam job shares around its own work (prepare.py, generate.py):
+``--config`` / ``--set`` / ``--overwrite`` (every other option goes to Beam unchanged), the
+re-run that finds its output already there, running the pipeline and printing the manifest it
+wrote, and the ``python -m`` entry. What happens to the output folder itself (locks,
+fingerprints, leftovers) is pipeline.shard_sets.
+
+    @holds_output_locks
+    def run(argv=None, test_pipeline=None) -> dict:
+        args, cfg, beam_argv = parse_job_args("python -m pipeline.prepare", __doc__, argv,
+                                              "replace a different corpus already in ...")
+        done = already_done(out_dir, "corpus", fp, args.overwrite, patterns, "prepare",
+                            "this corpus (same config and inputs)", print_summary)
+        if done is not None:
+            return done
+        ...
+        return run_job(lambda p: build(p, ...), test_pipeline, beam_argv, out_dir, "corpus",
+                       print_summary)
+
+    if __name__ == "__main__":
+        run_as_main("pipeline.prepare")
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+import apache_beam as beam
+
+from pipeline.beam_util import pipeline_options
+from pipeline.shard_sets import prepare_output, run_pipeline
+from trainer.cli import config_parser, resolve_config
+from trainer.config.run import RunConfig
+from trainer.data.manifest import read_manifest
+
+
+def parse_job_args(prog: str, doc: str | None, argv: list[str] | None, overwrite_help: str
+                   ) -> tuple[argparse.Namespace, RunConfig, list[str]]:
+    """(the job's arguments, the resolved config, the options left for Beam)."""
+    parser = config_parser(prog, doc)
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    args, beam_argv = parser.parse_known_args(argv)
+    return args, resolve_config(args), beam_argv
+
+
+def already_done(out_dir: str, kind: str, fp: dict, overwrite: bool, patterns: list[str],
+                 job: str, what: str, summary: Callable[[dict], None]) -> dict | None:
+    """``prepare_output``; when ``out_dir`` already holds this very set, say so, print its
+    summary and return its manifest (the job has nothing to do), else None."""
+    if prepare_output(out_dir, kind, fp, overwrite, patterns, job):
+        return None
+    print(f"{job}: {out_dir} already holds {what}; nothing to do. Pass --overwrite to rebuild "
+          "it.")
+    manifest = read_manifest(out_dir, kind)
+    summary(manifest)
+    return manifest
+
+
+def run_job(build: Callable[[beam.Pipeline], None], test_pipeline: beam.Pipeline | None,
+            beam_argv: list[str], out_dir: str, kind: str, summary: Callable[[dict], None]
+            ) -> dict:
+    """Build the job's steps on a pipeline (the test's, or one from the Beam options), run it
+    to the end, print the summary of the manifest it wrote and return that manifest."""
+    p = test_pipeline or beam.Pipeline(options=pipeline_options(beam_argv))
+    build(p)
+    run_pipeline(p)
+    manifest = read_manifest(out_dir, kind)
+    summary(manifest)
+    return manifest
+
+
+def run_as_main(module: str) -> NoReturn:
+    """The body of a job's ``if __name__ == "__main__"``: the job's ``main``, imported by its
+    module name, so that Beam pickles its DoFns by reference to that module, not to
+    ``__main__`` (which a worker process cannot import)."""
+    sys.exit(importlib.import_module(module).main())
