@@ -9,7 +9,7 @@ of a 32-bit integer hash (``_mix32``, Wellons' "lowbias32" finaliser) into a 64-
 (k1, k2); each draw mixes its counter with k1, then k2. One chain alone would be a 32-bit key:
 among 2**20 seq_ids some 63K pairs would share it at paired positions (p, p ^ d) and draw
 identical noise (the "twins" of sequences at 256M scale); with two chains a pair shares a key
-with probability 2**-64 (tests/trainer/test_corruption.py looks for twins). There
+with probability 2**-64 (tests/trainer/corruption/test_keyed_rng.py looks for twins). There
 is no generator state, so a sequence's corruption does not depend on the batch it is in, its
 row, the padded length, the worker, a Beam retry, or the device. The hash uses only int64 xor,
 shifts, masks, additions and multiplications whose exact products stay below 2**63 (32-bit x

@@ -116,7 +116,8 @@ def sample_tokens(logp: torch.Tensor, seed: int, epoch: int, seq_ids: torch.Tens
 
 
 # Closed forms of the model-free distributions (their dense definitions are
-# ``replacement_logprobs``; tests/trainer/test_corruption.py checks each sampler against it).
+# ``replacement_logprobs``; tests/trainer/corruption/test_sampling.py checks each sampler
+# against it).
 # They use the very uniform ``sample_tokens`` would (``keyed_sample_uniform``), cost O(1) per
 # position (uniform, smoothed one-hot and its uniform mix) or O(V) per distinct exponent plus
 # O(log V) per position (the unigram family), and never build an (N, V) tensor.
