@@ -25,11 +25,6 @@ def ids_and_mask(seed: int = 0):
     return ids, torch.arange(24).expand(3, 24) < torch.tensor([[24], [20], [13]])
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def test_bert_init_gets_sqrt_of_residual_index():
     """Under N(0, 0.02) every branch is far below its input's variance, so each counts as one
     unit: omega_i = sqrt(i), set at construction, one value across the channels."""

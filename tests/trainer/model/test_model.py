@@ -1,41 +1,20 @@
 """trainer.model: shapes, masking, tying, dropout control, Table-2 sizes, and that it learns."""
 
 import dataclasses
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from tests.trainer.model.helpers import TINY, VARIANTS, random_ids
 from trainer.config.load import build_config
 from trainer.config.sections import ConfigError
 from trainer.model.dropout import DropoutPlan
 from trainer.model.encoder import Encoder
 from trainer.model.encoder_config import EncoderConfig
 from trainer.model.heads import Discriminator, MLMModel
-from trainer.model.params import count_parameters, weight_decay_groups
-from trainer.model.positions import relative_bias_prior, relative_position_bucket
-from trainer.tokenizer import MASK_ID, NUM_SPECIAL, PAD_ID
-
-TINY = EncoderConfig(vocab_size=60, num_layers=2, hidden_size=32, num_heads=4, ffn_size=64,
-                     rel_num_buckets=8, rel_max_distance=16, max_seq_len=32)
-VARIANTS = {
-    "post-relative": TINY,
-    "pre-relative": dataclasses.replace(TINY, layer_norm="pre"),
-    "post-absolute": dataclasses.replace(TINY, position="absolute"),
-    "pre-absolute": dataclasses.replace(TINY, position="absolute", layer_norm="pre"),
-}
-
-
-def random_ids(B, T, vocab=TINY.vocab_size, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(NUM_SPECIAL, vocab, (B, T), generator=g)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
+from trainer.model.params import weight_decay_groups
+from trainer.model.positions import relative_position_bucket
+from trainer.tokenizer import PAD_ID
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -270,181 +249,3 @@ def test_dropout_plan_is_per_call_and_leaves_the_model_alone():
     torch.testing.assert_close(model(ids, dropout=DropoutPlan()), model.eval()(ids))
     with pytest.raises(ValueError, match="attention rate"):
         DropoutPlan(0.1, 1.0)
-
-
-# --- sizes (Fast-ELECTRA, arXiv 2310.07347, Table 2) --------------------------------------------
-
-TABLE2 = {  # vocab 128K SentencePiece, 512 tokens
-    "base": dict(model=dict(num_layers=12, hidden_size=768, ffn_size=3072, num_heads=12,
-                            rel_num_buckets=32, rel_max_distance=128),
-                 aux_layers=4, main=184e6, aux=127e6, embeddings=98e6),
-    "large": dict(model=dict(num_layers=24, hidden_size=1024, ffn_size=4096, num_heads=16,
-                             rel_num_buckets=128, rel_max_distance=256),
-                  aux_layers=6, main=434e6, aux=208e6, embeddings=131e6),
-}
-
-
-def _table2_configs(size):
-    spec = TABLE2[size]
-    run = build_config({"tokenizer": {"vocab_size": 128_000}, "data": {"max_seq_len": 512},
-                        "model": spec["model"], "aux": {"num_layers": spec["aux_layers"]}})
-    return EncoderConfig.main(run), EncoderConfig.aux(run)
-
-
-@pytest.mark.parametrize("name", VARIANTS)
-def test_analytic_count_equals_real_model(name):
-    cfg = VARIANTS[name]
-    for model, head in ((Discriminator(cfg), "rtd"), (MLMModel(cfg), "mlm")):
-        n = count_parameters(cfg, head)
-        assert model.num_parameters() == sum(p.numel() for p in model.parameters()) == n["total"]
-        assert model.num_parameters(exclude_embeddings=True) == n["total"] - n["embeddings"]
-        assert sum(p.numel() for p in model.encoder.parameters()) == n["encoder"]
-
-
-@pytest.mark.parametrize("size", TABLE2)
-def test_table2_parameter_counts(size):
-    spec = TABLE2[size]
-    main_cfg, aux_cfg = _table2_configs(size)
-    main, aux = count_parameters(main_cfg, "rtd"), count_parameters(aux_cfg, "mlm")
-    assert main["total"] == pytest.approx(spec["main"], rel=0.02)
-    assert aux["total"] == pytest.approx(spec["aux"], rel=0.02)
-    assert main["embeddings"] == aux["embeddings"] == pytest.approx(spec["embeddings"], rel=0.02)
-    # The real modules, built on the meta device (no memory, no init), have the same counts.
-    with torch.device("meta"):
-        disc, gen = Discriminator(main_cfg), MLMModel(aux_cfg)
-    assert disc.num_parameters() == main["total"]
-    assert gen.num_parameters() == aux["total"]
-    assert disc.num_parameters() - disc.num_parameters(True) == main["embeddings"]
-
-
-# --- learning --------------------------------------------------------------------------------
-
-def _fit(model, inputs, mask, positions, targets, steps=50, lr=1e-2):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = F.cross_entropy(model(inputs, mask, positions), targets)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
-@pytest.mark.parametrize("name", VARIANTS)
-def test_tiny_mlm_overfits_one_batch(name):
-    """Each sequence repeats one token, padded to a random length: a masked token can only be
-    recovered by attending to the sequence's other real tokens."""
-    cfg = dataclasses.replace(VARIANTS[name], dropout=0.0, attention_dropout=0.0)
-    g = torch.Generator().manual_seed(2)
-    token = torch.randint(NUM_SPECIAL, cfg.vocab_size, (8, 1), generator=g)
-    mask = torch.arange(24) < torch.randint(8, 25, (8, 1), generator=g)  # (B, T)
-    ids = torch.where(mask, token, PAD_ID)
-    positions = (torch.rand(8, 24, generator=g) < 0.25) & mask
-    losses = _fit(MLMModel(cfg).train(), ids.masked_fill(positions, MASK_ID), mask, positions,
-                  ids[positions])
-    assert losses[-1] < 0.5 * losses[0], losses[::10]
-
-
-def _fit_positions(cfg):
-    """ids[t] = start + t: the masked token is a neighbour's plus or minus one, so it needs
-    positions. Returns the training losses."""
-    cfg = dataclasses.replace(cfg, dropout=0.0, attention_dropout=0.0)
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(2)
-    span = cfg.vocab_size - NUM_SPECIAL
-    ids = NUM_SPECIAL + (torch.randint(0, span, (8, 1), generator=g) + torch.arange(24)) % span
-    positions = torch.rand(8, 24, generator=g) < 0.25
-    return _fit(MLMModel(cfg).train(), ids.masked_fill(positions, MASK_ID), None, positions,
-                ids[positions])
-
-
-@pytest.mark.parametrize("name", VARIANTS)
-def test_tiny_mlm_learns_positions(name):
-    """Absolute positions, and relative ones with the scaled table (model.rel_bias_scale):
-    both learn word order within 50 steps. Negative control: the plain T5 table (scale 1)
-    stays far behind at the same budget (measured ~1.8 nats vs ~0.3 here)."""
-    cfg = VARIANTS[name]
-    if cfg.position == "relative":
-        cfg = dataclasses.replace(cfg, rel_bias_scale=32.0)
-    losses = _fit_positions(cfg)
-    assert losses[-1] < 0.2 * losses[0], losses[::10]
-    if cfg.position == "relative":
-        plain = _fit_positions(dataclasses.replace(cfg, rel_bias_scale=1.0))
-        assert plain[-1] > 0.3 * plain[0], plain[::10]
-
-
-def test_relative_bias_scale_is_a_reparametrisation():
-    """The same effective table gives the same outputs whatever the scale; only the stored
-    parameter (and so Adam's effective step) changes."""
-    a = Encoder(dataclasses.replace(TINY, dropout=0.0, attention_dropout=0.0)).eval()
-    b = Encoder(dataclasses.replace(a.cfg, rel_bias_scale=16.0)).eval()
-    b.load_state_dict(a.state_dict())
-    with torch.no_grad():
-        b.rel_bias.div_(16.0)
-    ids = random_ids(2, 12)
-    torch.testing.assert_close(a(ids), b(ids))
-    # A fresh encoder's effective table is the locality prior plus N(0, 0.02) noise.
-    fresh = Encoder(dataclasses.replace(TINY, rel_bias_scale=16.0))
-    prior = relative_bias_prior(TINY.rel_num_buckets, TINY.rel_max_distance, TINY.num_heads)
-    assert (fresh.rel_bias * 16.0 - prior).abs().max() < 0.1
-
-
-def test_relative_bias_prior_prefers_near_keys():
-    prior = relative_bias_prior(32, 128, 4)  # (buckets, heads)
-    assert prior.shape == (32, 4)
-    assert torch.equal(prior[:, 0], torch.zeros(32))  # head 0: global
-    d = torch.arange(0, 200)
-    last = prior[relative_position_bucket(d, 32, 128), -1]  # by distance, to the right
-    assert last[0] == 0 and (last[1:] <= last[:-1]).all() and last[1] < -1.0
-    left = prior[relative_position_bucket(-d, 32, 128), -1]
-    torch.testing.assert_close(left, last)  # symmetric
-
-
-def _bce_entropy(p: float) -> float:
-    return -(p * math.log(p) + (1 - p) * math.log(1 - p))
-
-
-@pytest.mark.parametrize("name", VARIANTS)
-def test_fresh_discriminator_starts_at_the_constant_guess(name):
-    """With the RTD bias at the prior log-odds, a fresh discriminator's loss on a batch
-    replaced at that rate is the best constant guess's. Negative control: the zero bias
-    (as before) starts ~0.28 nats above it, the gap the collapse closes."""
-    p = 0.142
-    g = torch.Generator().manual_seed(0)
-    ids = random_ids(16, 32)
-    labels = (torch.rand(16, 32, generator=g) < p).float()
-    target = _bce_entropy(labels.mean().item())
-    model = Discriminator(VARIANTS[name]).eval()
-    zero_bias = F.binary_cross_entropy_with_logits(model(ids), labels).item()
-    model.head.init_prior_(p)
-    loss = F.binary_cross_entropy_with_logits(model(ids), labels).item()
-    assert loss == pytest.approx(target, abs=1e-2)
-    assert zero_bias > target + 0.2
-    with pytest.raises(ValueError, match="replaced_fraction"):
-        model.head.init_prior_(0.0)
-
-
-def test_fresh_mlm_starts_at_the_unigram_baseline():
-    """MLMHead.init_unigram_: a fresh model's cross-entropy on tokens drawn from the unigram
-    is the unigram entropy (the baseline an aux must beat), not log V."""
-    from trainer.corruption.distributions import unigram_logprobs
-
-    cfg = dataclasses.replace(TINY, dropout=0.0, attention_dropout=0.0)
-    g = torch.Generator().manual_seed(0)
-    counts = torch.zeros(cfg.vocab_size, dtype=torch.long)
-    counts[NUM_SPECIAL:] = (1000 * torch.rand(cfg.vocab_size - NUM_SPECIAL, generator=g) ** 8
-                            ).long()
-    logp = unigram_logprobs(counts)[0]
-    targets = torch.multinomial(logp.exp(), 4096, replacement=True, generator=g)
-    entropy = -logp[targets].mean().item()
-    model = MLMModel(cfg).eval()
-    ids = torch.full((128, 32), MASK_ID)
-    sel = torch.zeros(128, 32, dtype=torch.bool)
-    sel.view(-1)[:4096] = True
-    before = F.cross_entropy(model(ids, None, sel), targets).item()
-    model.head.init_unigram_(logp)
-    after = F.cross_entropy(model(ids, None, sel), targets).item()
-    assert after == pytest.approx(entropy, abs=0.05)
-    assert before > entropy + 0.5  # the uniform start
-    assert torch.isfinite(model.head.bias).all()  # specials: finite, never predicted
