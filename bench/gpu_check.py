@@ -26,8 +26,8 @@ generate_workers       ``pipeline.generate`` with ``generate.device`` = the devi
     runs under bf16 autocast there, so more than near-ties; 0 on CPU).
 fast_online_rows       ``FastOnlineTask`` on the device (the trainer's autocast) vs the rows of
     the shard set generated on the same device (``RTDTask.rows``), as
-    tests/trainer/test_fast_online.py does on CPU: rows aligned with generate's batches must be
-    equal; unaligned starts (other batch shapes) are counted, equal on CPU.
+    tests/trainer/modes/test_fast_online.py does on CPU: rows aligned with generate's batches
+    must be equal; unaligned starts (other batch shapes) are counted, equal on CPU.
 rel_bias_sdpa          SDPA with the learnable relative bias at T % 128 == 64 with padding:
     ``rel_bias.grad`` finite and non-zero with dropout 0 and 0.1 (train mode, bf16 autocast on
     CUDA), and with dropout 0 equal to the math-backend reference (relative L2 error).
@@ -35,7 +35,7 @@ compile_smoke          ``torch.compile`` of the discriminator: a few AdamW steps
     eager's (same initial weights and batches, dropout off) to a relative 1e-3.
 rtd_mfu                rtd training step at the base shape (configs/base.toml: 12 x 768, seq
     512, micro-batch 32, bf16): tokens/s and MFU, FLOPs per sequence per update from
-    ``trainer.cost.estimate`` (Chinchilla convention, embedding term included; also given
+    ``trainer.tools.cost.estimate`` (Chinchilla convention, embedding term included; also given
     without it), over the peak in ``PEAK_TFLOPS`` (H200/H100 SXM bf16 dense: 989 TFLOP/s).
 aux_tokens_per_s       ``pipeline.generate.Corrupter.corrupt`` (generate's per-batch masking,
     aux forward in bf16 autocast on CUDA, fp32 masked-position LM head, sampling, host copy) at

@@ -75,7 +75,7 @@ def rtd_mfu(fx: Fixtures):
                "mfu": achieved / peak if peak else None,
                "mfu_without_embedding_term": B * no_emb / seconds / 1e12 / peak if peak
                else None, "final_loss_finite": math.isfinite(loss)}
-    notes = ["FLOPs: trainer.cost.estimate (Chinchilla app. F; backward = 2 x forward; the "
+    notes = ["FLOPs: trainer.tools.cost.estimate (Chinchilla app. F; backward = 2 x forward; the "
              "2*S*V*D embedding term is a lookup, not a GEMM, hence the second figure)",
              "step = bf16 autocast forward + backward + clip + AdamW, full sequences"]
     return math.isfinite(loss), figures, notes

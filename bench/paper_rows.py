@@ -18,7 +18,7 @@ from trainer.tools.plot import read_metrics
 # Row 2 (Fast-ELECTRA D.2): the same frozen aux and steps, three temperature programmes. The
 # exponential one streams the offline shards (train.mode = rtd); the other two would each need
 # their own shard set, so they run fast-online, which corrupts the very rows generate would
-# write for that config (tests/trainer/test_fast_online.py pins the equality).
+# write for that config (tests/trainer/modes/test_fast_online.py pins the equality).
 CURRICULA = {
     "exponential": ["train.mode=rtd"],
     "fixed": ["train.mode=fast-online", "corruption.schedule=fixed"],

@@ -13,7 +13,7 @@ AdamW, betas 0.9/0.98, eps 1e-6, weight decay on >= 2-D weights only), the same 
 (build_scheduler: warm-up then linear decay to 0 at --steps) and the same gradient clip
 (train.clip_grad_norm). The config is forced to the HF ELECTRA shape: model.position =
 absolute, model.layer_norm = post (ours keeps its Admin omegas, HF is plain post-LN); the HF
-config is trainer.hf_export.electra_config of the same EncoderConfig (hidden_act "gelu",
+config is trainer.tools.hf.exporter.electra_config of the same EncoderConfig (hidden_act "gelu",
 dropouts and layer_norm_eps from the config). torch.manual_seed(train.seed) precedes each
 model's construction; each model's dropout draws from its own RNG stream seeded as the trainer
 seeds it, so interleaving does not couple them. HF's RTD output bias starts at the same prior
@@ -23,7 +23,7 @@ Timing: the two models' steps alternate on each batch (the order flips every ste
 and cache effects hit both alike); s/step is the median over the steps after the first
 --untimed, from the first micro-batch's forward to zero_grad after the optimizer step.
 Scoring, after training: the first --eval-sequences samples of the last epoch (never trained
-on: checked), over the ordinary tokens (trainer.rtd.ordinary_mask): mean BCE, exact rank-based
+on: checked), over the ordinary tokens (trainer.modes.rtd.ordinary_mask): mean BCE, exact rank-based
 ROC-AUC, F1 of "replaced" at logit 0 (p = 0.5), and the BCE of the best constant guess.
 """
 

@@ -174,7 +174,8 @@ def exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
-# A worker's traceback ends with the exception's qualified name: "trainer.shards.ShardError: ...".
+# A worker's traceback ends with the exception's qualified name, e.g.
+# "trainer.data.manifest.ShardError: ...".
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+): (.*?)(?: \[while running '.*'\])?$",
                          re.MULTILINE)
 

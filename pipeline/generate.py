@@ -15,14 +15,15 @@
 
 Steps: check the corpus manifest and the aux checkpoint in the launcher -> ListCorpusParts
 (one element per (epoch, corpus part)) -> AssignPositions (each seq_id's place in the epoch's
-order, a keyed bijection (``trainer.order``); the part's sha256 is checked; one packed element
+order, a keyed bijection (``trainer.data.order``); the part's sha256 is checked; one packed element
 per output part it touches, tokens as uint16 where the vocabulary fits: few, large elements) ->
 GroupByPart (key (epoch, output part): the one shuffle) -> IndexParts (the part's rows in
 position order, over the received bytes) -> CorruptAndWrite (RunInference with
-``CorruptionHandler``: one whole part per call, corrupted by ``trainer.corruption.corrupt_batch``
-in batches of ``batch_rows`` consecutive positions, so a batch never depends on the runner's
-bundling, and streamed row group by row group through ``pq.ParquetWriter`` to a temp name, then
-renamed) -> Finalize (manifest.json, written last: a folder without it is an incomplete set).
+``CorruptionHandler``, pipeline/corrupt_write.py: one whole part per call, corrupted by
+``trainer.corruption.corrupt.corrupt_batch`` in batches of ``batch_rows`` consecutive
+positions, so a batch never depends on the runner's bundling, and streamed row group by row
+group through ``pq.ParquetWriter`` to a temp name, then renamed) -> Finalize (manifest.json,
+written last: a folder without it is an incomplete set).
 
 The frozen aux MLM loads in ``load_model``: once per SDK process, or ``generate.model_copies``
 copies per machine shared by its processes; on CUDA with bf16 autocast for the encoder when
@@ -35,7 +36,7 @@ Every random decision is keyed by (seed, epoch, seq_id), and every batch is fixe
 position), so a re-run or a Beam retry writes the same bytes on the same hardware. Re-running
 with the same corpus, aux checkpoint and config is a no-op; a folder holding a different shard
 set is refused unless ``--overwrite``. Leftovers of an interrupted run are removed first. The
-shard encoding is documented in ``trainer/shards.py``.
+shard encoding is documented in shards/README.md and ``trainer/data/rtd_format.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Per-element steps of ``generate``, as plain functions: the layout of positions into output
 parts and inference batches, the packed rows that travel through the one shuffle, a part's
 rows in position order, the row-group buffer of the writer, and the GPU a worker picks. The
-training order and each sample's progress u are ``trainer.order`` (the online trainer modes use
+training order and each sample's progress u are ``trainer.data.order`` (the online trainer modes use
 the same plan).
 
 Layout. Positions are cut into output parts of ``rows_per_part`` positions, and each part into
@@ -10,7 +10,8 @@ part is fixed by (epoch, position) alone, never by Beam's bundling.
 
 Packed rows. AssignPositions emits, per (corpus part, epoch), one element per output part it
 touches: a tuple of four little-endian byte strings (positions int64, seq_ids int64, lengths
-int32, tokens in ``trainer.shards.token_dtype``: uint16 up to 65,536 ids), sorted by position.
+int32, tokens in ``trainer.data.rtd_format.token_dtype``: uint16 up to 65,536 ids), sorted by
+position.
 Beam encodes a tuple of bytes without pickling, and a few large elements instead of one per
 sequence keep its per-element cost out of the way at hundreds of millions of sequences.
 """

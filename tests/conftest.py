@@ -52,9 +52,9 @@ if os.environ.get("FAST_ELECTRA_REQUIRE_EXTRAS") == "1":
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache_dir(tmp_path_factory):
-    """The corpus token caches (trainer.data.CorpusTokens, default under $XDG_CACHE_HOME) of
-    every test and of the trainer processes it starts go to a temporary folder, not the
-    user's home."""
+    """The corpus token caches (trainer.data.corpus_tokens.CorpusTokens, default under
+    $XDG_CACHE_HOME) of every test and of the trainer processes it starts go to a temporary
+    folder, not the user's home."""
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
     yield
 

@@ -1,6 +1,6 @@
 """Plain-numpy references for the metrics the project reports, written from their definitions
-(trainer.evaluate's docstring, trainer.rtd.ordinary_mask, trainer.tasks.MLMTask), sharing no
-code with trainer.rtd / trainer.evaluate / trainer.tasks: the tests compare what the trainer,
+(trainer.evaluate's docstring, trainer.modes.rtd.ordinary_mask, trainer.modes.mlm.MLMTask),
+sharing no code with trainer.modes or trainer.tools: the tests compare what the trainer,
 trainer.evaluate and pipeline.fair_eval report against these.
 
 Each reference takes keyword switches that reproduce a plausible bug (a shifted decision

@@ -31,7 +31,7 @@ def test_plot_writes_a_png_and_keeps_the_summary(smoothed_rtd, tmp_path, capsys)
     assert out.read_bytes().startswith(PNG_MAGIC)
     assert os.listdir(out.parent) == ["schedule.png"]  # no temp file left behind
     # The parts' replaced fractions (C1) and the epochs' means (C3) are drawn: fails on a
-    # blank or half-drawn figure (tests/trainer/test_plot.py shows a blank one has none).
+    # blank or half-drawn figure (tests/trainer/tools/test_plot.py shows a blank one has none).
     assert colour_pixels(out, "C1") > 50 and colour_pixels(out, "C3") > 10  # C3: 2 short lines
     # Several parts per epoch (200 rows each), so the figure has steps to draw.
     rows = RTDShards(str(rtd_dir)).rows_per_epoch

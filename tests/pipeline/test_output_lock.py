@@ -1,7 +1,7 @@
 """Shard-set folders shared by concurrent processes: the output lock of prepare/generate
 (pipeline/output_lock.py) with real `python -m pipeline.generate` processes, its takeover
 after kill -9, and the readers' check that the set they read was not replaced under them
-(trainer.shards.ManifestWatch)."""
+(trainer.data.manifest.ManifestWatch)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from trainer.corruption.augmentations import validate_corruption
 from trainer.tools.finetune import config as finetune_config
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.toml"), recursive=True))
-FINETUNE = os.path.join(REPO, "configs", "finetune")  # task files: trainer.finetune_config
+FINETUNE = os.path.join(REPO, "configs", "finetune")  # task files: trainer.tools.finetune.config
 
 
 # Which ablations are fixed distributions and which are curricula (paper Table 6): the plain

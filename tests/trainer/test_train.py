@@ -27,7 +27,7 @@ from trainer.train import check_resume_config, grad_accum_steps, resolve_resume
 def test_mlm_starts_at_the_unigram_baseline(prepared, tmp_path):
     """The MLM bias starts at the corpus unigram: step 1 is already far below the uniform guess
     log(600) = 6.40 (a zero bias starts there), and 12 steps stay near that baseline. (1 process
-    vs 2 ranks, for every mode: tests/trainer/test_modes_distributed.py.)"""
+    vs 2 ranks, for every mode: tests/trainer/modes/test_modes_distributed.py.)"""
     corpus_dir, _, _ = prepared
     common = ["train.max_steps=12", "train.global_batch_size=16",
               "train.micro_batch_size_per_rank=8", "model.dropout=0",

@@ -38,8 +38,8 @@ class MLMConfig:
 
 @dataclass
 class JointConfig:
-    """The joint modes: ``electra``, ``decoupled`` (trainer.joint) and ``early-exit``
-    (trainer.early_exit)."""
+    """The joint modes: ``electra``, ``decoupled`` (trainer.modes.joint) and ``early-exit``
+    (trainer.modes.early_exit)."""
 
     embedding_sharing: Literal["shared", "none", "gdes"] = "shared"
     """electra: generator and discriminator share token embeddings, keep their own, or use

@@ -69,8 +69,8 @@ class DataConfig:
     cache_dir: str = ""
     """A local folder for what the trainer derives from the corpus once per machine: the flat
     token files that the corpus-reading modes (mlm, the joint baselines, fast-online)
-    memory-map, one folder per corpus manifest (``trainer.data.CorpusTokens``). Empty =
-    $XDG_CACHE_HOME/fast-electra, or ~/.cache/fast-electra. Safe to delete."""
+    memory-map, one folder per corpus manifest (``trainer.data.corpus_tokens.CorpusTokens``).
+    Empty = $XDG_CACHE_HOME/fast-electra, or ~/.cache/fast-electra. Safe to delete."""
 
     def __post_init__(self):
         if isinstance(self.input, str):
@@ -127,7 +127,7 @@ class ModelConfig:
     """The relative bias table is stored divided by this and multiplied back in the forward
     pass, so under Adam it learns at rel_bias_scale x train.lr (1 = plain T5). Word order
     reaches a relative-position model only through this table; at small step budgets it
-    otherwise stays near its initial value (see trainer/model.py)."""
+    otherwise stays near its initial value (see trainer/model/encoder.py)."""
     layer_norm: Literal["post", "pre"] = "post"
     """Post-LN (paper, with Admin-style init) or pre-LN."""
     dropout: float = 0.1

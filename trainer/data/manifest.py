@@ -17,7 +17,7 @@ from trainer.errors import UserError
 
 # Each kind of shard set has its own format version: a new sampler changes the RTD bytes but
 # not the corpus, which must not need re-preparing for it. RTD v2 = keyed inverse-CDF sampling
-# with 64-bit keys and closed-form model-free samplers (trainer.corruption.SAMPLER).
+# with 64-bit keys and closed-form model-free samplers (trainer.corruption.sampling.SAMPLER).
 SCHEMA_VERSIONS = {"corpus": 1, "rtd": 2}
 SCHEMA_VERSION = SCHEMA_VERSIONS["corpus"]
 RTD_SCHEMA_VERSION = SCHEMA_VERSIONS["rtd"]

@@ -29,7 +29,7 @@ def count_parameters(cfg: EncoderConfig, head: Literal["none", "mlm", "rtd"] = "
 
     Returns ``embeddings`` (word + absolute position tables; the tied MLM projection is counted
     here, once), ``encoder`` (everything in Encoder, embeddings included), ``head`` and
-    ``total``. tests/trainer/test_model.py checks it against sum(p.numel()) of real models.
+    ``total``. tests/trainer/model/test_params.py checks it against sum(p.numel()) of real models.
     """
     H, F_, V, L = cfg.hidden_size, cfg.ffn_size, cfg.vocab_size, cfg.num_layers
     embeddings = V * H + (cfg.max_seq_len * H if cfg.position == "absolute" else 0)

@@ -5,7 +5,7 @@
 
 The online baseline whose cost the offline path removes. It follows the offline data plan
 exactly: the sample at global index g is position g % N of epoch g // N (N = corpus
-sequences, generate.epochs epochs, generate.seed; ``trainer.order``), its temperature is the
+sequences, generate.epochs epochs, generate.seed; ``trainer.data.order``), its temperature is the
 schedule at that sample's u, and it is corrupted by the same ``corrupt_batch`` call as
 ``pipeline.generate`` makes, on this rank's device, inside the step. So with the same config
 the discriminator sees, step for step, the very rows that ``rtd`` mode reads from a shard set

@@ -24,7 +24,8 @@ compute). Memory (GB = 1e9 bytes): 20 bytes per trainable parameter (weights, gr
 Adam moments, mixed precision), 2 bytes per inference-only parameter, activations of trained
 models with layer-boundary checkpointing = 2 bytes x seq_len x global batch x hidden per layer
 (an inference-only model keeps none); in the joint design the aux's embedding is shared with the
-main model and not counted again. Parameter counts come from ``trainer.model.count_parameters``.
+main model and not counted again. Parameter counts come from
+``trainer.model.params.count_parameters``.
 """
 
 from __future__ import annotations

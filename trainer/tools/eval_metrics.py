@@ -110,7 +110,7 @@ def pairwise_auc(logits: np.ndarray, labels: np.ndarray) -> float:
 
 class RTDAccumulator:
     """Sums over batches (kept on the device: no host sync per batch) -> metrics: the
-    ``rtd_*`` headline over the ordinary tokens (``trainer.rtd.ordinary_mask``), and
+    ``rtd_*`` headline over the ordinary tokens (``trainer.modes.rtd.ordinary_mask``), and
     ``rtd_all_accuracy/auc/loss`` over every real token."""
 
     def __init__(self, device: torch.device):

@@ -13,7 +13,7 @@ for one table row each. What is measured depends on what the checkpoint holds
 - a discriminator (``rtd``, ``fast-online``, or the D of a joint ``electra``/``decoupled``
   run): on the RTD shard set (``--rtd-dir``, else train.rtd_dir, else generate.rtd_dir), per
   epoch and overall, over the ordinary tokens (real and not a special id:
-  ``trainer.rtd.ordinary_mask``; [CLS]/[SEP] are never replaced and would flatter every
+  ``trainer.modes.rtd.ordinary_mask``; [CLS]/[SEP] are never replaced and would flatter every
   figure): accuracy, precision/recall/F1 of the replaced class, ROC-AUC, BCE loss, the
   replaced fraction, and for reference the accuracy and loss of the best constant guess (the
   majority class; the replaced fraction as p). ``rtd_all_accuracy``, ``rtd_all_auc`` and

@@ -2,7 +2,6 @@
 mapped to each augmentation's parameters.
 """
 
-
 import pytest
 import torch
 

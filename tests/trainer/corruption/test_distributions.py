@@ -2,7 +2,6 @@
 on specials, and the smoothed one-hot, uniform, unigram and log-interpolation forms.
 """
 
-
 import pytest
 import torch
 

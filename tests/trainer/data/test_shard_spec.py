@@ -1,6 +1,6 @@
 """The shard formats as documented (shards/README.md), read with raw pyarrow and numpy only and
 compared with the project's readers: an encode/decode mistake made symmetrically in
-trainer/shards.py (both sides agree with each other, not with the spec) fails here. Also the
+trainer/data/ (both sides agree with each other, not with the spec) fails here. Also the
 readers' refusals of a corpus longer than the model's sequence length, and the CI switch that
 turns a skip for a missing optional module into a failure."""
 

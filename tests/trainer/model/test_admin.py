@@ -1,4 +1,4 @@
-"""trainer.model.Encoder.admin_init_: the Admin omegas of post-LN encoders."""
+"""trainer.model.encoder.Encoder.admin_init_: the Admin omegas of post-LN encoders."""
 
 import dataclasses
 import math

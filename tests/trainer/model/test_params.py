@@ -2,7 +2,6 @@
 Table 2 sizes (Fast-ELECTRA, arXiv 2310.07347).
 """
 
-
 import pytest
 import torch
 

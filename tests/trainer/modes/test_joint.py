@@ -166,7 +166,7 @@ def test_labels_mark_exactly_the_changed_tokens(prepared):
 
 def test_joint_models_start_at_their_priors(prepared):
     """The generator's MLM bias is the corpus's log unigram; the discriminator's RTD bias the
-    log-odds of what such a generator replaces (trainer.tasks.expected_replaced_fraction)."""
+    log-odds of what such a generator replaces (trainer.modes.base.expected_replaced_fraction)."""
     import math
 
     from trainer.corruption.distributions import unigram_logprobs

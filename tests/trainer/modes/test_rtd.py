@@ -147,7 +147,7 @@ def test_rtd_bias_starts_at_the_first_global_batch_prior(prepared, rtd_dir):
 
 
 def test_rtd_learns_and_is_scored_on_the_epoch_it_never_trains_on(prepared, rtd_dir, tmp_path):
-    """(1 process vs 2 ranks, for every mode: tests/trainer/test_modes_distributed.py.)"""
+    """(1 process vs 2 ranks, for every mode: tests/trainer/modes/test_modes_distributed.py.)"""
     corpus_dir, _, _ = prepared
     common = ["train.max_steps=40", "train.global_batch_size=16",
               "train.micro_batch_size_per_rank=8", "model.dropout=0",

@@ -61,7 +61,7 @@ def counts_path(b: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float
 
 
 def accumulator_path(b: dict[str, torch.Tensor]) -> dict:
-    """As trainer.evaluate.evaluate_rtd: batches added, epochs merged."""
+    """As trainer.tools.evaluate.evaluate_rtd: batches added, epochs merged."""
     total = RTDAccumulator(torch.device("cpu"))
     for lo, hi in ((0, 7), (7, 15), (15, B)):
         part = RTDAccumulator(torch.device("cpu"))

@@ -65,7 +65,8 @@ def layer_depth(name: str, num_layers: int) -> int:
 def param_groups(model: FinetuneModel, ft: FinetuneConfig) -> list[dict]:
     """One group per (depth, decayed or not), lr = ft.lr * layer_decay^(L + 2 - depth), as in
     ELECTRA's _get_layer_lrs (so the top block gets lr * d^2 and the embeddings
-    lr * d^(L+2)); which parameters are decayed is trainer.model.weight_decay_groups' rule."""
+    lr * d^(L+2)); which parameters are decayed is trainer.model.params.weight_decay_groups'
+    rule."""
     decayed = {id(p) for p in weight_decay_groups(model, ft.weight_decay)[0]["params"]}
     L = model.encoder.cfg.num_layers
     groups: dict[tuple[int, bool], dict] = {}

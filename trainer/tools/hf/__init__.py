@@ -1,1 +1,7 @@
-"""trainer.tools.hf."""
+"""Hugging Face interop (`python -m trainer.hf import|export`, optional extra `hf`).
+
+    cli.py             the command
+    importer.py        an HF *ForMaskedLM folder -> an aux checkpoint
+    exporter.py        a checkpoint -> ElectraForPreTraining / ElectraForMaskedLM
+    common.py          the optional transformers dependency
+"""

@@ -12,9 +12,9 @@ a trained model as ELECTRA.
     python -m trainer.hf export runs/base/rtd hf/my-electra [--role discriminator|generator]
 
 Both directions are exact: the converted model computes the same logits as the original (up to
-float rounding; tests/trainer/test_hf.py checks 1e-4), with two caveats. Import: this project's
-LayerNorms use eps 1e-5 and BERT's use 1e-12; the import says when they differ and by how
-much that moves the normalised embeddings (``hf_import.py``). Vocabulary: the special tokens
+float rounding; tests/trainer/tools/test_hf.py checks 1e-4), with two caveats. Import: this
+project's LayerNorms use eps 1e-5 and BERT's use 1e-12; the import says when they differ and by
+how much that moves the normalised embeddings (``importer.py``). Vocabulary: the special tokens
 must already sit at the project's ids ([PAD] [UNK] [CLS] [SEP] [MASK] = 0-4) and the corpus
 must be tokenised with the imported model's own vocabulary; nothing is renumbered.
 Relative-position and pre-LN models have no HF ELECTRA equivalent and are refused on export.
