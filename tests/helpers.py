@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,12 +75,14 @@ def env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
 
 
-def train_proc(argv: list[str], nproc: int = 1) -> subprocess.Popen:
+def train_proc(argv: list[str], nproc: int = 1, module: str = "trainer.train"
+               ) -> subprocess.Popen:
+    """``python -m module argv``, or under torchrun (gloo) with ``nproc`` ranks."""
     if nproc == 1:
-        cmd = [sys.executable, "-m", "trainer.train", *argv]
+        cmd = [sys.executable, "-m", module, *argv]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", str(nproc), "-m", "trainer.train", *argv]
+               "--nproc_per_node", str(nproc), "-m", module, *argv]
     return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -114,6 +118,22 @@ def shard_files(folder) -> list[str]:
         out += [os.path.relpath(os.path.join(root, n), folder) for n in names
                 if n.startswith(("part-", ".tmp-"))]
     return sorted(out)
+
+
+def bare_rtd_rows(root, epoch: int) -> list[tuple[int, int, np.ndarray, np.ndarray, float]]:
+    """(position, seq_id, input_ids, labels, temperature) of every row of ``epoch`` of the RTD
+    set at ``root``, in position order, by a plain pyarrow read decoded as shards/README.md
+    documents (not through trainer.data)."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    out = []
+    for f in sorted(manifest["files"], key=lambda f: f["position_start"]):
+        if f["epoch"] != epoch:
+            continue
+        for r in pq.read_table(root / f["name"]).to_pylist():
+            ids = np.frombuffer(r["input_ids"], manifest["token_dtype"])
+            bits = np.unpackbits(np.frombuffer(r["labels"], np.uint8), bitorder="little")
+            out.append((r["position"], r["seq_id"], ids, bits[:len(ids)], r["temperature"]))
+    return out
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers import bare_rtd_rows
 from trainer.data.corpus_shards import CorpusShards
 from trainer.data.manifest import RTD_SCHEMA_VERSION, ShardError
 from trainer.data.rtd_format import RTDBatch, encode_rtd_rows, epoch_dir, rtd_part_name, token_dtype
@@ -113,20 +114,6 @@ def write_rtd_set(root, n=N, epochs=EPOCHS, part_rows=PART_ROWS, group_rows=GROU
     return root
 
 
-def bare_rows(root, epoch: int) -> list[tuple[int, int, np.ndarray, np.ndarray, float]]:
-    """Epoch ``epoch``'s rows by a plain read of every file, decoded row by row."""
-    manifest = json.loads((root / "manifest.json").read_text())
-    out = []
-    for f in sorted(manifest["files"], key=lambda f: f["position_start"]):
-        if f["epoch"] != epoch:
-            continue
-        for r in pq.read_table(root / f["name"]).to_pylist():
-            ids = np.frombuffer(r["input_ids"], manifest["token_dtype"])
-            bits = np.unpackbits(np.frombuffer(r["labels"], np.uint8), bitorder="little")
-            out.append((r["position"], r["seq_id"], ids, bits[:len(ids)], r["temperature"]))
-    return out
-
-
 @pytest.fixture(scope="module")
 def rtd_set(tmp_path_factory):
     return write_rtd_set(tmp_path_factory.mktemp("rtd") / "rtd")
@@ -143,7 +130,7 @@ def assert_rows_equal(got, want) -> None:
 def test_rtd_reads_equal_a_bare_read_across_row_groups_and_files(rtd_set):
     rtd = RTDShards(str(rtd_set))
     for e in range(EPOCHS):
-        want = bare_rows(rtd_set, e)
+        want = bare_rtd_rows(rtd_set, e)
         assert_rows_equal(list(rtd.rows(epoch=e)), want)
         assert_rows_equal(list(rtd.rows(epoch=e, start=17, end=211, chunk=13)), want[17:211])
         # Consecutive 32-row ranges, offset so that they straddle row groups and files.
@@ -224,7 +211,7 @@ def test_rtd_schema_version_1_is_refused_with_regenerate(rtd_set, tmp_path):
 def test_concurrent_readers_of_one_shard_set(rtd_set):
     """The trainer's prefetch thread and the main thread (evaluation) share one reader."""
     rtd = RTDShards(str(rtd_set), cached_row_groups=2)
-    want = {e: bare_rows(rtd_set, e) for e in range(EPOCHS)}
+    want = {e: bare_rtd_rows(rtd_set, e) for e in range(EPOCHS)}
     errors = []
 
     def read(e: int, step: int) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from tests.helpers import REPO, env, strip_timing, train_argv
 from tests.helpers import metrics as all_metrics
+from tests.helpers import strip_timing, train_argv, train_proc
 from tests.trainer.modes.modes_driver import cut
 from trainer import checkpoint
 from trainer.train import main as train_main
@@ -57,19 +56,14 @@ def modes(aux: str, aux_rtd_dir: str) -> dict[str, list[str]]:
 
 def launch(jobs: list[dict], path, nproc: int) -> float:
     path.write_text(json.dumps(jobs))
-    cmd = [sys.executable, "-m", "tests.trainer.modes.modes_driver", str(path)]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", str(nproc), *cmd[1:]]
     start = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = train_proc([str(path)], nproc, module="tests.trainer.modes.modes_driver")
     try:  # ~15-25 s here: the timeout only keeps a deadlocked rank from hanging the suite
         _, err = p.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         p.terminate()  # torchrun stops its ranks on SIGTERM (each runs in its own session)
         _, err = p.communicate(timeout=60)
-        pytest.fail(f"{' '.join(cmd)} hung (a rank waiting in a collective?): {err[-3000:]}")
+        pytest.fail(f"{' '.join(p.args)} hung (a rank waiting in a collective?): {err[-3000:]}")
     assert p.returncode == 0, err[-4000:]
     return time.perf_counter() - start
 

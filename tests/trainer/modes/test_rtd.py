@@ -3,7 +3,6 @@ consistency checks with the shard set."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from tests import conftest
-from tests.helpers import SMALL, TINY, run_train, strip_timing, train_argv
+from tests.helpers import SMALL, TINY, bare_rtd_rows, run_train, strip_timing, train_argv
 from tests.helpers import metrics as all_metrics
 from trainer import checkpoint
 from trainer.config.load import load_config
@@ -59,19 +58,6 @@ def test_rank_slices_make_the_global_batch(prepared, rtd_dir):
         assert np.array_equal(b["labels"][i, :len(r.labels)].numpy(), r.labels)
 
 
-def bare_epoch(rtd_dir, epoch: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """(input_ids, labels, temperature) of every row of ``epoch``, by a plain pyarrow read."""
-    manifest = json.loads((rtd_dir / "manifest.json").read_text())
-    rows = []
-    for f in sorted(manifest["files"], key=lambda f: f["position_start"]):
-        if f["epoch"] == epoch:
-            for r in pq.read_table(rtd_dir / f["name"]).to_pylist():
-                ids = np.frombuffer(r["input_ids"], manifest["token_dtype"])
-                bits = np.unpackbits(np.frombuffer(r["labels"], np.uint8), bitorder="little")
-                rows.append((ids, bits[:len(ids)], r["temperature"]))
-    return rows
-
-
 def test_micro_batches_are_the_files_rows_across_every_boundary(prepared, rtd_dir):
     """Consecutive micro-batches of 32 (row groups of 32, parts of 300 rows: after the first
     part every batch straddles two row groups) equal a bare read of the files, padded, also
@@ -83,7 +69,7 @@ def test_micro_batches_are_the_files_rows_across_every_boundary(prepared, rtd_di
     one = Dist(0, 1, 0, torch.device("cpu"))
     task = RTDTask(cfg, one)
     n = task.samples_per_epoch
-    want = bare_epoch(rtd_dir, 0) + bare_epoch(rtd_dir, 1)
+    want = [row[2:] for e in (0, 1) for row in bare_rtd_rows(rtd_dir, e)]
     for step in range(2 * n // 32):
         b = task.micro_batch(step, 0, one)
         for i, g in enumerate(b["sample_ids"].tolist()):
