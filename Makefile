@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean install
+.PHONY: demo test lint clean install task-sources
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,17 @@ demo: $(STAMP)
 	@echo "demo: corpus shards/tiny/corpus, RTD shards shards/tiny/rtd, aux runs/tiny/aux," \
 	    "discriminator runs/tiny/rtd, held-out metrics runs/tiny/eval.json, plots runs/tiny/plots/"
 
-test: $(STAMP)
+# The real fine-tuning tasks (python -m trainer.finetune_data --task wordnet|fortunes) are built
+# from two Debian packages; installed here where apt-get runs as root, else their tests skip.
+task-sources:
+	@if [ -e /usr/share/wordnet/data.noun ] && [ -e /usr/share/games/fortunes/computers ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        --no-install-recommends wordnet-base fortunes >/dev/null; \
+	else echo "make: the real fine-tuning tasks need Debian's wordnet-base and fortunes" \
+	    "(sudo apt-get install wordnet-base fortunes); their tests skip without them"; fi
+
+test: $(STAMP) task-sources
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --durations=15
 

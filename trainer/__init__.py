@@ -13,6 +13,7 @@ online modes (modes/mlm.py, joint.py, fast_online.py, early_exit.py) read the co
 Rooms, one job each:
 
     errors.py       UserError: names the key, file or row and the fix; exit 2, no traceback
+    atomic.py       write_text_atomic: temp file, fsync, rename
     config/         the run config: sections (dataclasses), TOML + --set loading, describe
     tokenizer.py    special token ids, SentencePiece loading and its contract
     model/          encoder, positions, heads, dropout plan, Admin init, parameter counts
@@ -34,7 +35,7 @@ Rooms, one job each:
 
 What each room may import (tests/trainer/test_layering.py checks every import against it):
 
-    errors                  <- (nothing)
+    errors atomic           <- (nothing)
     config tokenizer        <- errors
     model                   <- config tokenizer
     data                    <- config errors tokenizer

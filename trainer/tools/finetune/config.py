@@ -115,9 +115,13 @@ class FinetuneConfig:
     attention_dropout: float = 0.1
     """Attention-probability dropout of the encoder during fine-tuning."""
     head_activation: Literal["gelu", "tanh"] = "gelu"
-    """Head on [CLS]: dropout, dense, activation, dropout, out_proj. ``gelu`` is ELECTRA's
+    """Head: dropout, dense, activation, dropout, out_proj. ``gelu`` is ELECTRA's
     classification head (as in Hugging Face's ElectraClassificationHead), ``tanh`` BERT's
     pooler."""
+    pooling: Literal["cls", "mean"] = "cls"
+    """What the head reads: the [CLS] state (ELECTRA, BERT) or the mean of every token's state
+    (padding excluded). Replaced-token detection never trains the [CLS] state (its label is
+    constant), so a pre-trained discriminator's [CLS] carries little about the text."""
     eval_batch_size: int = 128
     """Examples per forward when scoring dev/test."""
     seed: int = 0

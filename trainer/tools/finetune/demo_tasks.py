@@ -1,5 +1,8 @@
-"""Demo tasks built from a prepared corpus (``make demo``; see continuation_task, order_task):
+"""``python -m trainer.finetune_data``: fine-tuning task files. The real tasks (labels written
+by people) are real_tasks.py's; the corpus proxies built from a prepared corpus (see
+continuation_task, order_task) are here:
 
+    python -m trainer.finetune_data data/wordnet --task wordnet
     python -m trainer.finetune_data shards/tiny/corpus data/continuation [--train 2000 --dev 500]
     python -m trainer.finetune_data shards/tiny/corpus data/order --task order
 """
@@ -12,9 +15,12 @@ import sys
 
 import numpy as np
 
+from trainer.atomic import write_text_atomic
 from trainer.cli import main_guard
 from trainer.data.corpus_shards import CorpusShards
+from trainer.errors import UserError
 from trainer.tokenizer import load_tokenizer
+from trainer.tools.finetune import real_tasks
 from trainer.tools.finetune.data import TaskDataError
 
 
@@ -39,10 +45,7 @@ def corpus_texts(corpus_dir: str) -> dict[str, list[tuple[int, list[str], int]]]
 
 
 def _write_tsv(path: str, lines: list[str]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def _pick(corpus_dir: str, pool: list, split: str, n: int, rng: np.random.Generator
@@ -134,22 +137,40 @@ TASKS = {"continuation": continuation_task, "order": order_task}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.finetune_data",
-                                description="Demo fine-tuning tasks built from a prepared "
-                                "corpus. continuation: " + continuation_task.__doc__ +
-                                " order: " + order_task.__doc__)
-    p.add_argument("corpus_dir", help="a prepared corpus, e.g. shards/tiny/corpus")
-    p.add_argument("out_dir", help="where train.tsv and dev.tsv go")
-    p.add_argument("--task", choices=sorted(TASKS), default="continuation")
-    p.add_argument("--train", type=int, default=2000, help="training examples")
-    p.add_argument("--dev", type=int, default=500, help="dev examples")
-    p.add_argument("--seed", type=int, default=0)
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.finetune_data",
+        description="Fine-tuning task files. Real tasks (labels written by people), from "
+        "Debian packages: python -m trainer.finetune_data OUT_DIR --task wordnet|fortunes "
+        "[--source DIR]. " + real_tasks.__doc__.split("\n\n", 2)[2] + " Corpus proxies, from "
+        "a prepared corpus: python -m trainer.finetune_data CORPUS_DIR OUT_DIR "
+        "[--task continuation|order]. continuation: " + continuation_task.__doc__ +
+        " order: " + order_task.__doc__)
+    p.add_argument("dirs", nargs="+", metavar="[CORPUS_DIR] OUT_DIR",
+                   help="a corpus task: the prepared corpus (e.g. shards/tiny/corpus) and "
+                        "where train.tsv and dev.tsv go; a real task: only where they go")
+    p.add_argument("--task", choices=sorted(TASKS) + sorted(real_tasks.REAL_TASKS),
+                   default="continuation")
+    p.add_argument("--source", help="a real task: the folder of its Debian package's files "
+                   "(default: " + ", ".join(f"{k} {v[1]}" for k, v in
+                                            sorted(real_tasks.REAL_TASKS.items())) + ")")
+    p.add_argument("--train", type=int, default=2000, help="corpus task: training examples")
+    p.add_argument("--dev", type=int, default=500, help="corpus task: dev examples")
+    p.add_argument("--seed", type=int, default=0, help="corpus task: sampling seed")
 
     def go(argv):
         args = p.parse_args(argv)
-        paths = TASKS[args.task](args.corpus_dir, args.out_dir, args.train, args.dev,
-                                 args.seed)
-        print(f"{args.task} task: {args.train} train / {args.dev} dev examples -> "
+        real = args.task in real_tasks.REAL_TASKS
+        if len(args.dirs) != (1 if real else 2):
+            raise UserError(f"--task {args.task} takes "
+                            + ("one folder, OUT_DIR" if real else "CORPUS_DIR OUT_DIR")
+                            + f"; got {len(args.dirs)}: {' '.join(args.dirs)}")
+        if real:
+            build, default = real_tasks.REAL_TASKS[args.task]
+            paths = build(args.dirs[0], args.source or default)
+        else:
+            paths = TASKS[args.task](*args.dirs, args.train, args.dev, args.seed)
+        counts = {k: sum(1 for _ in open(v)) - 1 for k, v in paths.items()}
+        print(f"{args.task} task: {counts['train']} train / {counts['dev']} dev examples -> "
               f"{paths['train']}, {paths['dev']}")
 
     return main_guard(go, argv)

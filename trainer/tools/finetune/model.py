@@ -1,5 +1,6 @@
-"""The fine-tuning model: the pre-trained encoder plus ELECTRA's head on [CLS] (dropout, dense,
-GELU, dropout, out_proj), and its optimizer with ELECTRA's layer-wise lr decay.
+"""The fine-tuning model: the pre-trained encoder plus ELECTRA's head (dropout, dense, GELU,
+dropout, out_proj) on [CLS] or on the mean token state, and its optimizer with ELECTRA's
+layer-wise lr decay.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from trainer.tools.finetune.config import (
 
 
 class ClassificationHead(nn.Module):
-    """On the [CLS] state: dropout, dense, activation, dropout, out_proj (ELECTRA)."""
+    """On the pooled state: dropout, dense, activation, dropout, out_proj (ELECTRA)."""
 
     def __init__(self, hidden_size: int, num_outputs: int, dropout: float, activation: str):
         super().__init__()
@@ -43,10 +44,20 @@ class FinetuneModel(nn.Module):
         self.encoder.set_dropout(ft.dropout, ft.attention_dropout)
         self.head = ClassificationHead(encoder.cfg.hidden_size, num_outputs, ft.dropout,
                                        ft.head_activation)
+        self.pooling = ft.pooling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask)  # (B, T, H)
-        return self.head(hidden[:, 0])  # [CLS] -> (B, C)
+        return self.head(pool(hidden, attention_mask, self.pooling))  # (B, C)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, H) token states -> (B, H): the [CLS] state, or the mean over the real tokens
+    (attention_mask (B, T), 1 = token, 0 = padding)."""
+    if how == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 def layer_depth(name: str, num_layers: int) -> int:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.atomic import write_text_atomic
 from trainer.cli import main_guard
 from trainer.config.load import to_toml
 from trainer.distributed import pick_device
@@ -72,15 +73,6 @@ from trainer.train import autocast_context
 RESULTS = "results.json"
 
 
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------
 # One run
 # ---------------------------------------------------------------------------------------------
@@ -106,8 +98,8 @@ def train_one(spec: FinetuneSpec, pre: Pretrained, data: TaskData, out_dir: str,
     device = pick_device(ft.device, 0, "finetune.device")
     num_outputs = 1 if regression else len(data.label_names)
     os.makedirs(out_dir, exist_ok=True)
-    write_atomic(os.path.join(out_dir, "config.toml"), to_toml(spec))
-    write_atomic(os.path.join(out_dir, "labels.json"),
+    write_text_atomic(os.path.join(out_dir, "config.toml"), to_toml(spec))
+    write_text_atomic(os.path.join(out_dir, "labels.json"),
                  json.dumps({"labels": data.label_names}, indent=1) + "\n")
 
     torch.manual_seed(ft.seed)
@@ -165,7 +157,7 @@ def train_one(spec: FinetuneSpec, pre: Pretrained, data: TaskData, out_dir: str,
         model.load_state_dict(best_state)
         pred = predict(model, data.test, ft, device, regression)
         names = [f"{p:.6g}" for p in pred] if regression else [data.label_names[p] for p in pred]
-        write_atomic(os.path.join(out_dir, "test_predictions.tsv"),
+        write_text_atomic(os.path.join(out_dir, "test_predictions.tsv"),
                      "index\tprediction\n" + "".join(f"{i}\t{p}\n" for i, p in enumerate(names)))
     results = {"inputs": inputs, "config": to_dict(spec), "metric": task.metric,
                "best_epoch": best["epoch"], "best": best, "final": epochs[-1],
@@ -173,7 +165,7 @@ def train_one(spec: FinetuneSpec, pre: Pretrained, data: TaskData, out_dir: str,
                "num_examples": {"train": len(data.train), "dev": len(data.dev),
                                 **({"test": len(data.test)} if data.test else {})},
                "device": str(device), "seconds": time.perf_counter() - start}
-    write_atomic(os.path.join(out_dir, RESULTS), json.dumps(results, indent=1) + "\n")
+    write_text_atomic(os.path.join(out_dir, RESULTS), json.dumps(results, indent=1) + "\n")
     return results
 
 
@@ -234,9 +226,9 @@ def run_grid(spec: FinetuneSpec, pre: Pretrained, files: TaskFiles, out_dir: str
     winner = max(rows, key=lambda r: r[select][metric])  # first of equals: file order
     summary = {"task": spec.task.name, "metric": spec.task.metric, "select": select,
                "from_scratch": from_scratch, "points": rows, "best": winner}
-    write_atomic(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
     table = summary_table(rows, metric)
-    write_atomic(os.path.join(out_dir, "summary.tsv"), table)
+    write_text_atomic(os.path.join(out_dir, "summary.tsv"), table)
     print(table.replace("\t", "  "), end="")
     print(f"finetune: best point ({select} epoch, dev {spec.task.metric}): {winner['point']} = "
           f"{winner[select][metric]:.4f}", flush=True)
