@@ -122,6 +122,11 @@ class FinetuneConfig:
     """What the head reads: the [CLS] state (ELECTRA, BERT) or the mean of every token's state
     (padding excluded). Replaced-token detection never trains the [CLS] state (its label is
     constant), so a pre-trained discriminator's [CLS] carries little about the text."""
+    rescale_to_init: bool = True
+    """Before fine-tuning, bring the pre-trained word embeddings back to the initialisation's
+    RMS (trainer.model.encoder.Encoder.rescale_to_init_): the same function, but embeddings
+    that pre-training grew 2-3x would otherwise adapt several times slower than a random
+    init's. A no-op for --from-scratch."""
     eval_batch_size: int = 128
     """Examples per forward when scoring dev/test."""
     seed: int = 0

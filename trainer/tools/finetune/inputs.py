@@ -17,9 +17,12 @@ from trainer.model.encoder import Encoder
 from trainer.model.encoder_config import EncoderConfig
 from trainer.pretrained import (
     DISCRIMINATOR_KINDS,
+    GENERATOR_KINDS,
     checkpoint_config,
     discriminator_config,
+    generator_config,
     load_discriminator,
+    load_generator,
     read_meta,
     resolve_checkpoint,
 )
@@ -33,7 +36,9 @@ from trainer.tools.finetune.data import EncodedData, encode, label_names_from, r
 
 @dataclass
 class Pretrained:
-    """The checkpoint's encoder (None with --from-scratch), its config and tokenizer."""
+    """The checkpoint's encoder (None with --from-scratch), its config and tokenizer: the
+    discriminator's where the checkpoint holds one, else (an ``mlm`` run, e.g. the aux) the
+    generator's."""
 
     path: str
     encoder_cfg: EncoderConfig
@@ -44,7 +49,11 @@ class Pretrained:
 
 def open_pretrained(checkpoint: str, tokenizer: str | None, from_scratch: bool) -> Pretrained:
     path = resolve_checkpoint(checkpoint)
-    meta = read_meta(path, "discriminator", DISCRIMINATOR_KINDS)
+    # A discriminator where the checkpoint holds one; an MLM run's (the aux's) own encoder else.
+    generator_only = read_meta(path, "encoder", (*DISCRIMINATOR_KINDS, *GENERATOR_KINDS)
+                               )["model_kind"] not in DISCRIMINATOR_KINDS
+    meta = (read_meta(path, "generator", GENERATOR_KINDS) if generator_only
+            else read_meta(path, "discriminator", DISCRIMINATOR_KINDS))
     run_cfg = checkpoint_config(meta)
     if tokenizer is None:
         tokenizer = os.path.join(run_cfg.data.corpus_dir, TOKENIZER_FILE)
@@ -54,12 +63,15 @@ def open_pretrained(checkpoint: str, tokenizer: str | None, from_scratch: bool) 
                             "it was trained); pass --tokenizer PATH to the corpus's "
                             "tokenizer.model")
     sp = load_tokenizer(tokenizer)
-    enc_cfg = discriminator_config(meta)
+    enc_cfg = generator_config(meta) if generator_only else discriminator_config(meta)
     if sp.get_piece_size() != enc_cfg.vocab_size:
         raise UserError(f"tokenizer {tokenizer} has {sp.get_piece_size()} pieces but the "
                         f"checkpoint's model has a vocabulary of {enc_cfg.vocab_size}; give the "
                         "tokenizer of the corpus the checkpoint was trained on (--tokenizer)")
-    encoder = None if from_scratch else load_discriminator(path).encoder
+    encoder = None if from_scratch else (load_generator(path) if generator_only
+                                         else load_discriminator(path)).encoder
+    if encoder is not None:
+        encoder.requires_grad_(True)  # load_generator freezes the aux; here it is fine-tuned
     return Pretrained(path, enc_cfg, encoder, tokenizer, sp)
 
 

@@ -105,6 +105,8 @@ def train_one(spec: FinetuneSpec, pre: Pretrained, data: TaskData, out_dir: str,
     torch.manual_seed(ft.seed)
     encoder = (Encoder(pre.encoder_cfg) if pre.encoder is None
                else copy.deepcopy(pre.encoder))
+    if pre.encoder is not None and ft.rescale_to_init:
+        encoder.rescale_to_init_()
     model = FinetuneModel(encoder, num_outputs, ft).to(device).train()
     opt = build_optimizer(model, ft)
     steps_per_epoch = math.ceil(len(data.train) / ft.batch_size)
