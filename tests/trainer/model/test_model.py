@@ -249,3 +249,32 @@ def test_dropout_plan_is_per_call_and_leaves_the_model_alone():
     torch.testing.assert_close(model(ids, dropout=DropoutPlan()), model.eval()(ids))
     with pytest.raises(ValueError, match="attention rate"):
         DropoutPlan(0.1, 1.0)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_rescale_to_init_keeps_the_function_and_restores_the_scale(name):
+    """Grown embeddings (as pre-training leaves them) go back to the init's RMS, and the
+    encoder computes the same function (LayerNorm eps set negligible to compare exactly)."""
+    enc = Encoder(VARIANTS[name]).eval()
+    for m in enc.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.eps = 1e-12
+    with torch.no_grad():  # rows grown unevenly, as Adam leaves frequent and rare tokens
+        enc.word_emb.weight.mul_(torch.linspace(1.5, 4.0, enc.cfg.vocab_size)[:, None])
+    ids = random_ids(2, 12)
+    before = enc(ids)
+    factor = enc.rescale_to_init_()
+    assert factor < 0.7
+    after = enc(ids)
+    assert torch.allclose(before, after, atol=1e-4), (before - after).abs().max()
+    rms = enc.word_emb.weight.pow(2).mean(1).sqrt()  # (V,)
+    if enc.pos_emb is None:
+        assert torch.allclose(rms, torch.full_like(rms, 0.02), rtol=1e-4)
+    else:
+        assert enc.word_emb.weight.pow(2).mean().sqrt().item() == pytest.approx(0.02, rel=1e-4)
+    # Negative control: with absolute positions a per-row rescale of the word table alone
+    # (the relative-position rule) would change the function; the check above has power.
+    if enc.pos_emb is not None:
+        with torch.no_grad():
+            enc.word_emb.weight.mul_(torch.linspace(0.5, 2.0, enc.cfg.vocab_size)[:, None])
+        assert not torch.allclose(enc(ids), after, atol=1e-3)

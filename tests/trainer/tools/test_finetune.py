@@ -20,6 +20,7 @@ from trainer import checkpoint
 from trainer.config.load import load_config, to_dict
 from trainer.config.sections import ConfigError
 from trainer.data.manifest import TOKENIZER_FILE
+from trainer.errors import UserError
 from trainer.model.encoder import Encoder
 from trainer.model.encoder_config import EncoderConfig
 from trainer.model.heads import Discriminator
@@ -260,3 +261,67 @@ def test_too_long_max_seq_len_and_missing_args_are_user_errors(disc_checkpoint, 
         capsys.readouterr().err)
     assert main(["--task", keyword_files[0]]) == 2
     assert "missing --checkpoint, --train, --dev, --out-dir" in capsys.readouterr().err
+
+
+def test_mean_pooling_ignores_padding():
+    from trainer.tools.finetune.model import pool
+
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(pool(hidden, mask, "cls"), hidden[:, 0])
+    mean = pool(hidden, mask, "mean")
+    assert torch.allclose(mean[0], hidden[0, :2].mean(0))  # padding left out
+    assert not torch.allclose(mean[0], hidden[0].mean(0))  # the wrong rule: padding counted
+    assert torch.allclose(mean[1], hidden[1].mean(0))
+
+
+def test_rescale_applies_to_pretrained_encoders_only(disc_checkpoint, keyword_files, tmp_path):
+    """finetune.rescale_to_init: the pre-trained word embeddings start fine-tuning at the
+    init's RMS (the run's first-epoch weights are compared through a 0-lr run), scratch is
+    untouched; off, the checkpoint's scale is kept."""
+    ckpt, _ = disc_checkpoint
+    grown = tmp_path / "grown"
+    state = torch.load(os.path.join(checkpoint.find_latest(ckpt), "state.pt"))
+    state["model"]["encoder.word_emb.weight"] *= 3.0
+    meta = json.loads(open(os.path.join(checkpoint.find_latest(ckpt), "meta.json")).read())
+    checkpoint.save(str(grown), 1, {"model": state["model"]}, meta, 0, 1, lambda: None)
+    pre = open_pretrained(str(grown), os.path.join(disc_checkpoint[1], TOKENIZER_FILE), False)
+    assert pre.encoder.word_emb.weight.pow(2).mean().sqrt().item() == pytest.approx(0.06,
+                                                                                    rel=0.05)
+    from trainer.tools.finetune import run as run_module
+
+    seen = {}
+    original = run_module.FinetuneModel.__init__
+
+    def spy(self, encoder, num_outputs, ft):
+        seen[ft.rescale_to_init] = encoder.word_emb.weight.pow(2).mean().sqrt().item()
+        original(self, encoder, num_outputs, ft)
+
+    run_module.FinetuneModel.__init__ = spy
+    try:
+        for flag in ("true", "false"):
+            run(["--checkpoint", str(grown), *finetune_argv(disc_checkpoint, keyword_files,
+                                                              tmp_path / flag)[2:],
+                 "--set", "finetune.epochs=1", "--set", f"finetune.rescale_to_init={flag}"])
+    finally:
+        run_module.FinetuneModel.__init__ = original
+    assert seen[True] == pytest.approx(0.02, rel=1e-3)
+    assert seen[False] == pytest.approx(0.06, rel=0.05)
+
+
+def test_an_mlm_checkpoint_is_fine_tuned_through_its_encoder(aux_checkpoint, keyword_files,
+                                                             tmp_path):
+    """The aux (an `mlm` run, no discriminator) fine-tunes: its generator's encoder, trainable
+    (load_generator freezes it for generate; a frozen encoder would leave only the head)."""
+    pre = open_pretrained(aux_checkpoint, None, from_scratch=False)
+    assert all(p.requires_grad for p in pre.encoder.parameters())
+    before = pre.encoder.blocks[0].attn.qkv.weight.clone()
+    task, train, dev, _ = keyword_files
+    results = run(["--checkpoint", aux_checkpoint, "--task", task, "--train", train, "--dev",
+                   dev, "--out-dir", str(tmp_path / "mlm"), "--set", "finetune.epochs=1"])
+    assert results["final"]["train_loss"] > 0
+    assert torch.equal(pre.encoder.blocks[0].attn.qkv.weight, before)  # the run used a copy
+    with pytest.raises(UserError, match="no discriminator"):
+        from trainer.pretrained import DISCRIMINATOR_KINDS, read_meta
+        read_meta(checkpoint.find_latest(aux_checkpoint) or aux_checkpoint, "discriminator",
+                  DISCRIMINATOR_KINDS)

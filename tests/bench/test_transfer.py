@@ -1,0 +1,73 @@
+"""``python -m bench.transfer --smoke``: the transfer bench end to end on the tests' small corpus
+and aux (its sub-runs call the real entry points' main(argv)), on the real fortunes task.
+
+What each check catches:
+- a row per (encoder, budget), scratch and the random-init probe, each with seeds' figures:
+  a point dropped from the plan;
+- the paired difference vs scratch recomputed here from the fine-tuning runs' own
+  results.json files: a difference taken between unpaired seeds, or of the wrong runs;
+- compute doubles with the budget: a budget that did not reach the pre-training run;
+- resume: a second invocation starts nothing; with one fine-tuning result deleted, exactly
+  that run starts again (the negative control: the evidence can show a re-run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tests.helpers import MODEL_SMALL
+from tests.trainer.tools.test_real_tasks import need_source
+
+
+def bench(out, corpus, aux) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    argv = [sys.executable, "-m", "bench.transfer", "--smoke", "--in-process", "--out",
+            str(out), "--corpus", str(corpus), "--aux", aux, "--rtd", "", "--tasks",
+            "fortunes", "--seeds", "0,1"]
+    for s in MODEL_SMALL:
+        argv += ["--set", s]
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_transfer_bench_rows_pairing_and_resume(prepared, aux_checkpoint, tmp_path, one_thread):
+    pytest.importorskip("matplotlib")
+    need_source("fortunes")
+    out = tmp_path / "transfer"
+    first = bench(out, prepared[0], aux_checkpoint)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    report = json.loads((out / "transfer.json").read_text())
+    rows = report["tasks"]["fortunes"]
+    assert set(rows) == {"rtd-x1", "rtd-x2", "mlm-x1", "mlm-x2", "scratch", "random-init"}
+    for name, row in rows.items():
+        assert 0.0 <= row["probe"]["mean"] <= 1.0 and row["probe"]["majority"] == 0.2
+        if name == "random-init":
+            continue
+        finals = []
+        for seed in (0, 1):
+            path = out / "finetune" / "fortunes" / name / f"seed{seed}" / "results.json"
+            finals.append(json.loads(path.read_text())["final"]["dev_accuracy"])
+        assert row["finetune"]["values"] == finals
+    scratch = rows["scratch"]["finetune"]["values"]
+    for name in ("rtd-x1", "rtd-x2", "mlm-x1", "mlm-x2"):
+        want = [a - b for a, b in zip(rows[name]["finetune"]["values"], scratch, strict=True)]
+        assert rows[name]["vs_scratch"]["values"] == pytest.approx(want)
+    assert rows["rtd-x2"]["gflops"] == pytest.approx(2 * rows["rtd-x1"]["gflops"])
+    assert rows["rtd-x2"]["updates"] == 2 * rows["rtd-x1"]["updates"] > 0
+    md = (out / "transfer.md").read_text()
+    assert md.count("| rtd | ") == 2 and "| random-init | - |" in md
+    assert (out / "transfer.png").stat().st_size > 0
+
+    again = bench(out, prepared[0], aux_checkpoint)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "bench.transfer: 0 sub-run(s) started" in again.stdout
+    (out / "finetune" / "fortunes" / "mlm-x2" / "seed1" / "results.json").unlink()
+    third = bench(out, prepared[0], aux_checkpoint)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "bench.transfer: 1 sub-run(s) started" in third.stdout
+    assert "run finetune/fortunes/mlm-x2/seed1" in third.stdout
