@@ -170,8 +170,8 @@ class Transfer:
 
     def pretrain(self, encoder: str, k: int) -> str:
         """The checkpoint folder of ``encoder`` at budget k (scratch: the rtd architecture)."""
-        if encoder == "scratch":
-            return self.pretrain("rtd", min(self.plan.budgets))
+        if encoder == "scratch":  # the 1x rtd run, whatever the budgets: one scratch row
+            return self.pretrain("rtd", 1)
         steps = self.steps(encoder, k)
         if k == 1 and encoder == "mlm":
             return self.aux
@@ -264,10 +264,9 @@ def run(argv: list[str] | None = None) -> dict:
                     encoder, bench.steps(encoder, k), plan.batch, ckpt),
                 "finetune": summary([r["final"]["dev_accuracy"] for r in mine]),
                 "train_loss": summary([r["final"]["train_loss"] for r in mine]),
-                "probe": bench.probe(name, ckpt, False, task)}
-        anchor = ckpts["scratch"][2] if "scratch" in ckpts else next(iter(ckpts.values()))[2]
-        rows["random-init"] = {"encoder": "random-init", "budget": 0,
-                               "probe": bench.probe("random-init", anchor, True, task)}
+                # scratch's features are a random-initialised encoder's (the probe's peer)
+                "probe": bench.probe("random-init" if encoder == "scratch" else name, ckpt,
+                                     encoder == "scratch", task)}
         if "scratch" in rows:
             base = rows["scratch"]["finetune"]["values"]
             for row in rows.values():

@@ -19,21 +19,19 @@ def table(task: str, rows: dict, seeds: list[int]) -> str:
              f"Dev accuracy after the last fine-tuning epoch, mean (min..max) over seeds "
              f"{', '.join(map(str, seeds))}; vs scratch: the paired per-seed difference; "
              "probes: logistic regression on frozen features ([CLS] / mean token state / "
-             "mean word embedding).", "",
+             "mean word embedding; scratch's row: a random-initialised encoder's).", "",
              "| encoder | budget | pre-training GFLOPs | fine-tuned | vs scratch | final train "
              "loss | probe [CLS] | probe mean | probe embeddings |",
              "|---|---:|---:|---|---|---:|---:|---:|---:|"]
-    order = sorted(rows, key=lambda n: (rows[n]["encoder"] != "random-init",
-                                        rows[n]["encoder"] != "scratch",
+    order = sorted(rows, key=lambda n: (rows[n]["encoder"] != "scratch",
                                         rows[n]["encoder"], rows[n]["budget"]))
     for name in order:
         r = rows[name]
         p = r["probe"]
         budget = f"{r['budget']}x" if r["budget"] else "-"
-        ft = _spread(r["finetune"]) if "finetune" in r else "-"
-        vs = _spread(r["vs_scratch"], signed=True) if "vs_scratch" in r and \
-            r["encoder"] != "scratch" else "-"
-        loss = f"{r['train_loss']['mean']:.3f}" if "train_loss" in r else "-"
+        ft = _spread(r["finetune"])
+        vs = _spread(r["vs_scratch"], signed=True) if "vs_scratch" in r else "-"
+        loss = f"{r['train_loss']['mean']:.3f}"
         gflops = f"{r['gflops']:,.0f}" if r.get("gflops") else "-"
         lines.append(f"| {r['encoder']} | {budget} | {gflops} | {ft} | {vs} | {loss} | "
                      f"{p['cls']:.3f} | {p['mean']:.3f} | {p['embeddings']:.3f} |")
@@ -67,7 +65,7 @@ def plot_compute(results: dict, path: str) -> None:
         rows = results["tasks"][task]
         by_encoder: dict[str, list[dict]] = {}
         for r in rows.values():
-            if "finetune" in r and r["encoder"] != "scratch":
+            if r["encoder"] != "scratch":
                 by_encoder.setdefault(r["encoder"], []).append(r)
         for encoder, rs in sorted(by_encoder.items()):
             rs.sort(key=lambda r: r["gflops"])

@@ -2,8 +2,8 @@
 and aux (its sub-runs call the real entry points' main(argv)), on the real fortunes task.
 
 What each check catches:
-- a row per (encoder, budget), scratch and the random-init probe, each with seeds' figures:
-  a point dropped from the plan;
+- a row per (encoder, budget) and scratch, each with the seeds' figures: a point dropped from
+  the plan; scratch's probe is a random-initialised encoder's, not its anchor checkpoint's;
 - the paired difference vs scratch recomputed here from the fine-tuning runs' own
   results.json files: a difference taken between unpaired seeds, or of the wrong runs;
 - compute doubles with the budget: a budget that did not reach the pre-training run;
@@ -43,11 +43,12 @@ def test_transfer_bench_rows_pairing_and_resume(prepared, aux_checkpoint, tmp_pa
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     report = json.loads((out / "transfer.json").read_text())
     rows = report["tasks"]["fortunes"]
-    assert set(rows) == {"rtd-x1", "rtd-x2", "mlm-x1", "mlm-x2", "scratch", "random-init"}
+    assert set(rows) == {"rtd-x1", "rtd-x2", "mlm-x1", "mlm-x2", "scratch"}
+    random_init = json.loads((out / "probe" / "fortunes" / "random-init.json").read_text())
+    assert rows["scratch"]["probe"] == random_init  # not the anchor checkpoint's weights
+    assert rows["rtd-x1"]["probe"] != random_init
     for name, row in rows.items():
         assert 0.0 <= row["probe"]["mean"] <= 1.0 and row["probe"]["majority"] == 0.2
-        if name == "random-init":
-            continue
         finals = []
         for seed in (0, 1):
             path = out / "finetune" / "fortunes" / name / f"seed{seed}" / "results.json"
@@ -60,7 +61,7 @@ def test_transfer_bench_rows_pairing_and_resume(prepared, aux_checkpoint, tmp_pa
     assert rows["rtd-x2"]["gflops"] == pytest.approx(2 * rows["rtd-x1"]["gflops"])
     assert rows["rtd-x2"]["updates"] == 2 * rows["rtd-x1"]["updates"] > 0
     md = (out / "transfer.md").read_text()
-    assert md.count("| rtd | ") == 2 and "| random-init | - |" in md
+    assert md.count("| rtd | ") == 2 and md.count("| scratch | - | - |") == 1
     assert (out / "transfer.png").stat().st_size > 0
 
     again = bench(out, prepared[0], aux_checkpoint)
