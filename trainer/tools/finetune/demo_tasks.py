@@ -169,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             paths = build(args.dirs[0], args.source or default)
         else:
             paths = TASKS[args.task](*args.dirs, args.train, args.dev, args.seed)
-        counts = {k: sum(1 for _ in open(v)) - 1 for k, v in paths.items()}
+        counts = {}
+        for split, path in paths.items():
+            with open(path, encoding="utf-8") as f:
+                counts[split] = sum(1 for _ in f) - 1  # less the header row
         print(f"{args.task} task: {counts['train']} train / {counts['dev']} dev examples -> "
               f"{paths['train']}, {paths['dev']}")
 

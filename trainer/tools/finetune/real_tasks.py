@@ -29,6 +29,7 @@ import re
 
 from trainer.atomic import write_text_atomic
 from trainer.tools.finetune.data import TaskDataError
+from trainer.tools.finetune.inputs import sha256_file
 
 WORDNET_DIR = "/usr/share/wordnet"
 WORDNET_CLASSES = {"05": "animal", "06": "artifact", "10": "communication", "13": "food",
@@ -124,10 +125,7 @@ def _write(out_dir: str, name: str, source_files: list[str],
         paths[split] = os.path.join(out_dir, f"{split}.tsv")
         write_text_atomic(paths[split], "sentence\tlabel\n"
                           + "".join(f"{t}\t{label}\n" for t, label in rows))
-    files = {}
-    for path in source_files:
-        with open(path, "rb") as f:
-            files[path] = hashlib.sha256(f.read()).hexdigest()
+    files = {path: sha256_file(path) for path in source_files}
     counts = {split: {label: sum(1 for _, lab in rows if lab == label)
                       for label in sorted({lab for _, lab in rows})}
               for split, rows in splits.items()}
