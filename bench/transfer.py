@@ -43,7 +43,13 @@ from trainer import checkpoint
 from trainer.atomic import write_text_atomic
 from trainer.cli import main_guard
 from trainer.data.corpus_shards import CorpusShards
-from trainer.pretrained import checkpoint_config, read_meta, resolve_checkpoint
+from trainer.pretrained import (
+    DISCRIMINATOR_KINDS,
+    GENERATOR_KINDS,
+    checkpoint_config,
+    read_meta,
+    resolve_checkpoint,
+)
 from trainer.tools.cost import estimate
 
 ENCODERS = ("rtd", "fast-online", "electra", "mlm", "scratch")
@@ -214,8 +220,8 @@ def pretraining_gflops(encoder: str, steps: int, batch: int, ckpt: str) -> float
     """Pre-training compute, trainer.cost's conventions (per sequence at full length, backward
     = 2 x forward) x sequences: rtd the offline design, fast-online fast_masked_head, electra
     joint; mlm the aux's share of the joint design (its forward and backward)."""
-    kind = read_json(os.path.join(ckpt, "meta.json"))["model_kind"]
-    est = estimate(checkpoint_config(read_meta(ckpt, "model", (kind,))))
+    est = estimate(checkpoint_config(read_meta(ckpt, "model",
+                                               (*DISCRIMINATOR_KINDS, *GENERATOR_KINDS))))
     per_seq = {"rtd": est["offline"]["total_gflops"],
                "fast-online": est["fast_masked_head"]["total_gflops"],
                "electra": est["joint"]["total_gflops"],
