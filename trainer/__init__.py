@@ -28,7 +28,8 @@ Rooms, one job each:
     modes/          Task protocol, registry (train.mode -> task), mlm, rtd, fast_online,
                     joint (electra, decoupled), early_exit
     train.py        the loop: one Task, DDP, accumulation, evaluation, checkpoints, resume
-    tools/          evaluate, cost, plot, sweep, finetune/, hf/ (Hugging Face import / export)
+    tools/          evaluate, cost, plot, sweep, finetune/, hf/ (Hugging Face import / export;
+                    hf/remote/: the model files an export writes, torch + transformers only)
     shards.py       DESIGN's notebook API: from trainer.shards import CorpusShards, RTDShards
     evaluate.py cost.py plot.py sweep.py finetune.py finetune_data.py hf.py
                     `python -m trainer.<command>` entries: main() of the tool in tools/

@@ -183,3 +183,27 @@ def test_the_map_check_has_power():
     assert map_violations(graph, allowed) == [
         "trainer.model.heads imports trainer.modes.rtd: model may import only config tokenizer",
         "trainer.newroom.x: room 'newroom' is not in trainer/__init__.py's map"]
+
+
+REMOTE = "trainer.tools.hf.remote"
+REMOTE_MAY_IMPORT = ("torch", "transformers", "math", "dataclasses", "__future__")
+
+
+def remote_violations(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{mod} imports {target}" for mod, targets in graph.items()
+                  if mod.startswith(REMOTE) for target in targets
+                  if not target.startswith(REMOTE)
+                  and target.split(".")[0] not in REMOTE_MAY_IMPORT)
+
+
+def test_exported_model_files_need_only_torch_and_transformers():
+    """The files trainer.hf export writes into model folders run on machines without this
+    project: they import torch, transformers, the standard library's math and dataclasses,
+    and each other."""
+    graph = repo_graph()
+    assert f"{REMOTE}.modeling_fast_electra" in graph
+    assert remote_violations(graph) == []
+    # Negative control: a project import in them is reported.
+    bad = {f"{REMOTE}.modeling_fast_electra": {"trainer.model.positions", "torch"}}
+    assert remote_violations(bad) == [
+        f"{REMOTE}.modeling_fast_electra imports trainer.model.positions"]

@@ -13,12 +13,8 @@ import torch
 
 from tests.conftest import TINY
 from tests.trainer.test_train import SMALL
-from trainer import checkpoint
-from trainer.config.load import load_config, to_dict
 from trainer.errors import UserError
 from trainer.model.encoder_config import EncoderConfig
-from trainer.model.heads import Discriminator, MLMModel
-from trainer.modes.joint import JointModel
 from trainer.pretrained import load_generator
 from trainer.tools.hf.cli import main, run
 from trainer.tools.hf.common import require_transformers
@@ -190,89 +186,6 @@ def test_missing_transformers_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import now raises ImportError
     with pytest.raises(UserError, match=r"pip install -e '\.\[hf\]'"):
         require_transformers()
-
-
-# ---------------------------------------------------------------------------------------------
-# Export
-# ---------------------------------------------------------------------------------------------
-
-def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every weight moved off its init; Admin omegas in +-[0.3, 3] (signs mixed)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "omega" in name:
-                p.copy_(torch.empty(p.shape).uniform_(0.3, 3, generator=g) * noise.sign())
-            else:
-                p.add_(0.1 * noise)
-    return model.eval()
-
-
-def save_checkpoint(out_dir, model, cfg, kind: str) -> str:
-    meta = {"step": 7, "mode": cfg.train.mode, "config": to_dict(cfg), "model_kind": kind}
-    return checkpoint.save(str(out_dir), 7, {"model": model.state_dict()}, meta, 0, 1,
-                           lambda: None)
-
-
-@pytest.mark.parametrize("kind,role", [("discriminator", None), ("mlm", None),
-                                       ("joint", "generator"), ("joint", "discriminator")])
-def test_export_gives_the_same_logits(kind, role, prepared, tmp_path):
-    corpus_dir, _, _ = prepared
-    mode = {"discriminator": "rtd", "mlm": "mlm", "joint": "electra"}[kind]
-    cfg = load_config(TINY, [*ABSOLUTE, f"train.mode={mode}", f"data.corpus_dir={corpus_dir}",
-                             "joint.embedding_sharing=gdes"])
-    torch.manual_seed(0)
-    model = perturbed({"discriminator": lambda: Discriminator(EncoderConfig.main(cfg)),
-                       "mlm": lambda: MLMModel(EncoderConfig.aux(cfg)),
-                       "joint": lambda: JointModel(cfg)}[kind]())
-    path = save_checkpoint(tmp_path / "run", model, cfg, kind)
-    out = tmp_path / "hf"
-    assert main(["export", str(tmp_path / "run"), str(out),  # a run folder: its latest
-                 *(["--role", role] if role else [])]) == 0
-    generator = (role or ("generator" if kind == "mlm" else "discriminator")) == "generator"
-    cls = transformers.ElectraForMaskedLM if generator else transformers.ElectraForPreTraining
-    hf = cls.from_pretrained(str(out)).eval()
-    ours = model
-    if kind == "joint":
-        ours = model.generator if generator else model.discriminator
-    ids, mask = padded_batch()
-    with torch.no_grad():
-        want = ours(ids, mask)[mask]  # (N, V) or (N,)
-        got = hf(input_ids=ids, attention_mask=mask.long()).logits[mask]
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors",
-                                       "tokenizer.model"]
-    assert (out / "tokenizer.model").read_bytes() == (corpus_dir / "tokenizer.model").read_bytes()
-    assert path in (out / "README.md").read_text()
-
-
-def test_export_refusals(tmp_path, capsys):
-    def fails(ckpt, out="hf", *flags) -> str:
-        assert main(["export", ckpt, str(tmp_path / out), *flags]) == 2
-        return capsys.readouterr().err
-
-    rel = load_config(TINY, [*SMALL, "train.mode=rtd"])  # tiny: relative positions
-    path = save_checkpoint(tmp_path / "rel", Discriminator(EncoderConfig.main(rel)), rel,
-                           "discriminator")
-    err = fails(path)
-    assert "model.position = 'relative'" in err and "absolute" in err
-    pre = load_config(TINY, [*ABSOLUTE, "model.layer_norm=pre"])
-    path = save_checkpoint(tmp_path / "pre", MLMModel(EncoderConfig.aux(pre)), pre, "mlm")
-    assert "model.layer_norm = 'pre'" in fails(path)
-
-    cfg = load_config(TINY, ABSOLUTE)
-    path = save_checkpoint(tmp_path / "mlm", MLMModel(EncoderConfig.aux(cfg)), cfg, "mlm")
-    assert "has no discriminator" in fails(path, "hf", "--role", "discriminator")
-    model = Discriminator(EncoderConfig.main(cfg))
-    with torch.no_grad():
-        model.encoder.blocks[1].omega_ffn[3] = 0.0
-    path = save_checkpoint(tmp_path / "zero", model, cfg, "discriminator")
-    assert "encoder.blocks.1.omega_ffn has zero entries" in fails(path)
-    (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "x").write_text("x")
-    assert "--overwrite" in fails(path, "full")
-    assert sorted(os.listdir(tmp_path)) == ["full", "mlm", "pre", "rel", "zero"]  # no output
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Hugging Face interop (optional extra ``hf``): import an MLM as the auxiliary model, export
-a trained model as ELECTRA.
+any trained model to transformers' Auto classes with a fast tokenizer.
 
     pip install -e '.[hf]'
     # a local BertForMaskedLM / RobertaForMaskedLM / ElectraForMaskedLM folder -> a checkpoint
@@ -7,27 +7,28 @@ a trained model as ELECTRA.
     python -m trainer.hf import hf/my-mlm runs/my-mlm [--config configs/base.toml]
     python -m pipeline.generate --config configs/base.toml \\
         --set generate.aux_checkpoint=runs/my-mlm/checkpoints/step_00000000
-    # a checkpoint (or run folder) -> ElectraForPreTraining (discriminator, the default for
-    # rtd / joint runs) or ElectraForMaskedLM (generator, the default for mlm runs)
+    # a checkpoint (or run folder) -> a model folder (discriminator, the default for rtd /
+    # joint runs, or generator, the default for mlm runs) + tokenizer.json
     python -m trainer.hf export runs/base/rtd hf/my-electra [--role discriminator|generator]
 
 Both directions are exact: the converted model computes the same logits as the original (up to
-float rounding; tests/trainer/tools/test_hf.py checks 1e-4), with two caveats. Import: this
-project's LayerNorms use eps 1e-5 and BERT's use 1e-12; the import says when they differ and by
-how much that moves the normalised embeddings (``importer.py``). Vocabulary: the special tokens
-must already sit at the project's ids ([PAD] [UNK] [CLS] [SEP] [MASK] = 0-4) and the corpus
-must be tokenised with the imported model's own vocabulary; nothing is renumbered.
-Relative-position and pre-LN models have no HF ELECTRA equivalent and are refused on export.
+float rounding; tests/trainer/tools/test_hf*.py check 1e-4 on import, 1e-5 on export). Export:
+absolute-position post-LN models become plain HF ELECTRA; every other variant (relative
+positions, pre-LN: all shipped configs) gets the project's remote-code model files
+(exporter.py). Import: the special tokens must already sit at the project's ids ([PAD] [UNK]
+[CLS] [SEP] [MASK] = 0-4) and the corpus must be tokenised with the imported model's own
+vocabulary; nothing is renumbered (importer.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from trainer.cli import main_guard
 from trainer.tools.hf.common import require_transformers
-from trainer.tools.hf.exporter import export_electra
+from trainer.tools.hf.exporter import export_model
 from trainer.tools.hf.importer import import_mlm
 
 
@@ -44,8 +45,8 @@ def run(argv: list[str] | None = None) -> str:
     imp.add_argument("--trust-special-ids", action="store_true",
                      help="the folder has no tokenizer file; accept that [PAD] [UNK] [CLS] "
                           "[SEP] [MASK] are ids 0-4 without checking")
-    exp = sub.add_parser("export", help="checkpoint -> HF ElectraForPreTraining / "
-                                        "ElectraForMaskedLM folder")
+    exp = sub.add_parser("export", help="checkpoint -> HF model folder (AutoModel*) with "
+                                        "tokenizer.json")
     exp.add_argument("checkpoint", help="checkpoint folder, or a run folder (its latest)")
     exp.add_argument("out_dir", help="folder to write (config.json, model.safetensors, ...)")
     exp.add_argument("--role", choices=["discriminator", "generator"],
@@ -57,8 +58,10 @@ def run(argv: list[str] | None = None) -> str:
         path = import_mlm(args.hf_dir, args.out_dir, args.config, args.trust_special_ids)
         print(f"hf import: wrote {path}\n  use it as --set generate.aux_checkpoint={path}")
         return path
-    path = export_electra(args.checkpoint, args.out_dir, args.role, args.overwrite)
-    print(f"hf export: wrote {path} (load it with transformers' from_pretrained)")
+    path = export_model(args.checkpoint, args.out_dir, args.role, args.overwrite)
+    remote = os.path.isfile(os.path.join(path, "modeling_fast_electra.py"))
+    print(f"hf export: wrote {path} (load it with transformers' AutoTokenizer / AutoModel* "
+          f".from_pretrained{'(..., trust_remote_code=True)' if remote else ''})")
     return path
 
 

@@ -1,33 +1,39 @@
-"""A checkpoint of this project -> a Hugging Face ELECTRA folder (config.json +
-model.safetensors) that ``from_pretrained`` loads.
+"""A checkpoint of this project -> a Hugging Face model folder that ``from_pretrained`` loads,
+with a fast tokenizer that ``AutoTokenizer`` loads.
 
     python -m trainer.hf export runs/base/rtd hf/my-electra                 # discriminator
     python -m trainer.hf export runs/base/aux hf/my-generator --role generator
 
-Every checkpoint kind that ``load_discriminator`` / ``load_generator`` accept exports: the
-discriminator becomes ``ElectraForPreTraining``, the generator ``ElectraForMaskedLM``. The
-model must have absolute positions and post-LN (HF ELECTRA has neither T5 relative buckets nor
-pre-LN); anything else is refused with the config key named.
+Every checkpoint kind that ``load_discriminator`` / ``load_generator`` accept exports, in one
+of two forms:
 
-Admin omegas are folded exactly. Our post-LN block computes x' = LN(omega * x + f(x)), where x
-is the previous LayerNorm's output and f reads x; HF computes LN(x + f(x)). Multiplying the
-previous LayerNorm's weight and bias by omega makes it output omega * x; dividing the input
-columns of the Linear that reads it (qkv for attention, ffn up for the feed-forward) by omega
-keeps f unchanged. Each LayerNorm output feeds exactly one sublayer and one residual (the last
-one feeds the head, with no omega), so nothing else changes. An omega entry of 0 cannot be
-divided out and is refused.
+- absolute positions and post-LN: plain ``ElectraForPreTraining`` (discriminator) /
+  ``ElectraForMaskedLM`` (generator), no custom code. Admin omegas are folded exactly: our
+  post-LN block computes x' = LN(omega * x + f(x)), where x is the previous LayerNorm's output
+  and f reads x; HF computes LN(x + f(x)). Multiplying the previous LayerNorm's weight and bias
+  by omega makes it output omega * x; dividing the input columns of the Linear that reads it
+  (qkv for attention, ffn up for the feed-forward) by omega keeps f unchanged. Each LayerNorm
+  output feeds exactly one sublayer and one residual (the last one feeds the head, with no
+  omega), so nothing else changes. An omega entry of 0 cannot be divided out and is refused.
+  layer_norm_eps and hidden_act = "gelu" (exact GELU) are ours; token_type_embeddings are zeros
+  (2 rows, so sentence-pair fine-tuning can learn them).
+- anything else (T5 relative positions, pre-LN; every shipped config): the project's own
+  ``configuration_fast_electra.py`` and ``modeling_fast_electra.py`` (trainer/tools/hf/remote/,
+  torch and transformers only) go into the folder with an ``auto_map`` in config.json, and
+  ``Auto*.from_pretrained(folder, trust_remote_code=True)`` loads FastElectraModel and its
+  pre-training, masked-LM, sequence- and token-classification heads. The weights are ours
+  renamed (``REMOTE_NAMES``); the relative bias table is stored in nats (times
+  model.rel_bias_scale).
 
-The export sets layer_norm_eps = 1e-5 (ours) and hidden_act = "gelu" (exact GELU, ours), so the
-HF model computes the same logits. token_type_embeddings are zeros (2 rows, so sentence-pair
-fine-tuning can learn them). The corpus's SentencePiece ``tokenizer.model`` (data.corpus_dir of
-the checkpoint's config) is copied next to the weights when it exists; it is a plain
-SentencePiece model (load it with ``sentencepiece.SentencePieceProcessor``), with [PAD] [UNK]
-[CLS] [SEP] [MASK] at ids 0-4.
+The tokenizer: the corpus's SentencePiece ``tokenizer.model`` (data.corpus_dir of the
+checkpoint's config), when it exists and fits the model, is converted to ``tokenizer.json``
+(fast_tokenizer.py: same ids as pipeline.prepare) and copied as is.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import torch
@@ -47,22 +53,10 @@ from trainer.pretrained import (
 )
 from trainer.tokenizer import PAD_ID, load_tokenizer
 from trainer.tools.hf.common import require_transformers
+from trainer.tools.hf.fast_tokenizer import write_fast_tokenizer
 from trainer.tools.hf.importer import OUR_LN_EPS
 
 ALL_KINDS = tuple(dict.fromkeys(GENERATOR_KINDS + DISCRIMINATOR_KINDS))
-
-
-def check_exportable(enc: EncoderConfig, path: str) -> None:
-    if enc.position != "absolute":
-        raise UserError(f"{path}: model.position = {enc.position!r}: HF ELECTRA has only "
-                        "learned absolute position embeddings and cannot hold T5 relative "
-                        "position buckets; only a model trained with model.position = "
-                        "'absolute' can be exported")
-    if enc.layer_norm != "post":
-        raise UserError(f"{path}: model.layer_norm = {enc.layer_norm!r}: HF ELECTRA is a "
-                        "post-LN Transformer and cannot hold a pre-LN one (its final LayerNorm "
-                        "and un-normalised residual stream); only model.layer_norm = 'post' "
-                        "models can be exported")
 
 
 def electra_config(enc: EncoderConfig, transformers):
@@ -127,23 +121,138 @@ def corpus_tokenizer(cfg: RunConfig, enc: EncoderConfig) -> str | None:
     return path
 
 
-def _write_readme(folder: str, source: str, step, role: str, cls: str, tokenizer: bool) -> None:
+# Our state-dict names -> the remote-code model's (the first rule that matches).
+REMOTE_NAMES = [
+    (r"^encoder\.word_emb\.", "fast_electra.embeddings.word_embeddings."),
+    (r"^encoder\.pos_emb\.", "fast_electra.embeddings.position_embeddings."),
+    (r"^encoder\.emb_ln\.", "fast_electra.embeddings.LayerNorm."),
+    (r"^encoder\.rel_bias$", "fast_electra.encoder.relative_attention_bias"),
+    (r"^encoder\.final_ln\.", "fast_electra.encoder.final_layernorm."),
+    (r"^encoder\.blocks\.(\d+)\.attn\.qkv\.", r"fast_electra.encoder.layer.\1.attention.qkv."),
+    (r"^encoder\.blocks\.(\d+)\.attn\.out\.", r"fast_electra.encoder.layer.\1.attention.output."),
+    (r"^encoder\.blocks\.(\d+)\.ffn\.up\.", r"fast_electra.encoder.layer.\1.intermediate."),
+    (r"^encoder\.blocks\.(\d+)\.ffn\.down\.", r"fast_electra.encoder.layer.\1.output."),
+    (r"^encoder\.blocks\.(\d+)\.ln_attn\.", r"fast_electra.encoder.layer.\1.attention_layernorm."),
+    (r"^encoder\.blocks\.(\d+)\.ln_ffn\.", r"fast_electra.encoder.layer.\1.output_layernorm."),
+    (r"^encoder\.blocks\.(\d+)\.omega_attn$",
+     r"fast_electra.encoder.layer.\1.attention_residual_scale"),
+    (r"^encoder\.blocks\.(\d+)\.omega_ffn$",
+     r"fast_electra.encoder.layer.\1.output_residual_scale"),
+]
+REMOTE_HEADS = {
+    "discriminator": [(r"^head\.dense\.", "discriminator_predictions.dense."),
+                      (r"^head\.out\.", "discriminator_predictions.dense_prediction.")],
+    "generator": [(r"^head\.dense\.", "generator_predictions.dense."),
+                  (r"^head\.ln\.", "generator_predictions.LayerNorm."),
+                  (r"^head\.weight$", "generator_lm_head.weight"),
+                  (r"^head\.bias$", "generator_lm_head.bias")],
+}
+REMOTE_DIR = os.path.join(os.path.dirname(__file__), "remote")
+REMOTE_FILES = ("configuration_fast_electra.py", "modeling_fast_electra.py")
+
+
+def needs_remote_code(enc: EncoderConfig) -> bool:
+    """Whether HF ELECTRA cannot hold the encoder (T5 relative positions or pre-LN)."""
+    return enc.position != "absolute" or enc.layer_norm != "post"
+
+
+def remote_config(enc: EncoderConfig):
+    from trainer.tools.hf.remote.configuration_fast_electra import FastElectraConfig
+    return FastElectraConfig(
+        vocab_size=enc.vocab_size, hidden_size=enc.hidden_size, num_hidden_layers=enc.num_layers,
+        num_attention_heads=enc.num_heads, intermediate_size=enc.ffn_size,
+        position=enc.position, relative_attention_num_buckets=enc.rel_num_buckets,
+        relative_attention_max_distance=enc.rel_max_distance,
+        max_position_embeddings=enc.max_seq_len, layer_norm=enc.layer_norm,
+        hidden_dropout_prob=enc.dropout, attention_probs_dropout_prob=enc.attention_dropout,
+        layer_norm_eps=enc.layer_norm_eps, pad_token_id=PAD_ID)
+
+
+@torch.no_grad()
+def remote_state(model: torch.nn.Module, role: str) -> dict[str, torch.Tensor]:
+    """The remote-code model's state dict of our Discriminator / MLMModel."""
+    rules = REMOTE_NAMES + REMOTE_HEADS[role]
+    out = {}
+    for name, tensor in model.state_dict().items():
+        new = next((re.sub(pat, rep, name) for pat, rep in rules if re.search(pat, name)), None)
+        if new is None:
+            raise AssertionError(f"export bug: no remote name for {name}")
+        if name == "encoder.rel_bias":
+            tensor = tensor * model.encoder.cfg.rel_bias_scale  # stored scaled down, see Encoder
+        out[new] = tensor
+    return out
+
+
+def electra_state(model: torch.nn.Module, role: str, path: str) -> dict[str, torch.Tensor]:
+    """HF ELECTRA's state dict of our Discriminator / MLMModel (absolute, post-LN)."""
+    state = encoder_state(model.encoder, path)
+    h = model.head
+    if role == "generator":
+        state.update({"generator_predictions.dense.weight": h.dense.weight,
+                      "generator_predictions.dense.bias": h.dense.bias,
+                      "generator_predictions.LayerNorm.weight": h.ln.weight,
+                      "generator_predictions.LayerNorm.bias": h.ln.bias,
+                      "generator_lm_head.weight": h.weight, "generator_lm_head.bias": h.bias})
+    else:
+        state.update({"discriminator_predictions.dense.weight": h.dense.weight,
+                      "discriminator_predictions.dense.bias": h.dense.bias,
+                      "discriminator_predictions.dense_prediction.weight": h.out.weight,
+                      "discriminator_predictions.dense_prediction.bias": h.out.bias})
+    return state
+
+
+def build_hf_model(model: torch.nn.Module, enc: EncoderConfig, role: str, path: str,
+                   transformers):
+    """The HF model (ELECTRA, or the remote-code one) holding ``model``'s weights."""
+    if needs_remote_code(enc):
+        from trainer.tools.hf.remote import modeling_fast_electra as remote
+        cls = (remote.FastElectraForMaskedLM if role == "generator"
+               else remote.FastElectraForPreTraining)
+        hf = cls(remote_config(enc))
+        hf.config.auto_map = dict(remote.AUTO_MAP)
+        state = remote_state(model, role)
+    else:
+        cls = (transformers.ElectraForMaskedLM if role == "generator"
+               else transformers.ElectraForPreTraining)
+        hf = cls(electra_config(enc, transformers))
+        state = electra_state(model, role, path)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+    if missing or unexpected:
+        raise AssertionError(f"export bug: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return hf.eval()
+
+
+def _write_readme(folder: str, source: str, step, role: str, cls: str, remote: bool,
+                  tokenizer: bool) -> None:
+    trust = ", trust_remote_code=True" if remote else ""
     lines = [f"# {cls} exported by fast-electra", "",
              f"Source checkpoint: `{source}` (step {step}), role: {role}.", "",
-             "Converted exactly by `python -m trainer.hf export` (Admin omegas folded into the "
-             "LayerNorms and the following Linears; layer_norm_eps = 1e-5, exact GELU). "
-             "token_type_embeddings are zeros.", ""]
+             "```python",
+             "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+             "tok = AutoTokenizer.from_pretrained(folder)",
+             "model = AutoModelForSequenceClassification.from_pretrained(folder, "
+             f"num_labels=2{trust})",
+             "```", ""]
+    if remote:
+        lines += ["The model code is `modeling_fast_electra.py` in this folder (T5 relative "
+                  "positions shared by all layers, or pre-LN, which HF ELECTRA cannot hold); "
+                  "it depends on torch and transformers only. The encoder has no token type "
+                  "embeddings.", ""]
+    else:
+        lines += ["Converted exactly to HF ELECTRA by `python -m trainer.hf export` (Admin "
+                  "omegas folded into the LayerNorms and the following Linears; exact GELU). "
+                  "token_type_embeddings are zeros.", ""]
     if tokenizer:
-        lines += ["`tokenizer.model` is the corpus's SentencePiece BPE model "
-                  "(`sentencepiece.SentencePieceProcessor(model_file='tokenizer.model')`); "
-                  "[PAD] [UNK] [CLS] [SEP] [MASK] are ids 0-4. Encode text as "
-                  "[CLS] + pieces + [SEP], as pipeline.prepare does.", ""]
+        lines += ["`tokenizer.json` encodes text as the corpus's SentencePiece model "
+                  "(`tokenizer.model`, also here) does, as `[CLS] text [SEP]` and "
+                  "`[CLS] a [SEP] b [SEP]`; [PAD] [UNK] [CLS] [SEP] [MASK] are ids 0-4.", ""]
     with open(os.path.join(folder, "README.md"), "w") as f:
         f.write("\n".join(lines))
 
 
-def export_electra(checkpoint: str, out_dir: str, role: str | None = None,
-                   overwrite: bool = False) -> str:
+def export_model(checkpoint: str, out_dir: str, role: str | None = None,
+                 overwrite: bool = False) -> str:
     """Write the HF folder; returns ``out_dir``."""
     transformers = require_transformers()
     path = resolve_checkpoint(checkpoint)
@@ -155,41 +264,23 @@ def export_electra(checkpoint: str, out_dir: str, role: str | None = None,
         raise UserError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
     cfg: RunConfig = checkpoint_config(meta)
     enc = EncoderConfig.aux(cfg) if role == "generator" else EncoderConfig.main(cfg)
-    check_exportable(enc, path)
-    hf_cfg = electra_config(enc, transformers)
-    if role == "generator":
-        model = load_generator(path)
-        hf = transformers.ElectraForMaskedLM(hf_cfg)
-        state = encoder_state(model.encoder, path)
-        h = model.head
-        state.update({"generator_predictions.dense.weight": h.dense.weight,
-                      "generator_predictions.dense.bias": h.dense.bias,
-                      "generator_predictions.LayerNorm.weight": h.ln.weight,
-                      "generator_predictions.LayerNorm.bias": h.ln.bias,
-                      "generator_lm_head.weight": h.weight, "generator_lm_head.bias": h.bias})
-    else:
-        model = load_discriminator(path)
-        hf = transformers.ElectraForPreTraining(hf_cfg)
-        state = encoder_state(model.encoder, path)
-        h = model.head
-        state.update({"discriminator_predictions.dense.weight": h.dense.weight,
-                      "discriminator_predictions.dense.bias": h.dense.bias,
-                      "discriminator_predictions.dense_prediction.weight": h.out.weight,
-                      "discriminator_predictions.dense_prediction.bias": h.out.bias})
-    missing, unexpected = hf.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
-    if missing or unexpected:
-        raise AssertionError(f"export bug: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    model = load_generator(path) if role == "generator" else load_discriminator(path)
+    hf = build_hf_model(model, enc, role, path, transformers)
+    remote = needs_remote_code(enc)
 
     out_dir = out_dir.rstrip("/")
     tmp = f"{out_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     hf.save_pretrained(tmp)
+    if remote:
+        for name in REMOTE_FILES:
+            shutil.copyfile(os.path.join(REMOTE_DIR, name), os.path.join(tmp, name))
     tokenizer = corpus_tokenizer(cfg, enc)
-    has_tokenizer = tokenizer is not None
-    if has_tokenizer:
+    if tokenizer is not None:
         shutil.copyfile(tokenizer, os.path.join(tmp, "tokenizer.model"))
-    _write_readme(tmp, path, meta.get("step"), role, type(hf).__name__, has_tokenizer)
+        write_fast_tokenizer(tokenizer, tmp, enc.max_seq_len, token_type_ids=not remote)
+    _write_readme(tmp, path, meta.get("step"), role, type(hf).__name__, remote,
+                  tokenizer is not None)
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)  # empty, or --overwrite
     os.replace(tmp, out_dir)
