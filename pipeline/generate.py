@@ -174,6 +174,27 @@ def build(p: beam.Pipeline, cfg: RunConfig, corpus: CorpusShards, layout: Layout
 # Launcher
 # ---------------------------------------------------------------------------------------------
 
+def check_same_vocabulary(meta: dict, path: str, corpus: CorpusShards) -> None:
+    """An aux speaks the corpus's ids only if both come from one vocabulary: the corpus's
+    SentencePiece model, or the same HF tokenizer (its vocabulary's sha256, recorded by
+    pipeline.prepare and by trainer.hf import)."""
+    entry = corpus.manifest["tokenizer"]
+    ours = (entry.get("kind", "sentencepiece"), entry.get("vocab_sha256"))
+    imported = meta.get("hf_import", {}).get("vocabulary", {})
+    theirs = (meta["config"].get("tokenizer", {}).get("kind", "sentencepiece"),
+              imported.get("vocab_sha256"))
+    if ours[0] != theirs[0] or (ours[1] and theirs[1] and ours[1] != theirs[1]):
+        def name(kind, sha, source):
+            return f"{kind} tokenizer {source}" + (f" (vocabulary {sha[:12]})" if sha else "")
+        raise GenerateError(
+            f"the aux checkpoint {path} speaks the ids of "
+            f"{name(*theirs, meta['config'].get('tokenizer', {}).get('model') or '?')}, the "
+            f"corpus {corpus.root} was tokenised with {name(*ours, entry.get('source', '?'))}; "
+            "prepare the corpus with the aux's own tokenizer (tokenizer.kind = 'hf', "
+            "tokenizer.model = the folder trainer.hf import wrote) or use an aux trained on "
+            "this corpus")
+
+
 def check_aux(cfg: RunConfig, corpus: CorpusShards) -> dict | None:
     """The aux checkpoint's provenance (sha256s, step, config), checked against the corpus;
     None for a model-free replacement."""
@@ -192,6 +213,7 @@ def check_aux(cfg: RunConfig, corpus: CorpusShards) -> dict | None:
                             f"tokens but the corpus tokenizer of {corpus.root} has "
                             f"{corpus.vocab_size}; use an aux model trained on this corpus's "
                             "tokenizer")
+    check_same_vocabulary(meta, path, corpus)
     if enc.position == "absolute" and enc.max_seq_len < corpus.max_seq_len:
         raise GenerateError(f"the aux checkpoint {path} takes at most {enc.max_seq_len} "
                             f"positions, the corpus {corpus.root} has sequences of "

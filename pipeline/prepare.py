@@ -68,7 +68,14 @@ from trainer.data.manifest import (
     UNIGRAM_FILE,
 )
 from trainer.errors import UserError
-from trainer.tokenizer import SPECIAL_IDS, TokenizerError, load_tokenizer_bytes
+from trainer.tokenizer import (
+    HF_SPECIALS_FILE,
+    HF_TOKENIZER_FILE,
+    SPECIAL_IDS,
+    HFTokenizer,
+    TokenizerError,
+    load_tokenizer_bytes,
+)
 
 
 class PrepareError(UserError):
@@ -103,17 +110,22 @@ class ReadDocumentsFn(beam.DoFn):
 
 class TokenizeFn(beam.DoFn):
     """(file_index, doc_index, offset, text) -> (part key, tuple(TokenizedDoc)). The
-    tokenizer loads once per worker in ``setup``."""
+    tokenizer loads once per worker in ``setup``: the SentencePiece model at tokenizer_path,
+    or, given ``hf_special_ids`` (role -> the source tokenizer's id), the Hugging Face
+    tokenizer.json there, renumbered onto the project's ids."""
 
     def __init__(self, tokenizer_path: str, max_seq_len: int, min_tail_tokens: int,
-                 part_text_bytes: int, file_groups: list[tuple[int, bool]]):
-        self.tokenizer_path = tokenizer_path
+                 part_text_bytes: int, file_groups: list[tuple[int, bool]],
+                 hf_special_ids: dict[str, int] | None = None):
+        self.tokenizer_path, self.hf_special_ids = tokenizer_path, hf_special_ids
         self.max_seq_len, self.min_tail_tokens = max_seq_len, min_tail_tokens
         self.part_text_bytes, self.file_groups = part_text_bytes, file_groups
         self.empty = Metrics.counter("prepare", "documents_without_tokens")
 
     def setup(self):
-        self.sp = load_tokenizer_bytes(read_bytes(self.tokenizer_path), self.tokenizer_path)
+        data = read_bytes(self.tokenizer_path)
+        self.sp = (HFTokenizer(data.decode("utf-8"), self.hf_special_ids, self.tokenizer_path)
+                   if self.hf_special_ids else load_tokenizer_bytes(data, self.tokenizer_path))
 
     def process(self, element):
         file_index, doc_index, offset, text = element
@@ -244,9 +256,10 @@ def build(p: beam.Pipeline, files: list[tuple[str, int]], cfg: RunConfig, contex
     tokenized = (
         read.docs
         | "ReshuffleDocuments" >> beam.Reshuffle()
-        | "Tokenize" >> beam.ParDo(TokenizeFn(join(corpus_dir, TOKENIZER_FILE),
-                                              data.max_seq_len, data.min_tail_tokens,
-                                              data.part_text_bytes, file_groups))
+        | "Tokenize" >> beam.ParDo(TokenizeFn(
+            join(corpus_dir, context["header"]["tokenizer"]["file"]), data.max_seq_len,
+            data.min_tail_tokens, data.part_text_bytes, file_groups,
+            context["header"]["tokenizer"].get("source_special_ids")))
     )
     plans = (
         tokenized
@@ -307,11 +320,34 @@ def load_given_tokenizer(cfg: RunConfig) -> bytes | None:
                              ".model file or leave it empty to train one")
     model = read_bytes(path)
     sp = load_tokenizer_bytes(model, path)
-    if sp.get_piece_size() != cfg.tokenizer.vocab_size:
-        raise TokenizerError(f"tokenizer {path} has {sp.get_piece_size()} pieces but "
-                             f"tokenizer.vocab_size = {cfg.tokenizer.vocab_size}; set "
-                             f"--set tokenizer.vocab_size={sp.get_piece_size()}")
+    check_vocab_size(sp.get_piece_size(), path, cfg)
     return model
+
+
+def check_vocab_size(size: int, path: str, cfg: RunConfig) -> None:
+    if size != cfg.tokenizer.vocab_size:
+        raise TokenizerError(f"tokenizer {path} has {size} tokens but tokenizer.vocab_size = "
+                             f"{cfg.tokenizer.vocab_size}; set --set tokenizer.vocab_size={size}")
+
+
+def given_hf_tokenizer(cfg: RunConfig) -> HFTokenizer:
+    """tokenizer.kind = "hf": the Hugging Face tokenizer at tokenizer.model (a local folder or
+    tokenizer.json), checked against tokenizer.vocab_size."""
+    tok = HFTokenizer.from_path(cfg.tokenizer.model)
+    check_vocab_size(tok.get_piece_size(), tok.source, cfg)
+    return tok
+
+
+def tokenizer_entry(cfg: RunConfig, model: bytes, tok: HFTokenizer | None) -> dict:
+    """The manifest's "tokenizer" entry; an HF tokenizer's also records the source
+    tokenizer's role ids (the renumbering) and its vocabulary's identity."""
+    entry = {"file": TOKENIZER_FILE, "sha256": sha256_hex(model),
+             "vocab_size": cfg.tokenizer.vocab_size, "special_ids": SPECIAL_IDS,
+             "source": cfg.tokenizer.model or "trained by prepare"}
+    if tok is not None:
+        entry.update(file=HF_TOKENIZER_FILE, kind="hf", source=tok.source,
+                     source_special_ids=tok.source_ids, vocab_sha256=tok.vocab_sha256())
+    return entry
 
 
 def fingerprint(cfg: RunConfig, files: list[tuple[str, int]], model: bytes | None) -> dict:
@@ -350,7 +386,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
 
     files = expand_inputs(cfg.data.input)
     preflight(files, cfg)
-    given = load_given_tokenizer(cfg)
+    hf = given_hf_tokenizer(cfg) if cfg.tokenizer.kind == "hf" else None
+    given = hf.json.encode("utf-8") if hf else load_given_tokenizer(cfg)
     fp = fingerprint(cfg, files, given)
     done = already_done(corpus_dir, "corpus", fp, args.overwrite,
                         ["part-*.parquet", UNIGRAM_FILE], "prepare",
@@ -364,7 +401,10 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         print("prepare: training the SentencePiece tokenizer "
               f"(vocab {cfg.tokenizer.vocab_size})", flush=True)
     model = given or train_tokenizer(files, cfg.tokenizer, cfg.data)
-    write_atomic(join(corpus_dir, TOKENIZER_FILE), model)
+    tokenizer = tokenizer_entry(cfg, model, hf)
+    write_atomic(join(corpus_dir, tokenizer["file"]), model)
+    if hf is not None:  # the role tokens beside tokenizer.json make the folder loadable
+        write_atomic(join(corpus_dir, HF_SPECIALS_FILE), hf.special_tokens_map().encode())
     write_atomic(join(corpus_dir, CONFIG_FILE), to_toml(cfg).encode())
 
     context = {
@@ -374,9 +414,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
             "schema_version": SCHEMA_VERSION,
             "kind": "corpus",
             "created_by": f"fast-electra {version('fast-electra')}",
-            "tokenizer": {"file": TOKENIZER_FILE, "sha256": sha256_hex(model),
-                          "vocab_size": cfg.tokenizer.vocab_size, "special_ids": SPECIAL_IDS,
-                          "source": cfg.tokenizer.model or "trained by prepare"},
+            "tokenizer": tokenizer,
             "max_seq_len": cfg.data.max_seq_len,
             "columns": {"seq_id": "int64", "doc_id": "int64", "input_ids": "list<int32>"},
             "fingerprint": fp,

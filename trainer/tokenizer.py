@@ -80,3 +80,155 @@ def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
                              "to an existing .model file, or leave it empty to train one") from None
     return load_tokenizer_bytes(data, path)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# A Hugging Face fast tokenizer (tokenizer.kind = "hf"), renumbered onto the contract
+# ---------------------------------------------------------------------------------------------
+
+ROLE_NAMES = ("pad", "unk", "cls", "sep", "mask")
+FAMILY_TOKENS = (  # role token strings when a folder does not name them: BERT's, RoBERTa's
+    {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
+    {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"},
+)
+HF_TOKENIZER_FILE = "tokenizer.json"
+HF_SPECIALS_FILE = "special_tokens_map.json"
+
+
+def source_order(source_ids: dict[str, int], vocab_size: int):
+    """``to_source`` (V,) int64: the source tokenizer's id of each project id. The five role
+    tokens take project ids 0-4 (PAD UNK CLS SEP MASK); every other id keeps its relative
+    order after them. The identity when the source already meets the contract."""
+    import numpy as np
+
+    front = [source_ids[r] for r in ROLE_NAMES]
+    if len(set(front)) != len(front) or not all(0 <= i < vocab_size for i in front):
+        raise TokenizerError(f"special token ids {source_ids} must be distinct ids below the "
+                             f"vocabulary size {vocab_size}")
+    rest = np.setdiff1d(np.arange(vocab_size), front)  # sorted
+    return np.concatenate([np.array(front), rest]).astype(np.int64)
+
+
+def role_tokens(folder: str) -> dict[str, str] | None:
+    """Role -> token string named by the folder's special_tokens_map.json or
+    tokenizer_config.json (the former wins); None when neither names all five."""
+    import json
+    import os
+
+    names: dict[str, str] = {}
+    for fname in ("tokenizer_config.json", HF_SPECIALS_FILE):
+        path = os.path.join(folder, fname)
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        for role in ROLE_NAMES:
+            tok = data.get(f"{role}_token")
+            if isinstance(tok, dict):
+                tok = tok.get("content")
+            if isinstance(tok, str):
+                names[role] = tok
+    return names if len(names) == len(ROLE_NAMES) else None
+
+
+class HFTokenizer:
+    """A ``tokenizers`` fast tokenizer that speaks the project's ids: ``encode`` / ``decode``
+    as SentencePieceProcessor's (no special tokens added), ids renumbered by
+    ``source_order`` so that [PAD] [UNK] [CLS] [SEP] [MASK] are 0-4 everywhere in the project
+    (shards, corruption, models); ``to_source`` maps them back (``trainer.hf export`` does, so
+    an exported model takes the original tokenizer's ids). Special-token text in a document
+    is tokenised as text, never as a special id."""
+
+    def __init__(self, tokenizer_json: str, source_ids: dict[str, int], source: str):
+        from tokenizers import Tokenizer
+
+        _hf_vocab(tokenizer_json, source)  # the readable errors
+        self.tok = Tokenizer.from_str(tokenizer_json)
+        self.tok.no_truncation()
+        self.tok.no_padding()
+        self.tok.encode_special_tokens = True
+        self.source, self.json, self.source_ids = source, tokenizer_json, dict(source_ids)
+        self.to_source = source_order(source_ids, self.get_piece_size())
+        self.to_project = self.to_source.argsort()
+
+    @classmethod
+    def from_path(cls, path: str) -> HFTokenizer:
+        """A folder holding tokenizer.json (an HF model or tokenizer folder, a corpus
+        prepared with tokenizer.kind = "hf"), or a tokenizer.json file; the role tokens come
+        from special_tokens_map.json / tokenizer_config.json beside it, else BERT's or
+        RoBERTa's names, whichever the vocabulary has."""
+        import os
+
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        file = os.path.join(path, HF_TOKENIZER_FILE) if os.path.isdir(path) else path
+        try:
+            with open(file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise TokenizerError(f"cannot read {file}: {e.strerror}; tokenizer.kind = 'hf' needs "
+                                 "tokenizer.model = a folder with tokenizer.json or the file "
+                                 "itself (python -m trainer.hf import writes one next to the "
+                                 "checkpoint)") from None
+        vocab = _hf_vocab(text, file)
+        named = role_tokens(folder)
+        candidates = [named] if named else list(FAMILY_TOKENS)
+        for names in candidates:
+            if all(t in vocab for t in names.values()):
+                return cls(text, {r: vocab[names[r]] for r in ROLE_NAMES}, file)
+        missing = {r: t for r, t in (named or FAMILY_TOKENS[0]).items() if t not in vocab}
+        raise TokenizerError(f"{file}: the special tokens {missing} are not in its vocabulary; "
+                             f"name them in {os.path.join(folder, HF_SPECIALS_FILE)} "
+                             '({"pad_token": ..., "unk_token": ..., "cls_token": ..., '
+                             '"sep_token": ..., "mask_token": ...})')
+
+    def get_piece_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text):
+        """str -> list[int]; list[str] -> list[list[int]] (batched): project ids."""
+        if isinstance(text, str):
+            return self.to_project[self.tok.encode(text, add_special_tokens=False).ids].tolist()
+        return [self.to_project[e.ids].tolist()
+                for e in self.tok.encode_batch(list(text), add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(self.to_source[list(ids)].tolist(), skip_special_tokens=True)
+
+    def special_tokens_map(self) -> str:
+        """special_tokens_map.json naming the role tokens (what from_path reads back)."""
+        import json
+
+        names = {i: t for t, i in self.tok.get_vocab(with_added_tokens=True).items()}
+        return json.dumps({f"{r}_token": names[self.source_ids[r]] for r in ROLE_NAMES},
+                          indent=1) + "\n"
+
+    def vocab_sha256(self) -> str:
+        """The vocabulary's identity (token -> source id, and the role ids), independent of
+        how the JSON file is formatted."""
+        import hashlib
+        import json
+
+        vocab = self.tok.get_vocab(with_added_tokens=True)
+        blob = json.dumps([sorted(vocab.items()), sorted(self.source_ids.items())])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _hf_vocab(tokenizer_json: str, source: str) -> dict[str, int]:
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise TokenizerError("tokenizer.kind = 'hf' needs the optional 'hf' dependencies: "
+                             "pip install -e '.[hf]'") from None
+    try:
+        return Tokenizer.from_str(tokenizer_json).get_vocab(with_added_tokens=True)
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise TokenizerError(f"{source} is not a Hugging Face tokenizer.json: {e}") from None
+
+
+def load_text_tokenizer(path: str, kind: str = "sentencepiece"):
+    """The tokenizer at ``path`` with encode / decode / get_piece_size in project ids:
+    a contract-checked SentencePieceProcessor (kind "sentencepiece") or an HFTokenizer
+    (kind "hf")."""
+    if kind == "hf":
+        return HFTokenizer.from_path(path)
+    return load_tokenizer(path)

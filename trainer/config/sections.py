@@ -86,20 +86,35 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    """SentencePiece BPE tokenizer with fixed special-token ids (see trainer.tokenizer)."""
+    """The corpus tokenizer: SentencePiece BPE with fixed special-token ids (trained by
+    pipeline.prepare, see trainer.tokenizer), or a Hugging Face fast tokenizer (an existing
+    model's), renumbered so that its five special tokens take the same ids."""
 
+    kind: str = "sentencepiece"
+    """"sentencepiece", or "hf": tokenise with the Hugging Face tokenizer at tokenizer.model
+    (e.g. the vocabulary of an imported public masked LM)."""
     model: str = ""
-    """An existing SentencePiece ``.model`` file, or empty to train one from data.input."""
+    """sentencepiece: an existing ``.model`` file, or empty to train one from data.input.
+    hf: a folder with tokenizer.json (an HF model folder, or the folder python -m trainer.hf
+    import writes) or a tokenizer.json file."""
     vocab_size: int = 128_000
-    """Vocabulary size (paper: 128K). Must equal the size of an existing model file."""
+    """Vocabulary size (paper: 128K). Must equal the size of an existing tokenizer."""
     train_max_sentences: int = 2_000_000
     """At most this many lines (sampled deterministically, in input order) train the model."""
     character_coverage: float = 0.9999
     """SentencePiece character_coverage; rare characters fall back to bytes."""
 
     def __post_init__(self):
-        check(self.vocab_size >= 300, "tokenizer.vocab_size",
-               f"must be >= 300 (256 byte-fallback pieces + specials), got {self.vocab_size}")
+        check(self.kind in ("sentencepiece", "hf"), "tokenizer.kind",
+              f"must be 'sentencepiece' or 'hf', got {self.kind!r}")
+        if self.kind == "hf":
+            check(bool(self.model), "tokenizer.model", "tokenizer.kind = 'hf' needs the "
+                  "tokenizer's folder or tokenizer.json here")
+            check(self.vocab_size > 5, "tokenizer.vocab_size",
+                  f"must be > 5 (the special tokens), got {self.vocab_size}")
+        else:
+            check(self.vocab_size >= 300, "tokenizer.vocab_size",
+                  f"must be >= 300 (256 byte-fallback pieces + specials), got {self.vocab_size}")
         check(self.train_max_sentences >= 1, "tokenizer.train_max_sentences", "must be >= 1")
         check(0.9 <= self.character_coverage <= 1.0, "tokenizer.character_coverage",
                "must be in [0.9, 1.0]")

@@ -29,7 +29,7 @@ from trainer.data.manifest import (
     unreadable,
     verify_files,
 )
-from trainer.tokenizer import SPECIAL_IDS
+from trainer.tokenizer import SPECIAL_IDS, HFTokenizer, load_tokenizer_bytes
 
 CORPUS_SCHEMA = pa.schema([
     pa.field("seq_id", pa.int64(), nullable=False),
@@ -79,6 +79,17 @@ class CorpusShards:
     @property
     def tokenizer_path(self) -> str:
         return f"{self.root}/{self.manifest['tokenizer']['file']}"
+
+    def tokenizer(self):
+        """The tokenizer the corpus was made with (encode / decode / get_piece_size in the
+        project's ids): SentencePiece, or a renumbered HF tokenizer (tokenizer.kind = "hf")."""
+        entry = self.manifest["tokenizer"]
+        with self.fs.open_input_file(f"{self.path}/{entry['file']}") as f:
+            data = f.read()
+        if entry.get("kind") == "hf":
+            return HFTokenizer(data.decode("utf-8"), entry["source_special_ids"],
+                               self.tokenizer_path)
+        return load_tokenizer_bytes(data, self.tokenizer_path)
 
     def verify(self, checksums: bool = False) -> None:
         """Check every file the manifest lists: present, row count, and with ``checksums``

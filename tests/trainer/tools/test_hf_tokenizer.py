@@ -26,6 +26,15 @@ ODD = ["", " ", "  two  spaces  ", "\ttab\tand\nnewline\n", "line\r\nbreak", "\u
        "12345 6.78e-9", "\x00\x01 control", "x" * 300]
 
 
+def corpus_lines(prose: list[str], n: int = 2000) -> list[str]:
+    """``n`` non-blank lines of real text: the documents' lines, then source lines."""
+    lines = [ln for doc in prose for ln in doc.splitlines() if ln.strip()]
+    with open(os.path.join(STDLIB, "difflib.py"), encoding="utf-8") as f:
+        lines = (lines + [ln for ln in f.read().splitlines() if ln.strip()])[:n]
+    assert len(lines) == n
+    return lines
+
+
 def prepare_ids(fn: TokenizeFn, text: str) -> list[int]:
     """The token ids pipeline.prepare stores for ``text`` (its TokenizeFn, no specials)."""
     out = list(fn.process((0, 0, 0, text)))
@@ -38,11 +47,7 @@ def setup(prepared, prose, tmp_path_factory):
     sp_path = str(corpus_dir / "tokenizer.model")
     fn = TokenizeFn(sp_path, MAX_LEN, 0, 1 << 30, [(0, True)])
     fn.setup()
-    lines = [ln for doc in prose for ln in doc.splitlines() if ln.strip()]
-    with open(os.path.join(STDLIB, "difflib.py"), encoding="utf-8") as f:  # code lines too
-        lines = (lines + [ln for ln in f.read().splitlines() if ln.strip()])[:2000]
-    assert len(lines) == 2000
-    return sp_path, fn, lines + ODD + prose[:200], tmp_path_factory.mktemp("tok")
+    return sp_path, fn, corpus_lines(prose) + ODD + prose[:200], tmp_path_factory.mktemp("tok")
 
 
 def load(sp_path: str, folder) -> object:

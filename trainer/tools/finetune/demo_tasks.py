@@ -19,7 +19,6 @@ from trainer.atomic import write_text_atomic
 from trainer.cli import main_guard
 from trainer.data.corpus_shards import CorpusShards
 from trainer.errors import UserError
-from trainer.tokenizer import load_tokenizer
 from trainer.tools.finetune import real_tasks
 from trainer.tools.finetune.data import TaskDataError
 
@@ -31,7 +30,7 @@ def corpus_texts(corpus_dir: str) -> dict[str, list[tuple[int, list[str], int]]]
     them."""
 
     corpus = CorpusShards(corpus_dir)
-    sp = load_tokenizer(corpus.tokenizer_path)
+    sp = corpus.tokenizer()
     texts: dict[str, list[tuple[int, list[str], int]]] = {"train": [], "dev": []}
     for r in corpus.rows():
         body = r.input_ids[1:-1].tolist()  # without [CLS] / [SEP]

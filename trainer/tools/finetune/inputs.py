@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import sentencepiece as spm
 
-from trainer.data.manifest import TOKENIZER_FILE
+from trainer.data.corpus_shards import CorpusShards
+from trainer.data.manifest import MANIFEST
 from trainer.errors import UserError
 from trainer.model.encoder import Encoder
 from trainer.model.encoder_config import EncoderConfig
@@ -26,7 +27,7 @@ from trainer.pretrained import (
     read_meta,
     resolve_checkpoint,
 )
-from trainer.tokenizer import load_tokenizer
+from trainer.tokenizer import HFTokenizer, load_text_tokenizer
 from trainer.tools.finetune.config import (
     FinetuneConfig,
     TaskConfig,
@@ -44,7 +45,7 @@ class Pretrained:
     encoder_cfg: EncoderConfig
     encoder: Encoder | None
     tokenizer_path: str
-    sp: spm.SentencePieceProcessor
+    sp: spm.SentencePieceProcessor | HFTokenizer
 
 
 def open_pretrained(checkpoint: str, tokenizer: str | None, from_scratch: bool) -> Pretrained:
@@ -56,13 +57,17 @@ def open_pretrained(checkpoint: str, tokenizer: str | None, from_scratch: bool) 
             else read_meta(path, "discriminator", DISCRIMINATOR_KINDS))
     run_cfg = checkpoint_config(meta)
     if tokenizer is None:
-        tokenizer = os.path.join(run_cfg.data.corpus_dir, TOKENIZER_FILE)
-        if not os.path.isfile(tokenizer):
-            raise UserError(f"the checkpoint's corpus tokenizer {tokenizer} does not exist (its "
-                            f"data.corpus_dir is {run_cfg.data.corpus_dir!r}, relative to where "
-                            "it was trained); pass --tokenizer PATH to the corpus's "
-                            "tokenizer.model")
-    sp = load_tokenizer(tokenizer)
+        corpus_dir = run_cfg.data.corpus_dir
+        if not os.path.isfile(os.path.join(corpus_dir, MANIFEST)):
+            raise UserError(f"the checkpoint's corpus {corpus_dir!r} (its data.corpus_dir, "
+                            "relative to where it was trained) has no manifest; pass "
+                            "--tokenizer PATH to the corpus's tokenizer.model (or, for a "
+                            "corpus prepared with tokenizer.kind = 'hf', its folder)")
+        corpus = CorpusShards(corpus_dir)
+        tokenizer, sp = corpus.tokenizer_path, corpus.tokenizer()
+    else:
+        sp = load_text_tokenizer(tokenizer, "sentencepiece" if tokenizer.endswith(".model")
+                                 else "hf")
     enc_cfg = generator_config(meta) if generator_only else discriminator_config(meta)
     if sp.get_piece_size() != enc_cfg.vocab_size:
         raise UserError(f"tokenizer {tokenizer} has {sp.get_piece_size()} pieces but the "

@@ -7,7 +7,7 @@
 
 ``--checkpoint`` is a checkpoint folder or a run folder (its latest checkpoint) of any run
 that holds a discriminator (rtd, fast-online, electra, decoupled; trainer.pretrained). The
-tokenizer is the checkpoint's corpus's ``tokenizer.model`` (``--tokenizer`` overrides).
+tokenizer is the checkpoint's corpus's (``--tokenizer`` overrides).
 ``--from-scratch`` fine-tunes the same architecture from random initialisation: the baseline
 that shows what pre-training bought. The model is the encoder plus a head on [CLS] (ELECTRA's:
 dropout, dense, GELU, dropout, out_proj); cross-entropy for classification, MSE for
@@ -268,7 +268,8 @@ def parser() -> argparse.ArgumentParser:
                    help="--grid: rank points by their best-epoch (default) or final dev score")
     p.add_argument("--from-scratch", action="store_true",
                    help="same architecture, randomly initialised (the no-pre-training baseline)")
-    p.add_argument("--tokenizer", help="SentencePiece model (default: the checkpoint's corpus's)")
+    p.add_argument("--tokenizer", help="a SentencePiece .model, or an HF tokenizer folder / "
+                   "tokenizer.json (default: the tokenizer of the checkpoint's corpus)")
     p.add_argument("--help-config", action="store_true",
                    help="print every task-file key with its value and meaning, then exit")
     return p

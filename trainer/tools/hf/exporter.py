@@ -32,6 +32,7 @@ checkpoint's config), when it exists and fits the model, is converted to ``token
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -39,6 +40,8 @@ import shutil
 import torch
 
 from trainer.config.run import RunConfig
+from trainer.data.corpus_shards import CorpusShards
+from trainer.data.manifest import MANIFEST
 from trainer.errors import UserError
 from trainer.model.encoder import Encoder
 from trainer.model.encoder_config import EncoderConfig
@@ -51,22 +54,22 @@ from trainer.pretrained import (
     read_meta,
     resolve_checkpoint,
 )
-from trainer.tokenizer import PAD_ID, load_tokenizer
+from trainer.tokenizer import PAD_ID, HFTokenizer, load_tokenizer
 from trainer.tools.hf.common import require_transformers
-from trainer.tools.hf.fast_tokenizer import write_fast_tokenizer
+from trainer.tools.hf.fast_tokenizer import write_fast_tokenizer, write_tokenizer_files
 from trainer.tools.hf.importer import OUR_LN_EPS
 
 ALL_KINDS = tuple(dict.fromkeys(GENERATOR_KINDS + DISCRIMINATOR_KINDS))
 
 
-def electra_config(enc: EncoderConfig, transformers):
+def electra_config(enc: EncoderConfig, transformers, pad_token_id: int = PAD_ID):
     return transformers.ElectraConfig(
         vocab_size=enc.vocab_size, embedding_size=enc.hidden_size, hidden_size=enc.hidden_size,
         num_hidden_layers=enc.num_layers, num_attention_heads=enc.num_heads,
         intermediate_size=enc.ffn_size, hidden_act="gelu", hidden_dropout_prob=enc.dropout,
         attention_probs_dropout_prob=enc.attention_dropout,
         max_position_embeddings=enc.max_seq_len, type_vocab_size=2,
-        layer_norm_eps=getattr(enc, "layer_norm_eps", OUR_LN_EPS), pad_token_id=PAD_ID,
+        layer_norm_eps=getattr(enc, "layer_norm_eps", OUR_LN_EPS), pad_token_id=pad_token_id,
         tie_word_embeddings=True)
 
 
@@ -156,7 +159,7 @@ def needs_remote_code(enc: EncoderConfig) -> bool:
     return enc.position != "absolute" or enc.layer_norm != "post"
 
 
-def remote_config(enc: EncoderConfig):
+def remote_config(enc: EncoderConfig, pad_token_id: int = PAD_ID):
     from trainer.tools.hf.remote.configuration_fast_electra import FastElectraConfig
     return FastElectraConfig(
         vocab_size=enc.vocab_size, hidden_size=enc.hidden_size, num_hidden_layers=enc.num_layers,
@@ -165,7 +168,7 @@ def remote_config(enc: EncoderConfig):
         relative_attention_max_distance=enc.rel_max_distance,
         max_position_embeddings=enc.max_seq_len, layer_norm=enc.layer_norm,
         hidden_dropout_prob=enc.dropout, attention_probs_dropout_prob=enc.attention_dropout,
-        layer_norm_eps=enc.layer_norm_eps, pad_token_id=PAD_ID)
+        layer_norm_eps=enc.layer_norm_eps, pad_token_id=pad_token_id)
 
 
 @torch.no_grad()
@@ -201,21 +204,49 @@ def electra_state(model: torch.nn.Module, role: str, path: str) -> dict[str, tor
     return state
 
 
+def source_vocabulary(cfg: RunConfig, path: str) -> HFTokenizer | None:
+    """A model trained on an HF tokenizer's ids (tokenizer.kind = "hf", renumbered so the
+    special tokens are 0-4): that tokenizer, from the model's corpus or tokenizer.model."""
+    if cfg.tokenizer.kind != "hf":
+        return None
+    if os.path.isfile(os.path.join(cfg.data.corpus_dir, MANIFEST)):
+        return CorpusShards(cfg.data.corpus_dir).tokenizer()
+    if os.path.exists(cfg.tokenizer.model):
+        return HFTokenizer.from_path(cfg.tokenizer.model)
+    raise UserError(f"{path} was trained on the ids of the HF tokenizer {cfg.tokenizer.model!r} "
+                    f"(tokenizer.kind = 'hf'), and neither it nor its corpus "
+                    f"{cfg.data.corpus_dir!r} is here; the export needs it to put the "
+                    "vocabulary back in the tokenizer's order")
+
+
+def to_source_order(state: dict[str, torch.Tensor], vocab: HFTokenizer) -> None:
+    """Vocabulary rows back in the source tokenizer's order (row s = its token s)."""
+    order = torch.as_tensor(vocab.to_project)
+    for name in list(state):
+        if name.endswith(("word_embeddings.weight", "generator_lm_head.weight",
+                          "generator_lm_head.bias")):
+            state[name] = state[name][order]
+
+
 def build_hf_model(model: torch.nn.Module, enc: EncoderConfig, role: str, path: str,
-                   transformers):
-    """The HF model (ELECTRA, or the remote-code one) holding ``model``'s weights."""
+                   transformers, vocab: HFTokenizer | None = None):
+    """The HF model (ELECTRA, or the remote-code one) holding ``model``'s weights; with
+    ``vocab``, its vocabulary rows in that tokenizer's order."""
+    pad = PAD_ID if vocab is None else vocab.source_ids["pad"]
     if needs_remote_code(enc):
         from trainer.tools.hf.remote import modeling_fast_electra as remote
         cls = (remote.FastElectraForMaskedLM if role == "generator"
                else remote.FastElectraForPreTraining)
-        hf = cls(remote_config(enc))
+        hf = cls(remote_config(enc, pad))
         hf.config.auto_map = dict(remote.AUTO_MAP)
         state = remote_state(model, role)
     else:
         cls = (transformers.ElectraForMaskedLM if role == "generator"
                else transformers.ElectraForPreTraining)
-        hf = cls(electra_config(enc, transformers))
+        hf = cls(electra_config(enc, transformers, pad))
         state = electra_state(model, role, path)
+    if vocab is not None:
+        to_source_order(state, vocab)
     missing, unexpected = hf.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
     if missing or unexpected:
@@ -224,7 +255,7 @@ def build_hf_model(model: torch.nn.Module, enc: EncoderConfig, role: str, path: 
 
 
 def _write_readme(folder: str, source: str, step, role: str, cls: str, remote: bool,
-                  tokenizer: bool) -> None:
+                  tokenizer: bool, vocab: HFTokenizer | None) -> None:
     trust = ", trust_remote_code=True" if remote else ""
     lines = [f"# {cls} exported by fast-electra", "",
              f"Source checkpoint: `{source}` (step {step}), role: {role}.", "",
@@ -247,6 +278,9 @@ def _write_readme(folder: str, source: str, step, role: str, cls: str, remote: b
         lines += ["`tokenizer.json` encodes text as the corpus's SentencePiece model "
                   "(`tokenizer.model`, also here) does, as `[CLS] text [SEP]` and "
                   "`[CLS] a [SEP] b [SEP]`; [PAD] [UNK] [CLS] [SEP] [MASK] are ids 0-4.", ""]
+    if vocab is not None:
+        lines += [f"`tokenizer.json` is the tokenizer the model was trained with "
+                  f"(`{vocab.source}`), with its own ids and templates.", ""]
     with open(os.path.join(folder, "README.md"), "w") as f:
         f.write("\n".join(lines))
 
@@ -265,7 +299,8 @@ def export_model(checkpoint: str, out_dir: str, role: str | None = None,
     cfg: RunConfig = checkpoint_config(meta)
     enc = EncoderConfig.aux(cfg) if role == "generator" else EncoderConfig.main(cfg)
     model = load_generator(path) if role == "generator" else load_discriminator(path)
-    hf = build_hf_model(model, enc, role, path, transformers)
+    vocab = source_vocabulary(cfg, path)
+    hf = build_hf_model(model, enc, role, path, transformers, vocab)
     remote = needs_remote_code(enc)
 
     out_dir = out_dir.rstrip("/")
@@ -275,12 +310,15 @@ def export_model(checkpoint: str, out_dir: str, role: str | None = None,
     if remote:
         for name in REMOTE_FILES:
             shutil.copyfile(os.path.join(REMOTE_DIR, name), os.path.join(tmp, name))
-    tokenizer = corpus_tokenizer(cfg, enc)
+    tokenizer = None if vocab is not None else corpus_tokenizer(cfg, enc)
     if tokenizer is not None:
         shutil.copyfile(tokenizer, os.path.join(tmp, "tokenizer.model"))
         write_fast_tokenizer(tokenizer, tmp, enc.max_seq_len, token_type_ids=not remote)
+    if vocab is not None:  # the source tokenizer as it was, with its own templates
+        write_tokenizer_files(tmp, vocab.json, json.loads(vocab.special_tokens_map()),
+                              enc.max_seq_len, token_type_ids=not remote)
     _write_readme(tmp, path, meta.get("step"), role, type(hf).__name__, remote,
-                  tokenizer is not None)
+                  tokenizer is not None, vocab)
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)  # empty, or --overwrite
     os.replace(tmp, out_dir)

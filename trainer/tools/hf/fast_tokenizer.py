@@ -128,25 +128,38 @@ def vocab_index(model: SpmModel, piece: str) -> int:
     return next(i for i, p in enumerate(model.pieces) if p.piece == piece)
 
 
-def write_fast_tokenizer(sp_path: str, out_dir: str, max_len: int,
-                         token_type_ids: bool) -> None:
-    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json to ``out_dir``.
-    ``token_type_ids``: whether the model takes them (HF ELECTRA does, the remote-code model
-    has no segment embeddings)."""
+def sentencepiece_json(sp_path: str, max_len: int, token_type_ids: bool) -> str:
+    """tokenizer.json of the SentencePiece model, its five special tokens registered."""
     from tokenizers import AddedToken
 
     tok = build_tokenizer(sp_path, max_len, pair_type_ids=token_type_ids)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t in SPECIAL_TOKENS])
     tok.no_truncation()  # transformers truncates to model_max_length on request
-    tok.save(os.path.join(out_dir, "tokenizer.json"))
-    special = {role: token for token, role in ROLES.items()}
+    return tok.to_str()
+
+
+def write_tokenizer_files(out_dir: str, tokenizer_json: str, roles: dict[str, str],
+                          max_len: int, token_type_ids: bool) -> None:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json to ``out_dir``.
+    roles: "pad_token" ... "mask_token" -> token string. ``token_type_ids``: whether the
+    model takes them (HF ELECTRA does, the remote-code model has no segment embeddings)."""
     inputs = ["input_ids", "token_type_ids", "attention_mask"] if token_type_ids else \
         ["input_ids", "attention_mask"]
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
               "padding_side": "right", "truncation_side": "right", "split_special_tokens": True,
-              "clean_up_tokenization_spaces": False, "model_input_names": inputs, **special}
-    for name, data in (("tokenizer_config.json", config), ("special_tokens_map.json", special)):
+              "clean_up_tokenization_spaces": False, "model_input_names": inputs, **roles}
+    with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
+        f.write(tokenizer_json)
+    for name, data in (("tokenizer_config.json", config), ("special_tokens_map.json", roles)):
         with open(os.path.join(out_dir, name), "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
+
+
+def write_fast_tokenizer(sp_path: str, out_dir: str, max_len: int,
+                         token_type_ids: bool) -> None:
+    """The SentencePiece model at ``sp_path`` as a fast tokenizer folder in ``out_dir``."""
+    roles = {role: token for token, role in ROLES.items()}
+    write_tokenizer_files(out_dir, sentencepiece_json(sp_path, max_len, token_type_ids), roles,
+                          max_len, token_type_ids)

@@ -47,12 +47,21 @@ import os
 import torch
 
 from trainer import checkpoint
+from trainer.atomic import write_text_atomic
 from trainer.config.load import build_config, load_config, to_dict, to_toml
 from trainer.config.run import RunConfig
 from trainer.errors import UserError
 from trainer.model.encoder_config import EncoderConfig
 from trainer.model.heads import MLMModel
-from trainer.tokenizer import NUM_SPECIAL, SPECIAL_IDS, load_tokenizer
+from trainer.tokenizer import (
+    HF_SPECIALS_FILE,
+    HF_TOKENIZER_FILE,
+    NUM_SPECIAL,
+    ROLE_NAMES,
+    SPECIAL_IDS,
+    HFTokenizer,
+    load_tokenizer,
+)
 from trainer.tools.hf.common import require_transformers
 
 OUR_LN_EPS = 1e-5  # nn.LayerNorm's default, which every LayerNorm in trainer.model uses
@@ -92,8 +101,6 @@ def check_hf_config(hf_dir: str, config) -> None:
                "embeddings_project Linear has no counterpart in trainer.model")
     if getattr(config, "is_decoder", False):
         refuse("is_decoder", "a causal (decoder) model is not a masked LM")
-    if config.pad_token_id != SPECIAL_IDS["pad"]:
-        refuse("pad_token_id", f"the project's [PAD] id is {SPECIAL_IDS['pad']}")
 
 
 def _token_strings(hf_dir: str, model_type: str) -> dict[str, str]:
@@ -137,38 +144,51 @@ def _vocab(hf_dir: str) -> tuple[dict[str, int], str] | None:
     return None
 
 
-def check_special_ids(hf_dir: str, model_type: str, trust: bool) -> str:
-    """Check that the folder's tokenizer puts the five special tokens at ids 0-4; returns the
-    file that was checked (or "trusted")."""
+def check_special_ids(hf_dir: str, model_type: str, trust: bool, transformers
+                      ) -> tuple[str, HFTokenizer | None]:
+    """Where the folder's special-token ids were read (or "trusted"), and, when its five
+    special tokens are not at the project's ids 0-4, its fast tokenizer (an HFTokenizer whose
+    renumbering the import applies to the vocabulary rows)."""
     for name in SP_FILES:
         path = os.path.join(hf_dir, name)
         if os.path.isfile(path):
             load_tokenizer(path)  # the project's own contract check, with its own message
-            return path
+            return path, None
     found = _vocab(hf_dir)
     if found is None:
         if trust:
-            return "trusted (--trust-special-ids)"
+            return "trusted (--trust-special-ids)", None
         raise UserError(f"{hf_dir} has no tokenizer file ({', '.join(SP_FILES)}, tokenizer.json, "
                         "vocab.txt or vocab.json), so its special-token ids cannot be checked; "
                         "copy in the tokenizer the model was trained with, or pass "
                         "--trust-special-ids if you know [PAD] [UNK] [CLS] [SEP] [MASK] are "
                         "ids 0-4")
     vocab, path = found
-    problems = []
-    for role, token in _token_strings(hf_dir, model_type).items():
-        got, want = vocab.get(token), SPECIAL_IDS[role]
-        if got != want:
-            problems.append(f"{role} token {token!r} is "
-                            + ("missing" if got is None else f"id {got}") + f", must be {want}")
-    if problems:
-        raise UserError(
-            f"{path}: the special tokens break the project's contract ([PAD] [UNK] [CLS] [SEP] "
-            f"[MASK] = ids 0-4): {'; '.join(problems)}. The import does not renumber "
-            "vocabularies: the corpus must be tokenised with the model's own vocabulary, so "
-            "only a model trained on a tokenizer that meets the contract (the corpus's "
-            "SentencePiece tokenizer.model, see trainer.tokenizer.TRAINER_SPEC) can be imported")
-    return path
+    names = _token_strings(hf_dir, model_type)
+    if all(vocab.get(token) == SPECIAL_IDS[role] for role, token in names.items()):
+        return path, None
+    return path, hf_tokenizer(hf_dir, transformers)
+
+
+def hf_tokenizer(hf_dir: str, transformers) -> HFTokenizer:
+    """The folder's own tokenizer as transformers loads it (fast; built from vocab.txt /
+    vocab.json + merges.txt when there is no tokenizer.json), with its role ids."""
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{hf_dir}: its tokenizer does not load with transformers' "
+                        f"AutoTokenizer ({e}); the corpus must be tokenised with the model's own "
+                        "vocabulary, so the import needs it") from None
+    backend = getattr(tok, "backend_tokenizer", None)
+    ids = {role: getattr(tok, f"{role}_token_id", None) for role in ROLE_NAMES}
+    missing = [role for role, i in ids.items() if i is None]
+    if backend is None or missing:
+        raise UserError(f"{hf_dir}: its tokenizer "
+                        + (f"has no {', '.join(missing)} token" if missing else "is not a fast "
+                           "(tokenizers) tokenizer")
+                        + "; the corpus and the corruption need all of [PAD] [UNK] [CLS] [SEP] "
+                        "[MASK] and a tokenizer.json")
+    return HFTokenizer(backend.to_str(), ids, hf_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +248,15 @@ def convert_state(model, hf_dir: str) -> tuple[dict[str, torch.Tensor], int]:
     return state, pos.shape[0]
 
 
+def renumbered(state: dict[str, torch.Tensor], vocab: HFTokenizer) -> dict[str, torch.Tensor]:
+    """The vocabulary rows (tied embeddings / LM head, LM bias) in the project's order: row p
+    is the source tokenizer's token ``vocab.to_source[p]`` (special tokens first)."""
+    order = torch.as_tensor(vocab.to_source)
+    word = state["encoder.word_emb.weight"][order].clone()
+    return {**state, "encoder.word_emb.weight": word, "head.weight": word,
+            "head.bias": state["head.bias"][order].clone()}
+
+
 def embedding_eps_effect(state: dict[str, torch.Tensor], hf_eps: float) -> float:
     """Median relative change of the normalised embeddings caused by eps 1e-5 instead of
     ``hf_eps``, over (token, position) pairs of the first tokens and positions."""
@@ -247,8 +276,11 @@ def our_eps(cfg: RunConfig) -> float:
     return float(getattr(cfg.model, "layer_norm_eps", OUR_LN_EPS))
 
 
-def run_config(base: RunConfig, config, max_seq_len: int) -> RunConfig:
-    """``base`` with the sections that describe the imported model overwritten."""
+def run_config(base: RunConfig, config, max_seq_len: int, tokenizer_dir: str | None
+               ) -> RunConfig:
+    """``base`` with the sections that describe the imported model overwritten;
+    ``tokenizer_dir``: where the import wrote the model's own tokenizer (tokenizer.kind =
+    "hf"), None when the model speaks the corpus's SentencePiece ids."""
     raw = to_dict(base)
     raw["model"].update(position="absolute", layer_norm="post",
                         dropout=float(config.hidden_dropout_prob),
@@ -256,6 +288,8 @@ def run_config(base: RunConfig, config, max_seq_len: int) -> RunConfig:
     raw["aux"] = {"num_layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
                   "num_heads": config.num_attention_heads, "ffn_size": config.intermediate_size}
     raw["tokenizer"]["vocab_size"] = config.vocab_size
+    if tokenizer_dir is not None:
+        raw["tokenizer"].update(kind="hf", model=tokenizer_dir)
     raw["data"]["max_seq_len"] = max_seq_len
     raw["train"]["mode"] = "mlm"
     if "layer_norm_eps" in raw["model"]:  # a trainer.model that can take HF's eps: exact
@@ -279,7 +313,16 @@ def import_mlm(hf_dir: str, out_dir: str, config_path: str | None = None,
         raise UserError(f"{os.path.join(hf_dir, 'config.json')} is unreadable as a Hugging "
                         f"Face config: {e}") from None
     check_hf_config(hf_dir, config)
-    special_source = check_special_ids(hf_dir, config.model_type, trust_special_ids)
+    special_source, vocab = check_special_ids(hf_dir, config.model_type, trust_special_ids,
+                                              transformers)
+    if vocab is not None and vocab.get_piece_size() != config.vocab_size:
+        raise UserError(f"{hf_dir}: its tokenizer has {vocab.get_piece_size()} tokens but "
+                        f"config.json says vocab_size = {config.vocab_size}; the vocabulary "
+                        "rows are renumbered by the tokenizer's ids, so the two must agree")
+    pad = SPECIAL_IDS["pad"] if vocab is None else vocab.source_ids["pad"]
+    if config.pad_token_id != pad:
+        raise UserError(f"{os.path.join(hf_dir, 'config.json')}: pad_token_id = "
+                        f"{config.pad_token_id!r}, but its tokenizer's pad token is id {pad}")
     cls = getattr(transformers, MODEL_CLASSES[config.model_type])
     model, info = cls.from_pretrained(hf_dir, local_files_only=True, output_loading_info=True)
     if info.get("mismatched_keys"):
@@ -290,7 +333,10 @@ def import_mlm(hf_dir: str, out_dir: str, config_path: str | None = None,
                         f"does not hold a {cls.__name__} (a discriminator or a bare encoder has "
                         "no MLM head); give a masked-LM folder")
     state, max_seq_len = convert_state(model.eval(), hf_dir)
-    cfg = run_config(base, config, max_seq_len)
+    if vocab is not None:
+        state = renumbered(state, vocab)
+    tokenizer_dir = None if vocab is None else os.path.abspath(out_dir)
+    cfg = run_config(base, config, max_seq_len, tokenizer_dir)
     enc = EncoderConfig.aux(cfg)
     with torch.device("meta"):  # shapes only: no init, no Admin profiling pass
         want = MLMModel(enc).state_dict()
@@ -311,9 +357,11 @@ def import_mlm(hf_dir: str, out_dir: str, config_path: str | None = None,
                           "position_offset": position_offset(config),
                           "special_ids_checked_in": special_source}}
     os.makedirs(out_dir, exist_ok=True)
+    if vocab is not None:
+        meta["hf_import"]["vocabulary"] = {"vocab_sha256": vocab.vocab_sha256(),
+                                           "source_special_ids": vocab.source_ids}
+        write_text_atomic(os.path.join(out_dir, HF_TOKENIZER_FILE), vocab.json)
+        write_text_atomic(os.path.join(out_dir, HF_SPECIALS_FILE), vocab.special_tokens_map())
     path = checkpoint.save(out_dir, 0, {"model": state}, meta, 0, 1, lambda: None)
-    tmp = os.path.join(out_dir, ".config.toml.tmp")
-    with open(tmp, "w") as f:
-        f.write(to_toml(cfg))
-    os.replace(tmp, os.path.join(out_dir, "config.toml"))
+    write_text_atomic(os.path.join(out_dir, "config.toml"), to_toml(cfg))
     return path
