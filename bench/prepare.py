@@ -1,5 +1,9 @@
 """Benchmark: throughput of ``pipeline.prepare`` on the local runner with 1 and 2 worker
-processes, as a ratio against tokenising the same text in a plain Python loop, same run.
+processes, as a ratio against tokenising the same text in a plain Python loop, same run; and
+the same job with a Hugging Face fast tokenizer (tokenizer.kind = "hf") against the
+SentencePiece one: the corpus's own SentencePiece model converted to tokenizer.json (the same
+ids, so the same corpus: the cost of the HF code path alone) and a WordPiece vocabulary of the
+same size trained on the same text (a BERT-style public vocabulary).
 
     .venv/bin/python bench/prepare.py [--mb 8] [--files 8]
 
@@ -24,7 +28,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.prepare import run  # noqa: E402
 from pipeline.sources import FileReport, read_file, stdlib_sources  # noqa: E402
-from trainer.tokenizer import load_tokenizer  # noqa: E402
+from trainer.tokenizer import (  # noqa: E402
+    ROLE_NAMES,
+    SPECIAL_TOKENS,
+    HFTokenizer,
+    load_tokenizer,
+)
+from trainer.tools.hf.fast_tokenizer import (  # noqa: E402
+    sentencepiece_json,
+    write_tokenizer_files,
+)
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                     "tiny.toml")
@@ -44,6 +57,24 @@ def make_corpus(root: str, mb: float, files: int) -> list[str]:
         with open(os.path.join(root, f"part{f:03d}.txt"), "w") as fh:
             fh.write("\n\n".join(out[f * per:(f + 1) * per]) + "\n")
     return out
+
+
+def wordpiece_folder(folder: str, docs: list[str], vocab_size: int) -> None:
+    """A BERT-style WordPiece tokenizer trained on ``docs`` (tokenizer.json and
+    special_tokens_map.json): what a public BERT MLM's folder holds."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(docs, trainers.WordPieceTrainer(vocab_size=vocab_size,
+                                                            special_tokens=specials))
+    os.makedirs(folder)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "special_tokens_map.json"), "w") as f:
+        f.write('{"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", '
+                '"sep_token": "[SEP]", "mask_token": "[MASK]"}')
 
 
 def prepare(inputs: str, corpus_dir: str, *extra: str) -> tuple[float, dict]:
@@ -90,12 +121,41 @@ def main() -> None:
         assert m["num_tokens"] == loop_tokens
         rows.append(("prepare, DaskRunner, 2 worker processes", secs))
 
+        # tokenizer.kind = "hf": the same text and job with fast tokenizers.
+        spj, wp = os.path.join(tmp, "sp-json"), os.path.join(tmp, "wordpiece")
+        os.makedirs(spj)
+        write_tokenizer_files(spj, sentencepiece_json(model, 1 << 20, False),
+                              {f"{r}_token": t for r, t in zip(ROLE_NAMES, SPECIAL_TOKENS,
+                                                               strict=True)}, 512, False)
+        wordpiece_folder(wp, docs, m0["tokenizer"]["vocab_size"])
+        hf_rows, hf_tokens = {}, {}
+        for label, folder in (("SentencePiece as tokenizer.json", spj), ("WordPiece", wp)):
+            hf = HFTokenizer.from_path(folder)
+            start = time.perf_counter()
+            hf_tokens[label] = sum(len(hf.encode(d)) for d in docs)
+            rows_here = [(f"python loop, HF {label} (1 core)", time.perf_counter() - start)]
+            for workers in (1, 2):
+                secs, m = prepare(inputs, os.path.join(tmp, f"hf{len(hf_rows)}{workers}"),
+                                  "--set", "tokenizer.kind=hf", "--set",
+                                  f"tokenizer.model={folder}", "--set",
+                                  f"tokenizer.vocab_size={hf.get_piece_size()}",
+                                  f"--direct_num_workers={workers}")
+                assert m["num_tokens"] == hf_tokens[label], (m["num_tokens"], hf_tokens)
+                rows_here.append((f"prepare, HF {label}, {workers} worker(s)", secs))
+            hf_rows[label] = rows_here
+        assert hf_tokens["SentencePiece as tokenizer.json"] == loop_tokens  # the same ids
+
     mib = sum(len(d.encode()) for d in docs) / 2**20
     print(f"corpus: {mib:.1f} MiB of text, {len(docs):,} documents, {loop_tokens:,} tokens, "
           f"{args.files} files; {os.cpu_count()} cores")
     print(f"{'':48s} {'seconds':>8s} {'tokens/s':>12s} {'vs loop':>8s}")
     for name, secs in rows:
         print(f"{name:48s} {secs:8.2f} {loop_tokens / secs:12,.0f} {loop_s / secs:8.2f}x")
+    for label, hf_here in hf_rows.items():
+        print(f"\ntokenizer.kind = hf, {label}: {hf_tokens[label]:,} tokens")
+        print(f"{'':58s} {'seconds':>8s} {'MiB/s':>8s} {'vs SentencePiece':>17s}")
+        for (name, secs), (_, sp_secs) in zip(hf_here, rows[:3], strict=True):
+            print(f"{name:58s} {secs:8.2f} {mib / secs:8.2f} {sp_secs / secs:16.2f}x")
 
 
 if __name__ == "__main__":

@@ -19,17 +19,21 @@ model.layer_norm = "post"; everything else from ``--config``), so ``load_generat
 
 Not representable, and refused with the config key named: an activation other than exact
 GELU (``hidden_act``), ELECTRA's ``embedding_size != hidden_size``, ``position_embedding_type``
-other than absolute, an untied LM head, and special tokens away from the project's ids.
+other than absolute, an untied LM head; model types other than the three (DeBERTa's
+disentangled attention, ALBERT's shared layers, ...) by ``model_type``.
 
-Special tokens: every model, shard and corruption in this project assumes [PAD] [UNK] [CLS]
-[SEP] [MASK] = ids 0-4 (trainer.tokenizer), and the corpus is tokenised by the SentencePiece
-model in data.corpus_dir. An imported MLM is therefore only meaningful if it was trained on
-that very vocabulary (e.g. a model exported by ``trainer.hf export``, or one trained in HF with
-the corpus's tokenizer.model); nothing is renumbered, because a renumbered public model (BERT's
-WordPiece, RoBERTa's byte BPE) would still need the corpus re-tokenised with its own
-vocabulary, which pipeline.prepare cannot do. The special ids are checked against the folder's
-tokenizer file: a SentencePiece tokenizer.model (checked by trainer.tokenizer's contract),
-tokenizer.json, vocab.txt or vocab.json.
+Vocabulary: every model, shard and corruption in this project has [PAD] [UNK] [CLS] [SEP]
+[MASK] at ids 0-4 (trainer.tokenizer). A model whose tokenizer already has them there (a
+SentencePiece tokenizer.model meeting the contract, e.g. a model exported by ``trainer.hf
+export``) imports as is and works on the corpus's own ids. Any other (BERT's WordPiece with
+[UNK] at 100, RoBERTa's byte BPE with <mask> last) is renumbered: its tokenizer (transformers'
+AutoTokenizer of the folder) gives ``trainer.tokenizer.source_order``, the vocabulary rows
+(tied embeddings and LM bias) are permuted into it, and the tokenizer is written beside the
+checkpoint as OUT_DIR/tokenizer.json + special_tokens_map.json with tokenizer.kind = "hf" and
+tokenizer.model = OUT_DIR in the checkpoint's config. ``pipeline.prepare`` with those two keys
+tokenises the corpus with it in the same renumbered ids; ``pipeline.generate`` refuses a
+corpus of another vocabulary; ``trainer.hf export`` permutes the rows back, so exported models
+take the original tokenizer's ids.
 
 LayerNorm eps: ours is 1e-5 (PyTorch's default, fixed in trainer.model), BERT's 1e-12. A
 LayerNorm whose input has variance v then differs by about 1e-5 / (2 v) relative, which
