@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean install task-sources
+.PHONY: demo demo-hf test lint clean install task-sources
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,26 @@ demo: $(STAMP)
 	@echo "demo: corpus shards/tiny/corpus, RTD shards shards/tiny/rtd, aux runs/tiny/aux," \
 	    "discriminator runs/tiny/rtd, held-out metrics runs/tiny/eval.json, plots runs/tiny/plots/"
 
+# The demo with a Hugging Face BERT MLM and its own WordPiece tokenizer as the frozen aux
+# (configs/tiny_bert.toml): trainer.hf local-mlm trains that BERT on the demo corpus's text (the
+# stand-in for a public checkpoint; no download), trainer.hf import renumbers its vocabulary
+# into an aux checkpoint, and prepare, generate, the discriminator and the export use the
+# BERT tokenizer's vocabulary; hf/tiny-bert-rtd is the discriminator for AutoModel*.
+demo-hf: $(STAMP)
+	test -f shards/tiny/corpus/manifest.json || $(PY) -m pipeline.prepare --config configs/tiny.toml
+	rm -rf hf/tiny-bert runs/tiny-bert
+	OMP_NUM_THREADS=2 $(PY) -m trainer.hf local-mlm shards/tiny/corpus hf/tiny-bert \
+	    --config configs/tiny_bert.toml
+	$(PY) -m trainer.hf import hf/tiny-bert runs/tiny-bert/aux --config configs/tiny_bert.toml
+	$(PY) -m pipeline.prepare --config configs/tiny_bert.toml --overwrite
+	OMP_NUM_THREADS=1 $(PY) -m pipeline.generate --config configs/tiny_bert.toml --overwrite
+	$(TORCHRUN) --config configs/tiny_bert.toml
+	OMP_NUM_THREADS=2 $(PY) -m trainer.evaluate --config configs/tiny_bert.toml \
+	    --checkpoint runs/tiny-bert/rtd --epochs 3 --json runs/tiny-bert/eval.json
+	$(PY) -m trainer.hf export runs/tiny-bert/rtd hf/tiny-bert-rtd --overwrite
+	@echo "demo-hf: BERT aux hf/tiny-bert (imported: runs/tiny-bert/aux), corpus and RTD shards" \
+	    "shards/tiny-bert/, discriminator runs/tiny-bert/rtd, exported hf/tiny-bert-rtd"
+
 # The real fine-tuning tasks (python -m trainer.finetune_data --task wordnet|fortunes) are built
 # from two Debian packages; installed here where apt-get runs as root, else their tests skip.
 task-sources:
@@ -54,4 +74,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf shards/*/ runs/ .pytest_cache
+	rm -rf shards/*/ runs/ hf/ .pytest_cache

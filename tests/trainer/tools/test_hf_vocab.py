@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import IN_MEMORY, prepare_argv
+from tests.helpers import TINY as TINY_PATH
 from tests.helpers import gen_argv, run_train, train_argv
 from tests.trainer.tools.test_hf_tokenizer import corpus_lines
 from trainer.data.corpus_shards import CorpusShards
@@ -242,3 +243,25 @@ def test_renumbering_is_a_permutation_with_specials_first(flow):
     assert [vocab.to_source[i] for i in range(5)] == [vocab.source_ids[r] for r in roles]
     rest = vocab.to_source[5:]
     assert np.all(np.diff(rest) > 0)  # every other token keeps its order
+
+
+def test_local_mlm_builds_a_bert_the_import_renumbers(prepared, tmp_path):
+    """trainer.hf local-mlm (make demo-hf's stand-in for a public checkpoint): a BERT folder
+    with BERT's special-token layout and the [aux] shape, which the import renumbers."""
+    corpus_dir, _, _ = prepared
+    config = tmp_path / "c.toml"
+    config.write_text(f'extends = "{TINY_PATH}"\n[tokenizer]\nvocab_size = 500\n[data]\n'
+                      "max_seq_len = 64\n[aux]\nnum_layers = 1\nhidden_size = 32\n"
+                      "num_heads = 2\nffn_size = 64\n")
+    assert main(["local-mlm", str(corpus_dir), str(tmp_path / "bert"), "--config",
+                 str(config), "--steps", "30"]) == 0
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "bert"))
+    assert len(tok) == 500 and tok.pad_token_id == 0 and tok.unk_token_id == 9  # [unused*]
+    model = transformers.BertForMaskedLM.from_pretrained(str(tmp_path / "bert"))
+    assert model.config.hidden_size == 32 and model.config.layer_norm_eps == 1e-5
+    assert main(["import", str(tmp_path / "bert"), str(tmp_path / "aux")]) == 0
+    vocab = HFTokenizer.from_path(str(tmp_path / "aux"))
+    assert vocab.source_ids == {"pad": 0, "unk": 9, "cls": 10, "sep": 11, "mask": 12}
+    # Negative control: the folder exists now, a second build refuses to overwrite it.
+    assert main(["local-mlm", str(corpus_dir), str(tmp_path / "bert"), "--config",
+                 str(config), "--steps", "1"]) == 2

@@ -27,9 +27,11 @@ import os
 import sys
 
 from trainer.cli import main_guard
+from trainer.config.load import load_config
 from trainer.tools.hf.common import require_transformers
 from trainer.tools.hf.exporter import export_model
 from trainer.tools.hf.importer import import_mlm
+from trainer.tools.hf.local_mlm import build_local_mlm
 
 
 def run(argv: list[str] | None = None) -> str:
@@ -52,8 +54,21 @@ def run(argv: list[str] | None = None) -> str:
     exp.add_argument("--role", choices=["discriminator", "generator"],
                      help="default: generator for mlm checkpoints, else discriminator")
     exp.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    loc = sub.add_parser("local-mlm", help="train a small BERT MLM + WordPiece tokenizer on a "
+                                           "prepared corpus's text (a local stand-in for a "
+                                           "public checkpoint)")
+    loc.add_argument("corpus_dir", help="a corpus folder written by pipeline.prepare")
+    loc.add_argument("out_dir", help="the HF folder to write (save_pretrained)")
+    loc.add_argument("--config", required=True,
+                     help="TOML run config: [aux] shape, tokenizer.vocab_size, data.max_seq_len")
+    loc.add_argument("--steps", type=int, default=300, help="AdamW steps of 64 sequences")
     args = parser.parse_args(argv)
     require_transformers().utils.logging.disable_progress_bar()  # one summary line instead
+    if args.command == "local-mlm":
+        path = build_local_mlm(args.corpus_dir, args.out_dir, load_config(args.config),
+                               args.steps)
+        print(f"hf local-mlm: wrote {path}")
+        return path
     if args.command == "import":
         path = import_mlm(args.hf_dir, args.out_dir, args.config, args.trust_special_ids)
         print(f"hf import: wrote {path}\n  use it as --set generate.aux_checkpoint={path}")
