@@ -206,11 +206,13 @@ def electra_state(model: torch.nn.Module, role: str, path: str) -> dict[str, tor
 
 def source_vocabulary(cfg: RunConfig, path: str) -> HFTokenizer | None:
     """A model trained on an HF tokenizer's ids (tokenizer.kind = "hf", renumbered so the
-    special tokens are 0-4): that tokenizer, from the model's corpus or tokenizer.model."""
+    special tokens are 0-4): that tokenizer, from the model's corpus (whose manifest decides)
+    or else tokenizer.model; None for the SentencePiece contract."""
+    if os.path.isfile(os.path.join(cfg.data.corpus_dir, MANIFEST)):  # the ids it trained on
+        tok = CorpusShards(cfg.data.corpus_dir).tokenizer()
+        return tok if isinstance(tok, HFTokenizer) else None
     if cfg.tokenizer.kind != "hf":
         return None
-    if os.path.isfile(os.path.join(cfg.data.corpus_dir, MANIFEST)):
-        return CorpusShards(cfg.data.corpus_dir).tokenizer()
     if os.path.exists(cfg.tokenizer.model):
         return HFTokenizer.from_path(cfg.tokenizer.model)
     raise UserError(f"{path} was trained on the ids of the HF tokenizer {cfg.tokenizer.model!r} "
