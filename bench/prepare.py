@@ -124,7 +124,7 @@ def main() -> None:
         # tokenizer.kind = "hf": the same text and job with fast tokenizers.
         spj, wp = os.path.join(tmp, "sp-json"), os.path.join(tmp, "wordpiece")
         os.makedirs(spj)
-        write_tokenizer_files(spj, sentencepiece_json(model, 1 << 20, False),
+        write_tokenizer_files(spj, sentencepiece_json(model, False),
                               {f"{r}_token": t for r, t in zip(ROLE_NAMES, SPECIAL_TOKENS,
                                                                strict=True)}, 512, False)
         wordpiece_folder(wp, docs, m0["tokenizer"]["vocab_size"])

@@ -10,6 +10,11 @@ lacks them is refused at load time rather than producing silently wrong data:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+
+import numpy as np
 import sentencepiece as spm
 
 from trainer.errors import UserError
@@ -87,10 +92,10 @@ def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
 # ---------------------------------------------------------------------------------------------
 
 ROLE_NAMES = ("pad", "unk", "cls", "sep", "mask")
-FAMILY_TOKENS = (  # role token strings when a folder does not name them: BERT's, RoBERTa's
-    {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
-    {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"},
-)
+FAMILY_TOKENS = {  # role token strings when a folder does not name them
+    "bert": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
+    "roberta": {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"},
+}
 HF_TOKENIZER_FILE = "tokenizer.json"
 HF_SPECIALS_FILE = "special_tokens_map.json"
 
@@ -99,8 +104,6 @@ def source_order(source_ids: dict[str, int], vocab_size: int):
     """``to_source`` (V,) int64: the source tokenizer's id of each project id. The five role
     tokens take project ids 0-4 (PAD UNK CLS SEP MASK); every other id keeps its relative
     order after them. The identity when the source already meets the contract."""
-    import numpy as np
-
     front = [source_ids[r] for r in ROLE_NAMES]
     if len(set(front)) != len(front) or not all(0 <= i < vocab_size for i in front):
         raise TokenizerError(f"special token ids {source_ids} must be distinct ids below the "
@@ -109,12 +112,9 @@ def source_order(source_ids: dict[str, int], vocab_size: int):
     return np.concatenate([np.array(front), rest]).astype(np.int64)
 
 
-def role_tokens(folder: str) -> dict[str, str] | None:
-    """Role -> token string named by the folder's special_tokens_map.json or
-    tokenizer_config.json (the former wins); None when neither names all five."""
-    import json
-    import os
-
+def role_tokens(folder: str) -> dict[str, str]:
+    """Role -> token string, for the roles the folder's tokenizer_config.json or
+    special_tokens_map.json names (the latter wins)."""
     names: dict[str, str] = {}
     for fname in ("tokenizer_config.json", HF_SPECIALS_FILE):
         path = os.path.join(folder, fname)
@@ -128,7 +128,7 @@ def role_tokens(folder: str) -> dict[str, str] | None:
                 tok = tok.get("content")
             if isinstance(tok, str):
                 names[role] = tok
-    return names if len(names) == len(ROLE_NAMES) else None
+    return names
 
 
 class HFTokenizer:
@@ -140,10 +140,7 @@ class HFTokenizer:
     is tokenised as text, never as a special id."""
 
     def __init__(self, tokenizer_json: str, source_ids: dict[str, int], source: str):
-        from tokenizers import Tokenizer
-
-        _hf_vocab(tokenizer_json, source)  # the readable errors
-        self.tok = Tokenizer.from_str(tokenizer_json)
+        self.tok = _parse_hf(tokenizer_json, source)
         self.tok.no_truncation()
         self.tok.no_padding()
         self.tok.encode_special_tokens = True
@@ -157,8 +154,6 @@ class HFTokenizer:
         prepared with tokenizer.kind = "hf"), or a tokenizer.json file; the role tokens come
         from special_tokens_map.json / tokenizer_config.json beside it, else BERT's or
         RoBERTa's names, whichever the vocabulary has."""
-        import os
-
         folder = path if os.path.isdir(path) else os.path.dirname(path)
         file = os.path.join(path, HF_TOKENIZER_FILE) if os.path.isdir(path) else path
         try:
@@ -169,13 +164,14 @@ class HFTokenizer:
                                  "tokenizer.model = a folder with tokenizer.json or the file "
                                  "itself (python -m trainer.hf import writes one next to the "
                                  "checkpoint)") from None
-        vocab = _hf_vocab(text, file)
+        vocab = _parse_hf(text, file).get_vocab(with_added_tokens=True)
         named = role_tokens(folder)
-        candidates = [named] if named else list(FAMILY_TOKENS)
-        for names in candidates:
+        complete = len(named) == len(ROLE_NAMES)
+        for names in [named] if complete else FAMILY_TOKENS.values():
             if all(t in vocab for t in names.values()):
                 return cls(text, {r: vocab[names[r]] for r in ROLE_NAMES}, file)
-        missing = {r: t for r, t in (named or FAMILY_TOKENS[0]).items() if t not in vocab}
+        names = named if complete else FAMILY_TOKENS["bert"]
+        missing = {r: t for r, t in names.items() if t not in vocab}
         raise TokenizerError(f"{file}: the special tokens {missing} are not in its vocabulary; "
                              f"name them in {os.path.join(folder, HF_SPECIALS_FILE)} "
                              '({"pad_token": ..., "unk_token": ..., "cls_token": ..., '
@@ -197,8 +193,6 @@ class HFTokenizer:
 
     def special_tokens_map(self) -> str:
         """special_tokens_map.json naming the role tokens (what from_path reads back)."""
-        import json
-
         names = {i: t for t, i in self.tok.get_vocab(with_added_tokens=True).items()}
         return json.dumps({f"{r}_token": names[self.source_ids[r]] for r in ROLE_NAMES},
                           indent=1) + "\n"
@@ -206,22 +200,20 @@ class HFTokenizer:
     def vocab_sha256(self) -> str:
         """The vocabulary's identity (token -> source id, and the role ids), independent of
         how the JSON file is formatted."""
-        import hashlib
-        import json
-
         vocab = self.tok.get_vocab(with_added_tokens=True)
         blob = json.dumps([sorted(vocab.items()), sorted(self.source_ids.items())])
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _hf_vocab(tokenizer_json: str, source: str) -> dict[str, int]:
+def _parse_hf(tokenizer_json: str, source: str):
+    """A ``tokenizers.Tokenizer`` from tokenizer.json text, with errors that name ``source``."""
     try:
         from tokenizers import Tokenizer
     except ImportError:
         raise TokenizerError("tokenizer.kind = 'hf' needs the optional 'hf' dependencies: "
                              "pip install -e '.[hf]'") from None
     try:
-        return Tokenizer.from_str(tokenizer_json).get_vocab(with_added_tokens=True)
+        return Tokenizer.from_str(tokenizer_json)
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON
         raise TokenizerError(f"{source} is not a Hugging Face tokenizer.json: {e}") from None
 

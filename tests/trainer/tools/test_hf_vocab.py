@@ -19,6 +19,7 @@ from tests.trainer.tools.test_hf_tokenizer import corpus_lines
 from trainer.data.corpus_shards import CorpusShards
 from trainer.pretrained import load_discriminator, load_generator, resolve_checkpoint
 from trainer.tokenizer import HFTokenizer
+from trainer.tools.hf import local_mlm
 from trainer.tools.hf.cli import main
 
 transformers = pytest.importorskip("transformers")
@@ -26,7 +27,6 @@ from tokenizers import (  # noqa: E402 (after the skip)
     Tokenizer,
     decoders,
     models,
-    normalizers,
     pre_tokenizers,
     processors,
     trainers,
@@ -39,20 +39,8 @@ WORDPIECE_SPECIALS = ["[PAD]", "[unused0]", "[unused1]", "[unused2]", "[UNK]", "
                       "[MASK]"]  # BERT's layout in small: [UNK] [CLS] [SEP] [MASK] after unused
 
 
-def wordpiece(texts: list[str]):
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
-        vocab_size=700, special_tokens=WORDPIECE_SPECIALS))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]")
+def wordpiece(texts: list[str], specials: list[str] = WORDPIECE_SPECIALS):
+    return local_mlm.wordpiece(texts, 700, transformers, specials)
 
 
 def byte_bpe(texts: list[str]):
@@ -213,11 +201,7 @@ def test_same_size_other_vocabulary_is_refused(corpus_inputs, prose, tmp_path, c
     hf_mlm("bert", tok).save_pretrained(tmp_path / "hf")
     tok.save_pretrained(tmp_path / "hf")
     assert main(["import", str(tmp_path / "hf"), str(tmp_path / "aux")]) == 0
-    WORDPIECE_SPECIALS.reverse()
-    try:
-        other = wordpiece(prose)
-    finally:
-        WORDPIECE_SPECIALS.reverse()
+    other = wordpiece(prose, WORDPIECE_SPECIALS[::-1])
     other.save_pretrained(tmp_path / "other")
     assert len(other) == len(tok) and other.get_vocab() != tok.get_vocab()
     inputs_dir, _ = corpus_inputs

@@ -70,7 +70,7 @@ def check_convertible(model: SpmModel, path: str) -> None:
                         "(trainer.tokenizer.TRAINER_SPEC) always convert")
 
 
-def build_tokenizer(sp_path: str, max_len: int, pair_type_ids: bool = True):
+def build_tokenizer(sp_path: str, pair_type_ids: bool = True):
     """A ``tokenizers.Tokenizer`` equivalent to the SentencePiece model at ``sp_path``."""
     from tokenizers import (
         Regex,
@@ -120,7 +120,6 @@ def build_tokenizer(sp_path: str, max_len: int, pair_type_ids: bool = True):
     b = ":1" if pair_type_ids else ""
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair=f"[CLS] $A [SEP] $B{b} [SEP]{b}", special_tokens=[cls, sep])
-    tok.enable_truncation(max_len)
     return tok
 
 
@@ -128,15 +127,14 @@ def vocab_index(model: SpmModel, piece: str) -> int:
     return next(i for i, p in enumerate(model.pieces) if p.piece == piece)
 
 
-def sentencepiece_json(sp_path: str, max_len: int, token_type_ids: bool) -> str:
+def sentencepiece_json(sp_path: str, token_type_ids: bool) -> str:
     """tokenizer.json of the SentencePiece model, its five special tokens registered."""
     from tokenizers import AddedToken
 
-    tok = build_tokenizer(sp_path, max_len, pair_type_ids=token_type_ids)
+    tok = build_tokenizer(sp_path, pair_type_ids=token_type_ids)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t in SPECIAL_TOKENS])
-    tok.no_truncation()  # transformers truncates to model_max_length on request
-    return tok.to_str()
+    return tok.to_str()  # no truncation here: transformers truncates to model_max_length
 
 
 def write_tokenizer_files(out_dir: str, tokenizer_json: str, roles: dict[str, str],
@@ -161,5 +159,5 @@ def write_fast_tokenizer(sp_path: str, out_dir: str, max_len: int,
                          token_type_ids: bool) -> None:
     """The SentencePiece model at ``sp_path`` as a fast tokenizer folder in ``out_dir``."""
     roles = {role: token for token, role in ROLES.items()}
-    write_tokenizer_files(out_dir, sentencepiece_json(sp_path, max_len, token_type_ids), roles,
+    write_tokenizer_files(out_dir, sentencepiece_json(sp_path, token_type_ids), roles,
                           max_len, token_type_ids)

@@ -58,6 +58,7 @@ from trainer.errors import UserError
 from trainer.model.encoder_config import EncoderConfig
 from trainer.model.heads import MLMModel
 from trainer.tokenizer import (
+    FAMILY_TOKENS,
     HF_SPECIALS_FILE,
     HF_TOKENIZER_FILE,
     NUM_SPECIAL,
@@ -65,6 +66,7 @@ from trainer.tokenizer import (
     SPECIAL_IDS,
     HFTokenizer,
     load_tokenizer,
+    role_tokens,
 )
 from trainer.tools.hf.common import require_transformers
 
@@ -72,11 +74,6 @@ OUR_LN_EPS = 1e-5  # nn.LayerNorm's default, which every LayerNorm in trainer.mo
 EXACT_GELU = ("gelu", "gelu_python")  # erf GELU = F.gelu, what trainer.model uses
 MODEL_CLASSES = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM",
                  "electra": "ElectraForMaskedLM"}
-DEFAULT_SPECIALS = {  # token strings when the folder does not name them
-    "bert": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
-    "roberta": {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"},
-}
-DEFAULT_SPECIALS["electra"] = DEFAULT_SPECIALS["bert"]
 SP_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
@@ -108,21 +105,9 @@ def check_hf_config(hf_dir: str, config) -> None:
 
 
 def _token_strings(hf_dir: str, model_type: str) -> dict[str, str]:
-    """Role -> token string, from special_tokens_map.json / tokenizer_config.json if present."""
-    names = dict(DEFAULT_SPECIALS[model_type])
-    for fname in ("tokenizer_config.json", "special_tokens_map.json"):  # the latter wins
-        path = os.path.join(hf_dir, fname)
-        if not os.path.isfile(path):
-            continue
-        with open(path) as f:
-            data = json.load(f)
-        for role in names:
-            tok = data.get(f"{role}_token")
-            if isinstance(tok, dict):
-                tok = tok.get("content")
-            if isinstance(tok, str):
-                names[role] = tok
-    return names
+    """Role -> token string: the folder's own names, else its family's."""
+    family = FAMILY_TOKENS["roberta" if model_type == "roberta" else "bert"]
+    return {**family, **role_tokens(hf_dir)}
 
 
 def _vocab(hf_dir: str) -> tuple[dict[str, int], str] | None:

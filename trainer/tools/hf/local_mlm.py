@@ -26,6 +26,8 @@ from trainer.model.encoder_config import EncoderConfig
 from trainer.tools.hf.common import require_transformers
 
 UNUSED = 8  # [unused*] rows between [PAD] and [UNK], as in BERT's vocabulary (it has 99)
+BERT_LAYOUT = ["[PAD]", *(f"[unused{i}]" for i in range(UNUSED)), "[UNK]", "[CLS]", "[SEP]",
+               "[MASK]"]
 
 
 def corpus_text(corpus_dir: str) -> list[str]:
@@ -35,7 +37,10 @@ def corpus_text(corpus_dir: str) -> list[str]:
     return [sp.decode(r.input_ids[1:-1].tolist()) for r in corpus.rows()]
 
 
-def wordpiece(texts: list[str], vocab_size: int, transformers):
+def wordpiece(texts: list[str], vocab_size: int, transformers,
+              specials: list[str] = BERT_LAYOUT):
+    """A lower-casing BERT WordPiece tokenizer of exactly ``vocab_size`` tokens trained on
+    ``texts``; ``specials`` take the first ids, in their order."""
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -46,8 +51,6 @@ def wordpiece(texts: list[str], vocab_size: int, transformers):
         trainers,
     )
 
-    specials = ["[PAD]", *(f"[unused{i}]" for i in range(UNUSED)), "[UNK]", "[CLS]", "[SEP]",
-                "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -341,14 +341,18 @@ class FastElectraForMaskedLM(_HeadModel):
                                            hidden_states=out.hidden_states), return_dict)
 
 
+def classifier_dropout(config: FastElectraConfig) -> nn.Dropout:
+    """The classification heads' dropout: classifier_dropout, else hidden_dropout_prob."""
+    p = config.classifier_dropout
+    return nn.Dropout(config.hidden_dropout_prob if p is None else p)
+
+
 class FastElectraClassificationHead(nn.Module):
     """On the first ([CLS]) token: dropout -> dense -> GELU -> dropout -> labels (as ELECTRA)."""
 
     def __init__(self, config: FastElectraConfig):
         super().__init__()
-        p = (config.classifier_dropout if config.classifier_dropout is not None
-             else config.hidden_dropout_prob)
-        self.dropout = nn.Dropout(p)
+        self.dropout = classifier_dropout(config)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
@@ -397,9 +401,7 @@ class FastElectraForTokenClassification(_HeadModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.fast_electra = FastElectraModel(config)
-        p = (config.classifier_dropout if config.classifier_dropout is not None
-             else config.hidden_dropout_prob)
-        self.dropout = nn.Dropout(p)
+        self.dropout = classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
