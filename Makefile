@@ -4,15 +4,22 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-hf test lint clean install task-sources
+.PHONY: demo demo-hf test lint clean install task-sources gpu-wheels
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the releases the tests ran with; pyproject.toml itself gives ranges.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,hf,plot,tensorboard,dask]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,hf,plot,tensorboard,dask]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# wheels/: what the offline GPU image lacks for bench/gpu_check.sh (Beam, its requirements the
+# image has not, zstandard, this project), cp312 manylinux wheels; needs network to PyPI.
+# The lists: bench/gpu_image.toml. Copy wheels/ to the GPU machine along with the repo.
+gpu-wheels: $(STAMP)
+	$(PY) bench/gpu_wheels.py --out wheels
 
 # Whole flow on the embedded default corpus (docstrings of the Python standard library):
 # prepare the corpus; pre-train a tiny auxiliary MLM on it with 2 DDP ranks (gloo); dump 4

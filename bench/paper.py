@@ -5,7 +5,7 @@
     python -m bench.paper --corpus shards/x/corpus # any prepared corpus (else the embedded one)
     python -m bench.paper --task configs/finetune/sst2.toml --train T.tsv --dev D.tsv
 
-Rows (issue 15): 1 cost per update (interleaved repetitions), 2 curriculum, 3 replacement
+Rows: 1 cost per update (interleaved repetitions), 2 curriculum, 3 replacement
 distributions, 4 equal wall-clock, 5 DecoupledOptim (loss weight vs generator lr), 6 adaptive
 early-exit generator, 7 downstream fine-tuning of every discriminator (plus --from-scratch),
 8 shard reuse across an lr sweep. Setup first: ``pipeline.prepare`` (configs/tiny.toml's

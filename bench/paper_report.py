@@ -1,5 +1,5 @@
 """The report of ``python -m bench.paper``: every row's measurement beside the paper's figure
-(quoted from /work/shared/PAPERS.md, with its table), a verdict that states the numbers it
+(quoted from the paper, with its table), a verdict that states the numbers it
 compares, the Markdown table, and the PNG plots that are not training curves (those come from
 ``trainer.plot``).
 """
@@ -110,7 +110,8 @@ def summarise(row: str, r: dict, rows: dict) -> tuple[str, str]:
                          for n in last)
         e, x = last["exponential"]["auc"], last["fixed"]["auc"]
         de, dx = _down(rows, "curriculum-exponential"), _down(rows, "curriculum-fixed")
-        # AUC differences under 0.01 are within what reruns of one run move (README probes).
+        # AUC differences under 0.01 are within what reruns of one run move
+        # (docs/benchmarks.md, the probe table).
         word = "agrees" if e - x > 0.01 else "differs" if x - e > 0.01 else "no difference"
         verdict = f"{word}: fair AUC exponential {e:.3f} vs fixed {x:.3f} (margin 0.01)"
         if de is not None and dx is not None:

@@ -20,7 +20,7 @@ warm-up, one torch thread:
 - the closed-form model-free samplers (``sample_model_free``) for unigram at T = 1.3 and the
   smoothed one-hot, against the dense route (``replacement_logprobs`` + ``sample_tokens``).
 
-Goals (issue 12): ours / log_softmax <= 2.0; ours a small share of the aux forward.
+Goals: ours / log_softmax <= 2.0; ours a small share of the aux forward.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ Why a subclass and not Beam's runner as it is:
    tasks each worker executed: one cheap call per worker (``executed_count`` before and after;
    on a shared cluster this also counts other clients' tasks in the meantime).
 
-Known limits of Beam's dask translation that remain (see README "Scaling out"): a side input
+Known limits of Beam's dask translation that remain (docs/scaling.md, "Dask caveats"): a side input
 is recomputed, with everything upstream of it, in each partition that reads it; ``setup`` /
 ``teardown`` run once per partition, not per worker; only the last transform and what feeds it
 are computed; ``result.metrics()`` is not implemented.

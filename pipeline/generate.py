@@ -42,6 +42,7 @@ shard encoding is documented in shards/README.md and ``trainer/data/rtd_format.p
 from __future__ import annotations
 
 import io
+import os
 from importlib.metadata import version
 
 import apache_beam as beam
@@ -63,7 +64,10 @@ from pipeline.generate_fns import (
     GenerateError,
     Layout,
     PartRows,
+    explicit_workers,
+    local_workers,
     split_by_part,
+    with_head_precision,
     worker_device,
 )
 from pipeline.job import already_done, parse_job_args, run_as_main, run_job
@@ -120,6 +124,13 @@ class AssignPositionsFn(beam.DoFn):
             yield (epoch, part), packed
 
 
+class HeadPrecisionHandler(CorruptionHandler):
+    """``CorruptionHandler`` whose loaded aux runs its LM head in generate.head_precision."""
+
+    def load_model(self):
+        return with_head_precision(super().load_model(), self.cfg.generate.head_precision)
+
+
 def index_part(element: tuple, layout: Layout, dtype: str) -> PartRows:
     """GroupByPart's ((epoch, part), packed chunks) -> the part's rows in position order."""
     (epoch, part), chunks = element
@@ -163,8 +174,9 @@ def build(p: beam.Pipeline, cfg: RunConfig, corpus: CorpusShards, layout: Layout
                                                             gen.seed, dtype))
         | "GroupByPart" >> beam.GroupByKey()
         | "IndexParts" >> beam.Map(index_part, layout=layout, dtype=dtype)
-        | "CorruptAndWrite" >> RunInference(CorruptionHandler(cfg, layout, corpus.vocab_size,
-                                                              corpus.root, dtype))
+        | "CorruptAndWrite" >> RunInference(HeadPrecisionHandler(cfg, layout,
+                                                                 corpus.vocab_size,
+                                                                 corpus.root, dtype))
         | "CollectParts" >> beam.combiners.ToList()
         | "Finalize" >> beam.Map(finalize, context=context)
     )
@@ -230,13 +242,36 @@ def fingerprint(cfg: RunConfig, corpus_fp: str, aux: dict | None, layout: Layout
                 dtype: str) -> dict:
     """Everything that decides the shard bytes, to recognise a re-run of the same job:
     batch_rows too, as the dropout augmentations draw one rate per batch. Not the device,
-    the runner or generate.model_copies, which do not change the bytes on the same hardware."""
+    the runner or generate.model_copies, which do not change the bytes on the same hardware.
+    generate.head_precision only when not fp32, so fp32 sets keep their fingerprint."""
+    head = cfg.generate.head_precision
     return {"schema_version": RTD_SCHEMA_VERSION, "sampler": SAMPLER, "corpus": corpus_fp,
             "aux_state_sha256": aux and aux["state_sha256"],
             "corruption": to_dict(cfg)["corruption"], "seed": cfg.generate.seed,
             "epochs": cfg.generate.epochs, "rows_per_part": layout.rows_per_part,
             "batch_rows": layout.batch_rows, "row_group_rows": cfg.data.row_group_rows,
-            "token_dtype": dtype}
+            "token_dtype": dtype, **({"aux_head_precision": head} if head != "fp32" else {})}
+
+
+def plan_local_gpus(cfg: RunConfig, beam_argv: list[str]) -> list[str]:
+    """Local workers see the launcher's GPUs: check them before any work (not in every
+    worker) and default the worker count to the GPUs (``generate_fns.local_workers``)."""
+    import torch
+
+    gen, count = cfg.generate, torch.cuda.device_count()
+    worker_device(gen.device, count, 0)
+    if count == 0 and gen.head_precision != "fp32":
+        raise GenerateError(f"generate.head_precision = {gen.head_precision!r} needs a GPU and "
+                            "none is visible: a CPU computes the head in fp32 only; set "
+                            "generate.head_precision = 'fp32'")
+    copies = gen.model_copies if cfg.corruption.replacement == "aux" else 0
+    explicit = explicit_workers(beam_argv)
+    n = local_workers(count, copies, os.cpu_count() or 1, explicit)
+    if n is None or explicit is not None:
+        return beam_argv
+    print(f"generate: {count} GPU(s), generate.model_copies = {gen.model_copies}: {n} local "
+          "worker process(es) (--direct_num_workers N to choose)", flush=True)
+    return [f"--direct_num_workers={n}", *beam_argv]
 
 
 def print_summary(m: dict) -> None:
@@ -259,11 +294,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         "replace a different shard set already in generate.rtd_dir")
     gen, rtd_dir = cfg.generate, cfg.generate.rtd_dir
     validate_corruption(cfg.corruption)
-    if gen.device == "cuda" and runs_locally(beam_argv):
-        import torch
-
-        # Local workers see the launcher's GPUs: fail before any work, not in every worker.
-        worker_device(gen.device, torch.cuda.device_count(), 0)
+    if gen.device != "cpu" and runs_locally(beam_argv):
+        beam_argv = plan_local_gpus(cfg, beam_argv)
 
     corpus = open_corpus(cfg)
     aux = check_aux(cfg, corpus)

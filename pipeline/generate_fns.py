@@ -22,6 +22,7 @@ import fcntl
 import itertools
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -226,3 +227,69 @@ def worker_device(requested: str, cuda_count: int, slot: int) -> str:
     if requested == "cpu" or cuda_count == 0:
         return "cpu"
     return f"cuda:{slot % cuda_count}"
+
+
+def explicit_workers(beam_argv: list[str]) -> int | None:
+    """The user's ``--direct_num_workers`` among the pass-through Beam options, if any."""
+    for i, a in enumerate(beam_argv):
+        if a.startswith("--direct_num_workers="):
+            return int(a.split("=", 1)[1])
+        if a == "--direct_num_workers" and i + 1 < len(beam_argv):
+            return int(beam_argv[i + 1])
+    return None
+
+
+def local_workers(cuda_count: int, model_copies: int, cpu_count: int,
+                  explicit: int | None) -> int | None:
+    """Worker processes of the local runner for a GPU generate: the user's explicit setting,
+    else None (Beam's one per core) without a GPU, else GPUs x max(1, model_copies), at most
+    one per core. With model_copies = 0 each process loads its own aux on GPU (slot mod
+    GPUs), so one process per GPU; with M >= 1 shared copies every process sends its calls
+    to all M copies in turn, and M processes per GPU keep the copies fed while the others
+    encode and write Parquet. One per core would load the aux once per core, all on
+    cuda:0 and cuda:1 ... round-robin, and exhaust GPU memory."""
+    if explicit is not None:
+        return explicit
+    if cuda_count == 0:
+        return None
+    return max(1, min(cpu_count, cuda_count * max(1, model_copies)))
+
+
+# One process-wide lock: torch's float32 matmul precision is global, so two threads of a
+# worker must not set and restore it around each other's head (the draws would depend on
+# their interleaving).
+_TF32_LOCK = threading.Lock()
+
+
+def with_head_precision(corrupter, precision: str):
+    """``corrupter`` (a loaded ``Corrupter``) with its aux's LM head run in ``precision``
+    (``generate.head_precision``); unchanged for fp32 or without an aux. The head's output is
+    cast back to float32 for the log-softmax and the sampling."""
+    if precision == "fp32" or corrupter.aux is None:
+        return corrupter
+    if not str(corrupter.device).startswith("cuda"):
+        raise GenerateError(
+            f"generate.head_precision = {precision!r} needs a GPU, but this worker runs the "
+            f"aux on {corrupter.device} (host {os.uname().nodename}): a CPU computes the head "
+            "in fp32 only; set generate.head_precision = 'fp32' or give the workers GPUs")
+    import torch
+
+    class PrecisionHead(torch.nn.Module):
+        def __init__(self, head: torch.nn.Module):
+            super().__init__()
+            self.head = head
+
+        def forward(self, hidden, *args, **kwargs):
+            if precision == "bf16":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return self.head(hidden, *args, **kwargs).float()
+            with _TF32_LOCK:
+                before = torch.get_float32_matmul_precision()
+                torch.set_float32_matmul_precision("high")  # TF32 tensor cores
+                try:
+                    return self.head(hidden, *args, **kwargs)
+                finally:
+                    torch.set_float32_matmul_precision(before)
+
+    corrupter.aux.head = PrecisionHead(corrupter.aux.head)
+    return corrupter

@@ -1,4 +1,4 @@
-"""Beam job: raw text -> token sequences ("corpus" shards, DESIGN.md "Data contract").
+"""Beam job: raw text -> token sequences ("corpus" shards, docs/design.md "Data contract").
 
     python -m pipeline.prepare --config configs/tiny.toml                 # local, 1 worker/core
     python -m pipeline.prepare --config configs/base.toml \\

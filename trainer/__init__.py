@@ -30,7 +30,7 @@ Rooms, one job each:
     train.py        the loop: one Task, DDP, accumulation, evaluation, checkpoints, resume
     tools/          evaluate, cost, plot, sweep, finetune/, hf/ (Hugging Face import / export;
                     hf/remote/: the model files an export writes, torch + transformers only)
-    shards.py       DESIGN's notebook API: from trainer.shards import CorpusShards, RTDShards
+    shards.py       the notebook API: from trainer.shards import CorpusShards, RTDShards
     evaluate.py cost.py plot.py sweep.py finetune.py finetune_data.py hf.py
                     `python -m trainer.<command>` entries: main() of the tool in tools/
 

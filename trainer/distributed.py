@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -46,14 +47,19 @@ def pick_device(requested: str, local_rank: int, key: str = "train.device") -> t
     return torch.device("cpu")
 
 
-def setup(requested_device: str = "auto") -> Dist:
+def setup(requested_device: str = "auto", timeout_s: float | None = None) -> Dist:
+    """This process's rank and device, and the process group under torchrun. ``timeout_s``
+    (``train.dist_timeout_s``) bounds every wait for the other ranks, the group's own
+    rendezvous included; None keeps torch's default (10 minutes for NCCL)."""
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = pick_device(requested_device, local)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+                                device_id=device if device.type == "cuda" else None,
+                                timeout=None if timeout_s is None
+                                else timedelta(seconds=timeout_s))
     return Dist(rank, world, local, device)
 
 
@@ -68,6 +74,15 @@ def all_reduce_sum(values: torch.Tensor, d: Dist) -> torch.Tensor:
         values = values.to(d.device)
         dist.all_reduce(values)
     return values.cpu()
+
+
+def all_ok(ok: bool, d: Dist) -> list[int]:
+    """The ranks whose ``ok`` is False (every rank gets the same list); [] on one process."""
+    if not d.enabled:
+        return [] if ok else [d.rank]
+    flags = torch.zeros(d.world_size, dtype=torch.float64)
+    flags[d.rank] = 0.0 if ok else 1.0
+    return [r for r, bad in enumerate(all_reduce_sum(flags, d).tolist()) if bad]
 
 
 def barrier(d: Dist) -> None:

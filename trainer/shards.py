@@ -1,4 +1,4 @@
-"""The shard-reading API DESIGN.md promises notebooks and checks:
+"""The shard-reading API for notebooks and checks (docs/design.md):
 
     from trainer.shards import CorpusShards, RTDShards
 

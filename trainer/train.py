@@ -26,6 +26,7 @@ from trainer import checkpoint, distributed
 from trainer.cli import config_parser, main_guard, resolve_config
 from trainer.config.load import to_dict, to_toml
 from trainer.config.run import RunConfig
+from trainer.data.padding import bucket_batch, num_buckets
 from trainer.data.prefetch import Prefetcher
 from trainer.errors import UserError
 from trainer.logger import MetricsLog, peak_memory_gb
@@ -100,6 +101,44 @@ def resolve_resume(cfg: RunConfig) -> str | None:
     return None
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process so far (first compiles and
+    recompiles alike): the counter dynamo keeps in torch 2.x."""
+    from torch._dynamo.utils import counters  # here: importing dynamo costs ~1 s at start
+
+    return counters["stats"]["unique_graphs"]
+
+
+def compile_blocks(model: torch.nn.Module, cfg: RunConfig) -> None:
+    """Compile every Transformer block of ``model`` in place, with static shapes.
+
+    Per block, as torchtitan does, not the whole model: the blocks hold nearly all the
+    FLOPs and only dense ops on (B, T, H), while the heads and modes index by data-dependent
+    masks (MLM positions, sampled replacements) whose sizes change every batch and would
+    break the graph or recompile. The blocks share one code object, so equal shapes reuse one
+    graph across layers. ``dynamic=False``: a new length compiles a new specialised graph
+    instead of one symbolic-shape graph, and the batch buckets (train.compile_pad_multiple)
+    bound the lengths. In place (``Module.compile``), so state_dict keys stay as they are and
+    checkpoints load either way. Called before DDP wraps the model: DDP's gradient hooks sit
+    on the parameters, outside the compiled regions, and dynamo never traces the DDP module,
+    so torch._dynamo.config.optimize_ddp (graph splitting at DDP bucket boundaries) does not
+    come into play and the all-reduce overlaps the backward block by block as in eager.
+    """
+    t = cfg.train
+    if t.compile_pad_multiple:
+        # Graphs per code object: buckets x (encoders of distinct widths, e.g. generator and
+        # discriminator) x dropout rates; past the limit dynamo would silently run eager.
+        import torch._dynamo.config as dyn
+        name = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
+        setattr(dyn, name, max(getattr(dyn, name),
+                               4 * num_buckets(t.compile_pad_multiple, cfg.data.max_seq_len)))
+    for m in model.modules():
+        blocks = getattr(m, "blocks", None)  # every encoder keeps its layers in .blocks
+        if isinstance(blocks, torch.nn.ModuleList):
+            for block in blocks:
+                block.compile(dynamic=False)
+
+
 def evaluate(task: Task, model: torch.nn.Module, d: distributed.Dist, precision: str) -> dict:
     model.eval()
     with torch.inference_mode(), autocast_context(d.device, precision):
@@ -122,8 +161,9 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
     task = build_task(cfg, d)
     model = task.model.to(d.device)
     raw_model = model
+    graphs_at_start = compiled_graphs() if t.compile else 0
     if t.compile:
-        model = torch.compile(model)
+        compile_blocks(model, cfg)
     ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None) \
         if d.enabled else model
     optimized = task.optimized(raw_model)  # [(name, module, peak lr)], one AdamW each
@@ -177,8 +217,14 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
     pending_eval: dict[str, float] = {}
     interval_start, interval_steps = time.perf_counter(), 0
     ddp.train()
-    prefetch = Prefetcher(lambda step, micro: task.micro_batch(step, micro, d), start,
-                          t.max_steps, accum, pin=d.device.type == "cuda")
+
+    def make(step: int, micro: int) -> dict[str, torch.Tensor]:
+        batch = task.micro_batch(step, micro, d)
+        if t.compile:  # a fixed set of lengths: one compiled graph each
+            batch = bucket_batch(batch, t.compile_pad_multiple, cfg.data.max_seq_len)
+        return batch
+
+    prefetch = Prefetcher(make, start, t.max_steps, accum, pin=d.device.type == "cuda")
     try:
         for step in range(start, t.max_steps):
             # Only a task with an after_step hook (early-exit) needs the step's own sums.
@@ -224,7 +270,11 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
                 task.after_step(done, step_sums, d)
 
             if t.eval_every and (done % t.eval_every == 0 or done == t.max_steps):
-                pending_eval = evaluate(task, ddp, d, t.precision)
+                # Eager: held-out batches keep their own lengths (and a short last batch),
+                # each of which would otherwise compile a graph for a rare pass.
+                with (torch.compiler.set_stance("force_eager") if t.compile
+                      else contextlib.nullcontext()):
+                    pending_eval = evaluate(task, ddp, d, t.precision)
             if done % t.log_every == 0 or done == t.max_steps:
                 keys = sorted(interval)
                 totals = distributed.all_reduce_sum(
@@ -243,6 +293,8 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
                     "tokens_per_s": sums["tokens"] / seconds,
                     "seconds_per_step": seconds / interval_steps,
                     "peak_memory_gb": peak_memory_gb(d.device),
+                    **({"compiled_graphs": compiled_graphs() - graphs_at_start}
+                       if t.compile else {}),
                     **task.train_metrics(sums), **pending_eval,
                 }
                 if log is not None:
@@ -256,6 +308,42 @@ def train(cfg: RunConfig, d: distributed.Dist) -> None:
         prefetch.close()
         if log is not None:
             log.close()
+
+def check_data_before_group(cfg: RunConfig, rank: int, world: int):
+    """The rtd mode's shard check (every footer; sha256s with train.verify_checksums), done
+    before the process group exists and split over the ranks (every world-th file each), so
+    that no rank waits in a collective while another reads the whole set: at scale that
+    outlasts any collective timeout. -> (the shard set or None, this rank's error or None);
+    ``confirm_data_check`` combines the ranks' results once the group is up."""
+    if cfg.train.mode != "rtd":
+        return None, None
+    from trainer.data.rtd_shards import RTDShards
+
+    root = cfg.train.rtd_dir or cfg.generate.rtd_dir
+    try:
+        shards = RTDShards(root)
+        if rank == 0:
+            what = "footer and sha256" if cfg.train.verify_checksums else "footer"
+            print(f"train: checking the {what} of every file of {root} ({world} rank(s), "
+                  f"each 1/{world})", flush=True)
+        shards.verify(cfg.train.verify_checksums, rank, world)
+        return shards, None
+    except UserError as e:
+        return None, e
+
+
+def confirm_data_check(cfg: RunConfig, d: distributed.Dist, shards, error) -> None:
+    """Every rank learns whether every slice passed: a failing rank raises its own error,
+    the others name it; on success the set counts as verified in this process (the task
+    does not read it again)."""
+    failed = distributed.all_ok(error is None, d)
+    if error is not None:
+        raise error
+    if failed:
+        raise UserError(f"the data check failed on rank(s) {failed}: see their error above")
+    if shards is not None:
+        shards.mark_verified(cfg.train.verify_checksums)
+
 
 def run(argv: list[str] | None = None) -> None:
     parser = config_parser("torchrun -m trainer.train", __doc__)
@@ -274,8 +362,10 @@ def run(argv: list[str] | None = None) -> None:
     cfg = resolve_config(args, echo=rank == 0)
     # A caller that set up the process group itself (several runs in one launch) keeps it.
     owns_group = not torch.distributed.is_initialized()
-    d = distributed.setup(cfg.train.device)
+    shards, error = check_data_before_group(cfg, rank, int(os.environ.get("WORLD_SIZE", 1)))
+    d = distributed.setup(cfg.train.device, cfg.train.dist_timeout_s)
     try:
+        confirm_data_check(cfg, d, shards, error)
         train(cfg, d)
     finally:
         if owns_group:

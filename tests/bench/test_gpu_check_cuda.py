@@ -1,4 +1,4 @@
-"""The GPU acceptance run (bench/gpu_check.py --device cuda, the 8 items of issue 14) as a
+"""The GPU acceptance run (bench/gpu_check.py --device cuda, every item) as a
 test: every item must pass. Marker ``gpu``; skipped where torch sees no CUDA device (a
 skipif, not importorskip: CI's FAST_ELECTRA_REQUIRE_EXTRAS=1 turns importorskip skips into
 failures). Run it alone: ``pytest -m gpu``; it takes up to ~8 minutes."""

@@ -1,11 +1,11 @@
-"""``python -m bench.paper --smoke``: every row of issue 15 end to end on a small prepared corpus
+"""``python -m bench.paper --smoke``: every row end to end on a small prepared corpus
 (real processes: the bench is one, its sub-runs call the real entry points' main(argv)), the
 report and the Markdown, and resume.
 
 What each check catches:
 - every row present and none failed: a row dropped from the bench, or one that crashes
   (a failed row is reported as "not run" with its error and makes the bench exit 2);
-- each Markdown row carries the paper's figure from PAPERS.md beside a measured value: a
+- each Markdown row carries the paper's figure beside a measured value: a
   report that lost the paper column, or prints "not run" for a row that ran;
 - resume: with one row's file and its training run deleted, the second invocation starts
   exactly that run (the negative control: the evidence can show a re-run), skips every other

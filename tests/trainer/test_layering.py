@@ -1,4 +1,4 @@
-"""The import graph of pipeline/ and trainer/: DESIGN.md's dependency rule (a training node needs
+"""The import graph of pipeline/ and trainer/: the project's dependency rule (a training node needs
 no Beam), no import cycles, and the map in trainer/__init__.py's docstring (what each room may
 import). The graph comes from the source (ast): module-level and function-level imports alike,
 so an import hidden in a function to dodge a cycle still counts as one."""

@@ -92,7 +92,7 @@ class TrainConfig:
     """The trainer (``torchrun -m trainer.train``)."""
 
     mode: Literal["rtd", "mlm", "electra", "decoupled", "fast-online", "early-exit"] = "rtd"
-    """What to train (DESIGN.md, "Trainer")."""
+    """What to train: rtd on shards, mlm, or a joint mode (docs/training.md)."""
     out_dir: str = "runs/run"
     """Run folder: config.toml, metrics.jsonl, checkpoints/."""
     rtd_dir: str = ""
@@ -137,11 +137,23 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``auto`` = bf16 autocast on GPU, fp32 on CPU."""
     compile: bool = False
-    """Wrap the model in torch.compile."""
+    """Compile every Transformer block with torch.compile (static shapes), before DDP wraps
+    the model; evaluation runs the same modules uncompiled."""
+    compile_pad_multiple: int = 64
+    """With train.compile: each training batch is padded on the right to the smallest
+    multiple of this >= its longest sequence (at most data.max_seq_len), so the compiled
+    blocks see at most ceil(data.max_seq_len / this) sequence lengths, one graph each;
+    0 = pad to the longest sequence (one graph per distinct length). Unused without
+    train.compile, where batches are padded to their longest sequence."""
     verify_checksums: bool = False
     """Before training, read every file of the data set once to check its sha256 against the
     manifest (rank 0; ``--verify-checksums``). Without it only presence and row counts are
     checked, which is instant."""
+    dist_timeout_s: float = 1800.0
+    """Seconds a rank waits for the others in a collective (``init_process_group``'s
+    timeout; NCCL's own default is 600) before the run stops with a timeout error. Data
+    checks happen before the process group starts, split over the ranks, so this only has
+    to cover the ranks' start-up skew and the longest step, checkpoint or evaluation."""
     tensorboard: bool = False
     """Also write TensorBoard scalars to <out_dir>/tensorboard (needs pip install -e
     '.[tensorboard]')."""
@@ -150,10 +162,15 @@ class TrainConfig:
         check(self.eval_every >= 0, "train.eval_every", "must be >= 0")
         check(0.0 <= self.holdout_fraction < 1.0, "train.holdout_fraction", "must be in [0, 1)")
         check(self.eval_sequences >= 1, "train.eval_sequences", "must be >= 1")
+        check(self.dist_timeout_s > 0 and math.isfinite(self.dist_timeout_s),
+              "train.dist_timeout_s", f"must be a number of seconds > 0, got "
+              f"{self.dist_timeout_s} (e.g. 1800)")
         for name in ("max_steps", "micro_batch_size_per_rank", "global_batch_size",
                      "log_every", "checkpoint_every", "keep_checkpoints"):
             check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         check(self.grad_accum >= 0, "train.grad_accum", "must be >= 0 (0 = derive it)")
+        check(self.compile_pad_multiple >= 0, "train.compile_pad_multiple",
+              f"must be >= 0 (0 = pad to the longest sequence), got {self.compile_pad_multiple}")
         check(0 <= self.warmup_steps <= self.max_steps, "train.warmup_steps",
                f"must be in [0, train.max_steps={self.max_steps}], got {self.warmup_steps}")
         check(self.lr > 0 and math.isfinite(self.lr), "train.lr", f"must be > 0, got {self.lr}")

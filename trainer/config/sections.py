@@ -149,6 +149,14 @@ class ModelConfig:
     """Hidden dropout."""
     attention_dropout: float = 0.1
     """Dropout on attention probabilities."""
+    attention: Literal["sdpa", "flex"] = "sdpa"
+    """Attention kernel: "sdpa" (scaled_dot_product_attention with the relative bias and the
+    padding as one (batch, heads, T, T) additive mask, built with its gradient in every layer)
+    or "flex" (compiled flex_attention on CUDA: the bias is read from the (buckets, heads)
+    table inside the kernel and padded key blocks are skipped; CUDA for training, torch has
+    no CPU backward for it). Same function and weights either way. "flex" has no attention
+    dropout, so it needs model.attention_dropout = 0; a later request for it (fine-tuning,
+    the drop_attention augmentation) runs that call on the sdpa path."""
     layer_norm_eps: float = 1e-5
     """Epsilon of every LayerNorm (PyTorch's default; BERT / ELECTRA checkpoints use 1e-12,
     which ``python -m trainer.hf import`` sets so that an imported model is exact)."""
@@ -163,6 +171,11 @@ class ModelConfig:
                f"must be > 0, got {self.rel_bias_scale}")
         _check_prob(self.dropout, "model.dropout")
         _check_prob(self.attention_dropout, "model.attention_dropout")
+        check(self.attention in ("sdpa", "flex"), "model.attention",
+              f"must be 'sdpa' or 'flex', got {self.attention!r}")
+        check(self.attention != "flex" or self.attention_dropout == 0.0, "model.attention",
+              f"'flex' has no dropout on attention probabilities: set "
+              f"model.attention_dropout = 0 (got {self.attention_dropout}) or use 'sdpa'")
         check(self.layer_norm_eps > 0, "model.layer_norm_eps",
                f"must be > 0, got {self.layer_norm_eps}")
 
@@ -188,7 +201,7 @@ class AuxConfig:
 
 @dataclass
 class CorruptionConfig:
-    """How sequences are masked and corrupted (DESIGN.md, "Corruption")."""
+    """How sequences are masked and corrupted (docs/design.md, "Corruption")."""
 
     replacement: Literal["aux", "uniform", "unigram", "smoothed_onehot",
                          "uniform->smoothed_onehot", "unigram->smoothed_onehot"] = "aux"
@@ -247,7 +260,17 @@ class GenerateConfig:
     default; on Dataflow use one SDK process per GPU). 1: one copy per machine shared by its
     SDK processes (RunInference ``large_model``); N > 1: N shared copies (RunInference
     ``model_copies``), spread over the machine's GPUs. Does not change the bytes; ignored by
-    model-free replacements, which load no model."""
+    model-free replacements, which load no model. On the local runner on a GPU machine the
+    default worker count is GPUs x max(1, model_copies) (at most one per core); an explicit
+    ``--direct_num_workers`` wins."""
+    head_precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    """Precision of the aux's LM head (the vocabulary projection at the masked positions,
+    in chunks of at most 2**24 logits) on CUDA: "fp32" (exact, the same draws as a CPU up to
+    near-ties), "tf32" (TF32 tensor-core matmul, scoped to the head) or "bf16" (bf16 autocast
+    on the head); the log-softmax and the sampling stay float32. Faster on a GPU at a 128K
+    vocabulary, but other draws: a non-fp32 value is part of the shard set's fingerprint.
+    A CPU computes only fp32: other values are refused with generate.device = cpu, and by a
+    worker that finds no GPU."""
 
     def __post_init__(self):
         check(self.epochs >= 1, "generate.epochs", f"must be >= 1, got {self.epochs}")
@@ -255,3 +278,9 @@ class GenerateConfig:
         check(self.part_rows >= 1, "generate.part_rows", "must be >= 1")
         check(self.model_copies >= 0, "generate.model_copies",
               f"must be >= 0 (0 = one copy per SDK process), got {self.model_copies}")
+        check(self.head_precision in ("fp32", "tf32", "bf16"), "generate.head_precision",
+              f"must be 'fp32', 'tf32' or 'bf16', got {self.head_precision!r}")
+        check(self.head_precision == "fp32" or self.device != "cpu", "generate.head_precision",
+              f"{self.head_precision!r} needs a GPU, but generate.device = 'cpu': a CPU "
+              "computes the head in fp32 only; set generate.head_precision = 'fp32' or "
+              "generate.device = 'cuda'")

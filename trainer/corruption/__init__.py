@@ -9,7 +9,7 @@ and online (the joint and fast-online modes) use (imports config/, model/, token
     sampling.py        keyed inverse-CDF draws; closed forms of the model-free samplers
     corrupt.py         corrupt_batch, the entry point, and the aux precision rule
 
-``trainer.corruption.sample_tokens`` (the name DESIGN.md gives the one sampler) is
+``trainer.corruption.sample_tokens`` (the one sampler every stage uses) is
 sampling.sample_tokens.
 """
 

@@ -85,22 +85,28 @@ def _mix32_(x: torch.Tensor) -> torch.Tensor:
     return x.bitwise_xor_(x >> 15)
 
 
-def _stream_key(seed: int, epoch: int, stream: int, chain: int) -> int:
-    """The (seed, epoch, stream) part of key chain ``chain`` (0 or 1), on the host: 64-bit
-    seeds and epochs enter as two 32-bit halves (negative values as their two's complement)."""
+def _stream_key(seed: int, epoch: int | torch.Tensor, stream: int, chain: int):
+    """The (seed, epoch, stream) part of key chain ``chain`` (0 or 1): 64-bit seeds and epochs
+    enter as two 32-bit halves (negative values as their two's complement). ``epoch``: an int,
+    or an int64 tensor of per-row epochs, each row's key then bit-identical to the int's, so
+    a batch that straddles two epochs is hashed on its device without reading them back."""
     h = _IV[chain]
     for v in (seed, epoch):
-        v &= (1 << 64) - 1
-        h = _mix32(h ^ (v & _M32))
-        h = _mix32(h ^ (v >> 32))
+        if isinstance(v, torch.Tensor):
+            lo, hi = v.long() & _M32, (v.long() >> 32) & _M32  # arithmetic shift, then masked
+        else:
+            v &= (1 << 64) - 1
+            lo, hi = v & _M32, v >> 32
+        h = _mix32(h ^ lo)
+        h = _mix32(h ^ hi)
     return _mix32(h ^ (stream & _M32))
 
 
-def row_keys(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,
+def row_keys(seed: int, epoch: int | torch.Tensor, seq_ids: torch.Tensor, stream: int,
              sub_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The 64-bit row key as two 32-bit halves, (B,) int64 each, from (seed, epoch, stream,
     seq_id[, sub_id]): one independent hash chain per half, so neither is a function of the
-    other."""
+    other. ``epoch``: an int, or (B,) int64 per row (see ``_stream_key``)."""
     s = seq_ids.long()
     keys = []
     for chain in (0, 1):
@@ -112,7 +118,7 @@ def row_keys(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,
     return keys[0], keys[1]
 
 
-def keyed_bits(seed: int, epoch: int, seq_ids: torch.Tensor, stream: int,
+def keyed_bits(seed: int, epoch: int | torch.Tensor, seq_ids: torch.Tensor, stream: int,
                shape_tail: tuple[int, ...] = (), sub_ids: torch.Tensor | None = None
                ) -> torch.Tensor:
     """Uniform 32-bit integers, (B, *shape_tail) int64 in [0, 2**32), on seq_ids' device.

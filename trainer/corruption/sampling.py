@@ -33,7 +33,7 @@ def _row_chunks(n: int, vocab_size: int, device: torch.device):
     return (slice(i, min(i + step, n)) for i in range(0, n, step))
 
 
-def keyed_sample_uniform(seed: int, epoch: int, seq_ids: torch.Tensor,
+def keyed_sample_uniform(seed: int, epoch: int | torch.Tensor, seq_ids: torch.Tensor,
                          positions: torch.Tensor) -> torch.Tensor:
     """One uniform in the open interval (0, 1) per sampled position, float64 with 53 random
     bits (two 32-bit draws), keyed by (seed, epoch, seq_id, position): (N,)."""
@@ -97,18 +97,19 @@ def _inverse_cdf_chunk(logp: torch.Tensor, u: torch.Tensor, temperature: torch.T
     return k * b + j
 
 
-def sample_tokens(logp: torch.Tensor, seed: int, epoch: int, seq_ids: torch.Tensor,
+def sample_tokens(logp: torch.Tensor, seed: int, epoch: int | torch.Tensor, seq_ids: torch.Tensor,
                   positions: torch.Tensor, temperature=None) -> torch.Tensor:
     """One exact draw per row of softmax(logp / T), logp (N, V) (normalised or not), by
     inverse CDF at a uniform keyed by (seed, epoch, seq_ids (N,), positions (N,)): one keyed
     draw per position rather than one per vocabulary entry (the Gumbel-max alternative hashes
     N x V counters, 20-40x the cost of the softmax itself). A row's sample does not depend on
-    the other rows. temperature: None, float or (N,). Returns (N,) long. Processed in row
-    chunks to bound the (rows, V) temporaries."""
+    the other rows. epoch: an int, or (N,) int64 per row. temperature: None, float or (N,).
+    Returns (N,) long. Processed in row chunks to bound the (rows, V) temporaries."""
     N, V = logp.shape
     out = torch.empty(N, dtype=torch.long, device=logp.device)
-    temperature = torch.as_tensor(1.0 if temperature is None else temperature,
-                                  dtype=torch.float32, device=logp.device).expand(N)
+    # None: filled on the device; a Python float would be a blocking host-to-device copy.
+    temperature = torch.ones(N, device=logp.device) if temperature is None else \
+        torch.as_tensor(temperature, dtype=torch.float32, device=logp.device).expand(N)
     u = keyed_sample_uniform(seed, epoch, seq_ids.to(logp.device), positions.to(logp.device))
     for rows in _row_chunks(N, V, logp.device):
         out[rows] = _inverse_cdf_chunk(logp[rows], u[rows], temperature[rows])

@@ -163,7 +163,7 @@ def open_corpus(cfg: RunConfig) -> CorpusShards:
     special = corpus.manifest["tokenizer"].get("special_ids")
     if special != SPECIAL_IDS:
         raise ShardError(f"{cfg.data.corpus_dir}/{MANIFEST}: special token ids {special} differ "
-                         f"from this version's {SPECIAL_IDS}; prepare the corpus again")
+                         f"from the {SPECIAL_IDS} fast-electra uses; prepare the corpus again")
     if corpus.vocab_size != cfg.tokenizer.vocab_size:
         raise ShardError(f"{cfg.data.corpus_dir} was tokenised with a vocabulary of "
                          f"{corpus.vocab_size}, the config says tokenizer.vocab_size = "

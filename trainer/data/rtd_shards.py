@@ -16,7 +16,9 @@ The layouts, columns, encodings and measured sizes are documented in shards/READ
 from __future__ import annotations
 
 import bisect
+import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,11 +30,20 @@ from trainer.data.manifest import (
     MANIFEST,
     ManifestWatch,
     ShardError,
+    manifest_fingerprint,
     resolve_fs,
     unreadable,
     verify_files,
 )
 from trainer.data.rtd_format import RTD_SCHEMA, RTDBatch, RTDRow, decode_rtd_table
+
+# Sets this process has verified, (root, manifest fingerprint) -> with checksums: a trainer
+# checks its data before its process group starts, and the task it builds later does not
+# read every footer again.
+_VERIFIED: dict[tuple[str, str], bool] = {}
+# Test-only: seconds slept per file checked, so a test can make verification slow enough to
+# exercise the ranks' start-up timeout (tests/trainer/test_dist_startup.py). Unset otherwise.
+TEST_VERIFY_DELAY_ENV = "FAST_ELECTRA_TEST_VERIFY_DELAY_S"
 
 
 @dataclass
@@ -109,16 +120,31 @@ class RTDShards:
             raise ShardError(f"{self.root} holds epochs 0..{self.num_epochs - 1}, not {epoch}")
         return [f for f in self.files if f["epoch"] == epoch]
 
-    def verify(self, checksums: bool = False) -> None:
+    def verify(self, checksums: bool = False, rank: int = 0, world: int = 1) -> None:
         """Every listed file present with its row count (and with ``checksums`` its sha256).
-        Reads every footer: a multi-rank trainer has one rank do it (the others check each
-        file's row count when they first open it)."""
+        Reads every footer; ``rank``/``world`` check only every world-th file from the
+        rank-th, so that the ranks of a trainer share the work (``mark_verified`` once all
+        slices passed). A set this process already verified is not read again."""
+        key = (self.root, manifest_fingerprint(self.manifest))
+        if key in _VERIFIED and (_VERIFIED[key] or not checksums):
+            self.watch.check(MANIFEST)  # still the set that was verified
+            return
+        delay = float(os.environ.get(TEST_VERIFY_DELAY_ENV, 0) or 0)
         try:
-            verify_files(self.fs, self.path, self.root, self.files, "pipeline.generate",
-                         checksums)
+            for entry in self.files[rank::world]:
+                time.sleep(delay)
+                verify_files(self.fs, self.path, self.root, [entry], "pipeline.generate",
+                             checksums)
         except ShardError:
             self.watch.check(MANIFEST)  # a replaced set is the better explanation
             raise
+        if world == 1:
+            self.mark_verified(checksums)
+
+    def mark_verified(self, checksums: bool) -> None:
+        """Record that every file passed ``verify(checksums)`` (all ranks' slices)."""
+        key = (self.root, manifest_fingerprint(self.manifest))
+        _VERIFIED[key] = _VERIFIED.get(key, False) or checksums
 
     def _check_range(self, epoch: int, start: int, end: int) -> None:
         n = self.rows_per_epoch

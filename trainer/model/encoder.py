@@ -1,8 +1,9 @@
 """The ELECTRA encoder: a BERT-style Transformer with T5 relative position buckets (one bias
-table shared by all layers, trainer.model.positions) or learned absolute positions, SDPA
-attention, post-LN with Admin initialisation (default) or pre-LN. Its two heads and the models
-built on it are in trainer.model.heads, its shape in trainer.model.encoder_config, exact
-parameter counts (paper Table 2) in trainer.model.params.
+table shared by all layers, trainer.model.positions) or learned absolute positions, SDPA or
+flex attention (trainer.model.attention), post-LN with Admin initialisation (default) or
+pre-LN. Its two heads and the models built on it are in trainer.model.heads, its shape in
+trainer.model.encoder_config, exact parameter counts (paper Table 2) in
+trainer.model.params.
 
     from trainer.config.load import load_config
     from trainer.model.dropout import DropoutPlan
@@ -54,39 +55,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trainer.model.attention import FlexInputs, SelfAttention, flex_inputs, sdpa_bias
 from trainer.model.dropout import DropoutPlan, dropout
 from trainer.model.encoder_config import EncoderConfig
 from trainer.model.positions import relative_bias_prior, relative_position_bucket
 from trainer.tokenizer import NUM_SPECIAL
 
 INIT_STD = 0.02  # BERT
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, cfg: EncoderConfig):
-        super().__init__()
-        self.num_heads = cfg.num_heads
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)  # one matmul for q, k, v
-        self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, attention_dropout: float,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """attention_dropout: the rate to apply (0 = none; the caller decides whether dropout
-        is on). generator: draw the attention-dropout mask from it rather than the global RNG,
-        which SDPA cannot do, so that path computes the softmax itself."""
-        B, T, H = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
-        if bias.dtype != q.dtype:  # only when the caller's dtype guess was wrong
-            bias = bias.to(q.dtype)
-        if generator is not None and attention_dropout > 0.0:
-            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias  # (B, nh, T, T)
-            attn = dropout(scores.float().softmax(-1), attention_dropout, generator)
-            y = attn.to(v.dtype) @ v  # (B, nh, T, hd)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                               dropout_p=attention_dropout)
-        return self.out(y.transpose(1, 2).reshape(B, T, H))  # (B, T, H)
 
 
 class FeedForward(nn.Module):
@@ -153,7 +128,7 @@ class Encoder(nn.Module):
         self.pos_emb = (nn.Embedding(cfg.max_seq_len, cfg.hidden_size)
                         if cfg.position == "absolute" else None)
         # One (buckets, heads) table for the whole stack: T5 / the paper share it across layers.
-        # Stored divided by cfg.rel_bias_scale and multiplied back in attention_bias: Adam
+        # Stored divided by cfg.rel_bias_scale and multiplied back in _rel_table: Adam
         # moves every entry by about lr per step whatever its scale, and a bias needs several
         # nats to single out a neighbour among dozens of keys, far more than a small run's
         # sum of learning rates; the scale makes its effective lr rel_bias_scale x train.lr.
@@ -182,25 +157,32 @@ class Encoder(nn.Module):
                 raise ValueError(f"set_dropout: {name} rate must be in [0, 1), got {p}")
         self.dropout, self.attention_dropout = float(hidden), float(attention)
 
+    def _rel_table(self, T: int, device: torch.device
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The relative bias table in nats (buckets, nh) and the (T, T) bucket of each
+        (query, key), or (None, None) with absolute positions."""
+        if self.rel_bias is None:
+            return None, None
+        pos = torch.arange(T, device=device)
+        buckets = relative_position_bucket(pos[None, :] - pos[:, None],  # key - query, (T, T)
+                                           self.cfg.rel_num_buckets, self.cfg.rel_max_distance)
+        return self.rel_bias * self.cfg.rel_bias_scale, buckets  # (buckets, nh), (T, T)
+
     def attention_bias(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Relative position bias plus padding mask as one additive float mask for SDPA:
         (B, nh, T, T) with relative positions, (B, 1, 1, T) without."""
-        B, T = attention_mask.shape
-        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): 1 = real key
-        # finfo.min rather than -inf: a row whose keys are all padding then gets a uniform
-        # (ignored) distribution instead of NaNs that would poison the backward pass.
-        neg = torch.finfo(dtype).min
-        pad = torch.where(keep, torch.zeros((), dtype=dtype, device=keep.device), neg)
-        if self.rel_bias is None:
-            return pad  # (B, 1, 1, T)
-        pos = torch.arange(T, device=keep.device)
-        buckets = relative_position_bucket(pos[None, :] - pos[:, None],  # key - query, (T, T)
-                                           self.cfg.rel_num_buckets, self.cfg.rel_max_distance)
-        table = self.rel_bias * self.cfg.rel_bias_scale  # (buckets, nh), in nats
-        rel = table[buckets].permute(2, 0, 1)[None].to(dtype)  # (1, nh, T, T)
-        # rel + (0 or finfo.min): finfo.min absorbs any bias below ~1e31 in rounding, so this
-        # is exactly where(keep, rel, finfo.min), and 2-3x faster than torch.where on CPU.
-        return rel + pad  # (B, nh, T, T)
+        table, buckets = self._rel_table(attention_mask.shape[1], attention_mask.device)
+        return sdpa_bias(table, buckets, attention_mask, dtype)
+
+    def attention_inputs(self, attention_mask: torch.Tensor, dtype: torch.dtype
+                         ) -> torch.Tensor | FlexInputs:
+        """What every block's attention takes for this batch, by ``cfg.attention``: the sdpa
+        mask (``attention_bias``) or the flex path's score_mod and block mask (nothing of
+        size T x T per head)."""
+        if self.cfg.attention == "sdpa":
+            return self.attention_bias(attention_mask, dtype)
+        table, buckets = self._rel_table(attention_mask.shape[1], attention_mask.device)
+        return flex_inputs(table, buckets, attention_mask)
 
     def embed(self, input_ids: torch.Tensor, p: float = 0.0,
               generator: torch.Generator | None = None) -> torch.Tensor:
@@ -236,7 +218,7 @@ class Encoder(nn.Module):
         dev = x.device.type
         # Build the mask once, in the dtype SDPA will see, instead of casting it in every layer.
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        bias = self.attention_bias(attention_mask, dtype)
+        bias = self.attention_inputs(attention_mask, dtype)
         out = []
         for i, block in enumerate(self.blocks[:max(layers)], start=1):
             x = block(x, bias, p, p_attn, gen)
@@ -282,7 +264,7 @@ class Encoder(nn.Module):
         was_training = self.training
         self.eval()
         x = self.embed(input_ids)  # (B, T, H)
-        bias = self.attention_bias(attention_mask, x.dtype)
+        bias = self.attention_inputs(attention_mask, x.dtype)
         omega_sq, omegas = 1.0, []
         for block in self.blocks:
             for sublayer in ("attn", "ffn"):  # the two residuals of Block.forward, in order
@@ -309,7 +291,8 @@ class Encoder(nn.Module):
         c-fold turns c-fold slower. Pre-training at the demo's lr grows the word embeddings
         ~2.4x, and a fine-tuning run started from them then adapts them far slower than a
         random init's: measured, that costs the pre-trained encoder ~3 accuracy points
-        (README, "Does pre-training pay?"). Returns the mean factor applied."""
+        (docs/evaluation-and-finetuning.md, "Does pre-training pay?"). Returns the mean factor
+        applied."""
         w = self.word_emb.weight  # (V, H)
         if self.pos_emb is None:
             c = rms / w.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-12)  # (V, 1)

@@ -31,6 +31,7 @@ class EncoderConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-5
+    attention: Literal["sdpa", "flex"] = "sdpa"
 
     def __post_init__(self):
         def check(ok: bool, name: str, msg: str) -> None:
@@ -59,6 +60,11 @@ class EncoderConfig:
         for name in ("dropout", "attention_dropout"):
             p = getattr(self, name)
             check(0.0 <= p < 1.0, name, f"must be in [0, 1), got {p}")
+        check(self.attention in ("sdpa", "flex"), "attention",
+              f"must be 'sdpa' or 'flex', got {self.attention!r}")
+        check(self.attention != "flex" or self.attention_dropout == 0.0, "attention",
+              f"'flex' has no dropout on attention probabilities: set attention_dropout to 0 "
+              f"(got {self.attention_dropout}) or use 'sdpa'")
 
     @property
     def head_dim(self) -> int:
@@ -74,7 +80,8 @@ class EncoderConfig:
                    rel_max_distance=m.rel_max_distance, rel_bias_scale=m.rel_bias_scale,
                    max_seq_len=run_cfg.data.max_seq_len,
                    layer_norm=m.layer_norm, dropout=m.dropout,
-                   attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps)
+                   attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps,
+                   attention=m.attention)
 
     @classmethod
     def aux(cls, run_cfg: RunConfig) -> EncoderConfig:
@@ -87,4 +94,5 @@ class EncoderConfig:
                    rel_max_distance=m.rel_max_distance, rel_bias_scale=m.rel_bias_scale,
                    max_seq_len=run_cfg.data.max_seq_len,
                    layer_norm=m.layer_norm, dropout=m.dropout,
-                   attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps)
+                   attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps,
+                   attention=m.attention)

@@ -42,11 +42,19 @@ class MLMHead(nn.Module):
         finite = torch.isfinite(logprobs)
         self.bias.copy_(torch.where(finite, logprobs, logprobs[finite].min()))
 
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """hidden (B, T, H); positions (B, T) bool selects where to predict. Returns (N, V)
-        for the N selected positions in row-major (batch, then time) order, or (B, T, V)."""
-        if positions is not None:
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor | None = None,
+                index: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden (B, T, H); positions (B, T) bool selects where to predict, or ``index`` (N,)
+        long (``selected_index``) the same positions as flat indices into the B x T tokens.
+        Returns (N, V) in row-major (batch, then time) order, or (B, T, V) with neither.
+        ``index`` is the training step's form: N comes from the index's shape, where a bool
+        gather must read N from the device."""
+        if index is not None:
+            if positions is not None or index.dtype != torch.long or index.dim() != 1:
+                raise ValueError(f"index must be a 1-d long tensor given without positions, got "
+                                 f"{index.dtype} {tuple(index.shape)}")
+            hidden = hidden.flatten(0, 1).index_select(0, index)  # (N, H)
+        elif positions is not None:
             if positions.dtype != torch.bool or positions.shape != hidden.shape[:2]:
                 raise ValueError(f"positions must be a bool mask of shape "
                                  f"{tuple(hidden.shape[:2])}, got {positions.dtype} "
@@ -56,6 +64,14 @@ class MLMHead(nn.Module):
             hidden = hidden[positions]  # (N, H)
         h = self.ln(F.gelu(self.dense(hidden)))  # (..., H)
         return F.linear(h, self.weight, self.bias)  # (..., V)
+
+
+def selected_index(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The flat indices (count,) long of mask's (B, T) True entries in row-major order, for
+    ``MLMHead``'s ``index``. ``count`` must be mask's number of True entries, known on the host
+    (the batch's MLM labels have that length): ``nonzero_static`` then needs no host read of
+    the count, which ``nonzero`` and a bool gather make on a GPU."""
+    return torch.nonzero_static(mask.flatten(), size=count).squeeze(1)
 
 
 class RTDHead(nn.Module):
@@ -103,11 +119,12 @@ class MLMModel(nn.Module):
         self.head = MLMHead(cfg, self.encoder.word_emb)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                positions_mask: torch.Tensor | None = None, dropout: DropoutPlan | None = None
-                ) -> torch.Tensor:
-        """(N, V) logits at positions_mask, or (B, T, V) without one."""
+                positions_mask: torch.Tensor | None = None, dropout: DropoutPlan | None = None,
+                positions_index: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, V) logits at positions_mask (or at positions_index, ``MLMHead``), or (B, T, V)
+        without either."""
         return self.head(self.encoder(input_ids, attention_mask, dropout=dropout),
-                         positions_mask)
+                         positions_mask, positions_index)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         return _num_parameters(self, exclude_embeddings)

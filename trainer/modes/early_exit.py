@@ -61,10 +61,13 @@ class EarlyExitGenerator(nn.Module):
         self.encoder = Encoder(cfg)
         self.heads = nn.ModuleList(MLMHead(cfg, self.encoder.word_emb) for _ in exits)
 
-    def forward(self, input_ids, attention_mask, positions_mask) -> list[torch.Tensor]:
-        """[(N, V)] logits at positions_mask, one per exit, from one encoder pass."""
+    def forward(self, input_ids, attention_mask, positions_mask=None, positions_index=None
+                ) -> list[torch.Tensor]:
+        """[(N, V)] logits at positions_mask (or positions_index, ``MLMHead``), one per exit,
+        from one encoder pass."""
         hidden = self.encoder.exits(input_ids, attention_mask, self.exits)  # [(B, T, H)]
-        return [head(h, positions_mask) for head, h in zip(self.heads, hidden, strict=True)]
+        return [head(h, positions_mask, positions_index)
+                for head, h in zip(self.heads, hidden, strict=True)]
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         return _num_parameters(self, exclude_embeddings)
@@ -84,20 +87,35 @@ class EarlyExitModel(JointModel):
         self.register_buffer("exit_counts", torch.zeros(2, dtype=torch.float64))  # right, all
         weights = torch.arange(1, k + 1, dtype=torch.float32)
         self.loss_weights = (weights / weights.sum()).tolist()
+        # The exits' layers on the model's device, for exit_layer_sum when the exit is chosen
+        # there; not saved (it is the config's).
+        self.register_buffer("exit_layer_ids", torch.tensor(self.exits, dtype=torch.float64),
+                             persistent=False)
 
     def build_generator(self, g_cfg: EncoderConfig, cfg: RunConfig) -> nn.Module:
         return EarlyExitGenerator(g_cfg, exit_layers(cfg))
 
-    def generate(self, masked_ids, attention_mask, selected, targets, exit_index: int):
-        logits = self.generator(masked_ids, attention_mask, selected)  # [(N, V)] per exit
+    def generate(self, masked_ids, attention_mask, index, targets, exit_index):
+        """As ``JointModel.generate``, every exit's loss weighted; the sampling logits are
+        exit ``exit_index``'s: an int, or a 0-d long tensor chosen on the device (then picked
+        by ``torch.where`` over the exits, under no_grad: one transient (N, V) more, no host
+        read)."""
+        logits = self.generator(masked_ids, attention_mask, positions_index=index)  # [(N, V)]
         mlm_loss = sum(w * F.cross_entropy(lg.float(), targets)
                        for w, lg in zip(self.loss_weights, logits, strict=True))
         stats = {f"gen_correct_exit{layer}": (lg.detach().argmax(-1) == targets).sum()
                  for layer, lg in zip(self.exits, logits, strict=True)}
         stats.update(gen_correct=stats[f"gen_correct_exit{self.exits[-1]}"],
-                     gen_count=torch.tensor(float(len(targets))),
-                     exit_layer_sum=torch.tensor(float(self.exits[exit_index])))
-        return mlm_loss, logits[exit_index], stats
+                     gen_count=torch.tensor(float(len(targets))))
+        if not isinstance(exit_index, torch.Tensor):
+            stats["exit_layer_sum"] = torch.tensor(float(self.exits[exit_index]))
+            return mlm_loss, logits[exit_index], stats
+        stats["exit_layer_sum"] = self.exit_layer_ids.index_select(0, exit_index.view(1))[0]
+        with torch.no_grad():
+            chosen = logits[0].detach()  # (N, V)
+            for k, lg in enumerate(logits[1:], start=1):
+                chosen = torch.where(exit_index == k, lg.detach(), chosen)
+        return mlm_loss, chosen, stats
 
     @torch.no_grad()
     def update_exit_probs(self, alpha: float) -> None:
@@ -118,14 +136,27 @@ class EarlyExitTask(JointTask):
         return EarlyExitModel(cfg)
 
     def micro_batch(self, step, micro, d):
-        return {**super().micro_batch(step, micro, d), "step": torch.tensor(step)}
+        return {**super().micro_batch(step, micro, d), "step": torch.tensor(step),
+                "exit_u": torch.tensor(self.exit_uniform(step), dtype=torch.float64)}
+
+    def exit_uniform(self, step: int) -> float:
+        """The uniform that picks step ``step``'s exit, keyed by (seed, step)."""
+        return np.random.default_rng([self.cfg.train.seed, step, 0xE417]).random()
 
     def exit_index(self, b) -> int:
-        """The exit of this step: inverse CDF of P at a uniform keyed by (seed, step)."""
-        step = int(b["step"])
-        u = np.random.default_rng([self.cfg.train.seed, step, 0xE417]).random()
+        """The exit of this step: inverse CDF of P at a uniform keyed by (seed, step). On the
+        host (it reads the step and P back); the training step uses ``exit_choice``."""
+        u = self.exit_uniform(int(b["step"]))
         cdf = np.cumsum(self.model.exit_probs.cpu().numpy())
         return min(int(np.searchsorted(cdf, u, side="right")), len(cdf) - 1)
+
+    def exit_choice(self, b) -> torch.Tensor:
+        """``exit_index`` on the device, 0-d long: P lives there and changes between steps
+        (``after_step``), so the host would have to read it back each step; the uniform comes
+        with the batch (``exit_u``, computed on the host ahead of the step)."""
+        cdf = torch.cumsum(self.model.exit_probs, 0)  # (K,) float64
+        u = b["exit_u"].to(cdf.dtype)
+        return (cdf <= u).sum().clamp(max=len(self.model.exits) - 1)  # searchsorted, right
 
     def after_step(self, done: int, step_sums: dict[str, torch.Tensor], d: Dist) -> None:
         """Count this step's RTD accuracy on all ranks; update P every exit_update_every.

@@ -40,9 +40,9 @@ from trainer.corruption.sampling import sample_tokens
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.model.encoder_config import EncoderConfig
-from trainer.model.heads import Discriminator, MLMModel
+from trainer.model.heads import Discriminator, MLMModel, selected_index
 from trainer.modes.base import CorpusTask, expected_replaced_fraction, init_priors_
-from trainer.modes.rtd import RTD_SUM_KEYS, rtd_counts, rtd_metrics
+from trainer.modes.rtd import RTD_SUM_KEYS, masked_mean_bce, rtd_counts, rtd_metrics
 from trainer.tokenizer import NUM_SPECIAL
 
 
@@ -99,33 +99,41 @@ class JointModel(nn.Module):
     def build_generator(self, g_cfg: EncoderConfig, cfg: RunConfig) -> nn.Module:
         return MLMModel(g_cfg)
 
-    def generate(self, masked_ids, attention_mask, selected, targets, exit_index: int):
-        """(MLM loss, the logits (N, V) replacements are sampled from, stats)."""
-        g_logits = self.generator(masked_ids, attention_mask, positions_mask=selected)  # (N, V)
+    def generate(self, masked_ids, attention_mask, index, targets, exit_index):
+        """(MLM loss, the logits (N, V) replacements are sampled from, stats) at the selected
+        positions ``index`` (N,) (``selected_index``), whose original tokens are targets (N,)."""
+        g_logits = self.generator(masked_ids, attention_mask, positions_index=index)  # (N, V)
         stats = {"gen_correct": (g_logits.detach().argmax(-1) == targets).sum(),
                  "gen_count": torch.tensor(float(len(targets)))}
         return F.cross_entropy(g_logits.float(), targets), g_logits, stats
 
     def forward(self, masked_ids, original_ids, attention_mask, selected, seq_ids, epochs,
-                seed: int, exit_index: int = -1):
+                seed: int, exit_index: int | torch.Tensor = -1,
+                targets: torch.Tensor | None = None):
         """masked_ids/original_ids/attention_mask/selected (B, T); seq_ids, epochs (B,).
         Returns (generator loss, rtd_loss, stats); exit_index picks the early-exit generator's
-        exit that samples (the deepest by default)."""
-        targets = original_ids[selected]  # (N,)
-        mlm_loss, g_logits, stats = self.generate(masked_ids, attention_mask, selected, targets,
+        exit that samples (the deepest by default; a 0-d device tensor is chosen on the
+        device). targets (N,): original_ids at selected, gathered on the host (the batch's
+        labels); its length is the selected count, so the step reads nothing back from the
+        device. Without it that count is read back (a host sync: for callers outside
+        training)."""
+        if targets is None:
+            targets = original_ids[selected]
+        T = original_ids.shape[1]
+        index = selected_index(selected, len(targets))  # (N,) flat, batch-then-time order
+        rows, cols = index // T, index % T  # (N,) each
+        mlm_loss, g_logits, stats = self.generate(masked_ids, attention_mask, index, targets,
                                                   exit_index)
         # Only Emb-Gen reads the table (under gdes, .weight is a fresh (V, H) sum).
         table = self.discriminator.encoder.word_emb.weight if self.topk else None  # (V, H)
         with torch.no_grad():
             logp = embedding_topk_logprobs(table, targets, self.topk) if self.topk \
                 else aux_logprobs(g_logits.detach())  # (N, V), specials excluded
-            rows, cols = selected.nonzero(as_tuple=True)  # (N,) each, batch-then-time order
-            sampled = torch.empty_like(targets)
-            for e in epochs.unique():  # keyed noise per epoch; a batch may straddle two
-                n = epochs[rows] == e
-                sampled[n] = sample_tokens(logp[n], seed, int(e), seq_ids[rows[n]], cols[n])
-            corrupted = original_ids.clone()
-            corrupted[selected] = sampled
+            # Keyed noise with each row's own epoch (a batch may straddle two): one call, the
+            # draws those of one call per epoch, since a row's draw depends on its keys only.
+            sampled = sample_tokens(logp, seed, epochs[rows], seq_ids[rows], cols,
+                                    torch.ones(len(targets), device=logp.device))  # (N,)
+            corrupted = original_ids.flatten().scatter(0, index, sampled).view_as(original_ids)
             labels = (corrupted != original_ids) & attention_mask  # (B, T)
         if self.topk:  # Emb-Gen's auxiliary term, on the discriminator's own table
             l2 = (table[targets] - table[sampled]).float().pow(2).sum(-1).mean()
@@ -133,8 +141,7 @@ class JointModel(nn.Module):
             mlm_loss = mlm_loss + self.embedding_l2_weight * l2
         d_logits = self.discriminator(corrupted, attention_mask)  # (B, T)
         real = attention_mask.bool()  # the loss covers every real token, as in ELECTRA
-        rtd_loss = F.binary_cross_entropy_with_logits(d_logits[real].float(),
-                                                      labels[real].float())
+        rtd_loss = masked_mean_bce(d_logits, labels, real)
         with torch.no_grad():  # the metrics' sums: ordinary tokens, and all real ones
             stats.update(rtd_counts(d_logits, labels, corrupted, real))
         return mlm_loss, rtd_loss, stats
@@ -178,12 +185,16 @@ class JointTask(CorpusTask):
     def exit_index(self, b: dict[str, torch.Tensor]) -> int:
         return -1
 
-    def _run(self, model, b, seed, exit_index: int = -1):
+    def exit_choice(self, b: dict[str, torch.Tensor]) -> int | torch.Tensor:
+        """The sampling exit of the step, for the model: ``exit_index`` or its device form."""
+        return -1
+
+    def _run(self, model, b, seed, exit_index: int | torch.Tensor = -1):
         return model(b["input_ids"], b["original_ids"], b["attention_mask"], b["selected"],
-                     b["seq_ids"], b["epochs"], seed, exit_index)
+                     b["seq_ids"], b["epochs"], seed, exit_index, targets=b["labels"])
 
     def loss(self, model, b):
-        mlm_loss, rtd_loss, stats = self._run(model, b, self.cfg.train.seed, self.exit_index(b))
+        mlm_loss, rtd_loss, stats = self._run(model, b, self.cfg.train.seed, self.exit_choice(b))
         stats.update(mlm_loss_sum=mlm_loss.detach(), tokens=b["attention_mask"].sum())
         return mlm_loss + self.rtd_weight * rtd_loss, stats
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from trainer.config.run import RunConfig
 from trainer.distributed import Dist
 from trainer.model.encoder_config import EncoderConfig
-from trainer.model.heads import MLMModel
+from trainer.model.heads import MLMModel, selected_index
 from trainer.modes.base import CorpusTask, init_priors_
 from trainer.tokenizer import NUM_SPECIAL
 
@@ -35,7 +35,9 @@ class MLMTask(CorpusTask):
         self.announce(d, f"mlm, aux model {self.model.num_parameters():,} parameters")
 
     def _forward(self, model, b):
-        logits = model(b["input_ids"], b["attention_mask"], positions_mask=b["selected"])
+        # The labels (N,) were gathered on the host: their length is the selected count.
+        index = selected_index(b["selected"], len(b["labels"]))  # (N,)
+        logits = model(b["input_ids"], b["attention_mask"], positions_index=index)
         return logits.float()  # (N, V)
 
     def loss(self, model, b):

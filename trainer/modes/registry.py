@@ -32,6 +32,6 @@ MODES: dict[str, Callable[[RunConfig, Dist], Task]] = {
 def build_task(cfg: RunConfig, d: Dist) -> Task:
     task = MODES.get(cfg.train.mode)
     if task is None:
-        raise UserError(f"train.mode = {cfg.train.mode!r} is not available in this version yet; "
+        raise UserError(f"train.mode = {cfg.train.mode!r} is not a training mode; "
                         f"available: {', '.join(map(repr, MODES))}")
     return task(cfg, d)

@@ -48,17 +48,31 @@ def rtd_counts(logits: torch.Tensor, labels: torch.Tensor, input_ids: torch.Tens
                attention_mask: torch.Tensor) -> dict:
     """Sums for ``rtd_metrics``, all (B, T): confusion counts of the replaced class and the
     summed BCE, over the ordinary tokens (``rtd_tp/fp/fn/tn/nll``, see ``ordinary_mask``) and
-    over every real token (``rtd_all_*``). Measurement only: the training loss is not this."""
+    over every real token (``rtd_all_*``). Measurement only: the training loss is not this.
+    Masked sums over every position, no gather: the values stay 0-d tensors on the device."""
+    x, y = logits.float(), labels.float()  # (B, T)
+    pred, gold = x > 0, y.bool()
+    nll = F.binary_cross_entropy_with_logits(x, y, reduction="none").double()  # (B, T)
     out = {}
     for name, mask in (("rtd", ordinary_mask(input_ids, attention_mask)),
                        ("rtd_all", attention_mask.bool())):
-        x, y = logits[mask].float(), labels[mask].float()
-        pred, gold = x > 0, y.bool()
-        out.update({f"{name}_tp": (pred & gold).sum(), f"{name}_fp": (pred & ~gold).sum(),
-                    f"{name}_fn": (~pred & gold).sum(), f"{name}_tn": (~pred & ~gold).sum(),
-                    f"{name}_nll": F.binary_cross_entropy_with_logits(
-                        x, y, reduction="none").double().sum()})
+        out.update({f"{name}_tp": (pred & gold & mask).sum(),
+                    f"{name}_fp": (pred & ~gold & mask).sum(),
+                    f"{name}_fn": (~pred & gold & mask).sum(),
+                    f"{name}_tn": (~pred & ~gold & mask).sum(),
+                    # where, not a product: a non-finite value at a padded position stays out.
+                    f"{name}_nll": torch.where(mask, nll, 0.0).sum()})
     return out
+
+
+def masked_mean_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+                    ) -> torch.Tensor:
+    """Mean BCE-with-logits over mask's positions, all (B, T), computed at every position and
+    weighted: the gather ``logits[mask]`` would read the count back from the device. An empty
+    mask gives 0 (not NaN)."""
+    mask = mask.bool()
+    per = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+    return torch.where(mask, per, 0.0).sum() / mask.sum().clamp_min(1)
 
 
 def rtd_metrics(s: dict[str, float], prefix: str = "") -> dict[str, float]:
@@ -190,7 +204,7 @@ class RTDTask:
         b = self.ready(b)
         logits = model(b["input_ids"], b["attention_mask"]).float()  # (B, T)
         real = b["attention_mask"]
-        loss = F.binary_cross_entropy_with_logits(logits[real], b["labels"][real])
+        loss = masked_mean_bce(logits, b["labels"], real)
         with torch.no_grad():
             sums = rtd_counts(logits, b["labels"], b["input_ids"], real)
             sums.update(tokens=real.sum(), temperature_sum=b["temperature"].sum(),

@@ -26,6 +26,17 @@ models with layer-boundary checkpointing = 2 bytes x seq_len x global batch x hi
 (an inference-only model keeps none); in the joint design the aux's embedding is shared with the
 main model and not counted again. Parameter counts come from
 ``trainer.model.params.count_parameters``.
+
+Two FLOP figures, for two uses:
+  Table-1 FLOPs   the design rows above (Chinchilla app. F, the embedding term 2*S*V*D
+                  included): what reproduces the paper's Table 1 ratios.
+  model FLOPs     the MFU convention of PaLM (Chowdhery et al. 2022, app. B): per token
+                  6*N + 12*L*S*D for forward + backward, N = non-embedding parameters
+                  (everything but the word and absolute-position tables), L layers, S the
+                  sequence length, D = heads x head size (the QK^T and softmax@V matmuls). The
+                  embedding lookup is a gather, not a matmul: counting it as 2*S*V*D FLOPs
+                  would make up half of the base model's forward at V = 128K and double the
+                  MFU. This is what ``--run`` and bench/gpu_check.py turn into MFU.
 """
 
 from __future__ import annotations
@@ -51,6 +62,8 @@ CONVENTIONS = ("FLOPs: Chinchilla (Hoffmann et al. 2022) app. F, per sequence, b
                "memory: 20 B/trainable param, "
                "2 B/inference param, activations 2 B x seq x global batch x hidden per trained "
                "layer, joint aux embedding shared (not counted twice); GB = 1e9 B")
+MODEL_FLOPS_CONVENTION = ("model FLOPs (MFU): PaLM app. B, per sequence per update "
+                          "S * (6 * N_non_embedding + 12 * L * S * D), no embedding lookup")
 
 
 def forward_flops(enc: EncoderConfig, seq_len: int, logits_fraction: float = 0.0,
@@ -75,6 +88,18 @@ def forward_flops(enc: EncoderConfig, seq_len: int, logits_fraction: float = 0.0
     total = embeddings + enc.num_layers * (attention + dense) + logits
     return {"embeddings": float(embeddings), "attention_per_layer": float(attention),
             "dense_per_layer": float(dense), "logits": float(logits), "total": float(total)}
+
+
+def model_flops(enc: EncoderConfig, seq_len: int, params: dict[str, int],
+                update: bool = True) -> float:
+    """Model FLOPs of one sequence (PaLM app. B, the MFU convention; module docstring):
+    forward + backward ``S * (6 * N + 12 * L * S * D)`` with ``update``, else the forward
+    third ``S * (2 * N + 4 * L * S * D)``. ``params`` is ``count_parameters``' dict of the
+    model (its head included); N leaves out its ``embeddings`` (lookups, not matmuls)."""
+    S, D, L = seq_len, enc.head_dim * enc.num_heads, enc.num_layers
+    n = params["total"] - params["embeddings"]
+    per_token = 6 * n + 12 * L * S * D
+    return float(S * per_token if update else S * per_token / 3)
 
 
 def _activations_bytes(enc: EncoderConfig, cfg: RunConfig) -> float:
@@ -122,6 +147,11 @@ def estimate(cfg: RunConfig) -> dict:
                            "aux_with_embedding": forward_flops(aux, S, 1.0)["total"] / 1e9},
         "seq_len": S, "global_batch_size": cfg.train.global_batch_size,
         "mask_prob": cfg.corruption.mask_prob, "conventions": CONVENTIONS,
+        # The MFU figure: the main model's update without the embedding lookup.
+        "model_flops": {"main_update_gflops": model_flops(main, S, main_params) / 1e9,
+                        "main_forward_gflops": model_flops(main, S, main_params,
+                                                           update=False) / 1e9,
+                        "convention": MODEL_FLOPS_CONVENTION},
     }
     j, f, o = out["joint"], out["fast"], out["offline"]
     out["ratios"] = {
@@ -158,14 +188,17 @@ def read_run(run_dir: str | Path) -> dict:
 
 
 def measured(est: dict, record: dict) -> dict:
-    """Measured throughput of a run and the main model's implied achieved FLOP/s.
+    """Measured throughput of a run and the main model's implied achieved FLOP/s: in model
+    FLOPs (``main_model_tflops_per_s``, the MFU numerator) and in Table-1 FLOPs, embedding
+    term included (``main_table1_tflops_per_s``, for comparison with the design rows).
 
     tokens_per_s counts non-padding tokens, so sequences/s = tokens_per_s / seq_len assumes
     full sequences (a lower bound on sequences/s when sequences are padded)."""
     tps = float(record["tokens_per_s"])
     seqs = tps / est["seq_len"]
     return {"step": record.get("step"), "tokens_per_s": tps, "sequences_per_s": seqs,
-            "main_tflops_per_s": seqs * est["joint"]["main_gflops"] / 1e3}
+            "main_model_tflops_per_s": seqs * est["model_flops"]["main_update_gflops"] / 1e3,
+            "main_table1_tflops_per_s": seqs * est["joint"]["main_gflops"] / 1e3}
 
 
 def format_report(est: dict) -> str:
@@ -174,7 +207,8 @@ def format_report(est: dict) -> str:
     head = (f"{'design':<28}{'main GFLOPs':>13}{'aux GFLOPs':>12}{'total GFLOPs':>14}"
             f"{'main GB':>10}{'aux GB':>9}{'total GB':>10}")
     lines = [f"# cost per training sequence per update (seq_len {est['seq_len']}); memory for "
-             f"the global batch of {est['global_batch_size']}", head, "-" * len(head)]
+             f"the global batch of {est['global_batch_size']}; Table-1 FLOPs (embedding "
+             "term included)", head, "-" * len(head)]
     for d in DESIGNS:
         r = est[d]
         lines.append(f"{names[d]:<28}{r['main_gflops']:>13.1f}{r['aux_gflops']:>12.1f}"
@@ -192,13 +226,19 @@ def format_report(est: dict) -> str:
         f"with its own embedding counted too {fw['aux_with_embedding']:.1f}",
         f"params   main {p['main'] / 1e6:.1f}M, aux {p['aux'] / 1e6:.1f}M, embedding "
         f"{p['embedding'] / 1e6:.1f}M",
+        f"model    FLOPs (MFU convention, no embedding lookup): main update "
+        f"{est['model_flops']['main_update_gflops']:.1f} GFLOPs/sequence (Table-1 figure "
+        f"above: {est['offline']['main_gflops']:.1f})",
     ]
     if "run" in est:
         m = est["run"]
         lines.append(f"run      {m['run_dir']} (step {m['step']}): {m['tokens_per_s']:,.0f} "
                      f"tokens/s = {m['sequences_per_s']:.1f} sequences/s of {est['seq_len']} -> "
-                     f"main model {m['main_tflops_per_s']:.2f} TFLOP/s achieved")
+                     f"main model {m['main_model_tflops_per_s']:.2f} TFLOP/s in model FLOPs "
+                     f"(the MFU numerator; {m['main_table1_tflops_per_s']:.2f} in Table-1 "
+                     "FLOPs)")
     lines.append(f"conventions: {CONVENTIONS}")
+    lines.append(f"             {MODEL_FLOPS_CONVENTION}")
     return "\n".join(lines)
 
 

@@ -8,8 +8,9 @@ import pytest
 
 from trainer.config.load import build_config, load_config
 from trainer.model.encoder_config import EncoderConfig
+from trainer.model.heads import Discriminator
 from trainer.model.params import count_parameters
-from trainer.tools.cost import estimate, forward_flops, main
+from trainer.tools.cost import estimate, forward_flops, main, model_flops
 
 # S = seq_len, D = hidden, V = vocab, F = ffn, h = heads, L = main layers, La = aux layers
 S, D, V, F, HEADS, L, LA, B, MASK = 16, 32, 300, 64, 4, 2, 1, 8, 0.25
@@ -57,6 +58,15 @@ AUX_FWD = 1 * (ATTENTION + DENSE) + LOGITS  # embedding counted once, with main:
 AUX_FWD_MASKED = 1 * (ATTENTION + DENSE) + 0.25 * LOGITS  # 374_784
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
+# Model FLOPs (PaLM app. B), by hand: the discriminator's non-embedding parameters (post-LN,
+# relative position bias, so the word table is the only embedding) ...
+BLOCK = ((3 * 32 * 32 + 3 * 32) + (32 * 32 + 32)  # QKV + output projection     4_224
+         + (32 * 64 + 64) + (64 * 32 + 32)  # feed-forward                    4_192
+         + 2 * 2 * 32 + 2 * 32)  # two LayerNorms + Admin omegas               192 -> 8_608
+N_MAIN = 2 * BLOCK + 2 * 32 + 8 * 4 + (32 * 32 + 32) + (32 + 1)  # + emb LN, rel bias, RTD head
+# ... then per sequence per update S * (6 N + 12 L S D)
+MODEL_UPDATE = 16 * (6 * N_MAIN + 12 * 2 * 16 * 32)  # 16 * (110_406 + 12_288) = 1_963_104
+
 
 @pytest.fixture()
 def tiny():
@@ -83,6 +93,34 @@ def test_hand_computed_forward_flops(tiny):
     assert aux_f["total"] == AUX_FWD
     full = forward_flops(EncoderConfig.aux(tiny), S, logits_fraction=1.0)
     assert full["total"] == EMBEDDINGS + AUX_FWD
+
+
+def test_model_flops_hand_count(tiny):
+    """The MFU figure: N from the hand count above (and from the real model's parameters,
+    the word table left out), no embedding lookup."""
+    assert N_MAIN == 18_401 and MODEL_UPDATE == 1_963_104
+    enc = EncoderConfig.main(tiny)
+    real = Discriminator(enc)
+    assert sum(p.numel() for p in real.parameters()) - real.encoder.word_emb.weight.numel() \
+        == N_MAIN
+    params = count_parameters(enc, head="rtd")
+    assert model_flops(enc, S, params) == MODEL_UPDATE
+    assert model_flops(enc, S, params, update=False) == pytest.approx(MODEL_UPDATE / 3)
+    est = estimate(tiny)
+    assert est["model_flops"]["main_update_gflops"] == pytest.approx(MODEL_UPDATE / 1e9)
+    # The Table-1 figure is a different, larger count: not what MFU uses.
+    assert est["offline"]["main_gflops"] == pytest.approx(3 * MAIN_FWD / 1e9)
+
+
+def test_model_flops_embedding_lookup_negative_control(tiny):
+    """Negative control: counting the word table as parameters (= the lookup as a matmul)
+    changes the figure by exactly 3 x 2*S*V*D per sequence per update, the Table-1
+    embedding term forward + backward."""
+    enc = EncoderConfig.main(tiny)
+    params = count_parameters(enc, head="rtd")
+    with_lookup = model_flops(enc, S, dict(params, embeddings=0))
+    assert with_lookup - MODEL_UPDATE == 3 * EMBEDDINGS == 921_600
+    assert model_flops(enc, S, params) != with_lookup
 
 
 def test_designs_flops(tiny):
@@ -180,9 +218,11 @@ def test_cli_run(tiny_toml, tmp_path, capsys):
     m = json.loads(capsys.readouterr().out)["run"]
     assert m["step"] == 20 and m["tokens_per_s"] == 8192.0
     assert m["sequences_per_s"] == pytest.approx(8192 / S)
-    assert m["main_tflops_per_s"] == pytest.approx(8192 / S * 3 * MAIN_FWD / 1e12)
+    assert m["main_model_tflops_per_s"] == pytest.approx(8192 / S * MODEL_UPDATE / 1e12)
+    assert m["main_table1_tflops_per_s"] == pytest.approx(8192 / S * 3 * MAIN_FWD / 1e12)
     assert main(["--config", tiny_toml, "--run", str(run)]) == 0
-    assert "tokens/s" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tokens/s" in out and "in model FLOPs" in out and "Table-1" in out
 
 
 def test_cli_run_without_metrics(tiny_toml, tmp_path, capsys):
