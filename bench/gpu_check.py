@@ -35,8 +35,8 @@ compile_smoke          ``torch.compile`` of the discriminator: a few AdamW steps
     eager's (same initial weights and batches, dropout off) to a relative 1e-3.
 rtd_mfu                rtd training step at the base shape (configs/base.toml: 12 x 768, seq
     512, micro-batch 32, bf16): tokens/s and MFU, FLOPs per sequence per update from
-    ``trainer.tools.cost.estimate`` (Chinchilla convention, embedding term included; also given
-    without it), over the peak in ``PEAK_TFLOPS`` (H200/H100 SXM bf16 dense: 989 TFLOP/s).
+    ``trainer.tools.cost`` in model FLOPs (PaLM's MFU convention: no embedding lookup; the
+    paper's Table-1 count, embedding term included, alongside), over the peak in ``PEAK_TFLOPS`` (H200/H100 SXM bf16 dense: 989 TFLOP/s).
 aux_tokens_per_s       ``pipeline.generate.Corrupter.corrupt`` (generate's per-batch masking,
     aux forward in bf16 autocast on CUDA, fp32 masked-position LM head, sampling, host copy) at
     the base shape (4-layer aux, 128K vocabulary, seq 512, generate.batch_tokens), random
@@ -50,6 +50,10 @@ flex_vs_sdpa           (CUDA; n/a elsewhere) ``model.attention`` "sdpa" vs "flex
     flex_attention) at the base shape, bf16, attention dropout 0, a quarter of the rows padded:
     encoder forward + backward tokens/s, peak memory, flex's first (compiling) step, and the
     outputs and ``rel_bias.grad`` of the two within 5e-2 (relative L2).
+
+head_precision         (CUDA; n/a elsewhere) ``generate.head_precision`` fp32 / tf32 / bf16 at
+    the base shape: aux tokens/s of ``Corrupter.corrupt`` per precision and the share of output
+    tokens that differ from fp32's (same seeds, same random-weight aux).
 
 An item that only means something on CUDA reports status ``n/a`` on a CPU (exit status 0).
 
@@ -89,13 +93,14 @@ from bench.gpu_check_speed import (
     NotOnThisDevice,
     aux_tokens_per_s,
     flex_vs_sdpa,
+    head_precision,
     rtd_mfu,
     sdpa_kernels,
 )
 
 ORDER = ("corrupt_cpu_vs_device", "bf16_training", "generate_workers", "fast_online_rows",
-         "rel_bias_sdpa", "sdpa_kernels", "rtd_mfu", "aux_tokens_per_s", "flex_vs_sdpa",
-         "compile_smoke")  # compile last: slow
+         "rel_bias_sdpa", "sdpa_kernels", "rtd_mfu", "aux_tokens_per_s", "head_precision",
+         "flex_vs_sdpa", "compile_smoke")  # compile last: slow
 
 
 class ItemTimeout(BaseException):  # not caught by libraries' `except Exception`
@@ -108,7 +113,8 @@ def _alarm(signum, frame):
 
 ITEMS = {f.__name__: f for f in (corrupt_cpu_vs_device, bf16_training, generate_workers,
                                  fast_online_rows, rel_bias_sdpa, compile_smoke, rtd_mfu,
-                                 aux_tokens_per_s, sdpa_kernels, flex_vs_sdpa)}
+                                 aux_tokens_per_s, sdpa_kernels, flex_vs_sdpa,
+                                 head_precision)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,10 +83,10 @@ if ! $PY -c 'from importlib.metadata import version; version("fast-electra")' 2>
         || echo "gpu_check.sh: that failed: generate_workers and the items that need shards will error"
 fi
 
-# The Python-side budget (440 s) leaves time for start-up and the report; the
+# The Python-side budget (520 s) leaves time for start-up and the report; the
 # timeout is the backstop (the JSON is rewritten after every item).
-timeout --signal=INT --kill-after=15 470 \
-    $PY bench/gpu_check.py --device cuda --out "$OUT_DIR" --budget-s 440 "$@"
+timeout --signal=INT --kill-after=15 550 \
+    $PY bench/gpu_check.py --device cuda --out "$OUT_DIR" --budget-s 520 "$@"
 rc=$?
-[ "$rc" -eq 124 ] && echo "gpu_check.sh: killed at 470 s; partial results in $OUT_DIR/gpu_check.json"
+[ "$rc" -eq 124 ] && echo "gpu_check.sh: killed at 550 s; partial results in $OUT_DIR/gpu_check.json"
 exit "$rc"

@@ -135,7 +135,7 @@ class NotOnThisDevice(Exception):  # noqa: N818 (a verdict, not a failure: statu
     """Raised by an item that only means something on another device."""
 
 
-BUDGETS_S = {"sdpa_kernels": 90, "flex_vs_sdpa": 240}  # full run; n/a at once on a CPU
+BUDGETS_S = {"sdpa_kernels": 90, "flex_vs_sdpa": 240, "head_precision": 60}  # full run; n/a at once on a CPU
 ATTENTION_KERNEL = re.compile(r"fmha|attention|attn|flash|efficient|sdpa", re.IGNORECASE)
 FLEX_REL_TOL = 5e-2  # flex vs sdpa under bf16 autocast, relative L2 (outputs, rel_bias.grad)
 
@@ -265,10 +265,9 @@ def flex_vs_sdpa(fx: Fixtures):
 def head_precision(fx: Fixtures):
     """generate.head_precision on CUDA: aux tokens/s of ``Corrupter.corrupt`` at the base shape
     per precision, and the share of sampled tokens that differ from fp32's (same seeds, same
-    random-weight aux). Register in bench/gpu_check.py (ORDER, ITEMS) and give it a budget in
-    bench/gpu_check_fixtures.py to run it. A CPU computes the head in fp32 only: skipped."""
+    random-weight aux). A CPU computes the head in fp32 only: n/a there."""
     if fx.device.type != "cuda":
-        return True, {"skipped": True}, ["CUDA only: a CPU computes the head in fp32 only"]
+        raise NotOnThisDevice("CUDA only: a CPU computes the head in fp32 only")
     from pipeline.corrupt_write import Corrupter
     from pipeline.generate_fns import Layout, with_head_precision
     from trainer.config.load import load_config

@@ -22,6 +22,7 @@ from pipeline.generate_fns import (
     PartRows,
     RowGroupBuffer,
     claim_device_slot,
+    with_head_precision,
     worker_device,
 )
 from trainer.config.run import RunConfig
@@ -106,8 +107,9 @@ class CorruptionHandler(ModelHandler):
             aux = load_generator(self.cfg.generate.aux_checkpoint, device, read_bytes)
         if "unigram" in corruption.replacement or corruption.augmentation == "log_interp_unigram":
             unigram = CorpusShards(self.corpus_dir).unigram_counts()
-        return Corrupter(device, aux, unigram, self.cfg, self.layout.num_sequences,
-                         self.vocab_size)
+        corrupter = Corrupter(device, aux, unigram, self.cfg, self.layout.num_sequences,
+                              self.vocab_size)
+        return with_head_precision(corrupter, self.cfg.generate.head_precision)
 
     def run_inference(self, batch, model: Corrupter, inference_args=None):
         return [write_part(rows, model, self.cfg.generate.rtd_dir, self.layout.batch_rows,

@@ -67,7 +67,6 @@ from pipeline.generate_fns import (
     explicit_workers,
     local_workers,
     split_by_part,
-    with_head_precision,
     worker_device,
 )
 from pipeline.job import already_done, parse_job_args, run_as_main, run_job
@@ -124,13 +123,6 @@ class AssignPositionsFn(beam.DoFn):
             yield (epoch, part), packed
 
 
-class HeadPrecisionHandler(CorruptionHandler):
-    """``CorruptionHandler`` whose loaded aux runs its LM head in generate.head_precision."""
-
-    def load_model(self):
-        return with_head_precision(super().load_model(), self.cfg.generate.head_precision)
-
-
 def index_part(element: tuple, layout: Layout, dtype: str) -> PartRows:
     """GroupByPart's ((epoch, part), packed chunks) -> the part's rows in position order."""
     (epoch, part), chunks = element
@@ -174,9 +166,8 @@ def build(p: beam.Pipeline, cfg: RunConfig, corpus: CorpusShards, layout: Layout
                                                             gen.seed, dtype))
         | "GroupByPart" >> beam.GroupByKey()
         | "IndexParts" >> beam.Map(index_part, layout=layout, dtype=dtype)
-        | "CorruptAndWrite" >> RunInference(HeadPrecisionHandler(cfg, layout,
-                                                                 corpus.vocab_size,
-                                                                 corpus.root, dtype))
+        | "CorruptAndWrite" >> RunInference(CorruptionHandler(cfg, layout, corpus.vocab_size,
+                                                              corpus.root, dtype))
         | "CollectParts" >> beam.combiners.ToList()
         | "Finalize" >> beam.Map(finalize, context=context)
     )

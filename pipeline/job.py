@@ -1,6 +1,6 @@
 """The command line every Beam job shares around its own work (prepare.py, generate.py):
-``--config`` / ``--set`` / ``--overwrite`` (every other option goes to Beam unchanged), the
-re-run that finds its output already there, running the pipeline and printing the manifest it
+``--config`` / ``--set`` / ``--overwrite`` / ``--progress-s`` (every other option goes to Beam
+unchanged), the progress lines while the job runs (pipeline.progress), the re-run that finds its output already there, running the pipeline and printing the manifest it
 wrote, and the ``python -m`` entry. What happens to the output folder itself (locks,
 fingerprints, leftovers) is pipeline.shard_sets.
 
@@ -14,7 +14,7 @@ fingerprints, leftovers) is pipeline.shard_sets.
             return done
         ...
         return run_job(lambda p: build(p, ...), test_pipeline, beam_argv, out_dir, "corpus",
-                       print_summary)
+                       print_summary, ProgressReporter("prepare", out_dir, watch, args.progress_s))
 
     if __name__ == "__main__":
         run_as_main("pipeline.prepare")
@@ -31,6 +31,7 @@ from typing import NoReturn
 import apache_beam as beam
 
 from pipeline.beam_util import pipeline_options
+from pipeline.progress import ProgressReporter, add_progress_flag
 from pipeline.shard_sets import prepare_output, run_pipeline
 from trainer.cli import config_parser, resolve_config
 from trainer.config.run import RunConfig
@@ -42,6 +43,7 @@ def parse_job_args(prog: str, doc: str | None, argv: list[str] | None, overwrite
     """(the job's arguments, the resolved config, the options left for Beam)."""
     parser = config_parser(prog, doc)
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    add_progress_flag(parser)
     args, beam_argv = parser.parse_known_args(argv)
     return args, resolve_config(args), beam_argv
 
@@ -60,13 +62,15 @@ def already_done(out_dir: str, kind: str, fp: dict, overwrite: bool, patterns: l
 
 
 def run_job(build: Callable[[beam.Pipeline], None], test_pipeline: beam.Pipeline | None,
-            beam_argv: list[str], out_dir: str, kind: str, summary: Callable[[dict], None]
-            ) -> dict:
+            beam_argv: list[str], out_dir: str, kind: str, summary: Callable[[dict], None],
+            progress: ProgressReporter) -> dict:
     """Build the job's steps on a pipeline (the test's, or one from the Beam options), run it
-    to the end, print the summary of the manifest it wrote and return that manifest."""
+    to the end with ``progress`` reporting, print the summary of the manifest it wrote and
+    return that manifest."""
     p = test_pipeline or beam.Pipeline(options=pipeline_options(beam_argv))
     build(p)
-    run_pipeline(p)
+    with progress:
+        run_pipeline(p)
     manifest = read_manifest(out_dir, kind)
     summary(manifest)
     return manifest

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import generate
+from pipeline import corrupt_write, generate
 from pipeline.generate import fingerprint, plan_local_gpus, run
 from pipeline.generate_fns import (
     GenerateError,
@@ -101,7 +101,7 @@ def _shas(manifest) -> dict[str, str]:
 
 def test_fp32_head_writes_the_same_cpu_bytes(prepared, aux_checkpoint, aux_rtd, tmp_path,
                                              monkeypatch):
-    """generate.head_precision = fp32, set explicitly, through the head-precision handler:
+    """generate.head_precision = fp32, set explicitly, through the corruption handler:
     the same part sha256s as the session's aux shard set (same corpus, aux, seed, epochs).
     Negative control: the head fed bf16-rounded hidden states (what a bf16 head does to its
     input) changes the bytes, so the comparison sees a change of head precision."""
@@ -110,13 +110,13 @@ def test_fp32_head_writes_the_same_cpu_bytes(prepared, aux_checkpoint, aux_rtd, 
     same = run(gen_argv(prepared[0], tmp_path / "fp32", *argv, "generate.head_precision=fp32"))
     assert _shas(same) == _shas(aux_rtd[1])
 
-    real = generate.with_head_precision
+    real = corrupt_write.with_head_precision
 
     def rounded(corrupter, precision):
         corrupter.aux.head.register_forward_pre_hook(
             lambda module, args: (args[0].bfloat16().float(), *args[1:]))
         return real(corrupter, precision)
 
-    monkeypatch.setattr(generate, "with_head_precision", rounded)
+    monkeypatch.setattr(corrupt_write, "with_head_precision", rounded)
     other = run(gen_argv(prepared[0], tmp_path / "rounded", *argv))
     assert _shas(other) != _shas(aux_rtd[1])
