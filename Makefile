@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-hf test lint clean install task-sources gpu-wheels
+.PHONY: demo demo-hf test test-fast lint clean install task-sources gpu-wheels
 
 # constraints.txt pins the releases the tests ran with; pyproject.toml itself gives ranges.
 $(STAMP): pyproject.toml constraints.txt
@@ -29,9 +29,16 @@ gpu-wheels: $(STAMP)
 # generate) and configs/tiny_aux.toml (the aux run). One torch thread per process: the ranks
 # and Beam workers already use every core.
 TORCHRUN := OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node 2 -m trainer.train
+# An earlier run's folders: said, then deleted; with KEEP=1 (make demo KEEP=1) moved aside to
+# FOLDER.YYYYmmdd-HHMMSS instead, so a rerun never silently destroys results.
+clear_runs = for d in $(1); do [ -e "$$d" ] || continue; \
+	if [ -n "$(filter-out 0,$(KEEP))" ]; then k="$$d.$$(date +%Y%m%d-%H%M%S)"; \
+	    echo "make: KEEP=1: moving $$d to $$k"; mv "$$d" "$$k"; \
+	else echo "make: removing $$d (make $@ KEEP=1 keeps it as $$d.<timestamp>)"; \
+	    rm -rf "$$d"; fi; done
 demo: $(STAMP)
 	$(PY) -m pipeline.prepare --config configs/tiny.toml --overwrite
-	rm -rf runs/tiny
+	@$(call clear_runs,runs/tiny)
 	$(TORCHRUN) --config configs/tiny_aux.toml
 	OMP_NUM_THREADS=1 $(PY) -m pipeline.generate --config configs/tiny.toml --overwrite
 	$(PY) -m pipeline.inspect shards/tiny/rtd --plot runs/tiny/plots/rtd_schedule.png
@@ -50,7 +57,7 @@ demo: $(STAMP)
 # BERT tokenizer's vocabulary; hf/tiny-bert-rtd is the discriminator for AutoModel*.
 demo-hf: $(STAMP)
 	test -f shards/tiny/corpus/manifest.json || $(PY) -m pipeline.prepare --config configs/tiny.toml
-	rm -rf hf/tiny-bert runs/tiny-bert
+	@$(call clear_runs,hf/tiny-bert runs/tiny-bert)
 	OMP_NUM_THREADS=2 $(PY) -m trainer.hf local-mlm shards/tiny/corpus hf/tiny-bert \
 	    --config configs/tiny_bert.toml
 	$(PY) -m trainer.hf import hf/tiny-bert runs/tiny-bert/aux --config configs/tiny_bert.toml
@@ -76,6 +83,13 @@ task-sources:
 test: $(STAMP) task-sources
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --durations=15
+
+# The quick lane while editing (about a minute and a half on 2 cores): every test but those
+# marked slow (torchrun ranks, Dask clusters, kill -9, the benches, multi-process Beam runs,
+# anything that takes seconds) and the CUDA ones. `make test` runs them all, as CI does.
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not slow and not gpu" --durations=5
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

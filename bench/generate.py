@@ -69,7 +69,9 @@ def generate_argv(args, rtd_dir: str, defaults=(), forced=()) -> list[str]:
     """pipeline.generate's arguments: ``defaults``, then the user's ``--set``s, then
     ``forced`` (what a section measures)."""
     argv = ["--config", args.config]
-    for s in ["generate.epochs=1", "generate.device=cpu", *defaults, *args.set,
+    # A benchmark's shards serve no training run: generate's sizing check reads a one-step run.
+    for s in ["generate.epochs=1", "generate.device=cpu", "train.max_steps=1",
+              "train.warmup_steps=0", "train.eval_every=0", *defaults, *args.set,
               f"generate.rtd_dir={rtd_dir}", *forced]:
         argv += ["--set", s]
     return argv

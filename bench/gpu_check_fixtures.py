@@ -153,7 +153,10 @@ class Fixtures:
         return self.sets(f"generate.aux_checkpoint={self.aux_checkpoint()}", "generate.epochs=2",
                          "generate.seed=7", f"generate.device={device}",
                          f"generate.rtd_dir={rtd_dir}", "generate.batch_tokens=1024",
-                         "generate.part_rows=200")
+                         "generate.part_rows=200",
+                         # The items train on these shards with their own [train] settings:
+                         # generate's sizing check reads a one-step run.
+                         "train.max_steps=1", "train.warmup_steps=0", "train.eval_every=0")
 
     def shards(self, device: str, workers: int) -> tuple[Path, dict]:
         """A 2-epoch aux shard set made by pipeline.generate on ``device`` with ``workers``

@@ -238,7 +238,12 @@ class Bench:
         if os.path.isfile(os.path.join(self.rtd_dir, "manifest.json")):
             return
         argv = ["--config", self.config]
-        for s in [*self.data_sets(), *self.plan_sets(),
+        # The longest run the set serves (see epochs), for generate's sizing check.
+        longest = [f"train.max_steps={3 * self.plan.steps}",
+                   f"train.global_batch_size={self.plan.batch}",
+                   f"train.micro_batch_size_per_rank={self.plan.batch}", "train.grad_accum=0",
+                   "train.warmup_steps=0", "train.eval_every=0"]
+        for s in [*self.data_sets(), *self.plan_sets(), *longest,
                   f"generate.aux_checkpoint={self.aux_checkpoint()}",
                   f"generate.rtd_dir={self.rtd_dir}"]:
             argv += ["--set", s]

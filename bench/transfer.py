@@ -168,8 +168,13 @@ class Transfer:
         rtd_dir = os.path.join(self.out, "shards", f"x{k}")
         if not os.path.isfile(os.path.join(rtd_dir, "manifest.json")):
             argv = ["--config", os.path.join(REPO, "configs", "tiny.toml"), "--overwrite"]
+            steps = self.steps("rtd", k)
+            # The run the set serves, so that generate's sizing check reads the right plan.
             for s in (*self.common_sets(), f"generate.rtd_dir={rtd_dir}",
-                      f"generate.epochs={self.epochs_for(self.steps('rtd', k))}"):
+                      f"generate.epochs={self.epochs_for(steps)}", f"train.max_steps={steps}",
+                      f"train.global_batch_size={self.plan.batch}",
+                      f"train.micro_batch_size_per_rank={self.plan.batch}",
+                      "train.grad_accum=0", "train.warmup_steps=0", "train.eval_every=0"):
                 argv += ["--set", s]
             self.runner.call(f"generate/x{k}", "pipeline.generate", [*argv, *self.beam])
         return rtd_dir

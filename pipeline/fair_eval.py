@@ -73,9 +73,11 @@ def generator_id(path: str) -> str:
 def generate_argv(config: str, overrides: list[str], generator: str, rtd_dir: str, seed: int,
                   passthrough: list[str]) -> list[str]:
     argv = ["--config", config]
+    # An evaluation set serves no training run: generate's sizing check reads a one-step run.
     for o in [*overrides, "corruption.replacement=aux", "corruption.schedule=fixed",
               "corruption.augmentation=temperature", f"generate.aux_checkpoint={generator}",
-              "generate.epochs=1", f"generate.rtd_dir={rtd_dir}", f"generate.seed={seed}"]:
+              "generate.epochs=1", f"generate.rtd_dir={rtd_dir}", f"generate.seed={seed}",
+              "train.max_steps=1", "train.warmup_steps=0", "train.eval_every=0"]:
         argv += ["--set", o]
     return [*argv, *passthrough]
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from importlib.metadata import version
 
 import apache_beam as beam
@@ -70,6 +71,7 @@ from pipeline.generate_fns import (
     worker_device,
 )
 from pipeline.job import already_done, parse_job_args, run_as_main, run_job
+from pipeline.progress import rtd_progress
 from pipeline.shard_sets import holds_output_locks
 from trainer.cli import main_guard
 from trainer.config.load import to_dict, to_toml
@@ -90,6 +92,7 @@ from trainer.data.rtd_format import (
     RTD_SCHEMA,
     token_dtype,
 )
+from trainer.modes.rtd import DataPlan
 from trainer.pretrained import GENERATOR_KINDS, generator_config, read_meta
 
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +278,22 @@ def print_summary(m: dict) -> None:
           f"{m['shard_bytes'] / tokens:.3f} shard bytes/token")
 
 
+def check_plan(cfg: RunConfig, corpus: CorpusShards) -> None:
+    """generate.epochs x the corpus's sequences against the rtd run of the same config, before
+    any work: a set too small for train.max_steps is refused (the trainer would refuse it
+    after the whole job), one with no epoch left over for evaluation is warned about. Other
+    train.mode values do not read the shards, so their [train] says nothing about them."""
+    if cfg.train.mode != "rtd":
+        return
+    plan = DataPlan.of(cfg, cfg.generate.epochs, corpus.num_sequences)
+    if not plan.feasible:
+        raise GenerateError(plan.shortfall(f"the corpus {corpus.root} (data.corpus_dir) with "
+                                           "generate.epochs gives",
+                                           "raise generate.epochs or lower train.max_steps"))
+    if cfg.train.eval_every and (warning := plan.heldout_warning("to hold one out, set")):
+        print(f"generate: {warning}", file=sys.stderr, flush=True)
+
+
 @holds_output_locks
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run generate; returns the RTD manifest."""
@@ -289,6 +308,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         beam_argv = plan_local_gpus(cfg, beam_argv)
 
     corpus = open_corpus(cfg)
+    check_plan(cfg, corpus)
     aux = check_aux(cfg, corpus)
     layout = Layout.plan(corpus.num_sequences, corpus.max_seq_len, gen.batch_tokens,
                          gen.part_rows)
@@ -343,7 +363,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         },
     }
     return run_job(lambda p: build(p, cfg, corpus, layout, context), test_pipeline, beam_argv,
-                   rtd_dir, "rtd", print_summary)
+                   rtd_dir, "rtd", print_summary,
+                   rtd_progress(rtd_dir, gen.epochs, layout, args.progress_s))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """The command line every Beam job shares around its own work (prepare.py, generate.py):
 ``--config`` / ``--set`` / ``--overwrite`` / ``--progress-s`` (every other option goes to Beam
-unchanged), the progress lines while the job runs (pipeline.progress), the re-run that finds its output already there, running the pipeline and printing the manifest it
-wrote, and the ``python -m`` entry. What happens to the output folder itself (locks,
-fingerprints, leftovers) is pipeline.shard_sets.
+unchanged), the re-run that finds its output already there, running the pipeline with progress
+lines (pipeline.progress) and printing the manifest it wrote, and the ``python -m`` entry. What
+happens to the output folder itself (locks, fingerprints, leftovers) is pipeline.shard_sets.
 
     @holds_output_locks
     def run(argv=None, test_pipeline=None) -> dict:
@@ -14,7 +14,7 @@ fingerprints, leftovers) is pipeline.shard_sets.
             return done
         ...
         return run_job(lambda p: build(p, ...), test_pipeline, beam_argv, out_dir, "corpus",
-                       print_summary, ProgressReporter("prepare", out_dir, watch, args.progress_s))
+                       print_summary, corpus_progress(out_dir, files, part_bytes, args.progress_s))
 
     if __name__ == "__main__":
         run_as_main("pipeline.prepare")

@@ -28,14 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
 
-from pipeline.beam_util import (
-    exists,
-    join,
-    read_bytes,
-    sha256_hex,
-    write_atomic,
-    write_json_atomic,
-)
+from pipeline.beam_util import exists, join, read_bytes, sha256_hex, write_atomic, write_json_atomic
 from pipeline.corpus_parts import (
     TokenizedDoc,
     encode_part,
@@ -47,6 +40,7 @@ from pipeline.corpus_parts import (
     plan_parts,
 )
 from pipeline.job import already_done, parse_job_args, run_as_main, run_job
+from pipeline.progress import corpus_progress
 from pipeline.shard_sets import holds_output_locks
 from pipeline.sources import (
     FileReport,
@@ -203,7 +197,6 @@ class SumArraysFn(beam.CombineFn):
 
     def extract_output(self, acc):
         return acc
-
 
 
 def finalize(parts: list[dict], unigram: np.ndarray, reports: list, context: dict) -> dict:
@@ -422,7 +415,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         },
     }
     return run_job(lambda p: build(p, files, cfg, context), test_pipeline, beam_argv,
-                   corpus_dir, "corpus", print_summary)
+                   corpus_dir, "corpus", print_summary,
+                   corpus_progress(corpus_dir, files, cfg.data.part_text_bytes, args.progress_s))
 
 
 def main(argv: list[str] | None = None) -> int:

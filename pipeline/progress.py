@@ -1,6 +1,6 @@
 """Progress lines of a running Beam job, counted from the part files it has finished.
 
-    with ProgressReporter("generate", rtd_dir, rtd_watch(epochs, layout), interval_s=30):
+    with rtd_progress(rtd_dir, epochs, layout, interval_s=30):    # or corpus_progress(...)
         p.run().wait_until_finish()
     # every interval_s while the job runs:
     #   generate: progress: 3/10 parts, 600/2,000 rows, 20.0 rows/s, ETA 1m10s, 30s elapsed
@@ -26,7 +26,6 @@ show 0 parts and the elapsed time.
 from __future__ import annotations
 
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -91,7 +90,9 @@ def rtd_watch(epochs: int, layout: Layout) -> PartWatch:
 # ---------------------------------------------------------------------------------------------
 
 def duration(seconds: float) -> str:
-    """4s, 2m05s, 1h02m03s."""
+    """0.4s, 12s, 2m05s, 1h02m03s."""
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
     s = int(round(seconds))
     if s < 60:
         return f"{s}s"
@@ -227,6 +228,17 @@ class ProgressReporter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.stop(succeeded=exc_type is None)
+
+
+def corpus_progress(corpus_dir: str, files: list[tuple[str, int]], part_text_bytes: int,
+                    interval_s: float) -> ProgressReporter:
+    return ProgressReporter("prepare", corpus_dir, corpus_watch(files, part_text_bytes),
+                            interval_s)
+
+
+def rtd_progress(rtd_dir: str, epochs: int, layout: Layout, interval_s: float
+                 ) -> ProgressReporter:
+    return ProgressReporter("generate", rtd_dir, rtd_watch(epochs, layout), interval_s)
 
 
 def add_progress_flag(parser) -> None:

@@ -1,27 +1,42 @@
-"""Helpers the test modules share (one copy each): the small model overrides, launching the
-trainer as users do (one process or torchrun), reading its metrics, a real kill -9 mid-run,
-and building an expensive fixture once per test session.
-
-Older import paths keep working: tests.trainer.test_train re-exports SMALL, train_argv, env,
-train_proc, run_train and metrics; tests.conftest kill_9_when, REPO, TINY and IN_MEMORY;
-tests.pipeline.test_generate its SMALL (GENERATE_SMALL here) and gen_argv."""
+"""Helpers the test modules share (one copy each, and the one place they are imported from;
+fixtures live in tests/conftest.py): the small model overrides, the test corpus's files, launching
+the trainer and the Beam jobs as users do (one process or torchrun), reading their metrics and
+shard sets, a real kill -9 mid-run, and small writers and readers several test modules use.
+tests/test_tests.py keeps test modules from importing one another."""
 
 from __future__ import annotations
 
 import contextlib
+import gzip
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
+import zstandard
+
+from trainer import checkpoint
+from trainer.config.load import to_dict
+from trainer.data.manifest import RTD_SCHEMA_VERSION
+from trainer.data.rtd_format import encode_rtd_rows, epoch_dir, rtd_part_name, token_dtype
+from trainer.data.rtd_shards import RTDShards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.toml")
+STDLIB = sysconfig.get_paths()["stdlib"]
+# The test corpus: docstrings of these standard-library modules (real English, no download).
+PROSE_MODULES = ["argparse.py", "dataclasses.py", "textwrap.py", "json/__init__.py",
+                 "logging/__init__.py", "subprocess.py", "tarfile.py", "zipfile.py"]
 
 # A model small enough for many steps a second on one core; post-LN (the paper's, base/large's
 # and tiny.toml's), spelt out so that a change of tiny.toml does not change the tests' models.
@@ -60,12 +75,18 @@ def train_argv(corpus_dir, out_dir, *overrides: str) -> list[str]:
     return argv
 
 
+# The rtd run a test shard set serves: one step, no evaluation, so generate's data-plan check
+# (pipeline.generate.check_plan) passes on any test corpus and prints no held-out warning;
+# the tests of that check set their own train.* values after these.
+GENERATE_RUN = ["train.max_steps=1", "train.warmup_steps=0", "train.eval_every=0"]
+
+
 def gen_argv(corpus_dir, rtd_dir, *sets: str, extra=(), beam=tuple(IN_MEMORY)) -> list[str]:
-    """pipeline.generate's argv: GENERATE_SMALL, batches of 1024 tokens, parts of 200 rows
-    (``extra`` comes after, so it may override them)."""
+    """pipeline.generate's argv: GENERATE_SMALL, GENERATE_RUN, batches of 1024 tokens, parts
+    of 200 rows (``extra`` comes after, so it may override them)."""
     argv = ["--config", TINY]
-    for s in [*GENERATE_SMALL, f"data.corpus_dir={corpus_dir}", f"generate.rtd_dir={rtd_dir}",
-              "generate.batch_tokens=1024", *sets]:
+    for s in [*GENERATE_SMALL, *GENERATE_RUN, f"data.corpus_dir={corpus_dir}",
+              f"generate.rtd_dir={rtd_dir}", "generate.batch_tokens=1024", *sets]:
         argv += ["--set", s]
     return [*argv, "--set", "generate.part_rows=200", *extra, *beam]
 
@@ -154,14 +175,165 @@ def single_thread():
             os.environ["OMP_NUM_THREADS"] = old
 
 
-_BUILT: dict[str, object] = {}
+def write_corpus(root, docs: list[str]) -> dict[str, list[str]]:
+    """Spread ``docs`` over a plain-text, a gzip text, a zstd JSONL and a Parquet file, plus
+    one very long document; returns {path: documents in file order}."""
+    root.mkdir(parents=True, exist_ok=True)
+    q = len(docs) // 4
+    # In a plain-text file a blank line ends a document, so paragraphs become lines there.
+    one_block = [re.sub(r"\n\s*\n", "\n", d) for d in docs[:2 * q]]
+    files = {
+        str(root / "a.txt"): one_block[:q],
+        str(root / "b.txt.gz"): one_block[q:],
+        str(root / "c.jsonl.zst"): docs[2 * q:3 * q],
+        str(root / "d.parquet"): docs[3 * q:] + [" ".join(docs[:40])],  # >> max_seq_len
+    }
+    blocks = lambda ds: "\n\n".join(ds).encode() + b"\n"  # noqa: E731
+    (root / "a.txt").write_bytes(blocks(files[str(root / "a.txt")]))
+    (root / "b.txt.gz").write_bytes(gzip.compress(blocks(files[str(root / "b.txt.gz")]), mtime=0))
+    jsonl = "".join(json.dumps({"text": d, "id": i}) + "\n"
+                    for i, d in enumerate(files[str(root / "c.jsonl.zst")]))
+    (root / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl.encode()))
+    pq.write_table(pa.table({"text": files[str(root / "d.parquet")]}), root / "d.parquet")
+    return files
 
 
-def once(key: str, build):
-    """``build()`` the first time ``key`` is asked for in this test session, its result after.
-    A session fixture that a module re-exports (``from tests.conftest import x``) is a second
-    fixture definition to pytest, with its own cache: this keeps it to one build."""
-    if key not in _BUILT:
-        with single_thread():
-            _BUILT[key] = build()
-    return _BUILT[key]
+def prepare_argv(inputs_dir, corpus_dir, *extra: str, vocab: int = 600,
+                 max_seq_len: int = 64) -> list[str]:
+    return ["--config", TINY,
+            "--set", f'data.input=["{inputs_dir}/*"]',
+            "--set", "data.format=auto",
+            "--set", f"data.corpus_dir={corpus_dir}",
+            "--set", f"data.max_seq_len={max_seq_len}",
+            "--set", "data.part_text_bytes=20000",
+            "--set", "data.row_group_rows=64",
+            "--set", f"tokenizer.vocab_size={vocab}",
+            *extra]
+
+
+def timeless_metrics(out_dir) -> list[dict]:
+    """The run's records without their wall-clock figures."""
+    return strip_timing(metrics(out_dir))
+
+
+# write_rtd_set's default shape: files and row groups of awkward sizes, so that reads cross both.
+RTD_SET_ROWS, RTD_SET_EPOCHS, RTD_SET_PART_ROWS, RTD_SET_GROUP_ROWS = 700, 2, 300, 128
+RTD_SET_VOCAB = 600
+
+
+def write_rtd_set(root, n=RTD_SET_ROWS, epochs=RTD_SET_EPOCHS, part_rows=RTD_SET_PART_ROWS,
+                  group_rows=RTD_SET_GROUP_ROWS):
+    """An RTD shard set of ``epochs`` x ``n`` rows of random lengths 1..70 (every label byte
+    count, padded bits included), ``part_rows`` rows per file, ``group_rows`` per row group,
+    written with the real encoding."""
+    rng = np.random.default_rng(1)
+    dtype = token_dtype(RTD_SET_VOCAB)
+    files = []
+    for e in range(epochs):
+        for part, lo in enumerate(range(0, n, part_rows)):
+            hi = min(lo + part_rows, n)
+            lengths = rng.integers(1, 71, hi - lo)
+            table = encode_rtd_rows(np.arange(lo, hi), rng.permutation(n)[:hi - lo],
+                                    [rng.integers(5, RTD_SET_VOCAB, t) for t in lengths],
+                                    [rng.integers(0, 2, t) for t in lengths],
+                                    np.full(hi - lo, 2.0 - e / epochs), dtype)
+            name = rtd_part_name(e, part)
+            (root / epoch_dir(e)).mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, root / name, row_group_size=group_rows, compression="zstd")
+            files.append({"name": name, "epoch": e, "part": part, "rows": hi - lo,
+                          "position_start": lo, "position_end": hi,
+                          "sha256": hashlib.sha256((root / name).read_bytes()).hexdigest()})
+    (root / "manifest.json").write_text(json.dumps({
+        "kind": "rtd", "schema_version": RTD_SCHEMA_VERSION, "epochs": epochs,
+        "num_sequences": n, "vocab_size": RTD_SET_VOCAB, "token_dtype": dtype, "files": files}))
+    return root
+
+
+def save_model(out_dir, model: torch.nn.Module, cfg, kind: str) -> str:
+    """A step-1 checkpoint of ``model`` alone (no optimizer state), as rank 0 of 1 writes it."""
+    meta = {"step": 1, "mode": cfg.train.mode, "config": to_dict(cfg), "model_kind": kind}
+    return checkpoint.save(str(out_dir), 1, {"model": model.state_dict()}, meta, 0, 1,
+                           lambda: None)
+
+
+# What trainer.evaluate reports per epoch, each recomputed by tests.reference_metrics; the
+# trainer's own held-out eval logs the first eight (eval_*).
+LOGGED_KEYS = ("rtd_accuracy", "rtd_precision", "rtd_recall", "rtd_f1", "rtd_loss",
+               "replaced_fraction", "rtd_all_accuracy", "rtd_all_loss")
+RTD_KEYS = (*LOGGED_KEYS, "tokens", "all_tokens", "rtd_auc", "rtd_all_auc",
+            "majority_accuracy", "constant_loss")
+
+
+def disc_batches(model, rtd: RTDShards, epoch: int, count: int, size: int) -> list[dict]:
+    """The discriminator's logits on positions [0, count) of ``epoch``, in batches of
+    ``size``, as numpy arrays with each row's length (tests.reference_metrics' input)."""
+    # Imported here: trainer.modes.rtd brings the training task with it, and every test
+    # imports this module (through tests/conftest.py); only the scoring tests need it.
+    from trainer.modes.rtd import collate
+
+    out = []
+    for lo in range(0, count, size):
+        part = rtd.read_range(epoch, lo, min(lo + size, count))
+        b = collate([part])
+        with torch.no_grad():
+            logits = model(b["input_ids"], b["attention_mask"]).float()
+        out.append({"logits": logits.numpy(), "labels": b["labels"].numpy(),
+                    "input_ids": b["input_ids"].numpy(), "lengths": part.lengths})
+    return out
+
+
+def corpus_lines(prose: list[str], n: int = 2000) -> list[str]:
+    """``n`` non-blank lines of real text: the documents' lines, then source lines."""
+    lines = [ln for doc in prose for ln in doc.splitlines() if ln.strip()]
+    with open(os.path.join(STDLIB, "difflib.py"), encoding="utf-8") as f:
+        lines = (lines + [ln for ln in f.read().splitlines() if ln.strip()])[:n]
+    assert len(lines) == n
+    return lines
+
+
+def write_task_file(path, records: list[dict]) -> str:
+    """The same records as TSV (header row), JSONL or Parquet, by the file's extension."""
+    path = str(path)
+    if path.endswith(".tsv"):
+        cols = list(records[0])
+        lines = ["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in records]
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    elif path.endswith(".jsonl"):
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    else:
+        pq.write_table(pa.Table.from_pylist(records), path)
+    return path
+
+
+# The trainer's SMALL model with learned absolute positions: the layout Hugging Face's BERT-like
+# models have, so import and export map one to one.
+ABSOLUTE = [s for s in SMALL if not s.startswith("train.mode")] + ["model.position=absolute"]
+
+
+def padded_batch(seed: int = 1, vocab: int = 600) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids of ordinary tokens, right-padded to lengths 20, 13, 7; the (B, T) mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (3, 20), generator=g)
+    mask = torch.arange(20)[None, :] < torch.tensor([20, 13, 7])[:, None]
+    return ids.masked_fill(~mask, 0), mask
+
+
+def colour_pixels(path, colour: str) -> int:
+    """How many pixels of the PNG at ``path`` have the matplotlib colour ``colour`` (within
+    rounding): a drawn series leaves its colour, an empty or blank figure none."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+
+    rgb = imread(str(path))[..., :3]  # (H, W, 3) floats in [0, 1]
+    return int((np.abs(rgb - np.array(to_rgb(colour))).max(-1) < 2 / 255).sum())
+
+
+def need_file(path: str, package: str) -> None:
+    """Skip the test when Debian's ``package`` has not installed ``path``; under
+    FAST_ELECTRA_REQUIRE_EXTRAS=1 (CI) fail instead, as a missing optional module does."""
+    if not os.path.exists(path):
+        if os.environ.get("FAST_ELECTRA_REQUIRE_EXTRAS") == "1":
+            pytest.fail(f"{path} missing: `make test` installs Debian's {package}")
+        pytest.skip(f"Debian package {package} not installed ({path})")

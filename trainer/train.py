@@ -318,10 +318,12 @@ def check_data_before_group(cfg: RunConfig, rank: int, world: int):
     if cfg.train.mode != "rtd":
         return None, None
     from trainer.data.rtd_shards import RTDShards
+    from trainer.modes.rtd import check_rtd_plan
 
     root = cfg.train.rtd_dir or cfg.generate.rtd_dir
     try:
         shards = RTDShards(root)
+        check_rtd_plan(cfg, shards)  # the manifest's sizes, before any file is read
         if rank == 0:
             what = "footer and sha256" if cfg.train.verify_checksums else "footer"
             print(f"train: checking the {what} of every file of {root} ({world} rank(s), "

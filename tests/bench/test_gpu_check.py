@@ -17,7 +17,7 @@ import torch
 from bench.gpu_check import ORDER
 from bench.gpu_check_correctness import _near_tie_distances, compare_aux_draws
 from bench.gpu_check_fixtures import NEAR_TIE
-from tests.conftest import REPO, TINY
+from tests.helpers import REPO, TINY
 from trainer.config.load import load_config
 from trainer.corruption.corrupt import corrupt_batch
 from trainer.corruption.masking import mask_positions

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.gpu_check import ORDER
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -23,7 +23,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def bench(out, corpus) -> subprocess.CompletedProcess:

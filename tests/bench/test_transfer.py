@@ -20,9 +20,8 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-from tests.helpers import MODEL_SMALL
-from tests.trainer.tools.test_real_tasks import need_source
+from tests.helpers import MODEL_SMALL, REPO, need_file
+from trainer.tools.finetune.real_tasks import FORTUNES_DIR
 
 
 def bench(out, corpus, aux) -> subprocess.CompletedProcess:
@@ -37,7 +36,7 @@ def bench(out, corpus, aux) -> subprocess.CompletedProcess:
 
 def test_transfer_bench_rows_pairing_and_resume(prepared, aux_checkpoint, tmp_path, one_thread):
     pytest.importorskip("matplotlib")
-    need_source("fortunes")
+    need_file(os.path.join(FORTUNES_DIR, "computers"), "fortunes")
     out = tmp_path / "transfer"
     first = bench(out, prepared[0], aux_checkpoint)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

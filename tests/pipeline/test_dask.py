@@ -21,8 +21,11 @@ from pipeline.beam_util import pipeline_options  # noqa: E402
 from pipeline.generate import run as generate  # noqa: E402
 from pipeline.prepare import main as prepare_main  # noqa: E402
 from pipeline.prepare import run as prepare  # noqa: E402
-from tests.conftest import IN_MEMORY, prepare_argv  # noqa: E402
-from tests.pipeline.test_generate import gen_argv  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    IN_MEMORY,
+    gen_argv,  # noqa: E402
+    prepare_argv,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,10 +11,8 @@ import torch
 
 from pipeline.fair_eval import main
 from tests.helpers import GENERATE_SMALL as SMALL
-from tests.helpers import IN_MEMORY, TINY
+from tests.helpers import IN_MEMORY, RTD_KEYS, TINY, disc_batches, save_model
 from tests.reference_metrics import disagreeing, rtd_reference
-from tests.trainer.test_pretrained import save
-from tests.trainer.tools.test_evaluate import RTD_KEYS, disc_batches
 from trainer.config.load import load_config
 from trainer.data.manifest import resolve_fs, sha256_file
 from trainer.data.rtd_shards import RTDShards
@@ -41,9 +39,9 @@ def discriminators(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("discs")
     cfg = load_config(TINY, [*SMALL, "train.mode=rtd"])
     torch.manual_seed(1)
-    disc = save(root / "rtd", Discriminator(EncoderConfig.main(cfg)), cfg, "discriminator")
+    disc = save_model(root / "rtd", Discriminator(EncoderConfig.main(cfg)), cfg, "discriminator")
     joint_cfg = load_config(TINY, [*SMALL, "train.mode=electra", "aux.num_layers=1"])
-    joint = save(root / "electra", JointModel(joint_cfg), joint_cfg, "joint")
+    joint = save_model(root / "electra", JointModel(joint_cfg), joint_cfg, "joint")
     return [disc, joint]
 
 

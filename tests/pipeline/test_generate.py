@@ -12,7 +12,6 @@ import torch
 from pipeline.corrupt_write import CorruptionHandler
 from pipeline.generate import run
 from pipeline.generate_fns import Layout
-from tests import conftest
 from tests.helpers import GENERATE_SMALL as SMALL
 from tests.helpers import TINY, gen_argv
 from trainer.checkpoint import save as save_checkpoint
@@ -262,8 +261,3 @@ def test_model_free_fixed_and_epoch_granularity(prepared, tmp_path):
         want = schedule_value("exponential", e / 2, 2.0, 0.1)
         temps = {r.temperature for r in rtd.rows(epoch=e)}
         assert len(temps) == 1 and temps.pop() == pytest.approx(want, rel=1e-6)
-
-
-# Older imports (``from tests.pipeline.test_generate import aux_checkpoint, aux_rtd``) keep
-# working: the session fixtures of tests/conftest.py, built once (tests.helpers.once).
-aux_checkpoint, aux_rtd = conftest.aux_checkpoint, conftest.aux_rtd

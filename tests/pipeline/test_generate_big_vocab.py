@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from pipeline.generate import run as generate
-from tests.conftest import TINY
-from tests.pipeline.test_generate import SMALL, gen_argv
+from tests.helpers import GENERATE_SMALL as SMALL
+from tests.helpers import TINY, gen_argv
 from trainer.config.load import load_config
 from trainer.data.corpus_shards import CorpusShards
 from trainer.distributed import Dist

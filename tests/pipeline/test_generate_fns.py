@@ -24,7 +24,7 @@ from pipeline.generate_fns import (
     split_by_part,
     worker_device,
 )
-from tests.conftest import REPO, TINY
+from tests.helpers import REPO, TINY
 from trainer.config.load import load_config
 from trainer.config.sections import ConfigError
 from trainer.data.order import permute

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.inspect import main as inspect_main
 from pipeline.inspect import rtd_figure
-from tests.trainer.tools.test_plot import colour_pixels
+from tests.helpers import colour_pixels
 from trainer.data.rtd_shards import RTDShards
 
 pytest.importorskip("matplotlib")

@@ -20,9 +20,7 @@ from pipeline.generate import main as generate_main
 from pipeline.output_lock import LOCK_FILE, OutputLock
 from pipeline.prepare import main as prepare_main
 from pipeline.shard_sets import holds_output_locks, prepare_output
-from tests.conftest import REPO, kill_9_when, prepare_argv
-from tests.pipeline.test_generate import gen_argv
-from tests.trainer.test_train import train_argv, train_proc
+from tests.helpers import REPO, gen_argv, kill_9_when, prepare_argv, train_argv, train_proc
 from trainer.data.corpus_shards import CorpusShards
 from trainer.data.manifest import ShardError
 from trainer.data.rtd_shards import RTDShards

@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.prepare import main, run
-from tests.conftest import prepare_argv, write_corpus
-from tests.helpers import IN_MEMORY, kill_9_when, shard_files
+from tests.helpers import IN_MEMORY, kill_9_when, prepare_argv, shard_files, write_corpus
 from trainer.data.corpus_shards import CorpusShards
 from trainer.data.manifest import ShardError
 from trainer.tokenizer import CLS_ID, SEP_ID, load_tokenizer

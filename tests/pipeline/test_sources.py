@@ -173,7 +173,7 @@ def test_a_few_undecodable_bytes_in_real_text_pass_the_check(tmp_path):
 
 @pytest.mark.parametrize("value", ["-0.1", "1.5"])
 def test_max_undecodable_fraction_is_validated_naming_the_key(value):
-    from tests.conftest import TINY
+    from tests.helpers import TINY
     from trainer.config.load import load_config
     from trainer.errors import UserError
 

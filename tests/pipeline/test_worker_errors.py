@@ -11,7 +11,7 @@ import sys
 
 import pyarrow.parquet as pq
 
-from tests.conftest import REPO, TINY
+from tests.helpers import GENERATE_RUN, REPO, TINY
 
 
 def test_a_worker_side_user_error_exits_2_with_its_message_and_no_traceback(prepared,
@@ -28,6 +28,7 @@ def test_a_worker_side_user_error_exits_2_with_its_message_and_no_traceback(prep
             "--set", f"data.max_seq_len={manifest['max_seq_len']}",
             "--set", "corruption.replacement=uniform", "--set", "generate.epochs=1",
             "--set", f"generate.rtd_dir={tmp_path / 'rtd'}",
+            *[arg for s in GENERATE_RUN for arg in ("--set", s)],
             "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     proc = subprocess.run([sys.executable, "-m", "pipeline.generate", *argv], cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"),

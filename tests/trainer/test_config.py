@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, TINY
+from pipeline.prepare import main as prepare_main
+from tests.helpers import REPO, TINY
 from trainer.config.load import build_config, field_docs, load_config, to_toml
 from trainer.config.run import SECTIONS, RunConfig
 from trainer.config.sections import ConfigError
@@ -126,15 +127,19 @@ def test_bad_files(tmp_path):
     assert build_config({}) == RunConfig()
 
 
-def test_help_config_lists_keys_with_docs():
-    out = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--config", TINY,
-                          "--help-config"], capture_output=True, text=True, cwd=REPO, check=True)
-    assert "data.max_seq_len = 128" in out.stdout
-    assert "Tokens per sequence including [CLS] and [SEP]" in out.stdout
-    assert "train.micro_batch_size_per_rank" in out.stdout
+def test_help_config_lists_keys_with_docs(capsys):
+    with pytest.raises(SystemExit) as done:  # --help-config prints, then exits
+        prepare_main(["--config", TINY, "--help-config"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "data.max_seq_len = 128" in out
+    assert "Tokens per sequence including [CLS] and [SEP]" in out
+    assert "train.micro_batch_size_per_rank" in out
 
 
 def test_cli_reports_config_error_without_traceback():
+    """Its own process: what the interpreter prints for ``python -m``, a traceback included,
+    is the point."""
     out = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--config", TINY,
                           "--set", "data.nope=1"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2

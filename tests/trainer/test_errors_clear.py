@@ -12,9 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, TINY
-from tests.trainer.data.test_shards import write_rtd_set
-from tests.trainer.test_train import SMALL
+from tests.helpers import REPO, SMALL, TINY, write_rtd_set
 from trainer.data.corpus_shards import CorpusShards
 from trainer.data.manifest import ShardError
 from trainer.data.rtd_shards import RTDShards

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import TINY
-from tests.trainer.test_train import SMALL
+from tests.helpers import SMALL, TINY, save_model
 from trainer import checkpoint
 from trainer.config.load import load_config, to_dict
 from trainer.errors import UserError
@@ -19,12 +18,6 @@ from trainer.pretrained import load_discriminator, load_generator, resolve_check
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def save(out_dir, model: torch.nn.Module, cfg, kind: str) -> str:
-    meta = {"step": 1, "mode": cfg.train.mode, "config": to_dict(cfg), "model_kind": kind}
-    return checkpoint.save(str(out_dir), 1, {"model": model.state_dict()}, meta, 0, 1,
-                           lambda: None)
-
-
 @pytest.mark.parametrize("sharing", ["shared", "gdes", "none"])
 def test_joint_checkpoint_yields_both_models(tmp_path, sharing):
     cfg = load_config(TINY, [*SMALL, "train.mode=electra", "aux.num_layers=1",
@@ -34,7 +27,7 @@ def test_joint_checkpoint_yields_both_models(tmp_path, sharing):
     with torch.no_grad():  # make the gdes delta and the tables non-trivial
         for p in joint.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    path = save(tmp_path, joint, cfg, "joint")
+    path = save_model(tmp_path, joint, cfg, "joint")
     ids = torch.randint(5, 600, (2, 16))
     mask = torch.ones_like(ids)
     sel = torch.zeros_like(ids, dtype=torch.bool)
@@ -51,7 +44,7 @@ def test_joint_checkpoint_yields_both_models(tmp_path, sharing):
 
 def test_wrong_kind_and_missing_checkpoint_are_named(tmp_path):
     cfg = load_config(TINY, [*SMALL])
-    path = save(tmp_path, MLMModel(EncoderConfig.aux(cfg)), cfg, "mlm")
+    path = save_model(tmp_path, MLMModel(EncoderConfig.aux(cfg)), cfg, "mlm")
     with pytest.raises(UserError, match="has no discriminator"):
         load_discriminator(path)
     with pytest.raises(UserError, match="not a checkpoint folder"):
@@ -81,7 +74,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
     the same model's honest checkpoint loads."""
     cfg = load_config(TINY, [*SMALL])
     model = MLMModel(EncoderConfig.aux(cfg))
-    honest = save(tmp_path / "honest", model, cfg, "mlm")
+    honest = save_model(tmp_path / "honest", model, cfg, "mlm")
     load_generator(honest)
     meta = {"step": 1, "mode": "mlm", "config": to_dict(cfg), "model_kind": "mlm"}
     evil = checkpoint.save(str(tmp_path / "evil"), 1,

@@ -7,8 +7,7 @@ import os
 
 import pytest
 
-from tests.helpers import (  # noqa: F401  (SMALL, train_proc: re-exported for older imports)
-    SMALL,
+from tests.helpers import (
     TINY,
     env,
     kill_9_when,
@@ -16,7 +15,6 @@ from tests.helpers import (  # noqa: F401  (SMALL, train_proc: re-exported for o
     run_train,
     strip_timing,
     train_argv,
-    train_proc,
 )
 from trainer import checkpoint
 from trainer.config.load import load_config

@@ -15,6 +15,9 @@ padded positions are masked out of attention and of the loss.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -93,6 +96,86 @@ def rtd_metrics(s: dict[str, float], prefix: str = "") -> dict[str, float]:
             f"{prefix}rtd_all_loss": s["rtd_all_nll"] / total_all}
 
 
+@dataclass(frozen=True)
+class DataPlan:
+    """A run of train.max_steps x train.global_batch_size samples drawn in order from
+    ``epochs`` x ``samples_per_epoch`` (sample g is position g % N of epoch g // N): what it
+    needs, which epochs it trains on and which one it holds out. ``pipeline.generate``, the
+    trainer and ``trainer.tools.plan`` all judge a data plan with this one rule."""
+
+    max_steps: int
+    """train.max_steps."""
+    global_batch_size: int
+    """train.global_batch_size: across every rank and micro-batch, not per rank."""
+    epochs: int
+    """Epochs of the data set (generate.epochs, or the RTD manifest's)."""
+    samples_per_epoch: int
+    """Rows per epoch: the corpus's sequences."""
+
+    @classmethod
+    def of(cls, cfg: RunConfig, epochs: int, samples_per_epoch: int) -> DataPlan:
+        return cls(cfg.train.max_steps, cfg.train.global_batch_size, epochs, samples_per_epoch)
+
+    @property
+    def needed(self) -> int:
+        return self.max_steps * self.global_batch_size
+
+    @property
+    def available(self) -> int:
+        return self.epochs * self.samples_per_epoch
+
+    @property
+    def epochs_trained(self) -> int:
+        """Epochs the run reaches into, the last one perhaps in part."""
+        return -(-self.needed // self.samples_per_epoch)
+
+    @property
+    def feasible(self) -> bool:
+        return self.needed <= self.available
+
+    @property
+    def heldout_epoch(self) -> int | None:
+        """The last epoch when the run never reaches it (evaluation reads its first rows)."""
+        return self.epochs - 1 if self.epochs > self.epochs_trained else None
+
+    def steps_possible(self, epochs: int) -> int:
+        return epochs * self.samples_per_epoch // self.global_batch_size
+
+    def shortfall(self, source: str, fix: str) -> str:
+        """The refusal: the numbers, then the two ways out (more epochs, fewer steps)."""
+        n, held = self.epochs_trained, self.steps_possible(self.epochs - 1)
+        return (f"train.max_steps = {self.max_steps:,} x train.global_batch_size = "
+                f"{self.global_batch_size:,} needs {self.needed:,} samples; {source} "
+                f"{self.epochs} epoch(s) x {self.samples_per_epoch:,} = {self.available:,} "
+                f"samples ({self.steps_possible(self.epochs):,} steps); {fix}: generate.epochs "
+                f"= {n + 1} ({n} to train on + 1 held out), or train.max_steps = "
+                f"{self.steps_possible(self.epochs):,}"
+                + (f" ({held:,} to keep epoch {self.epochs - 1} held out)" if held else ""))
+
+    def heldout_warning(self, fix: str) -> str | None:
+        """One line when every epoch is trained on: evaluation then has no unseen rows and
+        the run logs no eval_* metrics. None when an epoch is held out."""
+        if self.heldout_epoch is not None:
+            return None
+        n = self.epochs_trained
+        return (f"warning: no held-out epoch: train.max_steps x train.global_batch_size = "
+                f"{self.needed:,} samples reach into all {self.epochs} epoch(s) of "
+                f"{self.samples_per_epoch:,}, so the run logs no eval_* metrics; {fix} "
+                f"generate.epochs = {n + 1} ({n} trained + 1 held out)")
+
+
+RTD_FIX = "generate more epochs or lower train.max_steps"
+
+
+def check_rtd_plan(cfg: RunConfig, shards: RTDShards) -> DataPlan:
+    """The shard set's manifest against the run, before any shard is read: a UserError when
+    it cannot feed train.max_steps."""
+    plan = DataPlan.of(cfg, shards.num_epochs, shards.rows_per_epoch)
+    if not plan.feasible:
+        raise UserError(plan.shortfall(f"{shards.root} holds", RTD_FIX))
+    return plan
+
+
 def open_rtd(cfg: RunConfig, verify: bool = True, checksums: bool = False) -> RTDShards:
     """The shard set to train on, checked against the model config. With ``verify`` every
     file's footer is read now to check its row count (one rank does it: the others check
@@ -126,7 +209,7 @@ class RTDTask:
                             checksums=d.is_main and cfg.train.verify_checksums)
         self.setup(cfg, d, self.rtd.num_epochs, self.rtd.rows_per_epoch,
                    manifest_fingerprint(self.rtd.manifest), f"rtd on {self.rtd.root}",
-                   "generate more epochs or lower train.max_steps")
+                   RTD_FIX)
 
     def setup(self, cfg: RunConfig, d: Dist, num_epochs: int, samples_per_epoch: int,
               fingerprint: str, what: str, fix: str) -> None:
@@ -135,21 +218,15 @@ class RTDTask:
         self.cfg, self.device = cfg, d.device
         self.data_fingerprint = fingerprint
         self.num_epochs, self.samples_per_epoch = num_epochs, samples_per_epoch
-        total = num_epochs * samples_per_epoch
-        steps = total // cfg.train.global_batch_size
-        if cfg.train.max_steps > steps:
-            raise UserError(f"train.max_steps = {cfg.train.max_steps} needs "
-                            f"{cfg.train.max_steps * cfg.train.global_batch_size:,} samples; "
-                            f"{what} holds {total:,} ({num_epochs} epoch(s) x "
-                            f"{samples_per_epoch:,}) = {steps} steps of "
-                            f"{cfg.train.global_batch_size}: {fix}")
+        plan = DataPlan.of(cfg, num_epochs, samples_per_epoch)
+        total, steps = plan.available, plan.steps_possible(num_epochs)
+        if not plan.feasible:
+            raise UserError(plan.shortfall(f"{what} holds", fix))
         self.model = Discriminator(EncoderConfig.main(cfg))
         fraction = self.replaced_fraction()
         self.model.head.init_prior_(fraction)
         # An epoch the run never reaches is held out: evaluation reads its first positions.
-        last_trained = (cfg.train.max_steps * cfg.train.global_batch_size - 1) // \
-            samples_per_epoch
-        self.heldout_epoch = num_epochs - 1 if num_epochs - 1 > last_trained else None
+        self.heldout_epoch = plan.heldout_epoch
         if d.is_main:
             u_end = cfg.train.max_steps * cfg.train.global_batch_size / total
             print(f"train: {what}: {num_epochs} epoch(s) x {samples_per_epoch:,} samples, "
@@ -163,6 +240,9 @@ class RTDTask:
             if self.heldout_epoch is not None:
                 print(f"train: epoch {self.heldout_epoch} is never trained on: evaluation "
                       f"uses its first {cfg.train.eval_sequences} samples", flush=True)
+            elif cfg.train.eval_every:
+                print(f"train: {plan.heldout_warning('to hold one out, make')}", file=sys.stderr,
+                      flush=True)
 
     def optimized(self, model):
         return [("model", model, self.cfg.train.lr)]

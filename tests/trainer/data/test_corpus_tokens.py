@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from trainer.data.corpus_shards import CorpusShards
 from trainer.data.corpus_tokens import CorpusTokens, TrainOrder
 from trainer.data.manifest import ShardError

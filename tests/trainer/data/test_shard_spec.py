@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, TINY
+from tests.helpers import REPO, TINY
 from trainer.config.load import load_config
 from trainer.data.corpus_shards import open_corpus
 from trainer.data.manifest import ShardError

@@ -4,7 +4,6 @@ each row group once for a rank's consecutive micro-batches, and is safe to share
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import threading
@@ -13,10 +12,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import bare_rtd_rows
+from tests.helpers import (
+    RTD_SET_EPOCHS,
+    RTD_SET_GROUP_ROWS,
+    RTD_SET_PART_ROWS,
+    RTD_SET_ROWS,
+    bare_rtd_rows,
+    write_rtd_set,
+)
 from trainer.data.corpus_shards import CorpusShards
-from trainer.data.manifest import RTD_SCHEMA_VERSION, ShardError
-from trainer.data.rtd_format import RTDBatch, encode_rtd_rows, epoch_dir, rtd_part_name, token_dtype
+from trainer.data.manifest import ShardError
+from trainer.data.rtd_format import RTDBatch, rtd_part_name
 from trainer.data.rtd_shards import RTDShards
 
 
@@ -85,33 +91,9 @@ def test_wrong_kind_or_version(corpus_copy):
 # against a bare pyarrow read of its files with row groups and files of awkward sizes.
 # ---------------------------------------------------------------------------------------------
 
-N, EPOCHS, PART_ROWS, GROUP_ROWS, VOCAB = 700, 2, 300, 128, 600
-
-
-def write_rtd_set(root, n=N, epochs=EPOCHS, part_rows=PART_ROWS, group_rows=GROUP_ROWS):
-    """An RTD shard set of ``epochs`` x ``n`` rows of random lengths 1..70 (every label byte
-    count, padded bits included), ``part_rows`` rows per file, ``group_rows`` per row group."""
-    rng = np.random.default_rng(1)
-    dtype = token_dtype(VOCAB)
-    files = []
-    for e in range(epochs):
-        for part, lo in enumerate(range(0, n, part_rows)):
-            hi = min(lo + part_rows, n)
-            lengths = rng.integers(1, 71, hi - lo)
-            table = encode_rtd_rows(np.arange(lo, hi), rng.permutation(n)[:hi - lo],
-                                    [rng.integers(5, VOCAB, t) for t in lengths],
-                                    [rng.integers(0, 2, t) for t in lengths],
-                                    np.full(hi - lo, 2.0 - e / epochs), dtype)
-            name = rtd_part_name(e, part)
-            (root / epoch_dir(e)).mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, root / name, row_group_size=group_rows, compression="zstd")
-            files.append({"name": name, "epoch": e, "part": part, "rows": hi - lo,
-                          "position_start": lo, "position_end": hi,
-                          "sha256": hashlib.sha256((root / name).read_bytes()).hexdigest()})
-    (root / "manifest.json").write_text(json.dumps({
-        "kind": "rtd", "schema_version": RTD_SCHEMA_VERSION, "epochs": epochs,
-        "num_sequences": n, "vocab_size": VOCAB, "token_dtype": dtype, "files": files}))
-    return root
+# The set tests.helpers.write_rtd_set writes by default.
+N, EPOCHS, PART_ROWS, GROUP_ROWS = (RTD_SET_ROWS, RTD_SET_EPOCHS, RTD_SET_PART_ROWS,
+                                   RTD_SET_GROUP_ROWS)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.attention.flex_attention as flex
 
-from tests.conftest import TINY as TINY_TOML
+from tests.helpers import TINY as TINY_TOML
 from tests.trainer.model.helpers import TINY, VARIANTS, random_ids
 from trainer.config.load import load_config
 from trainer.config.sections import ConfigError, ModelConfig

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY
-from tests.trainer.test_train import SMALL
+from tests.helpers import SMALL, TINY
 from trainer import checkpoint
 from trainer.config.load import load_config, to_dict
 from trainer.distributed import Dist

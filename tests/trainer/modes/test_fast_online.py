@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.helpers import SMALL, TINY, run_train, train_argv
-from tests.trainer.modes.test_rtd import metrics
+from tests.helpers import timeless_metrics as metrics
 from trainer.config.load import load_config
 from trainer.distributed import Dist
 from trainer.errors import UserError

@@ -10,9 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests import conftest
-from tests.helpers import SMALL, TINY, bare_rtd_rows, run_train, strip_timing, train_argv
-from tests.helpers import metrics as all_metrics
+from tests.helpers import SMALL, TINY, bare_rtd_rows, run_train, train_argv
+from tests.helpers import timeless_metrics as metrics
 from trainer import checkpoint
 from trainer.config.load import load_config
 from trainer.data.manifest import ShardError
@@ -27,11 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def rtd_argv(corpus_dir, rtd_dir, out_dir, *overrides):
     return train_argv(corpus_dir, out_dir, "train.mode=rtd", f"train.rtd_dir={rtd_dir}",
                       *overrides)
-
-
-def metrics(out_dir) -> list[dict]:
-    """The run's records without their wall-clock figures."""
-    return strip_timing(all_metrics(out_dir))
 
 
 def test_rank_slices_make_the_global_batch(prepared, rtd_dir):
@@ -211,8 +205,3 @@ def test_sweep_runs_every_point_on_one_shard_set_and_resumes(prepared, rtd_dir, 
     assert capsys.readouterr().out.count("is finished; skipping") == 4
     assert sweep([*argv, "--grid", "train.lrr=1"]) == 2
     assert "unknown key train.lrr" in capsys.readouterr().err
-
-
-# Older imports (``from tests.trainer.test_rtd import rtd_dir``) keep working: the session
-# fixture of tests/conftest.py, built once (tests.helpers.once).
-rtd_dir = conftest.rtd_dir

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY
-from tests.helpers import train_argv
+from tests.helpers import LOGGED_KEYS, RTD_KEYS, TINY, disc_batches, save_model, train_argv
 from tests.reference_metrics import disagreeing, mlm_reference, rtd_reference
-from tests.trainer.test_pretrained import save
 from trainer import checkpoint
 from trainer.config.load import load_config
 from trainer.data.corpus_shards import CorpusShards
@@ -23,7 +21,6 @@ from trainer.model.encoder_config import EncoderConfig
 from trainer.model.heads import Discriminator
 from trainer.modes.joint import JointModel
 from trainer.modes.mlm import MLMTask
-from trainer.modes.rtd import collate
 from trainer.pretrained import load_discriminator, load_generator
 from trainer.tools.eval_metrics import AUCCounts, logit_keys, pairwise_auc
 from trainer.tools.evaluate import main
@@ -36,28 +33,6 @@ EVAL_SEQUENCES = 120
 
 def last_metrics(out_dir) -> dict:
     return json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[-1])
-
-
-# What trainer.evaluate reports per epoch, each recomputed by tests.reference_metrics; the
-# trainer's own held-out eval logs the first eight (eval_*).
-LOGGED_KEYS = ("rtd_accuracy", "rtd_precision", "rtd_recall", "rtd_f1", "rtd_loss",
-               "replaced_fraction", "rtd_all_accuracy", "rtd_all_loss")
-RTD_KEYS = (*LOGGED_KEYS, "tokens", "all_tokens", "rtd_auc", "rtd_all_auc",
-            "majority_accuracy", "constant_loss")
-
-
-def disc_batches(model, rtd: RTDShards, epoch: int, count: int, size: int) -> list[dict]:
-    """The discriminator's logits on positions [0, count) of ``epoch``, in batches of
-    ``size``, as numpy arrays with each row's length (tests.reference_metrics' input)."""
-    out = []
-    for lo in range(0, count, size):
-        part = rtd.read_range(epoch, lo, min(lo + size, count))
-        b = collate([part])
-        with torch.no_grad():
-            logits = model(b["input_ids"], b["attention_mask"]).float()
-        out.append({"logits": logits.numpy(), "labels": b["labels"].numpy(),
-                    "input_ids": b["input_ids"].numpy(), "lengths": part.lengths})
-    return out
 
 
 def gen_batches(model, cfg) -> list[dict]:
@@ -239,7 +214,7 @@ def test_joint_checkpoint_gives_both_and_several_rows(prepared, rtd_dir, disc_ru
                              "model.ffn_size=64", "aux.num_layers=1", "tokenizer.vocab_size=600",
                              "data.max_seq_len=64", "train.mode=electra"])
     torch.manual_seed(0)
-    path = save(tmp_path / "joint", JointModel(cfg), cfg, "joint")
+    path = save_model(tmp_path / "joint", JointModel(cfg), cfg, "joint")
     rc, out, err = evaluate(capsys, "--set", f"data.corpus_dir={corpus_dir}",
                             "--set", "tokenizer.vocab_size=600",
                             "--set", "train.holdout_fraction=0.05", "--checkpoint", path,
@@ -267,7 +242,8 @@ def test_unreadable_data_is_refused_by_name(prepared, rtd_dir, disc_run, tmp_pat
     cfg = load_config(TINY, ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2",
                              "model.ffn_size=64", "tokenizer.vocab_size=700",
                              "train.mode=rtd"])
-    path = save(tmp_path / "v700", Discriminator(EncoderConfig.main(cfg)), cfg, "discriminator")
+    path = save_model(tmp_path / "v700", Discriminator(EncoderConfig.main(cfg)), cfg,
+                      "discriminator")
     common = ["--set", f"data.corpus_dir={corpus_dir}", "--rtd-dir", str(rtd_dir)]
     rc, _, err = evaluate(capsys, *common, "--checkpoint", path)
     assert rc == 2 and "Traceback" not in err

@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY
-from tests.trainer.test_train import SMALL
-from tests.trainer.tools.test_finetune_data import write_task_file
+from tests.helpers import REPO, SMALL, TINY, write_task_file
 from trainer import checkpoint
 from trainer.config.load import load_config, to_dict
 from trainer.config.sections import ConfigError

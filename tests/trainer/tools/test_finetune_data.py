@@ -5,14 +5,11 @@ demo tasks built from the `prepared` corpus.
 
 from __future__ import annotations
 
-import json
 import os
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO, write_task_file
 from trainer.errors import UserError
 from trainer.tokenizer import CLS_ID, SEP_ID, load_tokenizer
 from trainer.tools.finetune.config import TaskConfig, load_finetune_config
@@ -27,22 +24,6 @@ SINGLE = TaskConfig()
 # ---------------------------------------------------------------------------------------------
 # Reading task files
 # ---------------------------------------------------------------------------------------------
-
-def write_task_file(path, records: list[dict]) -> str:
-    """The same records as TSV (header row), JSONL or Parquet, by the file's extension."""
-    path = str(path)
-    if path.endswith(".tsv"):
-        cols = list(records[0])
-        lines = ["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in records]
-        with open(path, "w") as f:
-            f.write("\n".join(lines) + "\n")
-    elif path.endswith(".jsonl"):
-        with open(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-    else:
-        pq.write_table(pa.Table.from_pylist(records), path)
-    return path
-
 
 @pytest.mark.parametrize("ext", ["tsv", "jsonl", "parquet"])
 def test_reads_single_and_pair_rows_in_every_format(tmp_path, ext):

@@ -11,8 +11,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import TINY
-from tests.trainer.test_train import SMALL
+from tests.helpers import TINY, gen_argv, padded_batch
 from trainer.errors import UserError
 from trainer.model.encoder_config import EncoderConfig
 from trainer.pretrained import load_generator
@@ -28,9 +27,6 @@ SIZES = dict(vocab_size=V, hidden_size=H, num_hidden_layers=2, num_attention_hea
              intermediate_size=64, pad_token_id=0)
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 ROBERTA_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]
-ABSOLUTE = [s for s in SMALL if not s.startswith("train.mode")] + ["model.position=absolute"]
-
-
 def hf_model(kind: str, seed: int = 0, **overrides):
     """A random HF masked LM with every weight perturbed (LayerNorms, biases and the
     token-type row included), so that a wrongly mapped tensor cannot go unnoticed."""
@@ -74,14 +70,6 @@ def save_hf(model, folder, specials: list[str] | None = None, vocab_file: str = 
                                             for i, t in enumerate(specials)],
                            "model": {"type": "WordPiece", "vocab": vocab}}, f)
     return str(folder)
-
-
-def padded_batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) ids of ordinary tokens, right-padded to lengths 20, 13, 7; the (B, T) mask."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, V, (3, 20), generator=g)
-    mask = torch.arange(20)[None, :] < torch.tensor([20, 13, 7])[:, None]
-    return ids.masked_fill(~mask, 0), mask
 
 
 def import_ok(argv: list[str]) -> str:
@@ -196,7 +184,6 @@ def test_imported_mlm_drives_pipeline_generate(prepared, tmp_path):
     """A BERT MLM on the corpus's own SentencePiece vocabulary (its tokenizer.model in the HF
     folder is what the special-id check reads) -> import -> generate.aux_checkpoint."""
     from pipeline.generate import run as generate
-    from tests.pipeline.test_generate import gen_argv
     from trainer.data.rtd_shards import RTDShards
 
     corpus_dir, _, _ = prepared

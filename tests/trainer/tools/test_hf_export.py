@@ -11,10 +11,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import TINY
-from tests.helpers import MODEL_SMALL, REPO
-from tests.trainer.test_train import SMALL
-from tests.trainer.tools.test_hf import ABSOLUTE, padded_batch
+from tests.helpers import ABSOLUTE, MODEL_SMALL, REPO, SMALL, TINY, padded_batch
 from trainer import checkpoint
 from trainer.config.load import load_config, to_dict
 from trainer.model.encoder_config import EncoderConfig

@@ -5,14 +5,13 @@ text; the templates and truncation; and each conversion step's negative control.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from pipeline.corpus_parts import TokenizedDoc, split_sequences
 from pipeline.prepare import TokenizeFn
-from tests.conftest import STDLIB
+from tests.helpers import corpus_lines
 from trainer.tokenizer import load_tokenizer
 from trainer.tools.hf import fast_tokenizer
 from trainer.tools.hf.fast_tokenizer import write_fast_tokenizer
@@ -24,15 +23,6 @@ ODD = ["", " ", "  two  spaces  ", "\ttab\tand\nnewline\n", "line\r\nbreak", "\u
        "naïve café Ünïcödé ÅÄÖ", "東京 and 😀 and 👩‍👩‍👧", "ﬁnance ｆｕｌｌｗｉｄｔｈ ① ¼ ™",
        "a\u00a0b x\u200by", "[MASK] [CLS] [SEP] [PAD] [UNK] literal", "<0x41> ▁ ▁▁x",
        "12345 6.78e-9", "\x00\x01 control", "x" * 300]
-
-
-def corpus_lines(prose: list[str], n: int = 2000) -> list[str]:
-    """``n`` non-blank lines of real text: the documents' lines, then source lines."""
-    lines = [ln for doc in prose for ln in doc.splitlines() if ln.strip()]
-    with open(os.path.join(STDLIB, "difflib.py"), encoding="utf-8") as f:
-        lines = (lines + [ln for ln in f.read().splitlines() if ln.strip()])[:n]
-    assert len(lines) == n
-    return lines
 
 
 def prepare_ids(fn: TokenizeFn, text: str) -> list[int]:

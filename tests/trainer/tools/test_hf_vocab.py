@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import IN_MEMORY, prepare_argv
+from tests.helpers import IN_MEMORY, corpus_lines, gen_argv, prepare_argv, run_train, train_argv
 from tests.helpers import TINY as TINY_PATH
-from tests.helpers import gen_argv, run_train, train_argv
-from tests.trainer.tools.test_hf_tokenizer import corpus_lines
 from trainer.data.corpus_shards import CorpusShards
 from trainer.pretrained import load_discriminator, load_generator, resolve_checkpoint
 from trainer.tokenizer import HFTokenizer

@@ -8,10 +8,9 @@ import os
 import shutil
 import sys
 
-import numpy as np
 import pytest
 
-from tests.helpers import metrics, train_argv, train_proc
+from tests.helpers import colour_pixels, metrics, train_argv, train_proc
 from trainer.errors import UserError
 from trainer.logger import MetricsLog
 from trainer.tools.plot import family_figure, family_keys, find_runs, save_figure
@@ -53,16 +52,6 @@ def pngs(folder) -> dict[str, dict[str, int]]:
         assert (folder / name).read_bytes().startswith(PNG_MAGIC), name
         out[name] = {c: colour_pixels(folder / name, c) for c in ("C0", "C1")}
     return out
-
-
-def colour_pixels(path, colour: str) -> int:
-    """How many pixels of the PNG at ``path`` have the matplotlib colour ``colour`` (within
-    rounding): a drawn series leaves its colour, an empty or blank figure none."""
-    from matplotlib.colors import to_rgb
-    from matplotlib.image import imread
-
-    rgb = imread(str(path))[..., :3]  # (H, W, 3) floats in [0, 1]
-    return int((np.abs(rgb - np.array(to_rgb(colour))).max(-1) < 2 / 255).sum())
 
 
 def test_colour_pixels_sees_only_what_was_drawn(tmp_path):

@@ -5,13 +5,12 @@ checked on small sources written here, each with the wrong rule it would catch."
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import need_file
 from trainer.tools.finetune.data import TaskDataError
+from trainer.tools.finetune.demo_tasks import main as finetune_data_main
 from trainer.tools.finetune.real_tasks import (
     FORTUNES_CLASSES,
     FORTUNES_DIR,
@@ -29,11 +28,7 @@ SIZES = {"wordnet": (6, 500, 200), "fortunes": (5, 480, 120)}  # classes, train 
 
 
 def need_source(name: str) -> None:
-    path, package = SOURCES[name][1], SOURCES[name][2]
-    if not os.path.exists(path):
-        if os.environ.get("FAST_ELECTRA_REQUIRE_EXTRAS") == "1":
-            pytest.fail(f"{path} missing: `make test` installs Debian's {package}")
-        pytest.skip(f"Debian package {package} not installed ({path})")
+    need_file(*SOURCES[name][1:])
 
 
 def read_tsv(path: str) -> list[tuple[str, str]]:
@@ -100,19 +95,26 @@ def test_split_drops_texts_under_two_labels_and_orders_by_hash():
         split_balanced(texts, {"train": 3, "dev": 1}, "src")
 
 
-def test_cli_builds_a_real_task_and_refuses_a_missing_source(tmp_path):
-    env = {**os.environ, "PYTHONPATH": REPO}
-    bad = subprocess.run([sys.executable, "-m", "trainer.finetune_data", str(tmp_path / "x"),
-                          "--task", "wordnet", "--source", str(tmp_path / "nowhere")],
-                         cwd=REPO, env=env, capture_output=True, text=True)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "apt-get install wordnet-base" in bad.stderr
-    wrong = subprocess.run([sys.executable, "-m", "trainer.finetune_data", str(tmp_path / "x"),
-                            "--task", "order"], cwd=REPO, env=env, capture_output=True, text=True)
-    assert wrong.returncode == 2 and "CORPUS_DIR OUT_DIR" in wrong.stderr
+def finetune_data(capsys, *argv: str) -> tuple[int, str, str]:
+    """``python -m trainer.finetune_data argv`` in this process: (exit status, stdout,
+    stderr)."""
+    try:
+        rc = finetune_data_main(list(argv))
+    except SystemExit as e:  # argparse's own usage errors exit
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_builds_a_real_task_and_refuses_a_missing_source(tmp_path, capsys):
+    rc, _, err = finetune_data(capsys, str(tmp_path / "x"), "--task", "wordnet",
+                               "--source", str(tmp_path / "nowhere"))
+    assert rc == 2 and "Traceback" not in err
+    assert "apt-get install wordnet-base" in err
+    rc, _, err = finetune_data(capsys, str(tmp_path / "x"), "--task", "order")
+    assert rc == 2 and "CORPUS_DIR OUT_DIR" in err
     need_source("fortunes")
-    ok = subprocess.run([sys.executable, "-m", "trainer.finetune_data", str(tmp_path / "f"),
-                         "--task", "fortunes"], cwd=REPO, env=env, capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
-    assert "fortunes task: 2400 train / 600 dev examples" in ok.stdout
+    rc, out, err = finetune_data(capsys, str(tmp_path / "f"), "--task", "fortunes")
+    assert rc == 0, err
+    assert "fortunes task: 2400 train / 600 dev examples" in out
     assert os.path.isfile(tmp_path / "f" / "source.json")
