@@ -36,7 +36,8 @@ compile_smoke          ``torch.compile`` of the discriminator: a few AdamW steps
 rtd_mfu                rtd training step at the base shape (configs/base.toml: 12 x 768, seq
     512, micro-batch 32, bf16): tokens/s and MFU, FLOPs per sequence per update from
     ``trainer.tools.cost`` in model FLOPs (PaLM's MFU convention: no embedding lookup; the
-    paper's Table-1 count, embedding term included, alongside), over the peak in ``PEAK_TFLOPS`` (H200/H100 SXM bf16 dense: 989 TFLOP/s).
+    paper's Table-1 count, embedding term included, alongside), over the peak in
+    ``PEAK_TFLOPS`` (H200/H100 SXM bf16 dense: 989 TFLOP/s).
 aux_tokens_per_s       ``pipeline.generate.Corrupter.corrupt`` (generate's per-batch masking,
     aux forward in bf16 autocast on CUDA, fp32 masked-position LM head, sampling, host copy) at
     the base shape (4-layer aux, 128K vocabulary, seq 512, generate.batch_tokens), random

@@ -135,7 +135,8 @@ class NotOnThisDevice(Exception):  # noqa: N818 (a verdict, not a failure: statu
     """Raised by an item that only means something on another device."""
 
 
-BUDGETS_S = {"sdpa_kernels": 90, "flex_vs_sdpa": 240, "head_precision": 60}  # full run; n/a at once on a CPU
+# Full-run budgets of the CUDA-only items (n/a at once on a CPU).
+BUDGETS_S = {"sdpa_kernels": 90, "flex_vs_sdpa": 240, "head_precision": 60}
 ATTENTION_KERNEL = re.compile(r"fmha|attention|attn|flash|efficient|sdpa", re.IGNORECASE)
 FLEX_REL_TOL = 5e-2  # flex vs sdpa under bf16 autocast, relative L2 (outputs, rel_bias.grad)
 
