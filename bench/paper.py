@@ -31,6 +31,7 @@ import traceback
 
 from bench import paper_cost, paper_report, paper_rows, paper_rows_time
 from bench.paper_runs import PLANS, Bench, BenchError, read_json
+from trainer.atomic import write_text_atomic
 from trainer.cli import main_guard
 from trainer.errors import UserError
 from trainer.tools.evaluate import write_json
@@ -150,9 +151,7 @@ def run(argv: list[str] | None = None) -> dict:
            for f in sorted(os.listdir(os.path.join(plot_dir, d)))])
     write_json(os.path.join(bench.out, "paper_report.json"), report)
     md = os.path.join(bench.out, "paper_report.md")
-    with open(md + ".tmp", "w") as f:
-        f.write(paper_report.markdown(report))
-    os.replace(md + ".tmp", md)
+    write_text_atomic(md, paper_report.markdown(report))
     print(f"paper: {mode} done in {report['elapsed_seconds'] / 60:.1f} min; {md}", flush=True)
     failed = [r for r, v in rows.items() if "error" in v]
     if failed:

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from trainer import checkpoint
+from trainer.atomic import write_text_atomic
 from trainer.config.load import load_config, parse_override, toml_value
 from trainer.data.corpus_shards import CorpusShards
 from trainer.errors import UserError
@@ -169,9 +170,7 @@ class Bench:
         for section, values in tables.items():
             lines += [f"[{section}]", *(f"{k} = {toml_value(v)}" for k, v in values.items()), ""]
         os.makedirs(self.out, exist_ok=True)
-        with open(self.config + ".tmp", "w") as f:
-            f.write("\n".join(lines))
-        os.replace(self.config + ".tmp", self.config)
+        write_text_atomic(self.config, "\n".join(lines))
 
     def prepare_corpus(self) -> None:
         if os.path.isfile(os.path.join(self.corpus_dir, "manifest.json")):

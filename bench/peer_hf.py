@@ -47,10 +47,11 @@ from trainer.config.load import load_config  # noqa: E402
 from trainer.distributed import Dist, pick_device  # noqa: E402
 from trainer.model.encoder_config import EncoderConfig  # noqa: E402
 from trainer.modes.rtd import RTD_SUM_KEYS, RTDTask, ordinary_mask, rtd_counts, rtd_metrics  # noqa: E402
-from trainer.optim import build_optimizer, build_scheduler  # noqa: E402
+from trainer.optim import build_optimized  # noqa: E402
+from trainer.step import StepSetup, autocast_context, dropout_seed, train_step  # noqa: E402
 from trainer.tools.hf.common import require_transformers  # noqa: E402
 from trainer.tools.hf.exporter import electra_config  # noqa: E402
-from trainer.train import autocast_context, grad_accum_steps  # noqa: E402
+from trainer.train import grad_accum_steps  # noqa: E402
 
 FORCED = ["model.position=absolute", "model.layer_norm=post"]  # the HF ELECTRA shape
 
@@ -129,7 +130,7 @@ def score(task: RTDTask, model: torch.nn.Module, first: int, n: int, device: tor
             "logit_mean": float(x.mean()), "logit_std": float(x.std())}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/tiny.toml")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -152,6 +153,52 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 <= args.untimed < args.steps:
         parser.error(f"--untimed must be in [0, --steps), got {args.untimed}")
+    return args
+
+
+def build_peer(cfg, prior: float, zero_bias: bool, transformers, device: torch.device
+               ) -> tuple[HFLogits, float]:
+    """ElectraForPreTraining of our shape, its RTD bias at the prior log-odds unless
+    ``zero_bias`` -> (the model on ``device``, its starting bias)."""
+    torch.manual_seed(cfg.train.seed)
+    hf = transformers.ElectraForPreTraining(electra_config(EncoderConfig.main(cfg), transformers))
+    head_bias = hf.discriminator_predictions.dense_prediction.bias
+    if not zero_bias:
+        with torch.no_grad():
+            head_bias.fill_(math.log(prior / (1 - prior)))
+    return HFLogits(hf).to(device), float(head_bias.item())
+
+
+def train_both(task: RTDTask, setups: dict[str, StepSetup], steps: int, d: Dist
+               ) -> tuple[dict[str, list[float]], dict[str, list[float]], float]:
+    """``steps`` steps of each model on the same batches, alternating which goes first; each
+    model's dropout draws from its own stream. -> (s/step and train loss per step per model,
+    wall seconds)."""
+    device = d.device
+    # Each model's dropout stream starts where trainer.train starts it on rank 0.
+    torch.manual_seed(dropout_seed(task.cfg.train.seed, d.rank))
+    rngs = dict.fromkeys(setups, rng_state(device))
+    times: dict[str, list[float]] = {k: [] for k in setups}
+    losses: dict[str, list[float]] = {k: [] for k in setups}
+    wall = time.perf_counter()
+    for s in range(steps):
+        batches = [{k: v.to(device) for k, v in task.micro_batch(s, micro, d).items()}
+                   for micro in range(setups["ours"].accum)]
+        for name in (("ours", "peer") if s % 2 == 0 else ("peer", "ours")):
+            setup = setups[name]
+            set_rng_state(rngs[name], device)
+            sync(device)
+            begin = time.perf_counter()
+            out = train_step(setup, task.loss, batches)
+            sync(device)
+            times[name].append(time.perf_counter() - begin)
+            losses[name].append(float(out.sums()["loss_sum"]) / setup.accum)
+            rngs[name] = rng_state(device)
+    return times, losses, time.perf_counter() - wall
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     transformers = require_transformers()
 
@@ -174,56 +221,16 @@ def main() -> None:
                  f"{args.steps * t.global_batch_size:,} samples reach the last epoch "
                  f"({heldout} x {N:,} = {heldout * N:,} before it): nothing is held out")
     n_eval = min(args.eval_sequences, N)
-
-    torch.manual_seed(t.seed)
-    hf_cfg = electra_config(EncoderConfig.main(cfg), transformers)
-    hf = transformers.ElectraForPreTraining(hf_cfg)
-    head_bias = hf.discriminator_predictions.dense_prediction.bias
-    if not args.hf_zero_bias:
-        with torch.no_grad():
-            head_bias.fill_(math.log(prior / (1 - prior)))
-    peer = HFLogits(hf).to(device)
-    hf_bias = float(head_bias.item())
+    peer, hf_bias = build_peer(cfg, prior, args.hf_zero_bias, transformers, device)
+    hf = peer.hf
 
     models = {"ours": ours, "peer": peer}
-    opts = {k: build_optimizer(m, t) for k, m in models.items()}
-    scheds = {k: build_scheduler(o, t) for k, o in opts.items()}
-    # Each model's dropout stream starts where trainer.train starts it on rank 0.
-    torch.manual_seed(t.seed * 1_000_003 + 1)
-    start_rng = rng_state(device)
-    rngs = dict.fromkeys(models, start_rng)
-    times = {k: [] for k in models}
-    losses = {k: [] for k in models}
+    # trainer.train's step: the same optimizer, schedule, clip and accumulation for both.
+    setups = {k: StepSetup(m, build_optimized([("model", m, t.lr)], t), accum,
+                           t.clip_grad_norm, t.precision, device) for k, m in models.items()}
     for m in models.values():
         m.train()
-
-    def step(name: str, batches: list[dict]) -> None:
-        model, opt, sched = models[name], opts[name], scheds[name]
-        set_rng_state(rngs[name], device)
-        sync(device)
-        begin = time.perf_counter()
-        total = 0.0
-        for b in batches:
-            with autocast_context(device, t.precision):
-                loss, _ = task.loss(model, b)
-            (loss / accum).backward()
-            total += loss.detach()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        sync(device)
-        times[name].append(time.perf_counter() - begin)
-        losses[name].append(float(total) / accum)
-        rngs[name] = rng_state(device)
-
-    wall = time.perf_counter()
-    for s in range(args.steps):
-        batches = [{k: v.to(device) for k, v in task.micro_batch(s, micro, d).items()}
-                   for micro in range(accum)]
-        for name in (("ours", "peer") if s % 2 == 0 else ("peer", "ours")):
-            step(name, batches)
-    train_wall = time.perf_counter() - wall
+    times, losses, train_wall = train_both(task, setups, args.steps, d)
 
     first = heldout * N
     results = {}

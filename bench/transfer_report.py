@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from trainer.atomic import write_text_atomic
+from trainer.atomic import open_atomic, write_text_atomic
 
 
 def _spread(s: dict, signed: bool = False) -> str:
@@ -84,6 +84,6 @@ def plot_compute(results: dict, path: str) -> None:
         ax.set_title(task)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
+    with open_atomic(path) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)

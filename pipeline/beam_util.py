@@ -12,8 +12,8 @@ project's fixed DaskRunner (pipeline/dask_runner.py), not Beam's, which cannot r
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
+import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -26,6 +26,8 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineRunner
 
+from trainer import atomic
+from trainer.digest import HashingWriter
 from trainer.errors import UserError
 
 LOCAL_DEFAULTS = [
@@ -100,53 +102,30 @@ def join(root: str, *names: str) -> str:
     return FileSystems.join(root.rstrip("/"), *names)
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class HashingSink:
-    """A writable binary stream that counts and hashes what goes through it (what a manifest
-    records), so a file streamed to remote storage never has to be read back."""
-
-    def __init__(self, f):
-        self._f, self._sha256, self.bytes = f, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        self._f.write(data)
-        self._sha256.update(data)
-        self.bytes += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self._f.flush()
-
-    def close(self) -> None:
-        """A no-op: ``open_atomic`` closes the file (pyarrow closes the sinks it is given)."""
-
-    @property
-    def closed(self) -> bool:
-        return False
-
-    def sha256(self) -> str:
-        return self._sha256.hexdigest()
-
-
 @contextlib.contextmanager
-def open_atomic(path: str) -> Iterator[HashingSink]:
-    """A stream to a temporary name beside ``path`` (``.tmp-<name>-<uuid>``, what
-    ``prepare_output`` cleans up), renamed over ``path`` through ``FileSystems`` (local,
-    gs://, s3://, ...) when the block ends cleanly and deleted when it raises: a reader sees
-    no file or the whole new one, and a retried write is harmless.
+def open_atomic(path: str) -> Iterator[HashingWriter]:
+    """A stream that replaces ``path`` when the block ends cleanly, counting and hashing what
+    it writes. A local path goes to trainer.atomic.open_atomic (fsync, then rename); any other
+    Beam filesystem (gs://, s3://, ...) is written to a temporary name beside ``path``
+    (``.tmp-<name>-<uuid>``, what ``prepare_output`` cleans up) and renamed through
+    ``FileSystems``. When the block raises, the temporary file is deleted: a reader sees no
+    file or the whole new one, and a retried write is harmless. Missing folders are created,
+    as Beam's local filesystem does.
 
         with open_atomic(join(root, "part-00000.parquet")) as sink:
             sink.write(data)
         sink.bytes, sink.sha256()
     """
+    if FileSystems.get_scheme(path) is None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic.open_atomic(path) as f:
+            yield HashingWriter(f)
+        return
     directory, name = FileSystems.split(path)
     tmp = FileSystems.join(directory, f".tmp-{name}-{uuid.uuid4().hex}")
     f = FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED)
     try:
-        yield HashingSink(f)
+        yield HashingWriter(f)
         f.close()
     except BaseException:
         f.close()

@@ -22,8 +22,10 @@ position order, over the received bytes) -> CorruptAndWrite (RunInference with
 ``CorruptionHandler``, pipeline/corrupt_write.py: one whole part per call, corrupted by
 ``trainer.corruption.corrupt.corrupt_batch`` in batches of ``batch_rows`` consecutive
 positions, so a batch never depends on the runner's bundling, and streamed row group by row
-group through ``pq.ParquetWriter`` to a temp name, then renamed) -> Finalize (manifest.json,
-written last: a folder without it is an incomplete set).
+group through ``pq.ParquetWriter`` to a temp name, then renamed) -> GroupByEpoch -> SealEpoch
+(``epoch=EEEE/_SEALED.json``, written last for the epoch: the epoch may be read). The launcher
+writes ``plan.json`` first, runs one such job per epoch of ``--epochs A:B`` (default all) and
+writes manifest.json once every epoch of the plan is sealed (pipeline/epoch_seal.py).
 
 The frozen aux MLM loads in ``load_model``: once per SDK process, or ``generate.model_copies``
 copies per machine shared by its processes; on CUDA with bf16 autocast for the encoder when
@@ -34,8 +36,9 @@ holds one part's input tokens (uint16: ~2 bytes/token) plus one row group of out
 
 Every random decision is keyed by (seed, epoch, seq_id), and every batch is fixed by (epoch,
 position), so a re-run or a Beam retry writes the same bytes on the same hardware. Re-running
-with the same corpus, aux checkpoint and config is a no-op; a folder holding a different shard
-set is refused unless ``--overwrite``. Leftovers of an interrupted run are removed first. The
+with the same corpus, aux checkpoint and config is a no-op, and sealed epochs are skipped; a
+folder holding a different shard set (or plan) is refused unless ``--overwrite``. Leftovers of
+an interrupted run are removed first, in the epochs this run locks. The
 shard encoding is documented in shards/README.md and ``trainer/data/rtd_format.py``.
 """
 
@@ -44,7 +47,7 @@ from __future__ import annotations
 import io
 import os
 import sys
-from importlib.metadata import version
+import time
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -53,14 +56,23 @@ from apache_beam.ml.inference.base import RunInference
 from pipeline.beam_util import (
     exists,
     join,
+    pipeline_options,
     read_bytes,
     runs_locally,
-    sha256_hex,
     write_atomic,
-    write_json_atomic,
 )
-from pipeline.corpus_parts import ZSTD_LEVEL
 from pipeline.corrupt_write import CorruptionHandler
+from pipeline.epoch_seal import (
+    add_epochs_flag,
+    by_epoch,
+    complete_set,
+    parse_epochs,
+    plan_header,
+    prepare_epochs,
+    read_seals,
+    seal_epoch,
+    write_plan,
+)
 from pipeline.generate_fns import (
     GenerateError,
     Layout,
@@ -70,9 +82,9 @@ from pipeline.generate_fns import (
     split_by_part,
     worker_device,
 )
-from pipeline.job import already_done, parse_job_args, run_as_main, run_job
+from pipeline.job import parse_job_args, run_as_main
 from pipeline.progress import rtd_progress
-from pipeline.shard_sets import holds_output_locks
+from pipeline.shard_sets import holds_output_locks, run_pipeline
 from trainer.cli import main_guard
 from trainer.config.load import to_dict, to_toml
 from trainer.config.run import RunConfig
@@ -80,7 +92,6 @@ from trainer.corruption.sampling import SAMPLER
 from trainer.data.corpus_shards import CorpusShards, open_corpus
 from trainer.data.manifest import (
     CONFIG_FILE,
-    MANIFEST,
     RTD_SCHEMA_VERSION,
     ShardError,
     manifest_fingerprint,
@@ -88,10 +99,9 @@ from trainer.data.manifest import (
     sha256_file,
 )
 from trainer.data.order import permute
-from trainer.data.rtd_format import (
-    RTD_SCHEMA,
-    token_dtype,
-)
+from trainer.data.rtd_format import token_dtype
+from trainer.data.sealed import plan_fingerprint
+from trainer.digest import sha256_bytes
 from trainer.modes.rtd import DataPlan
 from trainer.pretrained import GENERATOR_KINDS, generator_config, read_meta
 
@@ -114,7 +124,7 @@ class AssignPositionsFn(beam.DoFn):
         entry = self.files[index]
         path = join(self.corpus_dir, entry["name"])
         data = read_bytes(path)
-        if sha256_hex(data) != entry["sha256"]:
+        if sha256_bytes(data) != entry["sha256"]:
             raise ShardError(f"{path}: sha256 differs from the corpus manifest's: the file "
                              "changed or is corrupt; re-run pipeline.prepare --overwrite")
         table = pq.read_table(io.BytesIO(data))
@@ -132,37 +142,18 @@ def index_part(element: tuple, layout: Layout, dtype: str) -> PartRows:
     return PartRows.gather(epoch, part, chunks, layout, dtype)
 
 
-def finalize(parts: list[dict], context: dict) -> dict:
-    """Check that every part is there, then write manifest.json (last: it marks the set
-    complete)."""
-    parts = sorted(parts, key=lambda p: p["name"])
-    expected = context["expected_parts"]
-    if len(parts) != expected:
-        raise GenerateError(f"{context['rtd_dir']}: {len(parts)} parts were written, "
-                            f"{expected} expected; re-run pipeline.generate")
-    tokens = sum(p["tokens"] for p in parts)
-    manifest = dict(
-        context["header"],
-        num_tokens=tokens,
-        num_replaced=sum(p["replaced"] for p in parts),
-        devices=sorted({d for p in parts for d in p["devices"]}),
-        shard_bytes=sum(p["bytes"] for p in parts),
-        files=parts,
-    )
-    write_json_atomic(join(context["rtd_dir"], MANIFEST), manifest)
-    return manifest
-
-
 # ---------------------------------------------------------------------------------------------
 # Pipeline
 # ---------------------------------------------------------------------------------------------
 
 def build(p: beam.Pipeline, cfg: RunConfig, corpus: CorpusShards, layout: Layout,
-          context: dict):
-    gen, dtype = cfg.generate, context["header"]["token_dtype"]
+          epochs: list[int], context: dict):
+    """The job writing and sealing ``epochs`` of the plan (the launcher runs one per epoch:
+    pipeline/epoch_seal.py says why)."""
+    gen, dtype = cfg.generate, context["token_dtype"]
     return (
         p
-        | "ListCorpusParts" >> beam.Create([(e, i) for e in range(gen.epochs)
+        | "ListCorpusParts" >> beam.Create([(e, i) for e in epochs
                                             for i in range(len(corpus.files))])
         | "ReshuffleParts" >> beam.Reshuffle()
         | "AssignPositions" >> beam.ParDo(AssignPositionsFn(corpus.root, corpus.files, layout,
@@ -171,8 +162,9 @@ def build(p: beam.Pipeline, cfg: RunConfig, corpus: CorpusShards, layout: Layout
         | "IndexParts" >> beam.Map(index_part, layout=layout, dtype=dtype)
         | "CorruptAndWrite" >> RunInference(CorruptionHandler(cfg, layout, corpus.vocab_size,
                                                               corpus.root, dtype))
-        | "CollectParts" >> beam.combiners.ToList()
-        | "Finalize" >> beam.Map(finalize, context=context)
+        | "KeyByEpoch" >> beam.Map(by_epoch)
+        | "GroupByEpoch" >> beam.GroupByKey()
+        | "SealEpoch" >> beam.Map(seal_epoch, context=context)
     )
 
 
@@ -228,7 +220,7 @@ def check_aux(cfg: RunConfig, corpus: CorpusShards) -> dict | None:
     if not exists(state_path):
         raise GenerateError(f"{state_path} is missing: an incomplete checkpoint")
     return {"checkpoint": path, "state_sha256": sha256_file(*resolve_fs(state_path)),
-            "meta_sha256": sha256_hex(read_bytes(join(path, "meta.json"))),
+            "meta_sha256": sha256_bytes(read_bytes(join(path, "meta.json"))),
             "step": meta.get("step"), "config": meta["config"]}
 
 
@@ -296,14 +288,16 @@ def check_plan(cfg: RunConfig, corpus: CorpusShards) -> None:
 
 @holds_output_locks
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
-    """Run generate; returns the RTD manifest."""
+    """Run generate; returns the RTD manifest, or, while epochs of the plan are missing,
+    the plan with the files of the sealed epochs and ``complete: False``."""
     from trainer.corruption.augmentations import validate_corruption
 
     args, cfg, beam_argv = parse_job_args(
         "python -m pipeline.generate", __doc__, argv,
-        "replace a different shard set already in generate.rtd_dir")
+        "replace a different shard set already in generate.rtd_dir", add_epochs_flag)
     gen, rtd_dir = cfg.generate, cfg.generate.rtd_dir
     validate_corruption(cfg.corruption)
+    wanted = parse_epochs(args.epochs, gen.epochs)
     if gen.device != "cpu" and runs_locally(beam_argv):
         beam_argv = plan_local_gpus(cfg, beam_argv)
 
@@ -315,56 +309,51 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     corpus_fp = manifest_fingerprint(corpus.manifest)
     dtype = token_dtype(corpus.vocab_size)
     fp = fingerprint(cfg, corpus_fp, aux, layout, dtype)
-    done = already_done(rtd_dir, "rtd", fp, args.overwrite,
-                        ["epoch=*/part-*.parquet", "epoch=*/.tmp-*"], "generate",
-                        "this shard set (same corpus, aux checkpoint and config)", print_summary)
-    if done is not None:
-        return done
+    prep = prepare_epochs(rtd_dir, plan_header(cfg, corpus, aux, layout, corpus_fp, dtype, fp),
+                          wanted, args.overwrite, "generate")
+    if prep.done is not None:
+        print(f"generate: {rtd_dir} already holds this shard set (same corpus, aux checkpoint "
+              "and config); nothing to do. Pass --overwrite to rebuild it.")
+        print_summary(prep.done)
+        return prep.done
+    if prep.sealed:
+        print(f"generate: epoch(s) {', '.join(map(str, prep.sealed))} of {rtd_dir} are sealed "
+              "already: skipped", flush=True)
 
-    print(f"generate: {gen.epochs} epoch(s) of {corpus.num_sequences:,} sequences from "
-          f"{corpus.root} -> {rtd_dir} ({layout.num_parts} part(s)/epoch, "
-          f"{layout.batch_rows} sequences/batch, replacement {cfg.corruption.replacement})",
-          flush=True)
     write_atomic(join(rtd_dir, CONFIG_FILE), to_toml(cfg).encode())
-    corruption = to_dict(cfg)["corruption"]
-    context = {
-        "rtd_dir": rtd_dir,
-        "expected_parts": gen.epochs * layout.num_parts,
-        "header": {
-            "schema_version": RTD_SCHEMA_VERSION,
-            "kind": "rtd",
-            "sampler": SAMPLER,
-            "created_by": f"fast-electra {version('fast-electra')}",
-            "corpus": {"dir": corpus.root, "manifest_sha256": corpus_fp,
-                       "num_sequences": corpus.num_sequences, "vocab_size": corpus.vocab_size,
-                       "special_ids": corpus.manifest["tokenizer"]["special_ids"],
-                       "tokenizer_sha256": corpus.manifest["tokenizer"]["sha256"],
-                       "max_seq_len": corpus.max_seq_len},
-            "aux": aux,
-            "corruption": corruption,
-            "schedule": {k: corruption[k] for k in ("schedule", "t0", "tau", "granularity")}
-            | {"u": "(e * N + p) / (E * N)" if corruption["granularity"] == "sample"
-               else "e / E"},
-            "order": {"kind": "feistel-cycle-walk", "key": "(seed, epoch)"},
-            "seed": gen.seed,
-            "epochs": gen.epochs,
-            "num_sequences": corpus.num_sequences,
-            "vocab_size": corpus.vocab_size,
-            "token_dtype": dtype,
-            "layout": {"rows_per_part": layout.rows_per_part, "batch_rows": layout.batch_rows,
-                       "row_group_rows": cfg.data.row_group_rows,
-                       "parts_per_epoch": layout.num_parts,
-                       "path": "epoch=EEEE/part-PPPPP.parquet"},
-            "columns": {f.name: str(f.type) for f in RTD_SCHEMA},
-            "encoding": {"input_ids": f"raw {dtype} bytes",
-                         "labels": "np.packbits(bitorder='little'), length from input_ids",
-                         "compression": f"zstd level {ZSTD_LEVEL}"},
-            "fingerprint": fp,
-        },
-    }
-    return run_job(lambda p: build(p, cfg, corpus, layout, context), test_pipeline, beam_argv,
-                   rtd_dir, "rtd", print_summary,
-                   rtd_progress(rtd_dir, gen.epochs, layout, args.progress_s))
+    write_plan(rtd_dir, prep.header)
+    if prep.to_write:
+        print(f"generate: epoch(s) {prep.to_write[0]}..{prep.to_write[-1]} of {gen.epochs} x "
+              f"{corpus.num_sequences:,} sequences from {corpus.root} -> {rtd_dir} "
+              f"({layout.num_parts} part(s)/epoch, {layout.batch_rows} sequences/batch, "
+              f"replacement {cfg.corruption.replacement})", flush=True)
+    context = {"rtd_dir": rtd_dir, "parts_per_epoch": layout.num_parts,
+               "plan_fp": plan_fingerprint(prep.header), "token_dtype": dtype}
+    # One job per epoch, each sealing its epoch as it ends (epoch_seal: a seal inside one
+    # job for every epoch would appear only at that job's end); a test's pipeline runs once.
+    jobs = [prep.to_write] if test_pipeline else [[e] for e in prep.to_write]
+    start = time.monotonic()
+    with rtd_progress(rtd_dir, gen.epochs, layout, args.progress_s if jobs else 0):
+        for epochs in jobs:
+            p = test_pipeline or beam.Pipeline(options=pipeline_options(beam_argv))
+            build(p, cfg, corpus, layout, epochs, context)
+            run_pipeline(p)
+            for e in epochs:
+                prep.locks[e].release()
+            print(f"generate: sealed epoch(s) {', '.join(map(str, epochs))} "
+                  f"({time.monotonic() - start:.1f}s)", flush=True)
+    manifest = complete_set(rtd_dir, prep.header)
+    if manifest is not None:
+        print_summary(manifest)
+        return manifest
+    sealed = read_seals(rtd_dir, context["plan_fp"], range(gen.epochs))
+    missing = [e for e in range(gen.epochs) if e not in sealed]
+    print(f"generate: {rtd_dir} has {len(sealed)} of {gen.epochs} epoch(s) sealed; the set is "
+          f"complete (manifest.json) once epoch(s) {', '.join(map(str, missing))} are "
+          "(pipeline.generate --epochs A:B)", flush=True)
+    return dict(prep.header, complete=False, sealed_epochs=sorted(sealed),
+                files=sorted((f for s in sealed.values() for f in s["files"]),
+                             key=lambda f: f["name"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,6 +152,12 @@ def run(argv: list[str] | None = None) -> list[str]:
         lines = corpus_summary(shards)
     elif kind == "rtd":
         shards = RTDShards(args.dir)
+        if not shards.complete:  # its summary needs every epoch's totals
+            raise ShardError(
+                f"{args.dir} is an rtd shard set still being generated: epoch(s) "
+                f"{shards.sealed_epochs() or 'none'} of {shards.num_epochs} sealed (plan.json, "
+                "no manifest.json yet). pipeline.inspect reads complete sets: run it again "
+                "once every epoch is sealed (pipeline.generate --epochs A:B writes the rest)")
         lines = rtd_summary(shards)
     else:
         raise ShardError(f"{args.dir}/{MANIFEST}: unknown kind {kind!r}")

@@ -38,12 +38,16 @@ from trainer.config.run import RunConfig
 from trainer.data.manifest import read_manifest
 
 
-def parse_job_args(prog: str, doc: str | None, argv: list[str] | None, overwrite_help: str
+def parse_job_args(prog: str, doc: str | None, argv: list[str] | None, overwrite_help: str,
+                   extra: Callable[[argparse.ArgumentParser], None] | None = None
                    ) -> tuple[argparse.Namespace, RunConfig, list[str]]:
-    """(the job's arguments, the resolved config, the options left for Beam)."""
+    """(the job's arguments, the resolved config, the options left for Beam); ``extra`` adds
+    the job's own options."""
     parser = config_parser(prog, doc)
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
     add_progress_flag(parser)
+    if extra is not None:
+        extra(parser)
     args, beam_argv = parser.parse_known_args(argv)
     return args, resolve_config(args), beam_argv
 

@@ -6,7 +6,9 @@ first one's files (an interrupted run's leftovers and a live run's files look al
     with OutputLock(root, "generate"):     # OutputLockError (a UserError) if a live run has it
         ...                                # Beam workers write into root; the lock is ours
 
-The lock is the file ``<root>/.output-lock``, a JSON body naming its holder (job, host, pid,
+prepare locks its folder; generate locks each epoch folder it writes (``root`` =
+``<rtd_dir>/epoch=EEEE``, pipeline/epoch_seal.py), so disjoint epoch ranges run at once. The
+lock is the file ``<root>/.output-lock``, a JSON body naming its holder (job, host, pid,
 start time) for the refusal message.
 
 Local paths: the body's file is held with ``fcntl.flock`` for the run's life. The kernel drops
@@ -31,14 +33,19 @@ import fcntl
 import json
 import os
 import socket
+import time
 
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.beam_util import exists, join, read_bytes, write_json_atomic
+from trainer.data.sealed import LOCK_FILE
 from trainer.errors import UserError
 
-LOCK_FILE = ".output-lock"
+# A trainer tests a producer's liveness with a shared flock it drops at once
+# (trainer.data.sealed.producer): a busy lock is tried again over this many seconds before it
+# counts as held.
+PROBE_GRACE_S = 0.2
 
 
 class OutputLockError(UserError):
@@ -70,6 +77,7 @@ class OutputLock:
         self.path = join(self.root, LOCK_FILE)
         self.local = "://" not in self.root
         self._fd: int | None = None
+        self._remote_held = False
         self.body = {"job": job, "host": socket.gethostname(), "pid": os.getpid(),
                      "started": datetime.datetime.now(datetime.UTC)
                      .isoformat(timespec="seconds")}
@@ -82,9 +90,17 @@ class OutputLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Give the lock up (a no-op when already released)."""
         if not self.local:
-            with contextlib.suppress(BeamIOError):  # deleted by hand meanwhile
-                FileSystems.delete([self.path])
+            if self._remote_held:
+                self._remote_held = False
+                with contextlib.suppress(BeamIOError):  # deleted by hand meanwhile
+                    FileSystems.delete([self.path])
+            return
+        if self._fd is None:
             return
         # Deleted while still flocked: an acquirer that opened it meanwhile sees the path
         # gone (or naming a new file) after its flock, and retries.
@@ -100,7 +116,7 @@ class OutputLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_soon(fd)
             except BlockingIOError:
                 holder = _parse(os.pread(fd, 1 << 16, 0))
                 os.close(fd)
@@ -142,3 +158,17 @@ class OutputLock:
                 "for it to finish or write to another folder; if it is gone (it crashed or was "
                 f"killed), delete {self.path} and run again")
         write_json_atomic(self.path, self.body)
+        self._remote_held = True
+
+
+def _flock_soon(fd: int) -> None:
+    """An exclusive flock on ``fd``, tried for PROBE_GRACE_S; BlockingIOError if still held."""
+    deadline = time.monotonic() + PROBE_GRACE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)

@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
 
-from pipeline.beam_util import exists, join, read_bytes, sha256_hex, write_atomic, write_json_atomic
+from pipeline.beam_util import exists, join, read_bytes, write_atomic, write_json_atomic
 from pipeline.corpus_parts import (
     TokenizedDoc,
     encode_part,
@@ -61,6 +61,7 @@ from trainer.data.manifest import (
     TOKENIZER_FILE,
     UNIGRAM_FILE,
 )
+from trainer.digest import sha256_bytes
 from trainer.errors import UserError
 from trainer.tokenizer import (
     HF_SPECIALS_FILE,
@@ -165,7 +166,7 @@ class WritePartFn(beam.DoFn):
         name = f"part-{plan.ordinal:05d}.parquet"
         write_atomic(join(self.corpus_dir, name), data)
         yield {
-            "name": name, "rows": len(seqs), "bytes": len(data), "sha256": sha256_hex(data),
+            "name": name, "rows": len(seqs), "bytes": len(data), "sha256": sha256_bytes(data),
             "seq_id_start": plan.seq_id_start, "doc_id_start": plan.doc_id_start,
             "documents": len(docs), "tokens": sum(d.tokens for d in docs),
             "dropped_tail_tokens": sum(d.dropped_tokens for d in docs),
@@ -223,7 +224,7 @@ def finalize(parts: list[dict], unigram: np.ndarray, reports: list, context: dic
         num_dropped_tail_tokens=sum(p["dropped_tail_tokens"] for p in parts),
         text_bytes=sum(p["text_bytes"] for p in parts),
         shard_bytes=sum(p["bytes"] for p in parts),
-        unigram={"file": UNIGRAM_FILE, "sha256": sha256_hex(buffer.getvalue())},
+        unigram={"file": UNIGRAM_FILE, "sha256": sha256_bytes(buffer.getvalue())},
         files=parts,
         inputs=inputs,
     )
@@ -334,7 +335,7 @@ def given_hf_tokenizer(cfg: RunConfig) -> HFTokenizer:
 def tokenizer_entry(cfg: RunConfig, model: bytes, tok: HFTokenizer | None) -> dict:
     """The manifest's "tokenizer" entry; an HF tokenizer's also records the source
     tokenizer's role ids (the renumbering) and its vocabulary's identity."""
-    entry = {"file": TOKENIZER_FILE, "sha256": sha256_hex(model),
+    entry = {"file": TOKENIZER_FILE, "sha256": sha256_bytes(model),
              "vocab_size": cfg.tokenizer.vocab_size, "special_ids": SPECIAL_IDS,
              "source": cfg.tokenizer.model or "trained by prepare"}
     if tok is not None:
@@ -349,7 +350,7 @@ def fingerprint(cfg: RunConfig, files: list[tuple[str, int]], model: bytes | Non
     # refusal, not a change) do not change its bytes.
     data = {k: v for k, v in to_dict(cfg)["data"].items()
             if k not in ("corpus_dir", "cache_dir", "max_undecodable_fraction")}
-    tok = dict(to_dict(cfg)["tokenizer"], model_sha256=sha256_hex(model) if model else None)
+    tok = dict(to_dict(cfg)["tokenizer"], model_sha256=sha256_bytes(model) if model else None)
     return {"schema_version": SCHEMA_VERSION, "data": data, "tokenizer": tok,
             "inputs": [list(f) for f in files]}
 

@@ -66,6 +66,15 @@ def holds_output_locks(job):
     return run
 
 
+def held_locks() -> contextlib.ExitStack:
+    """The stack of the running ``holds_output_locks`` job: a lock entered on it is released
+    when the job returns or raises."""
+    held = _HELD.get()
+    if held is None:
+        raise RuntimeError("output locks must be taken inside a @holds_output_locks job")
+    return held
+
+
 def prepare_output(root: str, kind: str, fp: dict, overwrite: bool, patterns: list[str],
                    job: str) -> bool:
     """Lock ``root`` for this run (``pipeline.output_lock``; refused while another run holds

@@ -13,7 +13,8 @@ online modes (modes/mlm.py, joint.py, fast_online.py, early_exit.py) read the co
 Rooms, one job each:
 
     errors.py       UserError: names the key, file or row and the fix; exit 2, no traceback
-    atomic.py       write_text_atomic: temp file, fsync, rename
+    atomic.py       the one atomic file write: temp file beside it, fsync, rename, cleanup
+    digest.py       the one sha256: chunked over files and streams, and while writing
     config/         the run config: sections (dataclasses), TOML + --set loading, describe
     tokenizer.py    special token ids, SentencePiece loading and its contract
     model/          encoder, positions, heads, dropout plan, Admin init, parameter counts
@@ -23,11 +24,13 @@ Rooms, one job each:
     logger.py       metrics.jsonl, the progress line, TensorBoard
     checkpoint.py   atomic, self-describing checkpoints; the latest of a run
     cli.py          --config / --set / --help-config; main_guard (error: line, exit 2)
-    optim.py        AdamW with weight-decay groups; warm-up then linear decay
+    optim.py        AdamW with weight-decay groups; warm-up then linear decay; named parts
+    step.py         one optimizer step (micro-batches, clip, update), shared by every loop
+    resume.py       where a run continues from; which config changes a resume refuses
     pretrained.py   a trained run's models from its checkpoint (aux, discriminator)
     modes/          Task protocol, registry (train.mode -> task), mlm, rtd, fast_online,
                     joint (electra, decoupled), early_exit
-    train.py        the loop: one Task, DDP, accumulation, evaluation, checkpoints, resume
+    train.py        the loop: one Task, DDP, evaluation, the log record, checkpoints
     tools/          evaluate, cost, plot, sweep, finetune/, hf/ (Hugging Face import / export;
                     hf/remote/: the model files an export writes, torch + transformers only)
     shards.py       the notebook API: from trainer.shards import CorpusShards, RTDShards
@@ -36,17 +39,20 @@ Rooms, one job each:
 
 What each room may import (tests/trainer/test_layering.py checks every import against it):
 
-    errors atomic           <- (nothing)
-    config tokenizer        <- errors
+    errors atomic digest    <- (nothing)
+    config                  <- errors
+    tokenizer               <- digest errors
     model                   <- config tokenizer
-    data                    <- config errors tokenizer
+    data                    <- atomic config digest errors tokenizer
     corruption              <- config model tokenizer
     distributed logger checkpoint  <- errors
     cli                     <- config errors
     optim                   <- config model
+    step                    <- optim
+    resume                  <- checkpoint config errors
     pretrained              <- checkpoint config errors model
     modes                   <- config corruption data distributed errors model pretrained tokenizer
-    train                   <- checkpoint cli config data distributed errors logger modes optim
+    train     <- checkpoint cli config data distributed errors logger modes optim resume step
     tools                   <- (any)
     shards                  <- data
     evaluate cost plot sweep finetune finetune_data hf  <- tools

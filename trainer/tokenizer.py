@@ -10,13 +10,13 @@ lacks them is refused at load time rather than producing silently wrong data:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
 import sentencepiece as spm
 
+from trainer.digest import sha256_bytes
 from trainer.errors import UserError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
@@ -202,7 +202,7 @@ class HFTokenizer:
         how the JSON file is formatted."""
         vocab = self.tok.get_vocab(with_added_tokens=True)
         blob = json.dumps([sorted(vocab.items()), sorted(self.source_ids.items())])
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return sha256_bytes(blob.encode())
 
 
 def _parse_hf(tokenizer_json: str, source: str):

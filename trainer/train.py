@@ -15,9 +15,12 @@ checkpoint stays intact.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -32,23 +35,20 @@ from trainer.errors import UserError
 from trainer.logger import MetricsLog, peak_memory_gb
 from trainer.modes.base import Task
 from trainer.modes.registry import build_task
-from trainer.optim import build_optimizer, build_scheduler
-
-# Keys whose change would make a resumed run diverge from the one it continues.
-_RESUME_MUST_MATCH = ("data.max_seq_len", "tokenizer.vocab_size", "model.*", "aux.*",
-                      "mlm.*", "joint.*", "corruption.*", "train.mode", "train.global_batch_size",
-                      "train.seed", "train.lr", "train.warmup_steps", "train.weight_decay",
-                      "train.clip_grad_norm", "train.holdout_fraction")
+from trainer.optim import Optimized, build_optimized
+from trainer.resume import ResumeError, check_resume_config, resolve_resume
+from trainer.step import (  # noqa: F401 (autocast_context: the tools import it from here)
+    StepOutput,
+    StepSetup,
+    Sums,
+    autocast_context,
+    dropout_seed,
+    train_step,
+)
 
 
 class TrainingError(UserError):
-    """The run cannot go on (non-finite loss, inconsistent resume)."""
-
-
-def autocast_context(device: torch.device, precision: str):
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """The run cannot go on (a non-finite loss or gradient)."""
 
 
 def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
@@ -68,37 +68,6 @@ def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
                     f"micro_batch_size_per_rank ({t.micro_batch_size_per_rank}) x grad_accum "
                     f"({t.grad_accum or 'auto'}) x world size ({world_size}) cannot make it; "
                     + hint)
-
-
-def _flat(cfg_dict: dict) -> dict:
-    return {f"{s}.{k}": v for s, sec in cfg_dict.items() for k, v in sec.items()}
-
-
-def check_resume_config(saved: dict, cfg: RunConfig) -> list[str]:
-    """Raise on changes that break an exact continuation; return the harmless ones."""
-    old, new = _flat(saved), _flat(to_dict(cfg))
-    changed = sorted(k for k in new if old.get(k) != new[k])
-    fatal = [k for k in changed if any(k == p or (p.endswith(".*") and k.startswith(p[:-1]))
-                                       for p in _RESUME_MUST_MATCH)]
-    if fatal:
-        raise TrainingError(
-            "cannot resume: the checkpoint was trained with different "
-            + ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in fatal)
-            + ". Resume with the checkpoint's config.toml, or start a new train.out_dir")
-    return changed
-
-
-def resolve_resume(cfg: RunConfig) -> str | None:
-    out_dir, resume = cfg.train.out_dir, cfg.train.resume
-    if resume == "auto":
-        return checkpoint.find_latest(out_dir)
-    if resume:
-        return resume
-    existing = checkpoint.list_steps(out_dir)
-    if existing:
-        raise UserError(f"{out_dir} already holds checkpoints (up to step {existing[-1]}): pass "
-                        "--resume to continue that run, or set train.out_dir to a new folder")
-    return None
 
 
 def compiled_graphs() -> int:
@@ -152,162 +121,207 @@ def evaluate(task: Task, model: torch.nn.Module, d: distributed.Dist, precision:
     return task.eval_metrics(dict(zip(keys, total.tolist(), strict=True)))
 
 
+@dataclass
+class Run:
+    """One run as the loop holds it: built by ``build``, stepped by ``train_step``."""
+    cfg: RunConfig
+    d: distributed.Dist
+    task: Task
+    model: torch.nn.Module  # the task's model, unwrapped: what checkpoints hold
+    setup: StepSetup        # setup.model is the DDP wrapper when distributed
+    after_step: Callable[[int, Sums, distributed.Dist], None]  # the task's hook
+    graphs_at_start: int    # compiled_graphs() before this run compiled anything
+
+
+@dataclass
+class Interval:
+    """What the next log record sums: device tensors until it is written (no host sync)."""
+    sums: Sums = field(default_factory=dict)
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    evaluation: dict[str, float] = field(default_factory=dict)
+
+    def add(self, out: StepOutput, parts: list[Optimized]) -> None:
+        # Micro-batch by micro-batch, then the norms: the order fixes the float sums.
+        for sums in out.micro_sums:
+            for k, v in sums.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+        for part, norm in zip(parts, out.grad_norms, strict=True):
+            key = "grad_norm_sum" if len(parts) == 1 else f"grad_norm_{part.name}_sum"
+            self.sums[key] = self.sums.get(key, 0.0) + norm.detach()
+        self.steps += 1
+
+
+def build(cfg: RunConfig, d: distributed.Dist, accum: int) -> Run:
+    """The task and its model on the device (compiled, DDP-wrapped), one AdamW + schedule per
+    optimized part, and this rank's dropout stream."""
+    t = cfg.train
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    task = build_task(cfg, d)
+    model = task.model.to(d.device)
+    graphs_at_start = compiled_graphs() if t.compile else 0
+    if t.compile:
+        compile_blocks(model, cfg)
+    wrapped = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None) \
+        if d.enabled else model
+    parts = build_optimized(task.optimized(model), t)  # [(name, module, peak lr)]
+    torch.manual_seed(dropout_seed(t.seed, d.rank))
+    setup = StepSetup(wrapped, parts, accum, t.clip_grad_norm, t.precision, d.device, d.enabled)
+    # Task's default after_step (nothing) for a task class that does not derive from Task.
+    after_step = getattr(task, "after_step", functools.partial(Task.after_step, task))
+    return Run(cfg, d, task, model, setup, after_step, graphs_at_start)
+
+
+def resume(run: Run, path: str) -> int:
+    """Load the checkpoint at ``path`` (weights, optimizers, schedules, RNG) into ``run``;
+    -> the step it was saved at."""
+    cfg, d, task = run.cfg, run.d, run.task
+    state, meta, rng = checkpoint.load(path, d.rank)
+    for key in check_resume_config(meta["config"], cfg):
+        if d.is_main:
+            print(f"train: note: {key} differs from the checkpoint's config")
+    if meta["data_fingerprint"] != task.data_fingerprint:
+        # In full: fast-online's fingerprints share their corpus part and differ after it.
+        raise ResumeError(f"cannot resume from {path}: it was trained on data with "
+                            f"fingerprint {meta['data_fingerprint']}, this config reads data "
+                            f"with fingerprint {task.data_fingerprint} (a different shard "
+                            "set, corpus or data plan). Point the config at the data the "
+                            "checkpoint was trained on, or start a new train.out_dir")
+    run.model.load_state_dict(state["model"])
+    for part, o, sc in zip(run.setup.parts, state["optimizers"], state["schedulers"],
+                           strict=True):
+        part.optimizer.load_state_dict(o)
+        part.scheduler.load_state_dict(sc)
+    if rng is not None:
+        checkpoint.set_rng_state(rng)
+    if d.is_main:
+        print(f"train: resumed from {path} at step {meta['step']}", flush=True)
+    return meta["step"]
+
+
+def open_log(run: Run, start: int) -> MetricsLog | None:
+    """Rank 0: config.toml and the metrics log of train.out_dir; None on the other ranks."""
+    t = run.cfg.train
+    if not run.d.is_main:
+        return None
+    os.makedirs(t.out_dir, exist_ok=True)
+    with open(os.path.join(t.out_dir, "config.toml"), "w") as f:
+        f.write(to_toml(run.cfg))
+    return MetricsLog(t.out_dir, t.max_steps, start, tensorboard=t.tensorboard)
+
+
+def save_checkpoint(run: Run, step: int) -> None:
+    t, d, parts = run.cfg.train, run.d, run.setup.parts
+    state = {"model": run.model.state_dict(),
+             "optimizers": [p.optimizer.state_dict() for p in parts],
+             "schedulers": [p.scheduler.state_dict() for p in parts]}
+    meta = {"step": step, "samples_seen": step * t.global_batch_size, "mode": t.mode,
+            "world_size": d.world_size, "config": to_dict(run.cfg),
+            "data_fingerprint": run.task.data_fingerprint, "model_kind": run.task.model_kind}
+    checkpoint.save(t.out_dir, step, state, meta, d.rank, t.keep_checkpoints,
+                    lambda: distributed.barrier(d))
+
+
+def check_finite(run: Run, done: int, out: StepOutput) -> None:
+    """train_step's guard: stop before the update of step ``done`` when any rank's loss or
+    gradient norm is not finite. One host sync per optimizer step: the price of never
+    applying (or checkpointing) a non-finite update."""
+    finite = torch.isfinite(out.loss) and all(torch.isfinite(n) for n in out.grad_norms)
+    bad = torch.tensor([0.0 if finite else 1.0], dtype=torch.float64)
+    if distributed.all_reduce_sum(bad, run.d).item() > 0:
+        last = checkpoint.find_latest(run.cfg.train.out_dir)
+        raise TrainingError(
+            f"non-finite loss or gradient at step {done} (loss {out.loss.item()}, grad "
+            f"norm {out.grad_norms[0].item()}); stopped without updating. Last good "
+            f"checkpoint: {last or 'none'}. Lower train.lr, raise train.warmup_steps, or "
+            "check the data")
+
+
+def log_record(run: Run, interval: Interval, done: int) -> dict:
+    """The metrics.jsonl record of the interval ending at step ``done``: its sums over ranks
+    (the one host sync of the interval) turned into means and the task's metrics."""
+    t, d, task, parts = run.cfg.train, run.d, run.task, run.setup.parts
+    keys = sorted(interval.sums)
+    totals = distributed.all_reduce_sum(
+        torch.tensor([float(interval.sums[k]) for k in keys], dtype=torch.float64), d)
+    sums = dict(zip(keys, totals.tolist(), strict=True))
+    seconds = time.perf_counter() - interval.start
+    return {
+        "step": done,
+        "epoch": done * t.global_batch_size / task.samples_per_epoch,
+        "loss": sums["loss_sum"] / sums["micro_batches"],
+        "lr": parts[0].scheduler.get_last_lr()[0],
+        **{k.removesuffix("_sum"): v / d.world_size / interval.steps
+           for k, v in sums.items() if k.startswith("grad_norm")},
+        **{f"lr_{p.name}": p.scheduler.get_last_lr()[0] for p in parts[1:]},
+        "tokens_per_s": sums["tokens"] / seconds,
+        "seconds_per_step": seconds / interval.steps,
+        "peak_memory_gb": peak_memory_gb(d.device),
+        **({"compiled_graphs": compiled_graphs() - run.graphs_at_start} if t.compile else {}),
+        **task.train_metrics(sums), **interval.evaluation,
+    }
+
+
+def evaluate_eagerly(run: Run) -> dict:
+    # Eager: held-out batches keep their own lengths (and a short last batch), each of which
+    # would otherwise compile a graph for a rare pass.
+    t = run.cfg.train
+    with torch.compiler.set_stance("force_eager") if t.compile else contextlib.nullcontext():
+        return evaluate(run.task, run.setup.model, run.d, t.precision)
+
+
+def make_batch(run: Run, step: int, micro: int) -> dict[str, torch.Tensor]:
+    """Micro-batch ``micro`` of step ``step`` on the host (the prefetch thread builds it)."""
+    t = run.cfg.train
+    batch = run.task.micro_batch(step, micro, run.d)
+    if t.compile:  # a fixed set of lengths: one compiled graph each
+        batch = bucket_batch(batch, t.compile_pad_multiple, run.cfg.data.max_seq_len)
+    return batch
+
+
+def device_batches(run: Run, prefetch: Prefetcher) -> Iterator[dict[str, torch.Tensor]]:
+    """One step's micro-batches, each moved to the device as the step reaches it."""
+    for _ in range(run.setup.accum):
+        yield {k: v.to(run.d.device, non_blocking=True) for k, v in prefetch.get().items()}
+
+
+def due(done: int, every: int, max_steps: int) -> bool:
+    """Whether a thing done every ``every`` steps (0: never) and at the end is due."""
+    return every > 0 and (done % every == 0 or done == max_steps)
+
+
 def train(cfg: RunConfig, d: distributed.Dist) -> None:
     t = cfg.train
     accum = grad_accum_steps(cfg, d.world_size)
     resume_path = resolve_resume(cfg)
-
-    torch.manual_seed(t.seed)  # identical initial weights on every rank
-    task = build_task(cfg, d)
-    model = task.model.to(d.device)
-    raw_model = model
-    graphs_at_start = compiled_graphs() if t.compile else 0
-    if t.compile:
-        compile_blocks(model, cfg)
-    ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None) \
-        if d.enabled else model
-    optimized = task.optimized(raw_model)  # [(name, module, peak lr)], one AdamW each
-    opts = [build_optimizer(module, t, lr) for _, module, lr in optimized]
-    scheds = [build_scheduler(opt, t) for opt in opts]
-    # Dropout differs per rank (as it would across devices) but is reproducible.
-    torch.manual_seed(t.seed * 1_000_003 + d.rank + 1)
-
-    start = 0
-    if resume_path:
-        state, meta, rng = checkpoint.load(resume_path, d.rank)
-        for key in check_resume_config(meta["config"], cfg):
-            if d.is_main:
-                print(f"train: note: {key} differs from the checkpoint's config")
-        if meta["data_fingerprint"] != task.data_fingerprint:
-            # In full: fast-online's fingerprints share their corpus part and differ after it.
-            raise TrainingError(f"cannot resume from {resume_path}: it was trained on data with "
-                                f"fingerprint {meta['data_fingerprint']}, this config reads data "
-                                f"with fingerprint {task.data_fingerprint} (a different shard "
-                                "set, corpus or data plan). Point the config at the data the "
-                                "checkpoint was trained on, or start a new train.out_dir")
-        raw_model.load_state_dict(state["model"])
-        for opt, sched, o, sc in zip(opts, scheds, state["optimizers"], state["schedulers"],
-                                     strict=True):
-            opt.load_state_dict(o)
-            sched.load_state_dict(sc)
-        start = meta["step"]
-        if rng is not None:
-            checkpoint.set_rng_state(rng)
-        if d.is_main:
-            print(f"train: resumed from {resume_path} at step {start}", flush=True)
-
-    log = None
-    if d.is_main:
-        os.makedirs(t.out_dir, exist_ok=True)
-        with open(os.path.join(t.out_dir, "config.toml"), "w") as f:
-            f.write(to_toml(cfg))
-        log = MetricsLog(t.out_dir, t.max_steps, start, tensorboard=t.tensorboard)
-
-    def save(step: int) -> None:
-        state = {"model": raw_model.state_dict(),
-                 "optimizers": [opt.state_dict() for opt in opts],
-                 "schedulers": [sched.state_dict() for sched in scheds]}
-        meta = {"step": step, "samples_seen": step * t.global_batch_size, "mode": t.mode,
-                "world_size": d.world_size, "config": to_dict(cfg),
-                "data_fingerprint": task.data_fingerprint, "model_kind": task.model_kind}
-        checkpoint.save(t.out_dir, step, state, meta, d.rank, t.keep_checkpoints,
-                        lambda: distributed.barrier(d))
-
-    interval: dict[str, float] = {}
-    pending_eval: dict[str, float] = {}
-    interval_start, interval_steps = time.perf_counter(), 0
-    ddp.train()
-
-    def make(step: int, micro: int) -> dict[str, torch.Tensor]:
-        batch = task.micro_batch(step, micro, d)
-        if t.compile:  # a fixed set of lengths: one compiled graph each
-            batch = bucket_batch(batch, t.compile_pad_multiple, cfg.data.max_seq_len)
-        return batch
-
-    prefetch = Prefetcher(make, start, t.max_steps, accum, pin=d.device.type == "cuda")
+    run = build(cfg, d, accum)
+    start = resume(run, resume_path) if resume_path else 0
+    log = open_log(run, start)
+    interval = Interval()
+    run.setup.model.train()
+    prefetch = Prefetcher(functools.partial(make_batch, run), start, t.max_steps, accum,
+                          pin=d.device.type == "cuda")
     try:
         for step in range(start, t.max_steps):
-            # Only a task with an after_step hook (early-exit) needs the step's own sums.
-            step_sums: dict[str, torch.Tensor | float] | None = \
-                {} if hasattr(task, "after_step") else None
-            for micro in range(accum):
-                batch = {k: v.to(d.device, non_blocking=True) for k, v in prefetch.get().items()}
-                sync = micro == accum - 1 or not d.enabled
-                with (contextlib.nullcontext() if sync else ddp.no_sync()), \
-                        autocast_context(d.device, t.precision):
-                    loss, sums = task.loss(ddp, batch)
-                (loss / accum).backward()
-                # Tensors stay on the device until the log step: no host sync per micro-batch.
-                sums["loss_sum"] = loss.detach().float()
-                sums["micro_batches"] = 1.0
-                for k, v in sums.items():
-                    interval[k] = interval.get(k, 0.0) + v
-                    if step_sums is not None:
-                        step_sums[k] = step_sums.get(k, 0.0) + v
-            # Each optimizer clips its own model's gradient (DecoupledOptim clips G and D apart).
-            norms = [torch.nn.utils.clip_grad_norm_(module.parameters(), t.clip_grad_norm)
-                     for _, module, _ in optimized]
-            grad_norm = norms[0]
-            finite = torch.isfinite(loss) and all(torch.isfinite(n) for n in norms)
-            bad = torch.tensor([0.0 if finite else 1.0], dtype=torch.float64)
-            if distributed.all_reduce_sum(bad, d).item() > 0:
-                last = checkpoint.find_latest(t.out_dir)
-                raise TrainingError(
-                    f"non-finite loss or gradient at step {step + 1} (loss {loss.item()}, grad "
-                    f"norm {grad_norm.item()}); stopped without updating. Last good checkpoint: "
-                    f"{last or 'none'}. Lower train.lr, raise train.warmup_steps, or check the "
-                    "data")
-            for opt, sched in zip(opts, scheds, strict=True):
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-            for (name, _, _), norm in zip(optimized, norms, strict=True):
-                key = "grad_norm_sum" if len(norms) == 1 else f"grad_norm_{name}_sum"
-                interval[key] = interval.get(key, 0.0) + norm.detach()
-            interval_steps += 1
             done = step + 1
-            if step_sums is not None:  # e.g. early-exit's update of its exit probabilities
-                task.after_step(done, step_sums, d)
-
-            if t.eval_every and (done % t.eval_every == 0 or done == t.max_steps):
-                # Eager: held-out batches keep their own lengths (and a short last batch),
-                # each of which would otherwise compile a graph for a rare pass.
-                with (torch.compiler.set_stance("force_eager") if t.compile
-                      else contextlib.nullcontext()):
-                    pending_eval = evaluate(task, ddp, d, t.precision)
-            if done % t.log_every == 0 or done == t.max_steps:
-                keys = sorted(interval)
-                totals = distributed.all_reduce_sum(
-                    torch.tensor([float(interval[k]) for k in keys], dtype=torch.float64), d)
-                sums = dict(zip(keys, totals.tolist(), strict=True))
-                seconds = time.perf_counter() - interval_start
-                record = {
-                    "step": done,
-                    "epoch": done * t.global_batch_size / task.samples_per_epoch,
-                    "loss": sums["loss_sum"] / sums["micro_batches"],
-                    "lr": scheds[0].get_last_lr()[0],
-                    **{k.removesuffix("_sum"): v / d.world_size / interval_steps
-                       for k, v in sums.items() if k.startswith("grad_norm")},
-                    **{f"lr_{name}": sched.get_last_lr()[0]
-                       for (name, _, _), sched in list(zip(optimized, scheds))[1:]},
-                    "tokens_per_s": sums["tokens"] / seconds,
-                    "seconds_per_step": seconds / interval_steps,
-                    "peak_memory_gb": peak_memory_gb(d.device),
-                    **({"compiled_graphs": compiled_graphs() - graphs_at_start}
-                       if t.compile else {}),
-                    **task.train_metrics(sums), **pending_eval,
-                }
+            out = train_step(run.setup, run.task.loss, device_batches(run, prefetch),
+                             guard=functools.partial(check_finite, run, done))
+            interval.add(out, run.setup.parts)
+            run.after_step(done, out.sums(), d)
+            if due(done, t.eval_every, t.max_steps):
+                interval.evaluation = evaluate_eagerly(run)
+            if due(done, t.log_every, t.max_steps):
+                record = log_record(run, interval, done)
                 if log is not None:
                     log.write(record)
-                interval, pending_eval = {}, {}
-                interval_start, interval_steps = time.perf_counter(), 0
-            if done % t.checkpoint_every == 0 or done == t.max_steps:
-                save(done)
-
+                interval = Interval()
+            if due(done, t.checkpoint_every, t.max_steps):
+                save_checkpoint(run, done)
     finally:
         prefetch.close()
         if log is not None:
             log.close()
+
 
 def check_data_before_group(cfg: RunConfig, rank: int, world: int):
     """The rtd mode's shard check (every footer; sha256s with train.verify_checksums), done

@@ -47,6 +47,7 @@ EXPECTED = {
 CUDA_ONLY = {"sdpa_kernels", "flex_vs_sdpa", "head_precision"}
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_reports_every_item(tmp_path):
     """The CLI as the GPU script calls it, on a CPU with tiny shapes. Catches: an item that
     errors (status error, with its traceback in the JSON), one left out of the JSON or the
@@ -120,6 +121,7 @@ def test_near_tie_measure_has_power():
     assert far["max_distance_to_cdf_edge"] > 10 * NEAR_TIE
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
 def test_cuda_requested_without_a_gpu_is_refused(tmp_path):
     """Without CUDA the GPU run stops at once with exit 2 and says why, instead of 8 items of

@@ -316,6 +316,7 @@ def bare_python(tmp_path_factory) -> str:
     return str(venv / "bin" / "python")
 
 
+@pytest.mark.slow
 def test_gpu_check_sh_needs_a_wheelhouse(tmp_path, bare_python):
     r = _run_gpu_check_sh(tmp_path, bare_python)
     assert r.returncode == 2, r.stdout + r.stderr
@@ -326,6 +327,7 @@ def test_gpu_check_sh_needs_a_wheelhouse(tmp_path, bare_python):
     assert "make gpu-wheels" not in r.stderr and "torch" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_gpu_check_sh_installs_the_wheelhouse(tmp_path, bare_python):
     wheels = tmp_path / "wheels"
     wheels.mkdir()

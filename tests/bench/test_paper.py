@@ -25,6 +25,9 @@ import pytest
 
 from tests.helpers import REPO
 
+# slow: the paper bench end to end in its own process.
+pytestmark = pytest.mark.slow
+
 
 def bench(out, corpus) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)

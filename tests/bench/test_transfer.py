@@ -23,6 +23,9 @@ import pytest
 from tests.helpers import MODEL_SMALL, REPO, need_file
 from trainer.tools.finetune.real_tasks import FORTUNES_DIR
 
+# slow: the transfer bench end to end in its own process.
+pytestmark = pytest.mark.slow
+
 
 def bench(out, corpus, aux) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)

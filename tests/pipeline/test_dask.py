@@ -27,7 +27,8 @@ from tests.helpers import (  # noqa: E402
     prepare_argv,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: real dask.distributed clusters of 2 worker processes, one with a worker killed.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 # Files that must match byte for byte (the manifests hold the absolute output folder).
 CORPUS_FILES = ["part-*.parquet", "tokenizer.model", "unigram_counts.npy"]
@@ -128,3 +129,21 @@ def test_generate_survives_a_killed_worker(prepared, cluster, tmp_path):
     thread.join(timeout=120)
     assert not thread.is_alive() and not errors, errors
     assert digests(tmp_path / "dask", ["**/part-*.parquet"]) == local
+
+
+def test_generate_epoch_ranges_on_cluster(prepared, cluster, tmp_path):
+    """Epoch 0 on the local runner, epochs 1..2 on Dask (one job per epoch, each sealing its
+    epoch): the set the local runner writes at once, plan and manifest included."""
+    corpus_dir, _, _ = prepared
+    sets = ["corruption.replacement=uniform", "generate.epochs=3", "generate.device=cpu"]
+    whole = generate(gen_argv(corpus_dir, tmp_path / "local", *sets, beam=IN_MEMORY))
+    first = generate([*gen_argv(corpus_dir, tmp_path / "dask", *sets, beam=IN_MEMORY),
+                      "--epochs", "0:1"])
+    assert first["complete"] is False
+    got = generate([*gen_argv(corpus_dir, tmp_path / "dask", *sets,
+                              beam=["--runner", "DaskRunner",
+                                    "--dask_client_address", cluster.scheduler_address]),
+                    "--epochs", "1:3"])
+    assert got == whole
+    patterns = ["**/part-*.parquet", "**/_SEALED.json", "plan.json"]
+    assert digests(tmp_path / "dask", patterns) == digests(tmp_path / "local", patterns)

@@ -45,6 +45,7 @@ def discriminators(tmp_path_factory) -> list[str]:
     return [disc, joint]
 
 
+@pytest.mark.slow
 def test_fair_eval_scores_every_discriminator_on_one_t1_set(prepared, aux_checkpoint,
                                                             discriminators, tmp_path, capsys):
     corpus_dir, _, _ = prepared

@@ -99,6 +99,7 @@ def test_samples_equal_corrupt_batch_one_at_a_time(prepared, aux_rtd, aux_checkp
             assert float(out.temperature[0]) == r.temperature
 
 
+@pytest.mark.slow
 def test_a_joint_checkpoints_generator_is_the_aux(prepared, tmp_path):
     """The generator of an electra run ("from a previous training round") drives generate."""
     corpus_dir, _, _ = prepared
@@ -115,6 +116,7 @@ def test_a_joint_checkpoints_generator_is_the_aux(prepared, tmp_path):
     assert 0 < sum(int(x.labels.sum()) for x in RTDShards(str(tmp_path / "rtd")).rows(epoch=0))
 
 
+@pytest.mark.slow
 def test_multiprocess_run_writes_identical_bytes(prepared, aux_rtd, aux_checkpoint, tmp_path):
     """2 worker processes sharing 2 model copies (RunInference model_copies: the calls go
     through Beam's cross-process proxy) write the bytes of 1 in-process worker."""
@@ -131,6 +133,7 @@ def test_multiprocess_run_writes_identical_bytes(prepared, aux_rtd, aux_checkpoi
         assert len(data) == f["bytes"] and hashlib.sha256(data).hexdigest() == f["sha256"]
 
 
+@pytest.mark.slow
 def test_part_size_does_not_change_the_rows(prepared, aux_rtd, aux_checkpoint, tmp_path):
     """Other parts (so other batch boundaries, other files): the same rows, decoded."""
     corpus_dir, _, _ = prepared
@@ -149,6 +152,7 @@ def test_part_size_does_not_change_the_rows(prepared, aux_rtd, aux_checkpoint, t
             assert np.array_equal(x.labels[i], y.labels[i])
 
 
+@pytest.mark.slow
 def test_rows_equal_corrupt_batch_on_fixed_batches(prepared, aux_checkpoint, tmp_path):
     """With the dropout augmentation (one rate and one mask stream per batch) every row equals
     a direct corrupt_batch call on its batch: batch_rows consecutive positions from the start
@@ -244,6 +248,7 @@ def test_replaced_fraction_falls_with_temperature(prepared, tmp_path):
     assert frac(early) > 1.2 * frac(late)
 
 
+@pytest.mark.slow
 def test_model_free_fixed_and_epoch_granularity(prepared, tmp_path):
     corpus_dir, _, _ = prepared
     m = run(gen_argv(corpus_dir, tmp_path / "rtd", "corruption.replacement=uniform",

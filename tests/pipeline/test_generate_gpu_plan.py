@@ -99,6 +99,7 @@ def _shas(manifest) -> dict[str, str]:
     return {f["name"]: f["sha256"] for f in manifest["files"]}
 
 
+@pytest.mark.slow
 def test_fp32_head_writes_the_same_cpu_bytes(prepared, aux_checkpoint, aux_rtd, tmp_path,
                                              monkeypatch):
     """generate.head_precision = fp32, set explicitly, through the corruption handler:

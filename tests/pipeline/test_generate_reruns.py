@@ -28,6 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # Re-runs and errors
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_rerun_is_noop_different_refused_overwrite_cleans(prepared, tmp_path, capsys):
     corpus_dir, _, _ = prepared
     rtd_dir = tmp_path / "rtd"
@@ -48,14 +49,22 @@ def test_rerun_is_noop_different_refused_overwrite_cleans(prepared, tmp_path, ca
     (rtd_dir / "epoch=0000" / ".tmp-part-00000.parquet-x").write_bytes(b"partial")
     (rtd_dir / "epoch=0009").mkdir()
     (rtd_dir / "epoch=0009" / "part-00000.parquet").write_bytes(b"stale")
-    m = run(gen_argv(corpus_dir, rtd_dir, "corruption.replacement=uniform", "generate.epochs=1"))
+    # Its plan.json and seals remain: a set in progress, which another plan (here another
+    # generate.epochs) may replace only with --overwrite.
+    one = gen_argv(corpus_dir, rtd_dir, "corruption.replacement=uniform", "generate.epochs=1")
+    assert main(one) == 2
+    err = capsys.readouterr().err
+    assert "plan.json" in err and "epochs" in err and "--overwrite" in err
+    m = run([*one, "--overwrite"])
     left = sorted(os.path.relpath(os.path.join(d, f), rtd_dir)
                   for d, _, fs in os.walk(rtd_dir) for f in fs)
-    assert left == sorted(["manifest.json", "config.toml", *(f["name"] for f in m["files"])])
+    assert left == sorted(["manifest.json", "plan.json", "config.toml", "epoch=0000/_SEALED.json",
+                           *(f["name"] for f in m["files"])])
     with open(rtd_dir / "manifest.json") as f:
         assert json.load(f)["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_rerun_writes_identical_bytes(prepared, tmp_path):
     corpus_dir, _, _ = prepared
     argv = gen_argv(corpus_dir, tmp_path / "rtd", "corruption.replacement=uniform",
@@ -159,6 +168,7 @@ def test_inspect_prints_summary(aux_rtd, prepared, capsys):
     assert "corpus shard set" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_manifest_and_rerun_completes(prepared, aux_checkpoint, tmp_path):
     """kill -9 in the middle of the Beam job: the folder reads as incomplete; the next run
     removes the leftovers and writes a complete set."""
@@ -169,11 +179,16 @@ def test_killed_run_leaves_no_manifest_and_rerun_completes(prepared, aux_checkpo
     # Killed once the Beam job has written a part or a temporary: the leftovers must exist
     # (fails if the kill landed before anything was written, or after the run finished) and
     # the re-run must clear the ones it does not rewrite.
-    kill_9_when("pipeline.generate", argv, lambda: shard_files(rtd_dir) != [])
+    # (in an epoch folder: the root's temporaries of config.toml and plan.json come first).
+    kill_9_when("pipeline.generate", argv,
+                lambda: any(f.startswith("epoch=") for f in shard_files(rtd_dir)))
     leftovers = shard_files(rtd_dir)
     assert leftovers and not (rtd_dir / "manifest.json").exists()
-    with pytest.raises(ShardError, match="incomplete"):
-        RTDShards(str(rtd_dir))
+    partial = RTDShards(str(rtd_dir))  # a set in progress: its plan, no manifest
+    assert not partial.complete and partial.sealed_epochs() != [0, 1, 2]
+    missing = next(e for e in range(3) if e not in partial.sealed_epochs())
+    with pytest.raises(ShardError, match=f"epoch {missing} of .* is not sealed"):
+        partial.read_range(missing, 0, 1)
     manifest = run(gen_argv(corpus_dir, rtd_dir, *sets))
     rtd = RTDShards(str(rtd_dir))
     rtd.verify(checksums=True)

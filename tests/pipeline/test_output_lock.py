@@ -40,6 +40,11 @@ def part_written(rtd_dir):
     return lambda: any(rtd_dir.glob("epoch=*/part-*.parquet"))
 
 
+def locks_in(rtd_dir) -> list:
+    """Output locks left in a shard-set folder (generate holds one per epoch it writes)."""
+    return [*rtd_dir.glob(LOCK_FILE), *rtd_dir.glob(f"epoch=*/{LOCK_FILE}")]
+
+
 def start(argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.generate", *argv], cwd=REPO,
                             env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"),
@@ -61,6 +66,7 @@ def solo(prepared, tmp_path_factory):
     return rtd_dir, {f["name"]: f["sha256"] for f in RTDShards(str(rtd_dir)).files}
 
 
+@pytest.mark.slow
 def test_a_second_generate_into_a_live_runs_folder_is_refused_and_deletes_nothing(
         prepared, solo, tmp_path, capsys):
     """A second generate (another seed, --overwrite: the most destructive case) started into
@@ -91,7 +97,7 @@ def test_a_second_generate_into_a_live_runs_folder_is_refused_and_deletes_nothin
     finally:
         os.killpg(first.pid, signal.SIGCONT)
     assert second.returncode == 2, second.stderr[-2000:]
-    holder = json.loads(before[LOCK_FILE])
+    holder = json.loads(before[f"epoch=0000/{LOCK_FILE}"])  # a lock per epoch it writes
     assert holder["pid"] == first.pid
     err = second.stderr
     assert "Traceback" not in err and err.startswith("error: ")
@@ -104,13 +110,14 @@ def test_a_second_generate_into_a_live_runs_folder_is_refused_and_deletes_nothin
     rtd = RTDShards(str(rtd_dir))
     rtd.verify(checksums=True)
     assert {f["name"]: f["sha256"] for f in rtd.files} == solo[1]
-    assert not (rtd_dir / LOCK_FILE).exists()  # released at the end of the run
+    assert not locks_in(rtd_dir)  # released at the end of the run
 
     assert generate_main(second_argv) == 0  # control: the same command, no live run
     assert RTDShards(str(rtd_dir)).manifest["seed"] == 1
     assert "stale lock" not in capsys.readouterr().out  # a released lock is not "taken over"
 
 
+@pytest.mark.slow
 def test_a_killed_runs_lock_is_taken_over(prepared, solo, tmp_path, capsys):
     """kill -9 leaves the lock file of a dead process; the next run says it takes it over,
     removes the leftovers and writes the set the solo run writes. Catches: a stale lock that
@@ -120,7 +127,7 @@ def test_a_killed_runs_lock_is_taken_over(prepared, solo, tmp_path, capsys):
     rtd_dir = tmp_path / "rtd"
     argv = gen_argv(corpus_dir, rtd_dir, *UNIFORM)
     kill_9_when("pipeline.generate", argv, part_written(rtd_dir))
-    holder = json.loads((rtd_dir / LOCK_FILE).read_text())
+    holder = json.loads((rtd_dir / "epoch=0000" / LOCK_FILE).read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(holder["pid"], 0)  # its holder is dead
     assert not (rtd_dir / "manifest.json").exists() and any(rtd_dir.glob("epoch=*/*"))
@@ -128,12 +135,12 @@ def test_a_killed_runs_lock_is_taken_over(prepared, solo, tmp_path, capsys):
     capsys.readouterr()
     assert generate_main(argv) == 0
     out = capsys.readouterr().out
-    assert f"taking over the stale lock {rtd_dir / LOCK_FILE}" in out
+    assert f"taking over the stale lock {rtd_dir / 'epoch=0000' / LOCK_FILE}" in out
     assert f"pid {holder['pid']} on host {holder['host']}" in out
     rtd = RTDShards(str(rtd_dir))
     rtd.verify(checksums=True)
     assert {f["name"]: f["sha256"] for f in rtd.files} == solo[1]
-    assert not (rtd_dir / LOCK_FILE).exists()
+    assert not locks_in(rtd_dir)
 
 
 def test_prepare_is_refused_while_the_folder_is_locked_and_locks_are_released(
@@ -154,7 +161,7 @@ def test_prepare_is_refused_while_the_folder_is_locked_and_locks_are_released(
     rtd_dir = solo[0]
     assert generate_main(gen_argv(prepared[0], rtd_dir, *UNIFORM, "generate.seed=5")) == 2
     assert "different rtd shard set" in capsys.readouterr().err
-    assert not (rtd_dir / LOCK_FILE).exists()
+    assert not locks_in(rtd_dir)
 
     @holds_output_locks
     def crashing_job():
@@ -230,6 +237,7 @@ def test_corpus_reader_tells_a_rewrite_of_the_same_set_from_a_replacement(prepar
         next(iter(corpus.rows()))
 
 
+@pytest.mark.slow
 def test_a_training_run_stops_when_its_set_is_overwritten(prepared, solo, tmp_path):
     """The real consumer: `trainer.train` in rtd mode on a set that generate --overwrite
     replaces (another seed) mid-run exits 2 with the replaced-set error, no traceback, before

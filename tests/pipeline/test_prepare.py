@@ -63,6 +63,7 @@ def test_corpus_contract(prepared):
     assert (corpus_dir / "config.toml").is_file()
 
 
+@pytest.mark.slow
 def test_deterministic_across_worker_processes(prepared, corpus_inputs, tmp_path):
     """Two worker processes (the default multi-process runner) write the same bytes as the
     one in-process worker."""
@@ -98,6 +99,7 @@ def test_rerun_is_noop_and_different_corpus_is_refused(prepared, corpus_inputs, 
     assert CorpusShards(str(corpus_dir)).manifest == manifest  # untouched
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_and_leaves_no_stale_parts(corpus_inputs, tmp_path):
     inputs_dir, _ = corpus_inputs
     corpus_dir = tmp_path / "corpus"
@@ -112,6 +114,7 @@ def test_overwrite_replaces_and_leaves_no_stale_parts(corpus_inputs, tmp_path):
     CorpusShards(str(corpus_dir)).verify(checksums=True)
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_manifest_and_rerun_recovers(prose, tmp_path):
     """kill -9 in the middle: the folder reads as incomplete; the next run cleans up."""
     inputs = tmp_path / "inputs"
@@ -209,6 +212,7 @@ def test_unreadable_parquet_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "x.parquet is not a readable Parquet file" in err
 
 
+@pytest.mark.slow
 def test_a_mostly_undecodable_input_is_refused_by_name(corpus_inputs, tmp_path, capsys):
     """A binary file among text inputs (zlib data: ~all invalid UTF-8) is refused with its
     name, exit 2 and no manifest; data.max_undecodable_fraction lets it through."""

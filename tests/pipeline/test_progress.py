@@ -104,6 +104,7 @@ def test_generate_prints_progress(prepared, tmp_path, capsys):
     assert {m["total"] for m in lines} == {f"{len(manifest['files']):,}"}  # exact, known
 
 
+@pytest.mark.slow
 def test_generate_progress_on_dask(prepared, tmp_path, capsys):
     pytest.importorskip("distributed")
     corpus_dir, corpus, _ = prepared

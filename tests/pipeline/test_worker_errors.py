@@ -10,8 +10,12 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.helpers import GENERATE_RUN, REPO, TINY
+
+# slow: Beam's multi-process runner: real worker processes.
+pytestmark = pytest.mark.slow
 
 
 def test_a_worker_side_user_error_exits_2_with_its_message_and_no_traceback(prepared,

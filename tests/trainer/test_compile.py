@@ -15,6 +15,9 @@ from trainer.distributed import Dist
 from trainer.modes.registry import build_task
 from trainer.train import grad_accum_steps, train
 
+# slow: torch.compile in the real loop (its first graphs take seconds), and two torchrun ranks.
+pytestmark = pytest.mark.slow
+
 CPU = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 MULTIPLE, MAX_LEN = 32, 64  # SMALL's data.max_seq_len: two buckets, lengths 32 and 64
 # 10 steps of 2 micro-batches of 2 sequences: short batches, so their longest sequences vary

@@ -35,6 +35,7 @@ def _delay(rtd_dir) -> tuple[int, float]:
     return len(files), WHOLE_SET_S / len(files)
 
 
+@pytest.mark.slow
 def test_slow_shard_check_does_not_time_out_the_ranks(prepared, rtd_dir, tmp_path):
     """Each rank checks half the files (~5 s) before init_process_group, so they meet within
     the 5 s timeout, and the run trains to the end on 2 ranks."""
@@ -51,6 +52,7 @@ def test_slow_shard_check_does_not_time_out_the_ranks(prepared, rtd_dir, tmp_pat
     assert [r["step"] for r in metrics(out)][-1] == 4
 
 
+@pytest.mark.slow
 def test_old_order_times_out(rtd_dir):
     """Negative control: the same slowed check on rank 0 alone after the group started (the
     order the trainer had) leaves rank 1 in a collective past the 5 s timeout: the launch

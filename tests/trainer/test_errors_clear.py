@@ -92,6 +92,7 @@ def test_damaged_rtd_file_is_a_shard_error_at_read(rtd_copy, damage):
         rtd.read_range_table(0, lo, lo + 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["trainer.train", "pipeline.inspect"])
 def test_commands_exit_2_with_the_message_and_no_traceback(corpus_copy, tmp_path, module):
     copy, name = corpus_copy

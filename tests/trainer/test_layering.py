@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import trainer
 from tests.helpers import REPO
 
@@ -157,6 +159,7 @@ def test_trainer_never_imports_pipeline_or_beam_in_its_source():
     assert bad == []
 
 
+@pytest.mark.slow
 def test_trainer_never_imports_beam():
     modules = [m.name for m in pkgutil.walk_packages(trainer.__path__, "trainer.")]
     assert "trainer.model.encoder" in modules  # the subpackages' modules are walked too
@@ -228,6 +231,9 @@ LIMIT_ALLOWLIST = {
         "the job's output description (kind, patterns, job, what, summary) passed loose; to be "
         "one object shared with run_job",
     "pipeline.job.run_job": "the job's output description passed loose, as in already_done",
+    "pipeline.epoch_seal.plan_header":
+        "plan.json's fields come from seven sources (config, corpus, aux, layout, fingerprints, "
+        "dtype) passed loose, not yet one job context",
     "trainer.checkpoint.save":
         "a collective: rank, keep and barrier are the distributed context, to come as one",
     "trainer.corruption.corrupt._aux_hidden":
@@ -264,9 +270,6 @@ LIMIT_ALLOWLIST = {
     ".forward": "Hugging Face's forward signature, which AutoModel callers pass by name",
     "trainer.tools.hf.remote.modeling_fast_electra.FastElectraForTokenClassification"
     ".forward": "Hugging Face's forward signature, which AutoModel callers pass by name",
-    "trainer.train.train":
-        "the whole training loop (setup, micro-steps, eval, checkpoints) in one function, to "
-        "be split",
 }
 
 
@@ -323,7 +326,7 @@ def allowlist_problems(found: dict[str, str], allowlist: dict[str, str]
 
 def test_functions_keep_to_the_size_limits():
     sizes = repo_sizes()
-    assert "trainer.train.train" in sizes and "pipeline.job.run_job" in sizes  # the walk sees both
+    assert "trainer.train.main" in sizes and "pipeline.prepare.main" in sizes  # both packages
     new, fixed = allowlist_problems(limit_violations(sizes), LIMIT_ALLOWLIST)
     assert new == {}, (f"over {MAX_LINES} lines or {MAX_PARAMS} parameters: split the function "
                        "or group its inputs")

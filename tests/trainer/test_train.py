@@ -22,6 +22,7 @@ from trainer.errors import UserError
 from trainer.train import check_resume_config, grad_accum_steps, resolve_resume
 
 
+@pytest.mark.slow
 def test_mlm_starts_at_the_unigram_baseline(prepared, tmp_path):
     """The MLM bias starts at the corpus unigram: step 1 is already far below the uniform guess
     log(600) = 6.40 (a zero bias starts there), and 12 steps stay near that baseline. (1 process
@@ -39,6 +40,7 @@ def test_mlm_starts_at_the_unigram_baseline(prepared, tmp_path):
     assert checkpoint.list_steps(str(tmp_path / "one")) == [12]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_identical_losses(prepared, tmp_path):
     corpus_dir, _, _ = prepared
     common = ["train.max_steps=300", "train.checkpoint_every=20", "train.keep_checkpoints=2",
@@ -64,6 +66,7 @@ def test_kill_9_then_resume_gives_identical_losses(prepared, tmp_path):
     assert checkpoint.list_steps(str(out)) == [280, 300]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_cleanly_and_keeps_last_checkpoint(prepared, tmp_path):
     corpus_dir, _, _ = prepared
     out = tmp_path / "nan"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 import tomllib
 import typing
 from pathlib import Path
@@ -66,14 +67,18 @@ def parse_override(text: str):
     return section, key, value
 
 
-def build_config(raw: dict, source: str = "<dict>") -> RunConfig:
-    """Build a validated RunConfig from nested ``{section: {key: value}}``."""
-    unknown = sorted(set(raw) - set(SECTIONS))
+def build_sections(raw: dict, sections: dict[str, type], source: str,
+                   free: tuple[str, ...] = ()) -> dict:
+    """``{section: dataclass instance}`` from nested ``{section: {key: value}}``, each value
+    coerced to its field's type; a missing section is all defaults. An unknown section (other
+    than the ``free`` ones, which the caller reads itself) or key is a ConfigError naming it
+    and the valid ones."""
+    unknown = sorted(set(raw) - {*sections, *free})
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {unknown}; valid sections: "
-                          f"{sorted(SECTIONS)}")
-    sections = {}
-    for name, cls in SECTIONS.items():
+                          f"{sorted({*sections, *free})}")
+    built = {}
+    for name, cls in sections.items():
         values = raw.get(name, {})
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{name}] must be a table, got {values!r}")
@@ -82,9 +87,13 @@ def build_config(raw: dict, source: str = "<dict>") -> RunConfig:
         if bad:
             raise ConfigError(f"{source}: unknown key(s) {[f'{name}.{k}' for k in bad]}; valid "
                               f"keys of [{name}]: {', '.join(sorted(hints))}")
-        kwargs = {k: coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()}
-        sections[name] = cls(**kwargs)
-    return RunConfig(**sections)
+        built[name] = cls(**{k: coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()})
+    return built
+
+
+def build_config(raw: dict, source: str = "<dict>") -> RunConfig:
+    """Build a validated RunConfig from nested ``{section: {key: value}}``."""
+    return RunConfig(**build_sections(raw, SECTIONS, source))
 
 
 def read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -131,6 +140,15 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...],
     return raw
 
 
+def grid_product(axes: list[tuple[str, list]]) -> list[list[tuple[str, object]]]:
+    """Every combination of the axes' values, as ``(key, value)`` pairs in axis order; the
+    last axis varies fastest (itertools.product), so points run in the order they are listed.
+    The grid of both trainer.sweep and trainer.finetune --grid."""
+    keys = [k for k, _ in axes]
+    return [list(zip(keys, combo, strict=True))
+            for combo in itertools.product(*(values for _, values in axes))]
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Load a TOML run config (following ``extends``) and apply ``section.key=value``
     overrides, strictly."""
@@ -166,14 +184,17 @@ def to_toml(cfg) -> str:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string literal under each field) of a config dataclass."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
+    """Attribute docstrings (the string literal under each field) of a config dataclass,
+    inherited fields included (a subclass's own docstring for a field wins)."""
     docs = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(inspect.getsource(klass)).body[0].body
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
     return docs
 
 

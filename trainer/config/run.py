@@ -145,6 +145,14 @@ class TrainConfig:
     blocks see at most ceil(data.max_seq_len / this) sequence lengths, one graph each;
     0 = pad to the longest sequence (one graph per distinct length). Unused without
     train.compile, where batches are padded to their longest sequence."""
+    wait_for_epochs_s: float = 120.0
+    """In ``rtd`` mode, on a shard set still being generated (pipeline.generate writes it
+    epoch by epoch; docs/training.md): before every epoch it needs (and the held-out one),
+    each rank waits for the epoch's seal, saying what it waits for every 30 s. While a live
+    generate run holds the epoch it waits however long that takes; when none does (a crashed
+    run being re-run, a gap between two range jobs) it waits this many seconds, then stops
+    (exit 2) naming the epoch and the command that generates it. 0 = never wait: an unsealed
+    epoch stops the run at once. A complete set never waits."""
     verify_checksums: bool = False
     """Before training, read every file of the data set once to check its sha256 against the
     manifest (rank 0; ``--verify-checksums``). Without it only presence and row counts are
@@ -162,6 +170,9 @@ class TrainConfig:
         check(self.eval_every >= 0, "train.eval_every", "must be >= 0")
         check(0.0 <= self.holdout_fraction < 1.0, "train.holdout_fraction", "must be in [0, 1)")
         check(self.eval_sequences >= 1, "train.eval_sequences", "must be >= 1")
+        check(self.wait_for_epochs_s >= 0 and math.isfinite(self.wait_for_epochs_s),
+              "train.wait_for_epochs_s", f"must be a number of seconds >= 0 (0 = never wait), "
+              f"got {self.wait_for_epochs_s}")
         check(self.dist_timeout_s > 0 and math.isfinite(self.dist_timeout_s),
               "train.dist_timeout_s", f"must be a number of seconds > 0, got "
               f"{self.dist_timeout_s} (e.g. 1800)")

@@ -7,7 +7,7 @@ in trainer.config.load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from trainer.errors import UserError
@@ -120,9 +120,12 @@ class TokenizerConfig:
                "must be in [0.9, 1.0]")
 
 
-@dataclass
-class ModelConfig:
-    """The discriminator (main model) of paper Table 2."""
+@dataclass(frozen=True)
+class EncoderShape:
+    """What fixes an encoder's shape and regularisation, declared once: [model] is exactly
+    these keys, [aux] overrides the sizes among them, and the model's EncoderConfig
+    (trainer.model.encoder_config) adds the vocabulary and sequence length. Frozen because
+    EncoderConfig is, and a dataclass inherits from one of the same kind."""
 
     num_layers: int = 12
     """Transformer blocks."""
@@ -161,6 +164,16 @@ class ModelConfig:
     """Epsilon of every LayerNorm (PyTorch's default; BERT / ELECTRA checkpoints use 1e-12,
     which ``python -m trainer.hf import`` sets so that an imported model is exact)."""
 
+
+def shape_fields() -> tuple[str, ...]:
+    """The names of EncoderShape's fields, in declaration order."""
+    return tuple(f.name for f in fields(EncoderShape))
+
+
+@dataclass(frozen=True)
+class ModelConfig(EncoderShape):
+    """The discriminator (main model) of paper Table 2."""
+
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "num_heads", "ffn_size",
                      "rel_num_buckets", "rel_max_distance"):
@@ -182,7 +195,8 @@ class ModelConfig:
 
 @dataclass
 class AuxConfig:
-    """The auxiliary MLM (generator): same width as the main model, fewer layers (Table 2)."""
+    """The auxiliary MLM (generator): same width as the main model, fewer layers (Table 2).
+    Each key is the EncoderShape field of the same name; 0 takes [model]'s."""
 
     num_layers: int = 4
     """Transformer blocks of the auxiliary model (paper: 4 base, 6 large)."""

@@ -4,8 +4,9 @@
 The training order is a pure function of (seed, step): sample g of the run is sequence
 ``order_e[g % N]`` of epoch ``e = g // N``, where ``order_e`` is a seeded permutation of the
 training sequences; the global batch of step s is samples [s*G, (s+1)*G). Rank r of W takes
-micro-batch m as the slice [(m*W + r)*B, (m*W + r + 1)*B) of it. So any world size trains on
-the same samples per step, and a resume at step s needs no replay.
+micro-batch m as the slice [(m*W + r)*B, (m*W + r + 1)*B) of it
+(trainer.data.order.micro_batch_start). So any world size trains on the same samples per step,
+and a resume at step s needs no replay.
 
 The token ids come through a memory map of a flat token file (uint16 when the vocabulary
 fits, else int32) that the first process on a machine builds from the corpus shards into
@@ -23,18 +24,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import secrets
 
 import numpy as np
 import torch
 
+from trainer.atomic import open_atomic, write_text_atomic
 from trainer.config.sections import DataConfig
 from trainer.data.corpus_shards import CorpusShards
 from trainer.data.manifest import ShardError, manifest_fingerprint
+from trainer.data.order import micro_batch_start
 from trainer.data.rtd_format import token_dtype
+from trainer.digest import sha256_file
 from trainer.tokenizer import PAD_ID
 
 # The held-out documents must not move when train.seed changes, so that runs of a sweep are
@@ -64,11 +66,6 @@ def _exclusive(folder: str):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class CorpusTokens:
@@ -132,7 +129,7 @@ class CorpusTokens:
             if os.path.getsize(path) != want["bytes"]:
                 return (f"{name} has {os.path.getsize(path)} bytes, not {want['bytes']} "
                         "(truncated or altered)")
-            if _file_sha256(path) != want["sha256"]:
+            if sha256_file(path) != want["sha256"]:
                 return f"{name} is corrupt (its sha256 differs from {CACHE_META}'s)"
         self.values = np.memmap(os.path.join(self.cache, "tokens.bin"), self.dtype, "r",
                                 shape=(meta["num_tokens"],))  # (total tokens,)
@@ -141,39 +138,31 @@ class CorpusTokens:
         return None
 
     def _build(self, corpus: CorpusShards, key: str) -> None:
-        """Write the cache files from the corpus shards, one part in memory at a time."""
-        tag = f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        names = ["tokens.bin", "offsets.npy", "doc_ids.npy", CACHE_META]
-        tmp = {name: os.path.join(self.cache, name + tag) for name in names}
-        try:
-            lengths, doc_ids = [], []
-            with open(tmp["tokens.bin"], "wb") as f:
-                for i in range(len(corpus.files)):
-                    table = corpus.read_table(i)
-                    ids = table.column("input_ids").combine_chunks()
-                    offsets = ids.offsets.to_numpy()
-                    f.write(ids.values.to_numpy()[offsets[0]:offsets[-1]].astype(
-                        self.dtype).tobytes())
-                    lengths.append(np.diff(offsets))
-                    doc_ids.append(table.column("doc_id").to_numpy())
-            offsets = np.zeros(sum(map(len, lengths)) + 1, np.int64)
-            np.cumsum(np.concatenate(lengths), out=offsets[1:])
-            for name, array in (("offsets.npy", offsets),
-                                ("doc_ids.npy", np.concatenate(doc_ids).astype(np.int64))):
-                with open(tmp[name], "wb") as f:  # a file object: np.save adds no suffix
-                    np.save(f, array)
-            files = {name: {"bytes": os.path.getsize(tmp[name]),
-                            "sha256": _file_sha256(tmp[name])} for name in names[:3]}
-            with open(tmp[CACHE_META], "w") as f:
-                json.dump({"format": CACHE_FORMAT, "corpus": key, "corpus_root": corpus.root,
-                           "dtype": self.dtype.str, "num_sequences": len(offsets) - 1,
-                           "num_tokens": int(offsets[-1]), "files": files}, f, indent=1)
-            for name in names:  # the meta last: until then the folder reads as unfinished
-                os.replace(tmp[name], os.path.join(self.cache, name))
-        finally:
-            for path in tmp.values():
-                if os.path.exists(path):
-                    os.remove(path)
+        """Write the cache files from the corpus shards, one part in memory at a time, each
+        atomically and ``meta.json`` last: until then the folder reads as unfinished."""
+        lengths, doc_ids = [], []
+        with open_atomic(os.path.join(self.cache, "tokens.bin")) as f:
+            for i in range(len(corpus.files)):
+                table = corpus.read_table(i)
+                ids = table.column("input_ids").combine_chunks()
+                offsets = ids.offsets.to_numpy()
+                f.write(ids.values.to_numpy()[offsets[0]:offsets[-1]].astype(
+                    self.dtype).tobytes())
+                lengths.append(np.diff(offsets))
+                doc_ids.append(table.column("doc_id").to_numpy())
+        offsets = np.zeros(sum(map(len, lengths)) + 1, np.int64)
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+        for name, array in (("offsets.npy", offsets),
+                            ("doc_ids.npy", np.concatenate(doc_ids).astype(np.int64))):
+            with open_atomic(os.path.join(self.cache, name)) as f:  # np.save adds no suffix
+                np.save(f, array)
+        files = {name: {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+                 for name in ("tokens.bin", "offsets.npy", "doc_ids.npy")
+                 for path in [os.path.join(self.cache, name)]}
+        write_text_atomic(os.path.join(self.cache, CACHE_META), json.dumps(
+            {"format": CACHE_FORMAT, "corpus": key, "corpus_root": corpus.root,
+             "dtype": self.dtype.str, "num_sequences": len(offsets) - 1,
+             "num_tokens": int(offsets[-1]), "files": files}, indent=1))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -229,5 +218,6 @@ class TrainOrder:
 
     def micro_batch(self, step: int, micro: int, rank: int, world: int,
                     micro_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        start = step * self.global_batch_size + (micro * world + rank) * micro_batch_size
+        start = micro_batch_start(step, micro, rank, world, self.global_batch_size,
+                                  micro_batch_size)
         return self.samples(start, micro_batch_size)

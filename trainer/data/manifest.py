@@ -5,7 +5,6 @@ re-run (ShardError), and the watch that notices a set replaced under its reader.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -13,6 +12,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from trainer.digest import sha256_bytes, sha256_stream
 from trainer.errors import UserError
 
 # Each kind of shard set has its own format version: a new sampler changes the RTD bytes but
@@ -39,17 +39,14 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def sha256_file(fs: pafs.FileSystem, path: str) -> str:
-    digest = hashlib.sha256()
     with fs.open_input_stream(path) as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(f)
 
 
 def manifest_fingerprint(manifest: dict) -> str:
     """sha256 of a shard set's manifest (canonical JSON): what runs and checkpoints record
     to recognise the data they were made from."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return sha256_bytes(json.dumps(manifest, sort_keys=True).encode())
 
 
 def check_sha256(fs: pafs.FileSystem, path: str, root: str, name: str, expected: str,
@@ -114,14 +111,15 @@ class ManifestWatch:
     writes it last, so a read whose data could come from another set is always followed by a
     check that sees the manifest gone or changed."""
 
-    def __init__(self, fs: pafs.FileSystem, path: str, root: str, kind: str):
-        self.fs, self.path, self.root, self.kind = fs, path, root, kind
+    def __init__(self, fs: pafs.FileSystem, path: str, root: str, kind: str,
+                 name: str = MANIFEST):
+        self.fs, self.path, self.root, self.kind, self.name = fs, path, root, kind, name
         self._stat = self._stat_now()  # before the read: a change in between is seen later
-        self.manifest = read_manifest(root, kind)
+        self.manifest = read_manifest(root, kind, name)
         self._fingerprint = manifest_fingerprint(self.manifest)
 
     def _stat_now(self) -> tuple[int, int] | None:
-        info = self.fs.get_file_info(f"{self.path}/{MANIFEST}")
+        info = self.fs.get_file_info(f"{self.path}/{self.name}")
         if info.type == pafs.FileType.NotFound:
             return None
         return info.size, info.mtime_ns
@@ -133,7 +131,7 @@ class ManifestWatch:
             return
         if now is not None:
             try:
-                with self.fs.open_input_stream(f"{self.path}/{MANIFEST}") as f:
+                with self.fs.open_input_stream(f"{self.path}/{self.name}") as f:
                     same = manifest_fingerprint(json.loads(f.read())) == self._fingerprint
             except (FileNotFoundError, json.JSONDecodeError):
                 same = False
@@ -142,7 +140,7 @@ class ManifestWatch:
                 return
         raise ShardError(
             f"{self.root}/{name}: the {self.kind} shard set in {self.root} was replaced while "
-            f"this process was reading it ({MANIFEST} {'is gone' if now is None else 'changed'}"
+            f"this process was reading it ({self.name} {'is gone' if now is None else 'changed'}"
             f": e.g. {JOBS[self.kind]} --overwrite into the folder), so its files are no "
             "longer the ones this run started on. Stop writing into a folder a trainer reads: "
             "write the new set to another folder. To go on training on the new set, start a "
@@ -165,11 +163,12 @@ class ManifestWatch:
         return pf
 
 
-def read_manifest(root: str, kind: str) -> dict:
-    """The manifest of a complete shard set of ``kind`` ("corpus" or "rtd")."""
+def read_manifest(root: str, kind: str, name: str = MANIFEST) -> dict:
+    """The manifest of a complete shard set of ``kind`` ("corpus" or "rtd"); with ``name``
+    another file of the same header (an RTD set's ``plan.json``, trainer.data.sealed)."""
     fs, path = resolve_fs(root)
     try:
-        with fs.open_input_stream(f"{path}/{MANIFEST}") as f:
+        with fs.open_input_stream(f"{path}/{name}") as f:
             manifest = json.loads(f.read())
     except FileNotFoundError:
         raise ShardError(
@@ -178,7 +177,7 @@ def read_manifest(root: str, kind: str) -> dict:
             f"({'pipeline.prepare' if kind == 'corpus' else 'pipeline.generate'}) again"
         ) from None
     except json.JSONDecodeError as e:
-        raise ShardError(f"{root}/{MANIFEST} is not valid JSON ({e}); re-run the pipeline "
+        raise ShardError(f"{root}/{name} is not valid JSON ({e}); re-run the pipeline "
                          "with --overwrite") from None
     if manifest.get("kind") != kind:
         raise ShardError(f"{root} holds a {manifest.get('kind')!r} shard set, not {kind!r}")

@@ -101,3 +101,12 @@ def progress(epoch: int, positions: np.ndarray, n: int, epochs: int, granularity
     if granularity == "epoch":
         return np.full(positions.shape, epoch / epochs)
     return (epoch * n + positions) / (epochs * n)
+
+
+def micro_batch_start(step: int, micro: int, rank: int, world: int, global_batch_size: int,
+                      micro_batch_size: int) -> int:
+    """The global index of the first sample of rank ``rank``'s micro-batch ``micro`` at
+    ``step``: the global batch of step s is samples [s*G, (s+1)*G), and rank r of W takes
+    micro-batch m as its slice [(m*W + r)*B, (m*W + r + 1)*B). Every world size thus trains
+    on the same samples per step, and a resume at any step needs no replay."""
+    return step * global_batch_size + (micro * world + rank) * micro_batch_size

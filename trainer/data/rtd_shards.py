@@ -2,11 +2,15 @@
 node): per epoch, parts of rows in training-position order, read by position range.
 
     from trainer.data.rtd_shards import RTDShards   # also: from trainer.shards import RTDShards
-    rtd = RTDShards("shards/tiny/rtd")               # refuses a set without its manifest
+    rtd = RTDShards("shards/tiny/rtd")               # refuses a folder without manifest/plan
     rtd.num_epochs, rtd.rows_per_epoch, rtd.epoch_files(0)   # parts with position ranges
     for r in rtd.rows(epoch=0):                      # position order: r.position, r.seq_id,
         ...                                          # r.input_ids, r.labels, r.temperature
     batch = rtd.read_range(epoch=0, start=s, end=t)  # reads only the files and row groups
+
+A set still being generated (plan.json, no manifest.json yet; trainer.data.sealed) is opened
+too: ``rtd.complete`` is False, its sealed epochs are served, and a read of another epoch is
+refused naming it, or, after ``rtd.follow(EpochWait(...))`` (the trainer), waits for its seal.
 
 The row encoding is trainer.data.rtd_format; manifests and checksums trainer.data.manifest.
 Paths may be local or any URI that ``pyarrow.fs`` understands (gs://, s3://, hdfs://).
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 
 from trainer.data.manifest import (
     MANIFEST,
@@ -36,6 +41,7 @@ from trainer.data.manifest import (
     verify_files,
 )
 from trainer.data.rtd_format import RTD_SCHEMA, RTDBatch, RTDRow, decode_rtd_table
+from trainer.data.sealed import PLAN, SET_TOTALS, EpochWait, plan_fingerprint, read_seal
 
 # Sets this process has verified, (root, manifest fingerprint) -> with checksums: a trainer
 # checks its data before its process group starts, and the task it builds later does not
@@ -80,22 +86,79 @@ class RTDShards:
     def __init__(self, root: str, cached_row_groups: int = 4):
         self.root = root.rstrip("/")
         self.fs, self.path = resolve_fs(self.root)
-        self.watch = ManifestWatch(self.fs, self.path, self.root, "rtd")
-        self.manifest = self.watch.manifest
+        plan_there = self._exists(PLAN)
+        self.complete = self._exists(MANIFEST) or not plan_there
+        """Whether every epoch is sealed (manifest.json written); a set in progress (its
+        plan.json only) serves its sealed epochs and waits for, or refuses, the others."""
+        if self.complete:
+            self.watch = ManifestWatch(self.fs, self.path, self.root, "rtd")
+            self.manifest = self.watch.manifest
+            plan = {k: v for k, v in self.manifest.items() if k not in SET_TOTALS}
+        else:
+            # plan.json, deleted by an --overwrite before any part, is what a replaced set
+            # shows first while it grows.
+            self.watch = ManifestWatch(self.fs, self.path, self.root, "rtd", PLAN)
+            plan = self.watch.manifest
+            self.manifest = dict(plan, files=[])
+        self.fingerprint = (plan_fingerprint(plan) if plan_there
+                            else manifest_fingerprint(self.manifest))
+        """The data's identity for checkpoints: the plan's fingerprint, the same while the
+        set grows and once complete (a set without a plan: its manifest's)."""
         self.dtype = self.manifest["token_dtype"]
+        self.wait = EpochWait()
+        """What a read of an unsealed epoch does (``follow``): by default it is refused."""
         # 4 decoded row groups: the one a rank is reading, the next when a micro-batch
         # straddles them, and the held-out one evaluation reads in between.
         self.cached_row_groups = cached_row_groups
         self.decoded_row_groups = 0
         """Row groups decoded so far (each once while it stays cached)."""
         self._by_epoch: dict[int, tuple[list[int], list[dict]]] = {}
-        for entry in sorted(self.files, key=lambda f: (f["epoch"], f["position_start"])):
+        self._lock = threading.Lock()
+        self._index(self.files)
+        if not self.complete:
+            for epoch in range(self.num_epochs):
+                self._try_seal(epoch)
+        self._open: OrderedDict[str, _OpenPart] = OrderedDict()
+        self._decoded: OrderedDict[tuple[str, int], RTDBatch] = OrderedDict()
+
+    def _exists(self, name: str) -> bool:
+        return self.fs.get_file_info(f"{self.path}/{name}").type != FileType.NotFound
+
+    def _index(self, files: list[dict]) -> None:
+        for entry in sorted(files, key=lambda f: (f["epoch"], f["position_start"])):
             starts, entries = self._by_epoch.setdefault(entry["epoch"], ([], []))
             starts.append(entry["position_start"])
             entries.append(entry)
-        self._lock = threading.Lock()
-        self._open: OrderedDict[str, _OpenPart] = OrderedDict()
-        self._decoded: OrderedDict[tuple[str, int], RTDBatch] = OrderedDict()
+
+    def _try_seal(self, epoch: int) -> bool:
+        """Whether ``epoch`` is sealed, indexing its parts the first time it is."""
+        with self._lock:
+            if epoch in self._by_epoch:
+                return True
+            self.watch.check(PLAN)  # a replaced set's seals are not this plan's
+            seal = read_seal(self.fs, self.path, self.root, epoch, self.fingerprint)
+            if seal is None:
+                return False
+            self.manifest["files"] = [*self.files, *seal["files"]]
+            self._index(seal["files"])
+            return True
+
+    def follow(self, wait: EpochWait) -> None:
+        """Wait for unsealed epochs as ``wait`` says instead of refusing them."""
+        self.wait = wait
+
+    def sealed_epochs(self) -> list[int]:
+        return sorted(self._by_epoch)
+
+    def require(self, epoch: int) -> None:
+        """Return once ``epoch`` is sealed (at once for a complete set); per ``self.wait``
+        wait for its seal or raise the ShardError naming it and the command that makes it."""
+        if not 0 <= epoch < self.num_epochs:
+            raise ShardError(f"{self.root} holds epochs 0..{self.num_epochs - 1}, not {epoch}")
+        if epoch in self._by_epoch or self.complete or self._try_seal(epoch):
+            return
+        self.wait.until_sealed(lambda: self._try_seal(epoch), self.fs, self.path, self.root,
+                               epoch, self.manifest["layout"]["parts_per_epoch"])
 
     @property
     def num_epochs(self) -> int:
@@ -116,18 +179,19 @@ class RTDShards:
         return self.manifest["files"]
 
     def epoch_files(self, epoch: int) -> list[dict]:
-        if not 0 <= epoch < self.num_epochs:
-            raise ShardError(f"{self.root} holds epochs 0..{self.num_epochs - 1}, not {epoch}")
+        """The parts of ``epoch`` (once it is sealed: see ``require``)."""
+        self.require(epoch)
         return [f for f in self.files if f["epoch"] == epoch]
 
     def verify(self, checksums: bool = False, rank: int = 0, world: int = 1) -> None:
         """Every listed file present with its row count (and with ``checksums`` its sha256).
         Reads every footer; ``rank``/``world`` check only every world-th file from the
         rank-th, so that the ranks of a trainer share the work (``mark_verified`` once all
-        slices passed). A set this process already verified is not read again."""
-        key = (self.root, manifest_fingerprint(self.manifest))
+        slices passed). A set this process already verified is not read again. A set in
+        progress: the epochs sealed so far (a later one's files are checked at first read)."""
+        key = self._verified_key()
         if key in _VERIFIED and (_VERIFIED[key] or not checksums):
-            self.watch.check(MANIFEST)  # still the set that was verified
+            self.watch.check(self.watch.name)  # still the set that was verified
             return
         delay = float(os.environ.get(TEST_VERIFY_DELAY_ENV, 0) or 0)
         try:
@@ -136,15 +200,18 @@ class RTDShards:
                 verify_files(self.fs, self.path, self.root, [entry], "pipeline.generate",
                              checksums)
         except ShardError:
-            self.watch.check(MANIFEST)  # a replaced set is the better explanation
+            self.watch.check(self.watch.name)  # a replaced set is the better explanation
             raise
         if world == 1:
             self.mark_verified(checksums)
 
     def mark_verified(self, checksums: bool) -> None:
         """Record that every file passed ``verify(checksums)`` (all ranks' slices)."""
-        key = (self.root, manifest_fingerprint(self.manifest))
+        key = self._verified_key()
         _VERIFIED[key] = _VERIFIED.get(key, False) or checksums
+
+    def _verified_key(self) -> tuple:
+        return (self.root, self.fingerprint, tuple(self.sealed_epochs()))
 
     def _check_range(self, epoch: int, start: int, end: int) -> None:
         n = self.rows_per_epoch
@@ -152,7 +219,7 @@ class RTDShards:
             raise ShardError(f"{self.root}: position range [{start}, {end}) is outside "
                              f"[0, {n}] of epoch {epoch}")
         if epoch not in self._by_epoch:
-            self.epoch_files(epoch)  # raises, naming the epochs the set holds
+            self.require(epoch)  # waits for its seal, or raises naming the epoch
 
     def _entry_at(self, epoch: int, position: int) -> dict:
         """The manifest entry of the file holding ``position`` of ``epoch``."""

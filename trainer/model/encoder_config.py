@@ -5,33 +5,20 @@ run config for the main model (``EncoderConfig.main``: [model]) or the auxiliary
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field, fields
 
 from trainer.config.run import RunConfig
-from trainer.config.sections import ConfigError
+from trainer.config.sections import AuxConfig, ConfigError, EncoderShape, shape_fields
 from trainer.tokenizer import NUM_SPECIAL
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
-    """Everything that fixes an encoder's shape and regularisation."""
+class EncoderConfig(EncoderShape):
+    """Everything that fixes an encoder's shape and regularisation: the shape fields of
+    [model] (EncoderShape) plus the vocabulary and the longest sequence."""
 
-    vocab_size: int
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    ffn_size: int
-    position: Literal["relative", "absolute"] = "relative"
-    rel_num_buckets: int = 32
-    rel_max_distance: int = 128
-    rel_bias_scale: float = 1.0
+    vocab_size: int = field(kw_only=True)
     max_seq_len: int = 512
-    layer_norm: Literal["post", "pre"] = "post"
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    layer_norm_eps: float = 1e-5
-    attention: Literal["sdpa", "flex"] = "sdpa"
 
     def __post_init__(self):
         def check(ok: bool, name: str, msg: str) -> None:
@@ -74,25 +61,14 @@ class EncoderConfig:
     def main(cls, run_cfg: RunConfig) -> EncoderConfig:
         """The discriminator: [model] plus the tokenizer's vocabulary and data.max_seq_len."""
         m = run_cfg.model
-        return cls(vocab_size=run_cfg.tokenizer.vocab_size, num_layers=m.num_layers,
-                   hidden_size=m.hidden_size, num_heads=m.num_heads, ffn_size=m.ffn_size,
-                   position=m.position, rel_num_buckets=m.rel_num_buckets,
-                   rel_max_distance=m.rel_max_distance, rel_bias_scale=m.rel_bias_scale,
-                   max_seq_len=run_cfg.data.max_seq_len,
-                   layer_norm=m.layer_norm, dropout=m.dropout,
-                   attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps,
-                   attention=m.attention)
+        return cls(vocab_size=run_cfg.tokenizer.vocab_size, max_seq_len=run_cfg.data.max_seq_len,
+                   **{name: getattr(m, name) for name in shape_fields()})
 
     @classmethod
     def aux(cls, run_cfg: RunConfig) -> EncoderConfig:
-        """The auxiliary MLM: [aux] sizes, 0 meaning "as the main model"; the rest as main."""
+        """The auxiliary MLM: each [aux] key replaces [model]'s of the same name, 0 meaning
+        "as the main model"; the rest as main."""
         m, a = run_cfg.model, run_cfg.aux
-        return cls(vocab_size=run_cfg.tokenizer.vocab_size, num_layers=a.num_layers,
-                   hidden_size=a.hidden_size or m.hidden_size,
-                   num_heads=a.num_heads or m.num_heads, ffn_size=a.ffn_size or m.ffn_size,
-                   position=m.position, rel_num_buckets=m.rel_num_buckets,
-                   rel_max_distance=m.rel_max_distance, rel_bias_scale=m.rel_bias_scale,
-                   max_seq_len=run_cfg.data.max_seq_len,
-                   layer_norm=m.layer_norm, dropout=m.dropout,
-                   attention_dropout=m.attention_dropout, layer_norm_eps=m.layer_norm_eps,
-                   attention=m.attention)
+        sizes = {f.name: getattr(a, f.name) or getattr(m, f.name) for f in fields(AuxConfig)}
+        return cls(vocab_size=run_cfg.tokenizer.vocab_size, max_seq_len=run_cfg.data.max_seq_len,
+                   **({name: getattr(m, name) for name in shape_fields()} | sizes))

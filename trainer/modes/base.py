@@ -53,8 +53,12 @@ class Task(Protocol):
 
     def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
 
-    # Optional: ``after_step(done, step_sums, dist)`` runs on every rank after each optimizer
-    # step with that step's (rank-local) sums; state it changes must live in the model.
+    def after_step(self, done: int, step_sums: dict[str, torch.Tensor | float], d: Dist
+                   ) -> None:
+        """Runs on every rank after each optimizer step (``done`` steps made) with that step's
+        rank-local sums, still on the device; state it changes must live in the model (a
+        resume restores only that). Default: nothing (early-exit updates its exit
+        probabilities here)."""
 
 
 def expected_replaced_fraction(unigram_counts: np.ndarray, mask_prob: float) -> float:
@@ -83,7 +87,7 @@ def init_priors_(model: torch.nn.Module, unigram_counts: np.ndarray,
             m.init_prior_(replaced_fraction)
 
 
-class CorpusTask:
+class CorpusTask(Task):
     """What the corpus-reading modes share: the corpus in memory, the held-out split, the
     step -> samples order, and masking keyed by (seed, epoch, seq_id), so a step's masks never
     depend on world size or resumption. Subclasses add the model, loss and metrics."""

@@ -16,6 +16,7 @@ padded positions are masked out of attention and of the loss.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from trainer.config.run import RunConfig
-from trainer.data.manifest import manifest_fingerprint
 from trainer.data.rtd_format import RTDBatch, pad_rows
 from trainer.data.rtd_shards import RTDShards
+from trainer.data.sealed import EpochWait
 from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.model.encoder_config import EncoderConfig
@@ -176,12 +177,16 @@ def check_rtd_plan(cfg: RunConfig, shards: RTDShards) -> DataPlan:
     return plan
 
 
-def open_rtd(cfg: RunConfig, verify: bool = True, checksums: bool = False) -> RTDShards:
+def open_rtd(cfg: RunConfig, verify: bool = True, checksums: bool = False,
+             log: Callable[[str], None] | None = None) -> RTDShards:
     """The shard set to train on, checked against the model config. With ``verify`` every
     file's footer is read now to check its row count (one rank does it: the others check
-    each file when they first read it), with ``checksums`` its sha256 too (a full read)."""
+    each file when they first read it), with ``checksums`` its sha256 too (a full read). A
+    set still being generated is followed: a read of an epoch not sealed yet waits for its
+    seal as train.wait_for_epochs_s says, printing to ``log``."""
     root = cfg.train.rtd_dir or cfg.generate.rtd_dir
     rtd = RTDShards(root)
+    rtd.follow(EpochWait(cfg.train.wait_for_epochs_s, log))
     if verify:
         rtd.verify(checksums)
     if rtd.vocab_size != cfg.tokenizer.vocab_size:
@@ -200,16 +205,22 @@ class RTDTask:
     compute the rows instead of reading them (``fast-online``) override ``rows``/``ready``."""
 
     model_kind = "discriminator"
+    rtd: RTDShards | None = None
+    """The shard set read (None for the subclasses that compute their rows)."""
 
     def __init__(self, cfg: RunConfig, d: Dist):
         if d.is_main and cfg.train.verify_checksums:
             root = cfg.train.rtd_dir or cfg.generate.rtd_dir
             print(f"train: checking the sha256 of every file of {root}", flush=True)
         self.rtd = open_rtd(cfg, verify=d.is_main,
-                            checksums=d.is_main and cfg.train.verify_checksums)
+                            checksums=d.is_main and cfg.train.verify_checksums,
+                            log=_print if d.is_main else None)
+        if d.is_main and not self.rtd.complete:
+            print(f"train: {self.rtd.root} is still being generated: epoch(s) "
+                  f"{self.rtd.sealed_epochs() or 'none'} of {self.rtd.num_epochs} sealed; each "
+                  "epoch is waited for before it is read", flush=True)
         self.setup(cfg, d, self.rtd.num_epochs, self.rtd.rows_per_epoch,
-                   manifest_fingerprint(self.rtd.manifest), f"rtd on {self.rtd.root}",
-                   RTD_FIX)
+                   self.rtd.fingerprint, f"rtd on {self.rtd.root}", RTD_FIX)
 
     def setup(self, cfg: RunConfig, d: Dist, num_epochs: int, samples_per_epoch: int,
               fingerprint: str, what: str, fix: str) -> None:
@@ -272,8 +283,19 @@ class RTDTask:
         """The batch on the device as the discriminator sees it (shard rows already are)."""
         return b
 
+    def await_step(self, step: int) -> None:
+        """Every epoch the whole global batch of ``step`` touches is sealed (waits on a set
+        still being generated). Every rank waits for the same epochs before the same step, so
+        none sits in a collective while another waits for data."""
+        if self.rtd is None or self.rtd.complete:
+            return
+        g, n = self.cfg.train.global_batch_size, self.samples_per_epoch
+        for epoch in range(step * g // n, ((step + 1) * g - 1) // n + 1):
+            self.rtd.require(epoch)
+
     def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]:
         t = self.cfg.train
+        self.await_step(step)
         start = step * t.global_batch_size + (micro * d.world_size + d.rank) * \
             t.micro_batch_size_per_rank
         batch = self.rows(start, t.micro_batch_size_per_rank)
@@ -321,6 +343,10 @@ class RTDTask:
                 sums["rtd_all_tn"]:
             return {}
         return rtd_metrics(sums, "eval_")
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
 
 
 def collate(parts: list[RTDBatch]) -> dict[str, torch.Tensor]:

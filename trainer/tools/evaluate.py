@@ -48,10 +48,10 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 
 import torch
 
+from trainer.atomic import write_text_atomic
 from trainer.cli import config_parser, main_guard, resolve_config
 from trainer.config.load import to_dict
 from trainer.config.run import RunConfig
@@ -287,19 +287,9 @@ def format_table(results: list[dict]) -> str:
 
 
 def write_json(path: str, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temp file beside it, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``obj`` as JSON to ``path`` atomically, creating its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def parse_epochs(text: str | None) -> list[int] | None:

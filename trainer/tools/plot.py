@@ -23,6 +23,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+from trainer.atomic import open_atomic
 from trainer.cli import main_guard
 from trainer.errors import UserError
 from trainer.logger import METRICS
@@ -58,17 +59,10 @@ def require_matplotlib():
 
 
 def save_figure(fig, path: str) -> str:
-    """Write ``fig`` as a PNG to ``path`` atomically (temp name in the same folder, then
-    os.replace), so a reader never sees half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``fig`` as a PNG to ``path`` atomically, so a reader never sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open_atomic(path) as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     return path
 
 

@@ -12,7 +12,6 @@ machines) can share one shard set.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shlex
@@ -21,7 +20,7 @@ import sys
 
 from trainer import checkpoint
 from trainer.cli import config_parser, main_guard, resolve_config
-from trainer.config.load import load_config
+from trainer.config.load import grid_product, load_config
 from trainer.errors import UserError
 
 SUMMARY_KEYS = ("loss", "rtd_f1", "eval_rtd_f1", "eval_mlm_loss", "gen_mlm_accuracy")
@@ -39,9 +38,7 @@ def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
 
 def points(grid: list[tuple[str, list[str]]]) -> list[list[str]]:
     """Every combination as a list of ``key=value`` overrides."""
-    keys = [k for k, _ in grid]
-    return [[f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
-            for combo in itertools.product(*(vs for _, vs in grid))]
+    return [[f"{k}={v}" for k, v in point] for point in grid_product(grid)]
 
 
 def command(args, overrides: list[str], out_dir: str) -> list[str]:

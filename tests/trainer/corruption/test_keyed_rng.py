@@ -4,6 +4,7 @@ reference, pinned values, and uniformity / independence / no-twin checks.
 
 import math
 
+import pytest
 import torch
 
 from trainer.corruption import keyed_rng as R
@@ -71,6 +72,7 @@ def _draws_53(k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
     return (bits[:, 0] << 21) | (bits[:, 1] >> 11)
 
 
+@pytest.mark.slow
 def test_no_twin_draws_across_a_million_sequences_at_paired_positions():
     """2**20 seq_ids x positions 0..7 (pairs p, p ^ d for every d < 8): every sampling draw
     is distinct. Negative control: a 32-bit row key (the second half derived from the first,

@@ -31,6 +31,7 @@ def test_sample_uniforms_are_uniform_and_keyed():
     assert float((u == other).double().mean()) == 0.0
 
 
+@pytest.mark.slow
 def test_sampling_at_a_large_vocabulary_is_exact():
     """128K entries (the paper's vocabulary), most of the mass on a few tokens, the rest
     spread thinly: the CDF's float64 accumulation keeps the frequencies exact, -inf entries are

@@ -116,6 +116,7 @@ def test_a_damaged_cache_is_found_and_rebuilt(prepared, tmp_path, capsys):
                                          "tokens.bin"]  # no temporaries left
 
 
+@pytest.mark.slow
 def test_two_processes_building_the_cache_at_once(prepared, tmp_path):
     """Ranks that start together: one builds, the others wait for it and map its files."""
     corpus_dir, _, _ = prepared

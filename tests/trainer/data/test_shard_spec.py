@@ -115,6 +115,7 @@ def test_open_rtd_refuses_sequences_longer_than_data_max_seq_len(prepared, rtd_d
         open_rtd(seq_len_config(prepared, "data.max_seq_len=32", f"train.rtd_dir={rtd_dir}"))
 
 
+@pytest.mark.slow
 def test_require_extras_turns_a_missing_import_skip_into_a_failure(tmp_path):
     test = tmp_path / "test_needs_extra.py"
     test.write_text("import pytest\n\n\ndef test_x():\n"

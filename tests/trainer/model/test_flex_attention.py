@@ -19,6 +19,9 @@ from trainer.model.dropout import DropoutPlan
 from trainer.model.encoder import Encoder
 from trainer.model.encoder_config import EncoderConfig
 
+# slow: flex_attention runs unfused and uncompiled on the CPU: each comparison takes seconds.
+pytestmark = pytest.mark.slow
+
 TOL = 1e-5  # relative L2 error, fp32
 LENGTHS = (32, 19, 1)  # B = 3: one full row, one padded across a block, one lone token
 

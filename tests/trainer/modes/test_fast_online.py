@@ -91,6 +91,7 @@ def test_online_rows_ignore_the_trainers_autocast(prepared, aux_checkpoint, aux_
     assert not torch.equal(bf16.input_ids, fp32["input_ids"])
 
 
+@pytest.mark.slow
 def test_fast_online_trains_exactly_like_rtd_on_its_shards(prepared, aux_checkpoint,
                                                           aux_rtd, tmp_path):
     corpus_dir, _, _ = prepared

@@ -22,7 +22,8 @@ from tests.trainer.modes.modes_driver import cut
 from trainer import checkpoint
 from trainer.train import main as train_main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: one torchrun launch of 2 ranks and one process train every mode (the module fixture).
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 STEPS, CUT = 6, 3
 DROPOUT = "mlm-dropout"

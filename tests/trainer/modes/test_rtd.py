@@ -126,6 +126,7 @@ def test_rtd_bias_starts_at_the_first_global_batch_prior(prepared, rtd_dir):
     assert loss == pytest.approx(-(p * np.log(p) + (1 - p) * np.log(1 - p)), abs=1e-2)
 
 
+@pytest.mark.slow
 def test_rtd_learns_and_is_scored_on_the_epoch_it_never_trains_on(prepared, rtd_dir, tmp_path):
     """(1 process vs 2 ranks, for every mode: tests/trainer/modes/test_modes_distributed.py.)"""
     corpus_dir, _, _ = prepared
@@ -164,6 +165,7 @@ def test_shard_set_mismatches_are_refused(prepared, rtd_dir):
         RTDTask(load_config(TINY, [*base, f"train.rtd_dir={rtd_dir}-missing"]), cpu)
 
 
+@pytest.mark.slow
 def test_verify_checksums_finds_a_changed_file(prepared, rtd_dir, tmp_path):
     corpus_dir, _, _ = prepared
     copy = tmp_path / "rtd"
@@ -179,6 +181,7 @@ def test_verify_checksums_finds_a_changed_file(prepared, rtd_dir, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_point_on_one_shard_set_and_resumes(prepared, rtd_dir, tmp_path,
                                                              capsys):
     from trainer.tools.sweep import main as sweep

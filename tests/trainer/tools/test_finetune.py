@@ -156,6 +156,7 @@ def finetune_argv(disc_checkpoint, keyword_files, out_dir, *extra: str) -> list[
             "--out-dir", str(out_dir), *extra]
 
 
+@pytest.mark.slow
 def test_finetune_learns_a_keyword_task(disc_checkpoint, keyword_files, tmp_path, capsys):
     out = tmp_path / "run"
     test = keyword_files[3]
@@ -191,6 +192,7 @@ def test_pretrained_weights_are_loaded_and_from_scratch_is_not(disc_checkpoint):
     assert pre.sp.get_piece_size() == pre.encoder_cfg.vocab_size == 600
 
 
+@pytest.mark.slow
 def test_grid_runs_each_point_once_and_resumes(disc_checkpoint, keyword_files, tmp_path,
                                                capsys):
     out = tmp_path / "grid"
@@ -273,6 +275,7 @@ def test_mean_pooling_ignores_padding():
     assert torch.allclose(mean[1], hidden[1].mean(0))
 
 
+@pytest.mark.slow
 def test_rescale_applies_to_pretrained_encoders_only(disc_checkpoint, keyword_files, tmp_path):
     """finetune.rescale_to_init: the pre-trained word embeddings start fine-tuning at the
     init's RMS (the run's first-epoch weights are compared through a 0-lr run), scratch is

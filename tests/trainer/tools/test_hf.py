@@ -180,6 +180,7 @@ def test_missing_transformers_is_a_user_error(monkeypatch):
 # An imported MLM as pipeline.generate's auxiliary model
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_imported_mlm_drives_pipeline_generate(prepared, tmp_path):
     """A BERT MLM on the corpus's own SentencePiece vocabulary (its tokenizer.model in the HF
     folder is what the special-id check reads) -> import -> generate.aux_checkpoint."""

@@ -30,7 +30,8 @@ from tokenizers import (  # noqa: E402 (after the skip)
     trainers,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: the flow fixture builds, imports and exports a model per family, seconds each.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 H, MAX_LEN = 32, 64
 WORDPIECE_SPECIALS = ["[PAD]", "[unused0]", "[unused1]", "[unused2]", "[UNK]", "[CLS]", "[SEP]",

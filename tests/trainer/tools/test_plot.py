@@ -22,6 +22,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 POINTS = ["train.lr=1e-3", "train.lr=3e-3"]
 
 
+# Its two training runs take seconds: every test that uses it is marked slow.
 @pytest.fixture(scope="module")
 def sweep_root(prepared, smoothed_rtd, tmp_path_factory):
     """Two rtd runs on the session's smoothed_onehot set, laid out as ``trainer.sweep --grid
@@ -70,6 +71,7 @@ def test_colour_pixels_sees_only_what_was_drawn(tmp_path):
     assert got["drawn.png"]["C0"] == 0 and got["drawn.png"]["C1"] > 50
 
 
+@pytest.mark.slow
 def test_a_sweep_root_overlays_its_runs(sweep_root, tmp_path, capsys):
     assert plot_main([str(sweep_root), "--out", str(tmp_path / "p")]) == 0
     out = capsys.readouterr().out
@@ -102,6 +104,7 @@ def test_a_sweep_root_overlays_its_runs(sweep_root, tmp_path, capsys):
     assert POINTS in legends and ["rtd_f1", "eval_rtd_f1"] in legends
 
 
+@pytest.mark.slow
 def test_one_run_default_out_dir_and_chosen_keys(sweep_root, tmp_path, capsys):
     run_dir = tmp_path / "train.lr=3e-3"
     shutil.copytree(sweep_root / "sweep" / "train.lr=3e-3", run_dir)
@@ -112,6 +115,7 @@ def test_one_run_default_out_dir_and_chosen_keys(sweep_root, tmp_path, capsys):
     assert all(c["C0"] > 50 for c in colours.values()), colours  # the run's series is drawn
 
 
+@pytest.mark.slow
 def test_two_run_folders_overlay(sweep_root, tmp_path):
     a, b = (sweep_root / "sweep" / p for p in POINTS)
     assert plot_main([str(a), str(b), "--out", str(tmp_path), "--metrics", "temperature"]) == 0
@@ -123,6 +127,7 @@ def test_two_run_folders_overlay(sweep_root, tmp_path):
     assert lines[0].get_ydata()[0] > lines[0].get_ydata()[-1] > 1.0
 
 
+@pytest.mark.slow
 def test_errors(sweep_root, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     assert plot_main([str(tmp_path / "empty")]) == 2
@@ -149,6 +154,7 @@ def test_errors(sweep_root, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "none").exists()
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_and_resume(sweep_root, tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

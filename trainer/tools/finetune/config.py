@@ -19,13 +19,19 @@ reported as a reproduction.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from trainer.config.load import apply_overrides, coerce, read_toml, toml_value
+from trainer.config.load import (
+    apply_overrides,
+    build_sections,
+    coerce,
+    grid_product,
+    read_toml,
+    toml_value,
+)
 from trainer.config.load import describe as describe_sections
 from trainer.config.sections import ConfigError, check
 
@@ -169,20 +175,7 @@ SECTIONS: dict[str, type] = {"task": TaskConfig, "finetune": FinetuneConfig}
 
 
 def _build(raw: dict, source: str) -> FinetuneSpec:
-    unknown = sorted(set(raw) - {*SECTIONS, "grid"})
-    if unknown:
-        raise ConfigError(f"{source}: unknown table(s) {unknown}; valid tables: "
-                          f"{sorted({*SECTIONS, 'grid'})}")
-    built = {}
-    for name, cls in SECTIONS.items():
-        values = raw.get(name, {})
-        check(isinstance(values, dict), f"{source}: [{name}]", f"must be a table, got {values!r}")
-        hints = typing.get_type_hints(cls)
-        bad = sorted(set(values) - set(hints))
-        if bad:
-            raise ConfigError(f"{source}: unknown key(s) {[f'{name}.{k}' for k in bad]}; valid "
-                              f"keys of [{name}]: {', '.join(sorted(hints))}")
-        built[name] = cls(**{k: coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()})
+    built = build_sections(raw, SECTIONS, source, free=("grid",))
     grid = raw.get("grid", {})
     check(isinstance(grid, dict), f"{source}: [grid]", f"must be a table, got {grid!r}")
     hints = typing.get_type_hints(FinetuneConfig)
@@ -207,10 +200,9 @@ def load_finetune_config(path: str | Path, overrides: list[str] | tuple[str, ...
 def grid_points(spec: FinetuneSpec) -> list[tuple[dict, FinetuneConfig]]:
     """Every combination of the ``[grid]`` values, in file order, as (the swept values,
     the finetune config with them applied). Each point is validated here, before any run."""
-    keys = list(spec.grid)
     points = []
-    for combo in itertools.product(*(spec.grid[k] for k in keys)):
-        values = dict(zip(keys, combo, strict=True))
+    for point in grid_product(list(spec.grid.items())):
+        values = dict(point)
         try:
             points.append((values, dataclasses.replace(spec.finetune, **values)))
         except ConfigError as e:

@@ -5,7 +5,6 @@ TaskData), with their sha256 so a finished run is recognised.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ import sentencepiece as spm
 
 from trainer.data.corpus_shards import CorpusShards
 from trainer.data.manifest import MANIFEST
+from trainer.digest import sha256_file
 from trainer.errors import UserError
 from trainer.model.encoder import Encoder
 from trainer.model.encoder_config import EncoderConfig
@@ -78,14 +78,6 @@ def open_pretrained(checkpoint: str, tokenizer: str | None, from_scratch: bool) 
     if encoder is not None:
         encoder.requires_grad_(True)  # load_generator freezes the aux; here it is fine-tuned
     return Pretrained(path, enc_cfg, encoder, tokenizer, sp)
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -22,14 +22,13 @@ Neither source shares text with the demo corpus (Python docstrings).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 
 from trainer.atomic import write_text_atomic
+from trainer.digest import sha256_bytes, sha256_file
 from trainer.tools.finetune.data import TaskDataError
-from trainer.tools.finetune.inputs import sha256_file
 
 WORDNET_DIR = "/usr/share/wordnet"
 WORDNET_CLASSES = {"05": "animal", "06": "artifact", "10": "communication", "13": "food",
@@ -93,7 +92,7 @@ def fortunes_texts(source: str = FORTUNES_DIR) -> dict[str, list[str]]:
 
 
 def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return sha256_bytes(text.encode("utf-8"))
 
 
 def split_balanced(texts: dict[str, list[str]], per_class: dict[str, int], where: str

@@ -32,11 +32,13 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -48,7 +50,8 @@ from trainer.config.load import to_toml
 from trainer.distributed import pick_device
 from trainer.errors import UserError
 from trainer.model.encoder import Encoder
-from trainer.optim import lr_factor
+from trainer.optim import Optimized, linear_schedule
+from trainer.step import LossFn, StepOutput, StepSetup, autocast_context, train_step
 from trainer.tools.finetune.config import (
     FinetuneConfig,
     FinetuneSpec,
@@ -68,7 +71,6 @@ from trainer.tools.finetune.inputs import (
 )
 from trainer.tools.finetune.metrics import score
 from trainer.tools.finetune.model import FinetuneModel, build_optimizer
-from trainer.train import autocast_context
 
 RESULTS = "results.json"
 
@@ -90,6 +92,49 @@ def predict(model: FinetuneModel, data: EncodedData, ft: FinetuneConfig, device:
     return np.concatenate(out)
 
 
+def finetune_loss(model: FinetuneModel, batch: dict[str, torch.Tensor], regression: bool,
+                  device: torch.device, precision: str) -> tuple[torch.Tensor, dict]:
+    """train_step's loss: the forward under autocast, the loss in fp32 outside it."""
+    with autocast_context(device, precision):
+        out = model(batch["input_ids"], batch["attention_mask"]).float()  # (B, C)
+    labels = batch["labels"]  # (B,) class ids, or targets for regression
+    loss = F.mse_loss(out[:, 0], labels) if regression else F.cross_entropy(out, labels)
+    return loss, {}
+
+
+def check_loss(out_dir: str, step: int, out: StepOutput) -> None:
+    """train_step's guard: refuse the update of step ``step`` after a non-finite loss."""
+    if not torch.isfinite(out.loss):
+        raise UserError(f"{out_dir}: non-finite loss at step {step}; lower finetune.lr or "
+                        "check the labels")
+
+
+def build_step(model: FinetuneModel, ft: FinetuneConfig, total: int, device: torch.device
+               ) -> StepSetup:
+    """One optimizer (finetune.optimizer, layer-wise lr decay), warm-up over
+    finetune.warmup_proportion of the ``total`` steps then linear decay; one batch a step."""
+    opt = build_optimizer(model, ft)
+    sched = linear_schedule(opt, round(ft.warmup_proportion * total), total)
+    # precision "fp32" here: finetune_loss autocasts the forward only.
+    return StepSetup(model, [Optimized("model", model, opt, sched)], accum=1,
+                     clip_grad_norm=ft.clip_grad_norm if ft.clip_grad_norm > 0 else None,
+                     precision="fp32", device=device)
+
+
+def run_epoch(setup: StepSetup, loss_fn: LossFn, batches: Iterable[tuple[torch.Tensor, ...]],
+              out_dir: str, step: int) -> tuple[float, int]:
+    """One step per (input_ids, mask, labels) batch, from step ``step``; -> (mean loss, steps
+    made so far)."""
+    loss_sum, n = 0.0, 0
+    for input_ids, mask, labels in batches:
+        batch = {"input_ids": input_ids.to(setup.device),
+                 "attention_mask": mask.to(setup.device), "labels": labels.to(setup.device)}
+        out = train_step(setup, loss_fn, [batch],
+                         guard=functools.partial(check_loss, out_dir, step + n + 1))
+        loss_sum, n = loss_sum + out.loss.item(), n + 1
+    return loss_sum / n, step + n
+
+
 def train_one(spec: FinetuneSpec, pre: Pretrained, data: TaskData, out_dir: str,
               inputs: dict) -> dict:
     """Fine-tune one configuration in ``out_dir`` and return (and write) its results."""
@@ -100,7 +145,7 @@ def train_one(spec: FinetuneSpec, pre: Pretrained, data: TaskData, out_dir: str,
     os.makedirs(out_dir, exist_ok=True)
     write_text_atomic(os.path.join(out_dir, "config.toml"), to_toml(spec))
     write_text_atomic(os.path.join(out_dir, "labels.json"),
-                 json.dumps({"labels": data.label_names}, indent=1) + "\n")
+                      json.dumps({"labels": data.label_names}, indent=1) + "\n")
 
     torch.manual_seed(ft.seed)
     encoder = (Encoder(pre.encoder_cfg) if pre.encoder is None
@@ -108,11 +153,10 @@ def train_one(spec: FinetuneSpec, pre: Pretrained, data: TaskData, out_dir: str,
     if pre.encoder is not None and ft.rescale_to_init:
         encoder.rescale_to_init_()
     model = FinetuneModel(encoder, num_outputs, ft).to(device).train()
-    opt = build_optimizer(model, ft)
-    steps_per_epoch = math.ceil(len(data.train) / ft.batch_size)
-    total = ft.epochs * steps_per_epoch
-    warmup = round(ft.warmup_proportion * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
+    total = ft.epochs * math.ceil(len(data.train) / ft.batch_size)
+    setup = build_step(model, ft, total, device)
+    loss_fn = functools.partial(finetune_loss, regression=regression, device=device,
+                                precision=ft.precision)
     order_rng = np.random.default_rng(ft.seed)
 
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
@@ -120,27 +164,13 @@ def train_one(spec: FinetuneSpec, pre: Pretrained, data: TaskData, out_dir: str,
     epochs, best, best_state = [], None, None
     step, start = 0, time.perf_counter()
     for epoch in range(1, ft.epochs + 1):
-        loss_sum, n = 0.0, 0
-        for input_ids, mask, labels in data.train.batches(
-                order_rng.permutation(len(data.train)), ft.batch_size):
-            input_ids, mask, labels = input_ids.to(device), mask.to(device), labels.to(device)
-            with autocast_context(device, ft.precision):
-                out = model(input_ids, mask).float()  # (B, C)
-            loss = (F.mse_loss(out[:, 0], labels) if regression
-                    else F.cross_entropy(out, labels))
-            loss.backward()
-            if ft.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), ft.clip_grad_norm)
-            if not torch.isfinite(loss):
-                raise UserError(f"{out_dir}: non-finite loss at step {step + 1}; lower "
-                                "finetune.lr or check the labels")
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            loss_sum, n, step = loss_sum + loss.item(), n + 1, step + 1
+        order = order_rng.permutation(len(data.train))
+        train_loss, step = run_epoch(setup, loss_fn, data.train.batches(order, ft.batch_size),
+                                     out_dir, step)
         dev_pred = predict(model, data.dev, ft, device, regression)
-        record = {"epoch": epoch, "step": step, "train_loss": loss_sum / n,
-                  "lr": sched.get_last_lr()[-1], "seconds": time.perf_counter() - start,
+        record = {"epoch": epoch, "step": step, "train_loss": train_loss,
+                  "lr": setup.parts[0].scheduler.get_last_lr()[-1],
+                  "seconds": time.perf_counter() - start,
                   **{f"dev_{k}": v for k, v in score(task, dev_pred, data.dev.labels,
                                                      num_outputs).items()}}
         epochs.append(record)
@@ -157,10 +187,7 @@ def train_one(spec: FinetuneSpec, pre: Pretrained, data: TaskData, out_dir: str,
 
     if data.test is not None:
         model.load_state_dict(best_state)
-        pred = predict(model, data.test, ft, device, regression)
-        names = [f"{p:.6g}" for p in pred] if regression else [data.label_names[p] for p in pred]
-        write_text_atomic(os.path.join(out_dir, "test_predictions.tsv"),
-                     "index\tprediction\n" + "".join(f"{i}\t{p}\n" for i, p in enumerate(names)))
+        write_test_predictions(model, data, ft, device, regression, out_dir)
     results = {"inputs": inputs, "config": to_dict(spec), "metric": task.metric,
                "best_epoch": best["epoch"], "best": best, "final": epochs[-1],
                "epochs": epochs, "labels": data.label_names, "steps": total,
@@ -169,6 +196,14 @@ def train_one(spec: FinetuneSpec, pre: Pretrained, data: TaskData, out_dir: str,
                "device": str(device), "seconds": time.perf_counter() - start}
     write_text_atomic(os.path.join(out_dir, RESULTS), json.dumps(results, indent=1) + "\n")
     return results
+
+
+def write_test_predictions(model: FinetuneModel, data: TaskData, ft: FinetuneConfig,
+                           device: torch.device, regression: bool, out_dir: str) -> None:
+    pred = predict(model, data.test, ft, device, regression)
+    names = [f"{p:.6g}" for p in pred] if regression else [data.label_names[p] for p in pred]
+    write_text_atomic(os.path.join(out_dir, "test_predictions.tsv"),
+                      "index\tprediction\n" + "".join(f"{i}\t{p}\n" for i, p in enumerate(names)))
 
 
 def finished(out_dir: str, inputs: dict, spec: FinetuneSpec) -> dict | None:
