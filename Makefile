@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The project's one command line (trainer/tools/commands.py); installed by $(STAMP).
+FE := $(VENV)/bin/fast-electra
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-hf test test-fast lint clean install task-sources gpu-wheels
@@ -37,40 +39,40 @@ clear_runs = for d in $(1); do [ -e "$$d" ] || continue; \
 	else echo "make: removing $$d (make $@ KEEP=1 keeps it as $$d.<timestamp>)"; \
 	    rm -rf "$$d"; fi; done
 demo: $(STAMP)
-	$(PY) -m pipeline.prepare --config configs/tiny.toml --overwrite
+	$(FE) prepare --config configs/tiny.toml --overwrite
 	@$(call clear_runs,runs/tiny)
 	$(TORCHRUN) --config configs/tiny_aux.toml
-	OMP_NUM_THREADS=1 $(PY) -m pipeline.generate --config configs/tiny.toml --overwrite
-	$(PY) -m pipeline.inspect shards/tiny/rtd --plot runs/tiny/plots/rtd_schedule.png
+	OMP_NUM_THREADS=1 $(FE) generate --config configs/tiny.toml --overwrite
+	$(FE) inspect shards/tiny/rtd --plot runs/tiny/plots/rtd_schedule.png
 	$(TORCHRUN) --config configs/tiny.toml
-	OMP_NUM_THREADS=2 $(PY) -m trainer.evaluate --config configs/tiny.toml --checkpoint runs/tiny/aux \
+	OMP_NUM_THREADS=2 $(FE) evaluate --config configs/tiny.toml --checkpoint runs/tiny/aux \
 	    --checkpoint runs/tiny/rtd --epochs 3 --json runs/tiny/eval.json
-	$(PY) -m trainer.cost --config configs/tiny.toml --run runs/tiny/rtd
-	$(PY) -m trainer.plot runs/tiny/rtd runs/tiny/aux --out runs/tiny/plots
+	$(FE) cost --config configs/tiny.toml --run runs/tiny/rtd
+	$(FE) plot runs/tiny/rtd runs/tiny/aux --out runs/tiny/plots
 	@echo "demo: corpus shards/tiny/corpus, RTD shards shards/tiny/rtd, aux runs/tiny/aux," \
 	    "discriminator runs/tiny/rtd, held-out metrics runs/tiny/eval.json, plots runs/tiny/plots/"
 
 # The demo with a Hugging Face BERT MLM and its own WordPiece tokenizer as the frozen aux
-# (configs/tiny_bert.toml): trainer.hf local-mlm trains that BERT on the demo corpus's text (the
-# stand-in for a public checkpoint; no download), trainer.hf import renumbers its vocabulary
+# (configs/tiny_bert.toml): fast-electra hf local-mlm trains that BERT on the demo corpus's text
+# (the stand-in for a public checkpoint; no download), hf import renumbers its vocabulary
 # into an aux checkpoint, and prepare, generate, the discriminator and the export use the
 # BERT tokenizer's vocabulary; hf/tiny-bert-rtd is the discriminator for AutoModel*.
 demo-hf: $(STAMP)
-	test -f shards/tiny/corpus/manifest.json || $(PY) -m pipeline.prepare --config configs/tiny.toml
+	test -f shards/tiny/corpus/manifest.json || $(FE) prepare --config configs/tiny.toml
 	@$(call clear_runs,hf/tiny-bert runs/tiny-bert)
-	OMP_NUM_THREADS=2 $(PY) -m trainer.hf local-mlm shards/tiny/corpus hf/tiny-bert \
+	OMP_NUM_THREADS=2 $(FE) hf local-mlm shards/tiny/corpus hf/tiny-bert \
 	    --config configs/tiny_bert.toml
-	$(PY) -m trainer.hf import hf/tiny-bert runs/tiny-bert/aux --config configs/tiny_bert.toml
-	$(PY) -m pipeline.prepare --config configs/tiny_bert.toml --overwrite
-	OMP_NUM_THREADS=1 $(PY) -m pipeline.generate --config configs/tiny_bert.toml --overwrite
+	$(FE) hf import hf/tiny-bert runs/tiny-bert/aux --config configs/tiny_bert.toml
+	$(FE) prepare --config configs/tiny_bert.toml --overwrite
+	OMP_NUM_THREADS=1 $(FE) generate --config configs/tiny_bert.toml --overwrite
 	$(TORCHRUN) --config configs/tiny_bert.toml
-	OMP_NUM_THREADS=2 $(PY) -m trainer.evaluate --config configs/tiny_bert.toml \
+	OMP_NUM_THREADS=2 $(FE) evaluate --config configs/tiny_bert.toml \
 	    --checkpoint runs/tiny-bert/rtd --epochs 3 --json runs/tiny-bert/eval.json
-	$(PY) -m trainer.hf export runs/tiny-bert/rtd hf/tiny-bert-rtd --overwrite
+	$(FE) hf export runs/tiny-bert/rtd hf/tiny-bert-rtd --overwrite
 	@echo "demo-hf: BERT aux hf/tiny-bert (imported: runs/tiny-bert/aux), corpus and RTD shards" \
 	    "shards/tiny-bert/, discriminator runs/tiny-bert/rtd, exported hf/tiny-bert-rtd"
 
-# The real fine-tuning tasks (python -m trainer.finetune_data --task wordnet|fortunes) are built
+# The real fine-tuning tasks (fast-electra finetune-data --task wordnet|fortunes) are built
 # from two Debian packages; installed here where apt-get runs as root, else their tests skip.
 task-sources:
 	@if [ -e /usr/share/wordnet/data.noun ] && [ -e /usr/share/games/fortunes/computers ]; then :; \

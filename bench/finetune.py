@@ -2,12 +2,12 @@
 random initialisation (``--from-scratch``) on a task, over several seeds, in one run.
 
     make demo                                   # the discriminator and the corpus
-    .venv/bin/python -m trainer.finetune_data shards/tiny/corpus data/order --task order
+    .venv/bin/fast-electra finetune-data shards/tiny/corpus data/order --task order
     .venv/bin/python bench/finetune.py --task configs/finetune/demo_order.toml \\
         --train data/order/train.tsv --dev data/order/dev.tsv [--checkpoint runs/tiny/rtd]
         [--seeds 0,1,2] [--out-root runs/finetune_bench/order] [--set finetune.lr=3e-4]
 
-Runs ``python -m trainer.finetune`` once per (seed, pre-trained | scratch) into
+Runs ``fast-electra finetune`` once per (seed, pre-trained | scratch) into
 ``<out-root>/<pre|scratch>-<seed>`` (a finished folder is reused, so an interrupted bench
 resumes) and prints each run's final and best dev metric, then mean and spread (min..max) per
 side and the difference pre-trained - scratch. Final = after the last epoch (no selection on
@@ -28,7 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_one(args, kind: str, seed: int) -> dict:
     out = os.path.join(args.out_root, f"{kind}-{seed}")
-    cmd = [sys.executable, "-m", "trainer.finetune", "--checkpoint", args.checkpoint,
+    cmd = [sys.executable, "-m", "trainer.tools.finetune.run", "--checkpoint", args.checkpoint,
            "--task", args.task, "--train", args.train, "--dev", args.dev, "--out-dir", out,
            "--set", f"finetune.seed={seed}"]
     for s in args.overrides:

@@ -54,8 +54,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.corrupt_write import Corrupter, write_part  # noqa: E402
-from pipeline.generate import AssignPositionsFn, index_part, run  # noqa: E402
-from pipeline.generate_fns import Layout  # noqa: E402
+from pipeline.generate import run  # noqa: E402
+from pipeline.generate_steps import AssignPositionsFn, index_part  # noqa: E402
+from pipeline.layout import Layout  # noqa: E402
 from trainer.config.load import load_config  # noqa: E402
 from trainer.corruption.corrupt import corrupt_batch  # noqa: E402
 from trainer.corruption.masking import mask_positions  # noqa: E402

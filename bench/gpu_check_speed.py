@@ -88,7 +88,7 @@ def rtd_mfu(fx: Fixtures):
 
 def aux_tokens_per_s(fx: Fixtures):
     from pipeline.corrupt_write import Corrupter
-    from pipeline.generate_fns import Layout
+    from pipeline.layout import Layout
     from trainer.config.load import load_config
     from trainer.model.encoder_config import EncoderConfig
     from trainer.model.heads import MLMModel
@@ -270,7 +270,8 @@ def head_precision(fx: Fixtures):
     if fx.device.type != "cuda":
         raise NotOnThisDevice("CUDA only: a CPU computes the head in fp32 only")
     from pipeline.corrupt_write import Corrupter
-    from pipeline.generate_fns import Layout, with_head_precision
+    from pipeline.head_precision import with_head_precision
+    from pipeline.layout import Layout
     from trainer.config.load import load_config
     from trainer.model.encoder_config import EncoderConfig
     from trainer.model.heads import MLMModel

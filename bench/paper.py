@@ -11,7 +11,7 @@ early-exit generator, 7 downstream fine-tuning of every discriminator (plus --fr
 8 shard reuse across an lr sweep. Setup first: ``pipeline.prepare`` (configs/tiny.toml's
 embedded corpus unless --corpus), the frozen aux (configs/tiny_aux.toml's recipe, 2 ranks),
 one RTD shard set (``pipeline.generate``), the corpus continuation task
-(``trainer.finetune_data``) unless --task. Writes into --out (default runs/paper):
+(``fast-electra finetune-data``) unless --task. Writes into --out (default runs/paper):
 ``paper_report.json``, ``paper_report.md``, ``plots/``; every sub-run's folder and log.
 
 Resumable: a finished row (``rows/<row>.json``) is skipped, and so is every finished sub-run

@@ -8,7 +8,7 @@ before the task was built, on GPU ``torch.cuda.max_memory_allocated``. Measureme
 interleaved, ``electra decoupled early-exit fast-online rtd`` then again, ``cost_reps`` times,
 so a slow minute of a shared machine hits every mode alike; the row reports per mode the median
 and min..max over the repetitions, as ratios to electra's median. The fast-online aux is the
-bench's frozen aux (2 layers, as every generator here). ``trainer.cost`` gives the analytic
+bench's frozen aux (2 layers, as every generator here). ``fast-electra cost`` gives the analytic
 FLOPs ratios of the same config beside them.
 
     python -m bench.paper_cost --child '{"mode": "rtd", ...}'     # one measurement (internal)
@@ -58,7 +58,7 @@ def summary(values: list[float], ref: float) -> dict:
 
 def run_row(bench) -> dict:
     """The interleaved measurements (each one a finished file is kept: resumable), then the
-    ratios to electra, and trainer.cost's analytic FLOPs of the same config."""
+    ratios to electra, and fast-electra cost's analytic FLOPs of the same config."""
     root = os.path.join(bench.out, "cost")
     results: dict[str, list[dict]] = {m: [] for m in MODES}
     for rep in range(bench.plan.cost_reps):
@@ -81,8 +81,8 @@ def run_row(bench) -> dict:
         for s in bench.data_sets():
             argv += ["--set", s]
         log = os.path.join(bench.runner.log_dir, "cost_trainer.cost.log")
-        bench.runner.call("cost/trainer.cost", "trainer.cost", argv)
-        with open(log) as f:  # trainer.cost --json prints the object (after nothing else)
+        bench.runner.call("cost/trainer.cost", "trainer.tools.cost", argv)
+        with open(log) as f:  # fast-electra cost --json prints the object (after nothing else)
             text = f.read()
         from trainer.tools.evaluate import write_json
 

@@ -1,7 +1,7 @@
 """The report of ``python -m bench.paper``: every row's measurement beside the paper's figure
 (quoted from the paper, with its table), a verdict that states the numbers it
 compares, the Markdown table, and the PNG plots that are not training curves (those come from
-``trainer.plot``).
+``fast-electra plot``).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def summarise(row: str, r: dict, rows: dict) -> tuple[str, str]:
         verdict = (f"{('differs', 'partly', 'agrees')[ok]}: fast-online time {t:.2f} of "
                    f"electra's (paper 0.71-0.81), memory {mem:.2f} (paper 0.83-0.85)")
         a = r["analytic_flops"]
-        verdict += (f". trainer.cost for these shapes (aux as deep as the discriminator; the "
+        verdict += (f". fast-electra cost for these shapes (aux as deep as the discriminator; the "
                     f"paper's is 1/3): FLOPs fast/joint {a['fast_over_joint']:.2f}, offline/"
                     f"joint {a['offline_over_joint']:.2f}, memory fast/joint "
                     f"{a['fast_memory_over_joint']:.2f}")
@@ -229,7 +229,7 @@ def detail_tables(rows: dict) -> list[str]:
     w = rows.get("sweep", {})
     if "online_total" in w:
         out += ["", "## Shard reuse (row 8)", "",
-                f"lrs {', '.join(w['lrs'])}, {w['steps']} steps each. Offline: trainer.sweep "
+                f"lrs {', '.join(w['lrs'])}, {w['steps']} steps each. Offline: fast-electra sweep "
                 f"{w['offline_sweep_seconds']:.1f} s, pipeline.generate "
                 f"{f(w['generate_seconds'], 1)} s (once). Online runs: "
                 + ", ".join(f"{x:.1f}" for x in w["online_run_seconds"]) + " s."]
@@ -268,7 +268,7 @@ def markdown(report: dict) -> str:
         lines += ["", "## Cost (row 1)", "",
                   f"{c['reps']} interleaved repetitions x {c['timed_steps']} timed steps, batch "
                   f"{c['batch']}, on {c['device']}; memory = {c['memory_measure']}. "
-                  "trainer.cost's analytic FLOPs of the same config: fast/joint "
+                  "fast-electra cost's analytic FLOPs of the same config: fast/joint "
                   f"{c['analytic_flops']['fast_over_joint']:.2f}, offline/joint "
                   f"{c['analytic_flops']['offline_over_joint']:.2f}.", "",
                   "| mode | s/step (median) | x electra: median (min..max) | memory x electra "
@@ -289,7 +289,7 @@ def _figure(w=6.0, h=3.6):
 
 
 def plots(report: dict, out_dir: str) -> list[str]:
-    """The bar and fair-evaluation plots; training curves come from trainer.plot per row."""
+    """The bar and fair-evaluation plots; training curves come from fast-electra plot per row."""
     rows, written = report["rows"], []
     if "cost" in rows and "error" not in rows["cost"]:
         fig, ax = _figure()

@@ -54,10 +54,10 @@ def run_label(run_dir: str) -> str:
 
 
 def plot(bench, name: str, run_dirs: list[str], metrics: str) -> str:
-    """trainer.plot of the runs' curves into <out>/plots/<name>/."""
+    """fast-electra plot of the runs' curves into <out>/plots/<name>/."""
     out = os.path.join(bench.out, "plots", name)
     if not os.path.isdir(out):
-        bench.runner.call(f"plot/{name}", "trainer.plot",
+        bench.runner.call(f"plot/{name}", "trainer.tools.plot",
                           [*run_dirs, "--out", out + ".tmp", "--metrics", metrics])
         os.replace(out + ".tmp", out)
     return out

@@ -4,7 +4,7 @@ every discriminator, and shard reuse across an lr sweep.
 Row 4 gives electra, decoupled and rtd the same seconds: electra trains the plan's steps, the
 others the steps that take as long at the cost row's interleaved median seconds per step (so
 the budget does not depend on what else ran at the time); the runs' own logged seconds are
-reported beside it. Row 8 times a real ``trainer.sweep`` (4 lrs, one shard set) against 4
+reported beside it. Row 8 times a real ``fast-electra sweep`` (4 lrs, one shard set) against 4
 fast-online runs, one after another, nothing else running; the aux's seconds (the shard set's
 ``pipeline.generate``) are counted once.
 """
@@ -47,7 +47,7 @@ def equal_wallclock(bench, cost: dict) -> dict:
 
 
 def downstream(bench, discriminators: dict[str, str]) -> dict:
-    """trainer.finetune of every discriminator and of --from-scratch, plan.seeds seeds each;
+    """fast-electra finetune of every discriminator and of --from-scratch, plan.seeds seeds each;
     per label the final-epoch and best-epoch dev metric: mean, min, max."""
     task = bench.make_task()
     seeds = range(bench.plan.seeds)
@@ -83,7 +83,7 @@ def sweep(bench) -> dict:
         argv = ["--config", bench.config]
         for s in [*bench.train_sets(p.sweep_steps), "train.mode=rtd", f"train.out_dir={root}"]:
             argv += ["--set", s]
-        record_wall(root, bench.runner.call("sweep/offline", "trainer.sweep",
+        record_wall(root, bench.runner.call("sweep/offline", "trainer.tools.sweep",
                                             [*argv, "--grid", "train.lr=" + ",".join(lrs)]))
     offline = wall_seconds(root)
     online = [bench.train(f"sweep-online-lr{lr}", ["train.mode=fast-online", f"train.lr={lr}"],

@@ -2,7 +2,7 @@
 setup (corpus, frozen aux, RTD shard set, fine-tuning task) every row reads.
 
 Every sub-run is a real entry point (``pipeline.prepare``, ``pipeline.generate``,
-``trainer.train``, ``trainer.finetune``, ...), started as its own process (``--in-process``
+``trainer.train``, ``fast-electra finetune``, ...), started as its own process (``--in-process``
 calls its ``main(argv)`` instead: the smoke test uses it to stay fast), with its log in
 ``<out>/logs/``. A sub-run whose output is complete is not started again, so an interrupted
 bench resumes where it stopped; the wall-clock seconds of each finished sub-run are kept
@@ -262,7 +262,7 @@ class Bench:
         d = os.path.join(self.out, "task")
         train, dev = os.path.join(d, "train.tsv"), os.path.join(d, "dev.tsv")
         if not os.path.isfile(dev):
-            self.runner.call("setup/task", "trainer.finetune_data",
+            self.runner.call("setup/task", "trainer.tools.finetune.demo_tasks",
                              [self.corpus_dir, d, "--task", a.demo_task,
                               "--train", str(self.plan.ft_train), "--dev", str(self.plan.ft_dev)])
         task = {"continuation": "demo.toml", "order": "demo_order.toml"}[a.demo_task]
@@ -299,7 +299,7 @@ class Bench:
         return {"dir": out_dir, "seconds": wall_seconds(out_dir)}
 
     def finetune(self, checkpoint_dir: str | None, seed: int, task: dict, name: str) -> dict:
-        """trainer.finetune of one checkpoint (None: --from-scratch of the bench's
+        """fast-electra finetune of one checkpoint (None: --from-scratch of the bench's
         architecture) with one seed; its results.json."""
         out_dir = os.path.join(self.out, "finetune", name, f"seed{seed}")
         done = os.path.join(out_dir, "results.json")
@@ -310,7 +310,7 @@ class Bench:
                 argv += ["--checkpoint", self.scratch_architecture(), "--from-scratch"]
             else:
                 argv += ["--checkpoint", checkpoint_dir]
-            self.runner.call(f"finetune/{name}/seed{seed}", "trainer.finetune", argv)
+            self.runner.call(f"finetune/{name}/seed{seed}", "trainer.tools.finetune.run", argv)
         return read_json(done)
 
     def scratch_architecture(self) -> str:

@@ -15,14 +15,14 @@ Encoders (each budget k multiplies the demo's updates; the demo recipe otherwise
   mlm          the auxiliary MLM itself (configs/tiny_aux.toml; 1x is the demo's aux, 150 updates)
   scratch      the discriminator's architecture from random initialisation (no budget)
 
-Tasks: ``wordnet`` and ``fortunes`` (python -m trainer.finetune_data --task ...; Debian's
+Tasks: ``wordnet`` and ``fortunes`` (fast-electra finetune-data --task ...; Debian's
 wordnet-base and fortunes), fine-tuned with configs/finetune/<task>.toml, seeds 0,1,2 for
 every encoder (paired: a seed fixes the head's initialisation, the data order and dropout).
 Linear probes (bench/transfer_probe.py) read the frozen [CLS] state, the mean token state
 and the mean word embedding; the peer is a random-initialised encoder.
 
 Every sub-run is a real command in its own process (trainer.train under torchrun,
-pipeline.generate, trainer.finetune) with its log in <out>/logs/; finished sub-runs are kept,
+pipeline.generate, fast-electra finetune) with its log in <out>/logs/; finished sub-runs are kept,
 so an interrupted bench resumes. Writes <out>/transfer.json, transfer.md and transfer.png.
 """
 
@@ -126,7 +126,8 @@ class Transfer:
     def task(self, name: str) -> dict:
         d = os.path.join(self.out, "tasks", name)
         if not os.path.isfile(os.path.join(d, "source.json")):
-            self.runner.call(f"tasks/{name}", "trainer.finetune_data", [d, "--task", name])
+            self.runner.call(f"tasks/{name}", "trainer.tools.finetune.demo_tasks",
+                             [d, "--task", name])
         return {"name": name, "config": os.path.join(REPO, "configs", "finetune",
                                                      f"{name}.toml"),
                 "train": os.path.join(d, "train.tsv"), "dev": os.path.join(d, "dev.tsv")}
@@ -207,7 +208,8 @@ class Transfer:
                     "--dev", task["dev"], "--out-dir", out_dir, "--set", f"finetune.seed={seed}"]
             for s in self.plan.finetune_sets:
                 argv += ["--set", s]
-            self.runner.call(f"finetune/{task['name']}/{name}/seed{seed}", "trainer.finetune",
+            self.runner.call(f"finetune/{task['name']}/{name}/seed{seed}",
+                             "trainer.tools.finetune.run",
                              [*argv, *(["--from-scratch"] if scratch else [])])
         return read_json(done)
 
@@ -222,7 +224,7 @@ class Transfer:
 
 
 def pretraining_gflops(encoder: str, steps: int, batch: int, ckpt: str) -> float:
-    """Pre-training compute, trainer.cost's conventions (per sequence at full length, backward
+    """Pre-training compute, fast-electra cost's conventions (per sequence at full length, backward
     = 2 x forward) x sequences: rtd the offline design, fast-online fast_masked_head, electra
     joint; mlm the aux's share of the joint design (its forward and backward)."""
     est = estimate(checkpoint_config(read_meta(ckpt, "model",

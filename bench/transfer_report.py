@@ -79,7 +79,7 @@ def plot_compute(results: dict, path: str) -> None:
             ax.axhline(s["mean"], color="k", ls="--", label="scratch (mean)")
             ax.axhspan(s["min"], s["max"], color="k", alpha=0.08)
         ax.set_xscale("log")
-        ax.set_xlabel("pre-training compute (GFLOPs, trainer.cost conventions)")
+        ax.set_xlabel("pre-training compute (GFLOPs, fast-electra cost conventions)")
         ax.set_ylabel("dev accuracy after fine-tuning")
         ax.set_title(task)
         ax.legend(fontsize=8)

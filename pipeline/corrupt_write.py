@@ -11,20 +11,12 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.ml.inference.base import ModelHandler
 
-from pipeline.beam_util import (
-    join,
-    open_atomic,
-    read_bytes,
-)
 from pipeline.corpus_parts import ZSTD_LEVEL
-from pipeline.generate_fns import (
-    Layout,
-    PartRows,
-    RowGroupBuffer,
-    claim_device_slot,
-    with_head_precision,
-    worker_device,
-)
+from pipeline.filesystems import join, open_atomic, read_bytes
+from pipeline.gpu_slots import claim_device_slot, worker_device
+from pipeline.head_precision import with_head_precision
+from pipeline.layout import Layout
+from pipeline.packed_rows import PartRows
 from trainer.config.run import RunConfig
 from trainer.data.corpus_shards import CorpusShards
 from trainer.data.order import progress
@@ -120,6 +112,33 @@ class CorruptionHandler(ModelHandler):
 
     def get_metrics_namespace(self) -> str:
         return "generate"
+
+
+class RowGroupBuffer:
+    """Corrupted rows waiting for their row group: batches and row groups are cut
+    independently (``generate.batch_tokens`` vs ``data.row_group_rows``), so the writer holds
+    at most one row group plus one batch."""
+
+    def __init__(self):
+        self.cols: tuple[list, ...] = ([], [], [], [], [])
+
+    def __len__(self) -> int:
+        return len(self.cols[0])
+
+    def add(self, positions: np.ndarray, seq_ids: np.ndarray, lengths: np.ndarray,
+            tokens: np.ndarray, labels: np.ndarray, temperature: np.ndarray) -> None:
+        cuts = np.cumsum(lengths)[:-1]
+        for col, values in zip(self.cols, (positions.tolist(), seq_ids.tolist(),
+                                           np.split(tokens, cuts), np.split(labels, cuts),
+                                           temperature.tolist()), strict=True):
+            col.extend(values)
+
+    def take(self, n: int) -> tuple[list, ...]:
+        """The first n rows (positions, seq_ids, tokens, labels, temperatures), removed."""
+        out = tuple(col[:n] for col in self.cols)
+        for col in self.cols:
+            del col[:n]
+        return out
 
 
 def write_part(rows: PartRows, corrupter: Corrupter, rtd_dir: str, batch_rows: int,

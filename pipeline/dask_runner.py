@@ -1,7 +1,7 @@
 """Beam's DaskRunner (Beam 2.77), fixed for the project's pipelines and given a cluster of its own.
 
 ``--runner DaskRunner`` on prepare, generate or fair_eval selects this runner
-(``beam_util.pipeline_options`` maps the short name here; needs the ``dask`` extra,
+(``runners.pipeline_options`` maps the short name here; needs the ``dask`` extra,
 ``pip install -e '.[dask]'``):
 
     # a local dask.distributed cluster of 2 worker processes, started and stopped by the job
@@ -74,7 +74,7 @@ def start_launcher_helpers() -> None:
     spawned processes start it on first use and it lives as long as the launcher, holding the
     stderr it was started with; during a job that is ``shard_sets.run_pipeline``'s traceback
     pipe (pipeline/worker_stderr.py), which then waits 10 s for the pipe to close after every
-    dask job. Called by ``beam_util.pipeline_options`` when the DaskRunner is chosen."""
+    dask job. Called by ``runners.pipeline_options`` when the DaskRunner is chosen."""
     from multiprocessing import resource_tracker
 
     resource_tracker.ensure_running()

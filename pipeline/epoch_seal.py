@@ -32,9 +32,10 @@ from importlib.metadata import version
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.beam_util import exists, join, read_bytes, write_json_atomic
 from pipeline.corpus_parts import ZSTD_LEVEL
-from pipeline.generate_fns import GenerateError, Layout
+from pipeline.errors import GenerateError
+from pipeline.filesystems import exists, join, read_bytes, write_json_atomic
+from pipeline.layout import Layout
 from pipeline.output_lock import OutputLock, OutputLockError
 from pipeline.shard_sets import OutputError, fingerprint_diff, held_locks
 from trainer.config.load import to_dict
@@ -124,28 +125,38 @@ def add_epochs_flag(parser) -> None:
 # In the pipeline: part entries -> one seal per epoch
 # ---------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class EpochSealing:
+    """What sealing an epoch checks against: the set's folder, the parts every epoch has
+    (``Layout.num_parts``) and the fingerprint of the plan the parts follow."""
+
+    rtd_dir: str
+    parts_per_epoch: int
+    plan_fp: str
+
+
 def by_epoch(entry: dict) -> tuple[int, dict]:
     return entry["epoch"], entry
 
 
-def seal_epoch(element: tuple, context: dict) -> dict:
+def seal_epoch(element: tuple, sealing: EpochSealing) -> dict:
     """GroupByEpoch's (epoch, part entries) -> ``epoch=EEEE/_SEALED.json``, written (atomically)
     after every part of the epoch is renamed into place -> the seal. Checks that every part
     is there and that plan.json is still the plan the parts follow."""
     epoch, parts = element
     parts = sorted(parts, key=lambda p: p["name"])
-    rtd_dir, expected = context["rtd_dir"], context["parts_per_epoch"]
+    rtd_dir, expected = sealing.rtd_dir, sealing.parts_per_epoch
     if len(parts) != expected:
         raise GenerateError(f"{rtd_dir}: {len(parts)} parts of epoch {epoch} were written, "
                             f"{expected} expected; re-run pipeline.generate --epochs "
                             f"{epoch}:{epoch + 1}")
     plan_path = join(rtd_dir, PLAN)
     if not exists(plan_path) or plan_fingerprint(json.loads(read_bytes(plan_path))) != \
-            context["plan_fp"]:
+            sealing.plan_fp:
         raise GenerateError(f"{plan_path} changed while epoch {epoch} was written (another "
-                            "run replaced the set): epoch {epoch} is not sealed; write the "
+                            f"run replaced the set): epoch {epoch} is not sealed; write the "
                             "set to a folder no other run writes")
-    seal = {"epoch": epoch, "plan": context["plan_fp"], **totals(parts), "files": parts}
+    seal = {"epoch": epoch, "plan": sealing.plan_fp, **totals(parts), "files": parts}
     write_json_atomic(join(rtd_dir, epoch_dir(epoch), SEAL), seal)
     return seal
 

@@ -25,7 +25,7 @@ Steps:
    generate is a no-op when the set is complete, and refuses a set that differs in another
    setting, naming the keys (pass --overwrite or another --out-dir). Masking, corpus and Beam
    options come from ``--config``/``--set`` and the command line, as for pipeline.generate.
-2. ``trainer.evaluate`` scores every ``--checkpoint`` (a discriminator, or a joint run's D) on
+2. ``fast-electra evaluate`` scores every ``--checkpoint`` (a discriminator, or a joint run's D) on
    that set and prints one table (and ``--json OUT``). Its ``rtd_*`` metrics count the
    ordinary tokens only ([CLS]/[SEP] are never replaced and would flatter every figure);
    ``rtd_all_accuracy/auc/loss`` count every real token.

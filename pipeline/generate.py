@@ -25,13 +25,16 @@ positions, so a batch never depends on the runner's bundling, and streamed row g
 group through ``pq.ParquetWriter`` to a temp name, then renamed) -> GroupByEpoch -> SealEpoch
 (``epoch=EEEE/_SEALED.json``, written last for the epoch: the epoch may be read). The launcher
 writes ``plan.json`` first, runs one such job per epoch of ``--epochs A:B`` (default all) and
-writes manifest.json once every epoch of the plan is sealed (pipeline/epoch_seal.py).
+writes manifest.json once every epoch of the plan is sealed (pipeline/epoch_seal.py). The steps
+are three composite transforms (pipeline/generate_steps.py): ShuffleToParts (ListCorpusParts'
+elements through AssignPositions, GroupByPart and IndexParts), CorruptAndWrite and SealEpochs
+(GroupByEpoch, SealEpoch).
 
 The frozen aux MLM loads in ``load_model``: once per SDK process, or ``generate.model_copies``
 copies per machine shared by its processes; on CUDA with bf16 autocast for the encoder when
 ``generate.device`` is cuda, or auto with a GPU visible. A load takes the machine's lowest free
 device slot and uses GPU (slot mod GPU count), so the loads of a machine go round-robin over
-its GPUs (``generate_fns.worker_device``). Model-free replacements never load a model. A worker
+its GPUs (``gpu_slots.worker_device``). Model-free replacements never load a model. A worker
 holds one part's input tokens (uint16: ~2 bytes/token) plus one row group of output at a time.
 
 Every random decision is keyed by (seed, epoch, seq_id), and every batch is fixed by (epoch,
@@ -44,46 +47,30 @@ shard encoding is documented in shards/README.md and ``trainer/data/rtd_format.p
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import time
 
 import apache_beam as beam
-import pyarrow.parquet as pq
-from apache_beam.ml.inference.base import RunInference
 
-from pipeline.beam_util import (
-    exists,
-    join,
-    pipeline_options,
-    read_bytes,
-    runs_locally,
-    write_atomic,
-)
-from pipeline.corrupt_write import CorruptionHandler
 from pipeline.epoch_seal import (
+    EpochSealing,
     add_epochs_flag,
-    by_epoch,
     complete_set,
     parse_epochs,
     plan_header,
     prepare_epochs,
     read_seals,
-    seal_epoch,
     write_plan,
 )
-from pipeline.generate_fns import (
-    GenerateError,
-    Layout,
-    PartRows,
-    explicit_workers,
-    local_workers,
-    split_by_part,
-    worker_device,
-)
+from pipeline.errors import GenerateError
+from pipeline.filesystems import exists, join, read_bytes, write_atomic
+from pipeline.generate_steps import CorruptAndWrite, SealEpochs, ShuffleToParts
+from pipeline.gpu_slots import explicit_workers, local_workers, worker_device
 from pipeline.job import parse_job_args, run_as_main
+from pipeline.layout import Layout
 from pipeline.progress import rtd_progress
+from pipeline.runners import pipeline_options, runs_locally
 from pipeline.shard_sets import holds_output_locks, run_pipeline
 from trainer.cli import main_guard
 from trainer.config.load import to_dict, to_toml
@@ -93,78 +80,31 @@ from trainer.data.corpus_shards import CorpusShards, open_corpus
 from trainer.data.manifest import (
     CONFIG_FILE,
     RTD_SCHEMA_VERSION,
-    ShardError,
     manifest_fingerprint,
     resolve_fs,
     sha256_file,
 )
-from trainer.data.order import permute
 from trainer.data.rtd_format import token_dtype
 from trainer.data.sealed import plan_fingerprint
 from trainer.digest import sha256_bytes
 from trainer.modes.rtd import DataPlan
 from trainer.pretrained import GENERATOR_KINDS, generator_config, read_meta
 
-# ---------------------------------------------------------------------------------------------
-# Steps
-# ---------------------------------------------------------------------------------------------
-
-class AssignPositionsFn(beam.DoFn):
-    """(epoch, corpus part index) -> ((epoch, output part), packed rows) for every output part
-    the corpus part's sequences fall in (``generate_fns.split_by_part``). The part's bytes are
-    checked against the corpus manifest."""
-
-    def __init__(self, corpus_dir: str, files: list[dict], layout: Layout, seed: int,
-                 dtype: str):
-        self.corpus_dir, self.files, self.layout, self.seed = corpus_dir, files, layout, seed
-        self.dtype = dtype
-
-    def process(self, element):
-        epoch, index = element
-        entry = self.files[index]
-        path = join(self.corpus_dir, entry["name"])
-        data = read_bytes(path)
-        if sha256_bytes(data) != entry["sha256"]:
-            raise ShardError(f"{path}: sha256 differs from the corpus manifest's: the file "
-                             "changed or is corrupt; re-run pipeline.prepare --overwrite")
-        table = pq.read_table(io.BytesIO(data))
-        seq_ids = table.column("seq_id").to_numpy()
-        ids = table.column("input_ids").combine_chunks()
-        positions = permute(seq_ids, self.layout.num_sequences, self.seed, epoch)
-        for part, packed in split_by_part(positions, seq_ids, ids.offsets.to_numpy(),
-                                          ids.values.to_numpy(), self.layout, self.dtype):
-            yield (epoch, part), packed
-
-
-def index_part(element: tuple, layout: Layout, dtype: str) -> PartRows:
-    """GroupByPart's ((epoch, part), packed chunks) -> the part's rows in position order."""
-    (epoch, part), chunks = element
-    return PartRows.gather(epoch, part, chunks, layout, dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# Pipeline
-# ---------------------------------------------------------------------------------------------
 
 def build(p: beam.Pipeline, cfg: RunConfig, corpus: CorpusShards, layout: Layout,
-          epochs: list[int], context: dict):
+          epochs: list[int], sealing: EpochSealing):
     """The job writing and sealing ``epochs`` of the plan (the launcher runs one per epoch:
-    pipeline/epoch_seal.py says why)."""
-    gen, dtype = cfg.generate, context["token_dtype"]
+    pipeline/epoch_seal.py says why); the steps are pipeline/generate_steps.py's."""
+    dtype = token_dtype(corpus.vocab_size)
     return (
         p
         | "ListCorpusParts" >> beam.Create([(e, i) for e in epochs
                                             for i in range(len(corpus.files))])
-        | "ReshuffleParts" >> beam.Reshuffle()
-        | "AssignPositions" >> beam.ParDo(AssignPositionsFn(corpus.root, corpus.files, layout,
-                                                            gen.seed, dtype))
-        | "GroupByPart" >> beam.GroupByKey()
-        | "IndexParts" >> beam.Map(index_part, layout=layout, dtype=dtype)
-        | "CorruptAndWrite" >> RunInference(CorruptionHandler(cfg, layout, corpus.vocab_size,
-                                                              corpus.root, dtype))
-        | "KeyByEpoch" >> beam.Map(by_epoch)
-        | "GroupByEpoch" >> beam.GroupByKey()
-        | "SealEpoch" >> beam.Map(seal_epoch, context=context)
+        | "ShuffleToParts" >> ShuffleToParts(corpus.root, corpus.files, layout,
+                                             cfg.generate.seed, dtype)
+        | "CorruptAndWrite" >> CorruptAndWrite(cfg, layout, corpus.vocab_size, corpus.root,
+                                               dtype)
+        | "SealEpochs" >> SealEpochs(sealing)
     )
 
 
@@ -175,7 +115,7 @@ def build(p: beam.Pipeline, cfg: RunConfig, corpus: CorpusShards, layout: Layout
 def check_same_vocabulary(meta: dict, path: str, corpus: CorpusShards) -> None:
     """An aux speaks the corpus's ids only if both come from one vocabulary: the corpus's
     SentencePiece model, or the same HF tokenizer (its vocabulary's sha256, recorded by
-    pipeline.prepare and by trainer.hf import)."""
+    pipeline.prepare and by fast-electra hf import)."""
     entry = corpus.manifest["tokenizer"]
     ours = (entry.get("kind", "sentencepiece"), entry.get("vocab_sha256"))
     imported = meta.get("hf_import", {}).get("vocabulary", {})
@@ -189,7 +129,7 @@ def check_same_vocabulary(meta: dict, path: str, corpus: CorpusShards) -> None:
             f"{name(*theirs, meta['config'].get('tokenizer', {}).get('model') or '?')}, the "
             f"corpus {corpus.root} was tokenised with {name(*ours, entry.get('source', '?'))}; "
             "prepare the corpus with the aux's own tokenizer (tokenizer.kind = 'hf', "
-            "tokenizer.model = the folder trainer.hf import wrote) or use an aux trained on "
+            "tokenizer.model = the folder fast-electra hf import wrote) or use an aux trained on "
             "this corpus")
 
 
@@ -241,7 +181,7 @@ def fingerprint(cfg: RunConfig, corpus_fp: str, aux: dict | None, layout: Layout
 
 def plan_local_gpus(cfg: RunConfig, beam_argv: list[str]) -> list[str]:
     """Local workers see the launcher's GPUs: check them before any work (not in every
-    worker) and default the worker count to the GPUs (``generate_fns.local_workers``)."""
+    worker) and default the worker count to the GPUs (``gpu_slots.local_workers``)."""
     import torch
 
     gen, count = cfg.generate, torch.cuda.device_count()
@@ -287,7 +227,7 @@ def check_plan(cfg: RunConfig, corpus: CorpusShards) -> None:
 
 
 @holds_output_locks
-def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     """Run generate; returns the RTD manifest, or, while epochs of the plan are missing,
     the plan with the files of the sealed epochs and ``complete: False``."""
     from trainer.corruption.augmentations import validate_corruption
@@ -327,16 +267,15 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
               f"{corpus.num_sequences:,} sequences from {corpus.root} -> {rtd_dir} "
               f"({layout.num_parts} part(s)/epoch, {layout.batch_rows} sequences/batch, "
               f"replacement {cfg.corruption.replacement})", flush=True)
-    context = {"rtd_dir": rtd_dir, "parts_per_epoch": layout.num_parts,
-               "plan_fp": plan_fingerprint(prep.header), "token_dtype": dtype}
+    sealing = EpochSealing(rtd_dir, layout.num_parts, plan_fingerprint(prep.header))
     # One job per epoch, each sealing its epoch as it ends (epoch_seal: a seal inside one
-    # job for every epoch would appear only at that job's end); a test's pipeline runs once.
-    jobs = [prep.to_write] if test_pipeline else [[e] for e in prep.to_write]
+    # job for every epoch would appear only at that job's end).
+    jobs = [[e] for e in prep.to_write]
     start = time.monotonic()
-    with rtd_progress(rtd_dir, gen.epochs, layout, args.progress_s if jobs else 0):
+    with rtd_progress(rtd_dir, prep.to_write, layout, args.progress_s if jobs else 0):
         for epochs in jobs:
-            p = test_pipeline or beam.Pipeline(options=pipeline_options(beam_argv))
-            build(p, cfg, corpus, layout, epochs, context)
+            p = beam.Pipeline(options=pipeline_options(beam_argv))
+            build(p, cfg, corpus, layout, epochs, sealing)
             run_pipeline(p)
             for e in epochs:
                 prep.locks[e].release()
@@ -346,7 +285,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     if manifest is not None:
         print_summary(manifest)
         return manifest
-    sealed = read_seals(rtd_dir, context["plan_fp"], range(gen.epochs))
+    sealed = read_seals(rtd_dir, sealing.plan_fp, range(gen.epochs))
     missing = [e for e in range(gen.epochs) if e not in sealed]
     print(f"generate: {rtd_dir} has {len(sealed)} of {gen.epochs} epoch(s) sealed; the set is "
           f"complete (manifest.json) once epoch(s) {', '.join(map(str, missing))} are "

@@ -5,16 +5,17 @@ lines (pipeline.progress) and printing the manifest it wrote, and the ``python -
 happens to the output folder itself (locks, fingerprints, leftovers) is pipeline.shard_sets.
 
     @holds_output_locks
-    def run(argv=None, test_pipeline=None) -> dict:
+    def run(argv=None) -> dict:
         args, cfg, beam_argv = parse_job_args("python -m pipeline.prepare", __doc__, argv,
                                               "replace a different corpus already in ...")
-        done = already_done(out_dir, "corpus", fp, args.overwrite, patterns, "prepare",
-                            "this corpus (same config and inputs)", print_summary)
+        output = JobOutput(out_dir, "corpus", "prepare", "this corpus (same config and inputs)",
+                           patterns, print_summary)
+        done = claim_output(output, fp, args.overwrite)
         if done is not None:
             return done
         ...
-        return run_job(lambda p: build(p, ...), test_pipeline, beam_argv, out_dir, "corpus",
-                       print_summary, corpus_progress(out_dir, files, part_bytes, args.progress_s))
+        return run_job(lambda p: build(p, ...), beam_argv, output,
+                       corpus_progress(out_dir, files, part_bytes, args.progress_s))
 
     if __name__ == "__main__":
         run_as_main("pipeline.prepare")
@@ -26,12 +27,13 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NoReturn
 
 import apache_beam as beam
 
-from pipeline.beam_util import pipeline_options
 from pipeline.progress import ProgressReporter, add_progress_flag
+from pipeline.runners import pipeline_options
 from pipeline.shard_sets import prepare_output, run_pipeline
 from trainer.cli import config_parser, resolve_config
 from trainer.config.run import RunConfig
@@ -52,31 +54,45 @@ def parse_job_args(prog: str, doc: str | None, argv: list[str] | None, overwrite
     return args, resolve_config(args), beam_argv
 
 
-def already_done(out_dir: str, kind: str, fp: dict, overwrite: bool, patterns: list[str],
-                 job: str, what: str, summary: Callable[[dict], None]) -> dict | None:
-    """``prepare_output``; when ``out_dir`` already holds this very set, say so, print its
-    summary and return its manifest (the job has nothing to do), else None."""
-    if prepare_output(out_dir, kind, fp, overwrite, patterns, job):
+@dataclass(frozen=True)
+class JobOutput:
+    """The output folder of a job and how the job speaks of it: ``kind`` is its manifest's
+    kind, ``what`` names a set equal to this run's in the "nothing to do" line, ``patterns``
+    match the files an interrupted run leaves, ``summary`` prints a manifest."""
+
+    out_dir: str
+    kind: str
+    job: str
+    what: str
+    patterns: list[str]
+    summary: Callable[[dict], None]
+
+
+def claim_output(out: JobOutput, fp: dict, overwrite: bool) -> dict | None:
+    """Lock ``out.out_dir`` for this run and clear an interrupted run's leftovers there
+    (``prepare_output``: a different set is refused unless ``overwrite``) -> None; or, when the
+    folder already holds this very set, say so, print its summary and return its manifest
+    (the job has nothing to do)."""
+    if prepare_output(out.out_dir, out.kind, fp, overwrite, out.patterns, out.job):
         return None
-    print(f"{job}: {out_dir} already holds {what}; nothing to do. Pass --overwrite to rebuild "
-          "it.")
-    manifest = read_manifest(out_dir, kind)
-    summary(manifest)
+    print(f"{out.job}: {out.out_dir} already holds {out.what}; nothing to do. Pass --overwrite "
+          "to rebuild it.")
+    manifest = read_manifest(out.out_dir, out.kind)
+    out.summary(manifest)
     return manifest
 
 
-def run_job(build: Callable[[beam.Pipeline], None], test_pipeline: beam.Pipeline | None,
-            beam_argv: list[str], out_dir: str, kind: str, summary: Callable[[dict], None],
+def run_job(build: Callable[[beam.Pipeline], None], beam_argv: list[str], out: JobOutput,
             progress: ProgressReporter) -> dict:
-    """Build the job's steps on a pipeline (the test's, or one from the Beam options), run it
-    to the end with ``progress`` reporting, print the summary of the manifest it wrote and
-    return that manifest."""
-    p = test_pipeline or beam.Pipeline(options=pipeline_options(beam_argv))
+    """Build the job's steps on a pipeline made from the Beam options, run it to the end with
+    ``progress`` reporting, print the summary of the manifest it wrote and return that
+    manifest."""
+    p = beam.Pipeline(options=pipeline_options(beam_argv))
     build(p)
     with progress:
         run_pipeline(p)
-    manifest = read_manifest(out_dir, kind)
-    summary(manifest)
+    manifest = read_manifest(out.out_dir, out.kind)
+    out.summary(manifest)
     return manifest
 
 

@@ -38,7 +38,7 @@ import time
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.beam_util import exists, join, read_bytes, write_json_atomic
+from pipeline.filesystems import exists, join, read_bytes, write_json_atomic
 from trainer.data.sealed import LOCK_FILE
 from trainer.errors import UserError
 

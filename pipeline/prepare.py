@@ -6,10 +6,11 @@
         --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp
 
 Steps: list the inputs -> train (or load and check) the SentencePiece tokenizer in the launcher
--> ReadDocuments (one file per element; compressed files cannot be split) -> Reshuffle ->
-Tokenize (+ split documents into [CLS] ... [SEP] sequences of at most data.max_seq_len) ->
-GroupByPart -> WriteParts (zstd Parquet, temp name + rename) -> Finalize (unigram counts, then
-manifest.json, written last: a folder without it is an incomplete corpus).
+-> ReadDocuments (one file per element; compressed files cannot be split) -> TokenizeAndSplit
+(documents into [CLS] ... [SEP] sequences of at most data.max_seq_len) -> WriteCorpusParts
+(GroupByPart, zstd Parquet, temp name + rename) -> Finalize (unigram counts, then
+manifest.json, written last: a folder without it is an incomplete corpus). The three middle
+steps are composite transforms of pipeline/prepare_steps.py.
 
 Re-running with the same config and inputs is a no-op; a folder that holds a different corpus
 is refused unless ``--overwrite``. Leftovers of an interrupted run are removed first.
@@ -18,6 +19,7 @@ is refused unless ``--overwrite``. Leftovers of an interrupted run are removed f
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from importlib.metadata import version
 
 import apache_beam as beam
@@ -25,31 +27,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-from apache_beam.pvalue import AsList, AsSingleton, TaggedOutput
+from apache_beam.pvalue import AsList, AsSingleton
 
-from pipeline.beam_util import exists, join, read_bytes, write_atomic, write_json_atomic
-from pipeline.corpus_parts import (
-    TokenizedDoc,
-    encode_part,
-    group_files,
-    kept_tokens,
-    num_sequences,
-    part_key,
-    part_rows,
-    plan_parts,
-)
-from pipeline.job import already_done, parse_job_args, run_as_main, run_job
+from pipeline.corpus_parts import group_files
+from pipeline.filesystems import exists, join, read_bytes, write_atomic, write_json_atomic
+from pipeline.job import JobOutput, claim_output, parse_job_args, run_as_main, run_job
+from pipeline.prepare_steps import ReadDocuments, TokenizeAndSplit, WriteCorpusParts
 from pipeline.progress import corpus_progress
 from pipeline.shard_sets import holds_output_locks
-from pipeline.sources import (
-    FileReport,
-    InputError,
-    check_undecodable,
-    expand_inputs,
-    read_file,
-    resolve_format,
-)
+from pipeline.sources import InputError, check_undecodable, expand_inputs, resolve_format
 from pipeline.tokenizer_train import train_tokenizer
 from trainer.cli import main_guard
 from trainer.config.load import to_dict, to_toml
@@ -77,136 +63,24 @@ class PrepareError(UserError):
     """The corpus cannot be prepared as asked."""
 
 
-# ---------------------------------------------------------------------------------------------
-# DoFns
-# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CorpusContext:
+    """What Finalize needs besides the job's outputs: where the corpus goes, the inputs as
+    (path, size) and the manifest's header (every field known before the job runs)."""
 
-class ReadDocumentsFn(beam.DoFn):
-    """(file_index, path) -> (file_index, doc_index, offset, text)...; the file's FileReport
-    as a side output, so bad bytes and records are counted, never silently lost. Elements
-    are plain tuples so that Beam's fast coder moves them without pickling."""
-
-    REPORTS = "reports"
-
-    def __init__(self, fmt: str, text_field: str, doc_split: str):
-        self.fmt, self.text_field, self.doc_split = fmt, text_field, doc_split
-        self.documents = Metrics.counter("prepare", "documents")
-        self.undecodable = Metrics.counter("prepare", "undecodable_bytes")
-
-    def process(self, element):
-        file_index, path = element
-        report = FileReport(path)
-        for doc in read_file(path, self.fmt, report, self.text_field, self.doc_split):
-            yield file_index, doc.doc_index, doc.offset, doc.text
-        self.documents.inc(report.documents)
-        self.undecodable.inc(report.undecodable_bytes)
-        yield TaggedOutput(self.REPORTS, (file_index, report.as_dict()))
+    corpus_dir: str
+    inputs: list[tuple[str, int]]
+    header: dict
 
 
-class TokenizeFn(beam.DoFn):
-    """(file_index, doc_index, offset, text) -> (part key, tuple(TokenizedDoc)). The
-    tokenizer loads once per worker in ``setup``: the SentencePiece model at tokenizer_path,
-    or, given ``hf_special_ids`` (role -> the source tokenizer's id), the Hugging Face
-    tokenizer.json there, renumbered onto the project's ids."""
-
-    def __init__(self, tokenizer_path: str, max_seq_len: int, min_tail_tokens: int,
-                 part_text_bytes: int, file_groups: list[tuple[int, bool]],
-                 hf_special_ids: dict[str, int] | None = None):
-        self.tokenizer_path, self.hf_special_ids = tokenizer_path, hf_special_ids
-        self.max_seq_len, self.min_tail_tokens = max_seq_len, min_tail_tokens
-        self.part_text_bytes, self.file_groups = part_text_bytes, file_groups
-        self.empty = Metrics.counter("prepare", "documents_without_tokens")
-
-    def setup(self):
-        data = read_bytes(self.tokenizer_path)
-        self.sp = (HFTokenizer(data.decode("utf-8"), self.hf_special_ids, self.tokenizer_path)
-                   if self.hf_special_ids else load_tokenizer_bytes(data, self.tokenizer_path))
-
-    def process(self, element):
-        file_index, doc_index, offset, text = element
-        ids = self.sp.encode(text)
-        if not ids:
-            self.empty.inc()
-            return
-        kept = kept_tokens(len(ids), self.max_seq_len, self.min_tail_tokens)
-        doc = TokenizedDoc(file_index, doc_index, np.asarray(ids[:kept], "<i4").tobytes(),
-                           num_sequences(kept, self.max_seq_len), len(ids) - kept,
-                           len(text.encode()))
-        yield part_key(self.file_groups[file_index], offset, self.part_text_bytes), tuple(doc)
-
-
-def count_part(element) -> tuple:
-    key, doc = element
-    return key, (1, TokenizedDoc(*doc).num_sequences)
-
-
-def sum_pairs(pairs) -> tuple[int, int]:
-    docs, seqs = 0, 0
-    for d, s in pairs:
-        docs, seqs = docs + d, seqs + s
-    return docs, seqs
-
-
-class WritePartFn(beam.DoFn):
-    """(part key, [TokenizedDoc]) -> the part's manifest entry; its unigram counts as a side
-    output. Idempotent: a retry writes the same bytes to the same name."""
-
-    UNIGRAM = "unigram"
-
-    def __init__(self, corpus_dir: str, row_group_rows: int, vocab_size: int, max_seq_len: int):
-        self.corpus_dir, self.row_group_rows = corpus_dir, row_group_rows
-        self.vocab_size, self.max_seq_len = vocab_size, max_seq_len
-
-    def process(self, element, plans):
-        key, docs = element
-        docs = [TokenizedDoc(*d) for d in docs]
-        plan = plans[key]
-        seq_ids, doc_ids, seqs = part_rows(docs, plan, self.max_seq_len)
-        data = encode_part(seq_ids, doc_ids, seqs, self.row_group_rows)
-        name = f"part-{plan.ordinal:05d}.parquet"
-        write_atomic(join(self.corpus_dir, name), data)
-        yield {
-            "name": name, "rows": len(seqs), "bytes": len(data), "sha256": sha256_bytes(data),
-            "seq_id_start": plan.seq_id_start, "doc_id_start": plan.doc_id_start,
-            "documents": len(docs), "tokens": sum(d.tokens for d in docs),
-            "dropped_tail_tokens": sum(d.dropped_tokens for d in docs),
-            "text_bytes": sum(d.text_bytes for d in docs),
-        }
-        yield TaggedOutput(self.UNIGRAM,
-                           np.bincount(np.concatenate(seqs), minlength=self.vocab_size))
-
-
-class SumArraysFn(beam.CombineFn):
-    """Element-wise sum of equal-length int64 count vectors."""
-
-    def __init__(self, length: int):
-        self.length = length
-
-    def create_accumulator(self):
-        return np.zeros(self.length, np.int64)
-
-    def add_input(self, acc, counts):
-        acc += counts
-        return acc
-
-    def merge_accumulators(self, accs):
-        accs = iter(accs)
-        total = next(accs).copy()
-        for a in accs:
-            total += a
-        return total
-
-    def extract_output(self, acc):
-        return acc
-
-
-def finalize(parts: list[dict], unigram: np.ndarray, reports: list, context: dict) -> dict:
+def finalize(parts: list[dict], unigram: np.ndarray, reports: list,
+             context: CorpusContext) -> dict:
     """Write the unigram counts, then manifest.json (last: it marks the set complete)."""
-    corpus_dir = context["corpus_dir"]
-    inputs = [dict(report, bytes=context["inputs"][i][1]) for i, report in sorted(reports)]
+    corpus_dir = context.corpus_dir
+    inputs = [dict(report, bytes=context.inputs[i][1]) for i, report in sorted(reports)]
     # Before anything is written: a mostly undecodable file (binary data read as text) would
     # become sequences of noise.
-    check_undecodable(inputs, context["header"]["config"]["data"]["max_undecodable_fraction"])
+    check_undecodable(inputs, context.header["config"]["data"]["max_undecodable_fraction"])
     if not parts:
         problems = [f"{r['path']}: {r['documents']} documents, {r['bad_records']} bad records"
                     + (f" ({r['examples'][0]})" if r["examples"] else "") for r in inputs[:10]]
@@ -217,7 +91,7 @@ def finalize(parts: list[dict], unigram: np.ndarray, reports: list, context: dic
     np.save(buffer, unigram)
     write_atomic(join(corpus_dir, UNIGRAM_FILE), buffer.getvalue())
     manifest = dict(
-        context["header"],
+        context.header,
         num_documents=sum(p["documents"] for p in parts),
         num_sequences=sum(p["rows"] for p in parts),
         num_tokens=sum(p["tokens"] for p in parts),
@@ -236,48 +110,28 @@ def finalize(parts: list[dict], unigram: np.ndarray, reports: list, context: dic
 # Pipeline
 # ---------------------------------------------------------------------------------------------
 
-def build(p: beam.Pipeline, files: list[tuple[str, int]], cfg: RunConfig, context: dict):
-    data, corpus_dir = cfg.data, cfg.data.corpus_dir
+def build(p: beam.Pipeline, files: list[tuple[str, int]], cfg: RunConfig,
+          context: CorpusContext):
+    data, tokenizer = cfg.data, context.header["tokenizer"]
     file_groups = group_files([size for _, size in files], data.part_text_bytes)
     read = (
         p
         | "ListInputs" >> beam.Create([(i, path) for i, (path, _) in enumerate(files)])
-        | "ReshuffleFiles" >> beam.Reshuffle()
-        | "ReadDocuments" >> beam.ParDo(
-            ReadDocumentsFn(data.format, data.text_field, data.text_doc_split)
-        ).with_outputs(ReadDocumentsFn.REPORTS, main="docs")
-    )
-    tokenized = (
-        read.docs
-        | "ReshuffleDocuments" >> beam.Reshuffle()
-        | "Tokenize" >> beam.ParDo(TokenizeFn(
-            join(corpus_dir, context["header"]["tokenizer"]["file"]), data.max_seq_len,
-            data.min_tail_tokens, data.part_text_bytes, file_groups,
-            context["header"]["tokenizer"].get("source_special_ids")))
-    )
-    plans = (
-        tokenized
-        | "CountPerPart" >> beam.Map(count_part)
-        | "SumPerPart" >> beam.CombinePerKey(sum_pairs)
-        | "CollectCounts" >> beam.combiners.ToDict()
-        | "PlanParts" >> beam.Map(plan_parts)
+        | "ReadDocuments" >> ReadDocuments(data)
     )
     written = (
-        tokenized
-        | "GroupByPart" >> beam.GroupByKey()
-        | "WriteParts" >> beam.ParDo(
-            WritePartFn(corpus_dir, data.row_group_rows, cfg.tokenizer.vocab_size,
-                        data.max_seq_len),
-            plans=AsSingleton(plans)
-        ).with_outputs(WritePartFn.UNIGRAM, main="parts")
+        read["docs"]
+        | "TokenizeAndSplit" >> TokenizeAndSplit(
+            data, join(context.corpus_dir, tokenizer["file"]), file_groups,
+            tokenizer.get("source_special_ids"))
+        | "WriteCorpusParts" >> WriteCorpusParts(context.corpus_dir, data,
+                                                 cfg.tokenizer.vocab_size)
     )
-    unigram = written.unigram | "SumUnigrams" >> beam.CombineGlobally(
-        SumArraysFn(cfg.tokenizer.vocab_size))
     return (
-        written.parts
+        written["parts"]
         | "CollectParts" >> beam.combiners.ToList()
-        | "Finalize" >> beam.Map(finalize, unigram=AsSingleton(unigram),
-                                 reports=AsList(read.reports), context=context)
+        | "Finalize" >> beam.Map(finalize, unigram=AsSingleton(written["unigram"]),
+                                 reports=AsList(read["reports"]), context=context)
     )
 
 
@@ -371,7 +225,7 @@ def print_summary(m: dict) -> None:
 
 
 @holds_output_locks
-def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     """Run prepare; returns the corpus manifest."""
     args, cfg, beam_argv = parse_job_args(
         "python -m pipeline.prepare", __doc__, argv,
@@ -383,9 +237,9 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     hf = given_hf_tokenizer(cfg) if cfg.tokenizer.kind == "hf" else None
     given = hf.json.encode("utf-8") if hf else load_given_tokenizer(cfg)
     fp = fingerprint(cfg, files, given)
-    done = already_done(corpus_dir, "corpus", fp, args.overwrite,
-                        ["part-*.parquet", UNIGRAM_FILE], "prepare",
-                        "this corpus (same config and inputs)", print_summary)
+    output = JobOutput(corpus_dir, "corpus", "prepare", "this corpus (same config and inputs)",
+                       ["part-*.parquet", UNIGRAM_FILE], print_summary)
+    done = claim_output(output, fp, args.overwrite)
     if done is not None:
         return done
 
@@ -401,10 +255,10 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         write_atomic(join(corpus_dir, HF_SPECIALS_FILE), hf.special_tokens_map().encode())
     write_atomic(join(corpus_dir, CONFIG_FILE), to_toml(cfg).encode())
 
-    context = {
-        "corpus_dir": corpus_dir,
-        "inputs": files,
-        "header": {
+    context = CorpusContext(
+        corpus_dir=corpus_dir,
+        inputs=files,
+        header={
             "schema_version": SCHEMA_VERSION,
             "kind": "corpus",
             "created_by": f"fast-electra {version('fast-electra')}",
@@ -414,9 +268,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
             "fingerprint": fp,
             "config": {"data": to_dict(cfg)["data"], "tokenizer": to_dict(cfg)["tokenizer"]},
         },
-    }
-    return run_job(lambda p: build(p, files, cfg, context), test_pipeline, beam_argv,
-                   corpus_dir, "corpus", print_summary,
+    )
+    return run_job(lambda p: build(p, files, cfg, context), beam_argv, output,
                    corpus_progress(corpus_dir, files, cfg.data.part_text_bytes, args.progress_s))
 
 

@@ -11,7 +11,7 @@ Why part files and not Beam metrics: the local runner (FnApiRunner) and the proj
 DaskRunner return from ``p.run()`` only when the job is over, and the DaskRunner has no
 ``metrics()`` at all, so a launcher cannot poll metrics during a run on either. Every part,
 on every runner, is written to a temporary name and renamed into place when complete
-(``beam_util.open_atomic``), and the output folder is one the launcher reads too, so a thread
+(``filesystems.open_atomic``), and the output folder is one the launcher reads too, so a thread
 of the launcher that lists the finished parts through ``FileSystems.match`` (local disk, gs://,
 s3://, ...) sees the same progress under the local runner, Dask and Dataflow.
 
@@ -35,20 +35,21 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.beam_util import join
 from pipeline.corpus_parts import group_files
-from pipeline.generate_fns import Layout
+from pipeline.filesystems import join
+from pipeline.layout import Layout
+from trainer.data.rtd_format import epoch_dir
 
 DEFAULT_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True)
 class PartWatch:
-    """What to count: the finished part files (``pattern`` under the output folder), how many
+    """What to count: the finished part files (``patterns`` under the output folder), how many
     are planned (``estimated``: a guess, see the module docstring), the rows of one part from
     its path, and the planned rows when known."""
 
-    pattern: str
+    patterns: tuple[str, ...]
     total_parts: int
     rows_of: Callable[[str], int]
     total_rows: int | None = None
@@ -69,20 +70,21 @@ def corpus_watch(files: list[tuple[str, int]], part_text_bytes: int) -> PartWatc
     small = {g for g, big in groups if not big}
     chunks = sum(max(1, -(-size // part_text_bytes))
                  for size, (_, big) in zip(sizes, groups) if big)
-    return PartWatch("part-*.parquet", len(small) + chunks, parquet_rows, estimated=True)
+    return PartWatch(("part-*.parquet",), len(small) + chunks, parquet_rows, estimated=True)
 
 
 _RTD_PART = re.compile(r"epoch=\d+/part-(\d+)\.parquet$")
 
 
-def rtd_watch(epochs: int, layout: Layout) -> PartWatch:
-    """generate's parts: ``epochs`` x ``layout.num_parts``, rows from the part number."""
+def rtd_watch(epochs: list[int], layout: Layout) -> PartWatch:
+    """generate's parts of the epochs it writes (a range run leaves the set's other epochs
+    out of its count): ``layout.num_parts`` per epoch, rows from the part number."""
     def rows_of(path: str) -> int:
         lo, hi = layout.part_range(int(_RTD_PART.search(path).group(1)))
         return hi - lo
 
-    return PartWatch("epoch=*/part-*.parquet", epochs * layout.num_parts, rows_of,
-                     epochs * layout.num_sequences)
+    return PartWatch(tuple(f"{epoch_dir(e)}/part-*.parquet" for e in epochs),
+                     len(epochs) * layout.num_parts, rows_of, len(epochs) * layout.num_sequences)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,8 +172,8 @@ class ProgressReporter:
 
     def count(self) -> tuple[int, int]:
         """(finished parts, their rows): a listing, plus the rows of parts new since the last."""
-        paths = [m.path for m in FileSystems.match([join(self.out_dir, self.watch.pattern)])[0]
-                 .metadata_list]
+        matched = FileSystems.match([join(self.out_dir, p) for p in self.watch.patterns])
+        paths = [m.path for result in matched for m in result.metadata_list]
         for path in paths:
             if path not in self._rows:
                 self._rows[path] = self.watch.rows_of(path)
@@ -236,7 +238,7 @@ def corpus_progress(corpus_dir: str, files: list[tuple[str, int]], part_text_byt
                             interval_s)
 
 
-def rtd_progress(rtd_dir: str, epochs: int, layout: Layout, interval_s: float
+def rtd_progress(rtd_dir: str, epochs: list[int], layout: Layout, interval_s: float
                  ) -> ProgressReporter:
     return ProgressReporter("generate", rtd_dir, rtd_watch(epochs, layout), interval_s)
 

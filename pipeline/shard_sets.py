@@ -18,7 +18,8 @@ import functools
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.beam_util import exists, join, user_error_in
+from pipeline.errors import user_error_in
+from pipeline.filesystems import exists, join
 from pipeline.output_lock import OutputLock
 from pipeline.worker_stderr import held_tracebacks
 from trainer.data.manifest import MANIFEST, read_manifest

@@ -256,7 +256,7 @@ def save_model(out_dir, model: torch.nn.Module, cfg, kind: str) -> str:
                            lambda: None)
 
 
-# What trainer.evaluate reports per epoch, each recomputed by tests.reference_metrics; the
+# What fast-electra evaluate reports per epoch, each recomputed by tests.reference_metrics; the
 # trainer's own held-out eval logs the first eight (eval_*).
 LOGGED_KEYS = ("rtd_accuracy", "rtd_precision", "rtd_recall", "rtd_f1", "rtd_loss",
                "replaced_fraction", "rtd_all_accuracy", "rtd_all_loss")

@@ -1,7 +1,7 @@
 """Plain-numpy references for the metrics the project reports, written from their definitions
-(trainer.evaluate's docstring, trainer.modes.rtd.ordinary_mask, trainer.modes.mlm.MLMTask),
+(fast-electra evaluate's docstring, trainer.modes.rtd.ordinary_mask, trainer.modes.mlm.MLMTask),
 sharing no code with trainer.modes or trainer.tools: the tests compare what the trainer,
-trainer.evaluate and pipeline.fair_eval report against these.
+fast-electra evaluate and pipeline.fair_eval report against these.
 
 Each reference takes keyword switches that reproduce a plausible bug (a shifted decision
 threshold, padding or specials counted, the wrong positive class, labels read from the
@@ -56,7 +56,7 @@ def _binary(x: np.ndarray, y: np.ndarray, threshold: float, positive: int) -> di
 
 def rtd_reference(batches: list[dict], *, threshold: float = 0.0, count_padding: bool = False,
                   count_specials: bool = False, positive: int = 1) -> dict:
-    """The RTD figures of trainer.evaluate (same key names) over ``batches``: dicts of numpy
+    """The RTD figures of fast-electra evaluate (same key names) over ``batches``: dicts of numpy
     ``logits``, ``labels``, ``input_ids`` (B, T, right-padded) and ``lengths`` (B,).
 
     Headline ``rtd_*``: the ordinary tokens, i.e. within each row's length and not a special
@@ -98,7 +98,7 @@ def rtd_reference(batches: list[dict], *, threshold: float = 0.0, count_padding:
 def mlm_reference(batches: list[dict], unigram_counts: np.ndarray, *,
                   count_unselected: bool = False, labels_from_input: bool = False,
                   smooth_unigram: bool = True) -> dict:
-    """The held-out MLM figures of trainer.evaluate / MLMTask (same key names) over
+    """The held-out MLM figures of fast-electra evaluate / MLMTask (same key names) over
     ``batches``: dicts of numpy ``logits`` (B, T, V) of the model on the masked input,
     ``input_ids`` (the masked input), ``original_ids``, ``selected`` (B, T) bool.
 

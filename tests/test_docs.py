@@ -5,14 +5,14 @@ the real docs and, as a negative control, on a planted bad text:
 
 (a) a repository path in backticks, in a fenced code block or in a markdown link exists
     (paths under the folders that commands create, GENERATED, are exempt);
-(b) every `python -m X` / `torchrun ... -m X` module exists (importlib.util.find_spec);
+(b) every `python -m X` / `torchrun -m X` module exists (find_spec), every `fast-electra CMD` too;
 (c) every `make TARGET` is a target of the Makefile;
 (d) every config key `section.key` in backticks or code is a field of the config dataclasses
     (trainer.config's run sections, and the [task] / [finetune] sections of a fine-tuning task
     file);
-(e) every `--flag` after `-m MOD` (or `python bench/X.py`) on a code line is defined by an
-    `add_argument("--flag"` in MOD's source or a project module it imports (static parsing);
-    the Beam jobs in pipeline/ also accept Beam's own pipeline options;
+(e) every `--flag` after `-m MOD`, `python bench/X.py` or `fast-electra CMD` (MOD from its table)
+    on a code line is an `add_argument("--flag"` in MOD or a project module it imports (static
+    parsing); the Beam jobs in pipeline/ also accept Beam's own pipeline options;
 (f) no phrase of history: "this version", "previous version", "earlier version", "issue N".
 """
 
@@ -26,6 +26,8 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+
+from trainer.tools.commands import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,6 +153,10 @@ def heading_anchors(text: str) -> set[str]:
 
 MODULE_RUN = re.compile(r"(?:\bpython3?|/python3?|\btorchrun\b[^;&|]*?)\s+-m\s+([\w.]+)")
 SCRIPT_RUN = re.compile(r"(?:\bpython3?|/python3?)\s+((?:bench|pipeline|trainer)/[\w/]+\.py)")
+# The console script, bare or by path, and the module each command runs; not the `fast-electra`
+# of `pip install fast-electra[hf]` or `fast-electra --help`.
+COMMAND_RUN = re.compile(r"(?<![\w.-])fast-electra\s+([a-z][\w-]*)")
+COMMAND_MODULES = {name: t.partition(":")[0] for name, (t, _) in COMMANDS.items()}
 
 
 def check_modules(name: str, text: str) -> list[str]:
@@ -164,7 +170,9 @@ def check_modules(name: str, text: str) -> list[str]:
             found = False
         if not found:
             problems.append(f"{name}: `python -m {module}`: no such module")
-    return problems
+    return problems + [f"{name}: `fast-electra {c}`: no such command"
+                       for chunk in code_and_spans(text) for c in COMMAND_RUN.findall(chunk)
+                       if c not in COMMAND_MODULES]
 
 
 def module_file(module: str) -> Path | None:
@@ -236,14 +244,18 @@ def script_module(script: str) -> str:
     return script.removesuffix(".py").replace("/", ".")
 
 
+RUNS = {MODULE_RUN: str, SCRIPT_RUN: script_module,  # what runs -> its module ("": unknown)
+        COMMAND_RUN: lambda command: COMMAND_MODULES.get(command, "")}
+
+
 def check_flags(name: str, text: str) -> list[str]:
     problems = []
     for line in code_and_spans(text):
         for segment in re.split(r"&&|;|\|\|?", line):
-            m = MODULE_RUN.search(segment) or SCRIPT_RUN.search(segment)
+            m = next(filter(None, (run.search(segment) for run in RUNS)), None)
             if not m:
                 continue
-            module = m.group(1) if m.re is MODULE_RUN else script_module(m.group(1))
+            module = RUNS[m.re](m.group(1))
             if module.split(".")[0] not in PROJECT_PACKAGES:
                 continue
             known = module_flags(module)
@@ -343,9 +355,10 @@ Run `make demo`, then see [the paper bench](docs/paper.md) and `configs/tiny.tom
 python -m pipeline.prepare --config configs/tiny.toml --set data.input='["x.txt"]' --overwrite \\
     --runner DaskRunner --dask_workers 2
 torchrun --standalone --nproc_per_node 2 -m trainer.train --config configs/tiny.toml --resume
-python -m trainer.evaluate --config configs/tiny.toml --checkpoint runs/tiny/rtd --epochs 3
-python -m trainer.finetune --checkpoint runs/x --task configs/finetune/sst2.toml \\
+fast-electra evaluate --config configs/tiny.toml --checkpoint runs/tiny/rtd --epochs 3
+fast-electra finetune --checkpoint runs/x --task configs/finetune/sst2.toml \\
     --set finetune.lr=1e-4
+.venv/bin/fast-electra hf export runs/tiny/rtd hf/tiny-rtd --overwrite && fast-electra --help
 .venv/bin/python bench/rtd.py --set train.rtd_dir=shards/tiny/rtd
 ```
 """
@@ -363,7 +376,9 @@ PLANTED = [
     (check_keys, "Set `train.no_such_key`."),
     (check_keys, "```\npython -m pipeline.generate --set generate.not_a_key=1\n```"),
     (check_keys, "Set `finetune.no_such_key = 3`."),
-    (check_flags, "```\npython -m trainer.evaluate --config c --no-such-flag\n```"),
+    (check_modules, "```\nfast-electra no-such-command --config c\n```"),
+    (check_modules, "`.venv/bin/fast-electra evalute --config c`"),
+    (check_flags, "```\nfast-electra evaluate --config c --no-such-flag\n```"),
     (check_flags, "```\ntorchrun --nproc_per_node 2 -m trainer.train --config c \\\n"
                   "    --resume --no-such-flag\n```"),
     (check_flags, "```\npython -m pipeline.prepare --config c --dask_wrokers 2\n```"),

@@ -7,9 +7,10 @@ The mechanism, and the only changes made to the page's commands:
 - inputs the page assumes the user has are written first: ``data/my/*.jsonl.zst`` (documents
   from the docstrings of real Python standard-library modules) and
   ``data/my-task/{train,dev}.jsonl`` (a labelled task from the same text);
-- every command line that runs ``-m MODULE`` gets TOY[MODULE] appended: ``--set`` overrides
-  to toy sizes and 4 steps (the aux's last checkpoint then is step_00000004, so
-  generate.aux_checkpoint follows). Lines inside heredocs are never changed.
+- every command line that runs ``-m MODULE`` or ``fast-electra COMMAND`` gets TOY[MODULE] or
+  TOY[COMMAND] appended: ``--set`` overrides to toy sizes and 4 steps (the aux's last
+  checkpoint then is step_00000004, so generate.aux_checkpoint follows). Lines inside
+  heredocs are never changed.
 
 Each block runs under ``bash -euo pipefail``; a failing command fails the test with its
 output. The outputs each step should leave are then checked, and the export is loaded with
@@ -42,15 +43,20 @@ _MODEL = ["model.num_layers=2", "model.hidden_size=64", "model.num_heads=2", "mo
           "generate.aux_checkpoint=runs/my/aux/checkpoints/step_00000004"]
 _SETS = [arg for kv in _MODEL for arg in ("--set", kv)]
 TOY = {
-    "pipeline.prepare": _SETS,
+    "prepare": _SETS,
     "trainer.train": _SETS,
-    "pipeline.generate": _SETS,
-    "trainer.evaluate": _SETS,
-    "trainer.finetune": ["--set", "finetune.epochs=1", "--set", "finetune.batch_size=8"],
+    "generate": _SETS,
+    "evaluate": _SETS,
+    "finetune": ["--set", "finetune.epochs=1", "--set", "finetune.batch_size=8"],
 }
 
 HEREDOC = re.compile(r"<<-?\s*'?\"?(\w+)'?\"?")
-MODULE = re.compile(r"-m\s+([\w.]+)")
+# What a line runs: `-m MODULE` (torchrun's trainer) or `fast-electra COMMAND`.
+COMMAND = re.compile(r"-m\s+([\w.]+)|(?<![\w.-])fast-electra\s+([a-z][\w-]*)")
+
+
+def commands_run(text: str) -> list[str]:
+    return [module or command for module, command in COMMAND.findall(text)]
 
 
 def bash_blocks(markdown: str) -> list[str]:
@@ -60,8 +66,9 @@ def bash_blocks(markdown: str) -> list[str]:
 
 
 def with_overrides(block: str, toy: dict[str, list[str]]) -> str:
-    """``block`` with toy[MODULE] appended to each command line running ``-m MODULE``
-    (continuation lines joined first); heredoc bodies are left as they are."""
+    """``block`` with toy[X] appended to each command line running ``-m X`` or
+    ``fast-electra X`` (continuation lines joined first); heredoc bodies are left as they
+    are."""
     out, pending, end = [], "", None
     for line in block.splitlines():
         if end is not None:
@@ -73,10 +80,10 @@ def with_overrides(block: str, toy: dict[str, list[str]]) -> str:
             pending += line.rstrip()[:-1] + " "
             continue
         line, pending = pending + line, ""
-        m = MODULE.search(line)
-        if m and m.group(1) in toy and not line.lstrip().startswith("#"):
+        ran = commands_run(line)[:1]
+        if ran and ran[0] in toy and not line.lstrip().startswith("#"):
             code, hash_, comment = line.partition(" #")
-            line = " ".join([code.rstrip(), *toy[m.group(1)]]) + (hash_ + comment if hash_ else "")
+            line = " ".join([code.rstrip(), *toy[ran[0]]]) + (hash_ + comment if hash_ else "")
         heredoc = HEREDOC.search(line)
         if heredoc:
             end = heredoc.group(1)
@@ -141,8 +148,8 @@ def write_inputs(root: Path) -> None:
 
 
 def scratch(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A working folder with a copy of configs/, and an environment whose python / torchrun
-    are this interpreter's and whose imports resolve to this checkout."""
+    """A working folder with a copy of configs/, and an environment whose python / torchrun /
+    fast-electra are this interpreter's and whose imports resolve to this checkout."""
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -155,18 +162,18 @@ def scratch(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 def test_overrides_skip_heredocs_and_join_continuations():
     block = ("cat > c.toml <<'EOF'\n[train]  # -m trainer.train inside a heredoc\nEOF\n"
-             "python -m trainer.evaluate --config c \\\n    --epochs 2\n")
-    got = with_overrides(block, {"trainer.evaluate": ["--set", "x.y=1"],
+             "fast-electra evaluate --config c \\\n    --epochs 2\n")
+    got = with_overrides(block, {"evaluate": ["--set", "x.y=1"],
                                  "trainer.train": ["--bad"]})
     assert "--bad" not in got
-    assert "python -m trainer.evaluate --config c      --epochs 2 --set x.y=1" in got
+    assert "fast-electra evaluate --config c      --epochs 2 --set x.y=1" in got
 
 
 @pytest.mark.slow
 def test_your_data_page_runs_as_written(tmp_path):
     blocks = bash_blocks(DOC.read_text())
-    ran = set(MODULE.findall("\n".join(blocks)))
-    assert {*TOY, "trainer.hf"} <= ran, f"docs/your-data.md lost a step: runs only {ran}"
+    ran = set(commands_run("\n".join(blocks)))
+    assert {*TOY, "hf"} <= ran, f"docs/your-data.md lost a step: runs only {ran}"
     cwd, env = scratch(tmp_path)
     write_inputs(cwd)
     outputs = "".join(run_block(b, cwd, env) for b in blocks)
@@ -191,11 +198,11 @@ def test_your_data_page_runs_as_written(tmp_path):
     assert model.config.hidden_size == 64  # the toy size: the export is the run's model
 
 
-GOOD_BLOCK = "python -m trainer.cost --config my.toml\n"
+GOOD_BLOCK = "fast-electra cost --config my.toml\n"
 PLANTED = [
-    "python -m trainer.cost --confg my.toml\n",                           # a misspelled flag
-    "python -m trainer.cost --config my.toml --set train.max_stepz=4\n",  # a misspelled key
-    "python -m trainer.cost --config my.toml\nfalse\n",                   # a later command fails
+    "fast-electra cost --confg my.toml\n",                           # a misspelled flag
+    "fast-electra cost --config my.toml --set train.max_stepz=4\n",  # a misspelled key
+    "fast-electra cost --config my.toml\nfalse\n",                   # a later command fails
 ]
 
 

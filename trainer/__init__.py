@@ -31,11 +31,12 @@ Rooms, one job each:
     modes/          Task protocol, registry (train.mode -> task), mlm, rtd, fast_online,
                     joint (electra, decoupled), early_exit
     train.py        the loop: one Task, DDP, evaluation, the log record, checkpoints
-    tools/          evaluate, cost, plot, sweep, finetune/, hf/ (Hugging Face import / export;
-                    hf/remote/: the model files an export writes, torch + transformers only)
-    shards.py       the notebook API: from trainer.shards import CorpusShards, RTDShards
-    evaluate.py cost.py plot.py sweep.py finetune.py finetune_data.py hf.py
-                    `python -m trainer.<command>` entries: main() of the tool in tools/
+    tools/          evaluate, cost, plan, plot, sweep, finetune/, hf/ (Hugging Face import /
+                    export; hf/remote/: the model files an export writes, torch + transformers
+                    only); commands.py: the `fast-electra` command's dispatch table
+
+At trainer/'s root there are only train.py and the shared modules named above: a tool lives in
+tools/, and the notebook API of the shard readers is trainer.data (CorpusShards, RTDShards).
 
 What each room may import (tests/trainer/test_layering.py checks every import against it):
 
@@ -54,6 +55,4 @@ What each room may import (tests/trainer/test_layering.py checks every import ag
     modes                   <- config corruption data distributed errors model pretrained tokenizer
     train     <- checkpoint cli config data distributed errors logger modes optim resume step
     tools                   <- (any)
-    shards                  <- data
-    evaluate cost plot sweep finetune finetune_data hf  <- tools
 """

@@ -8,7 +8,7 @@ leaves no partial file under the final name.
         np.save(f, array)
     write_text_atomic(path, text)
 
-pipeline.beam_util.open_atomic is the variant for Beam filesystems (gs://, s3://, ...); it
+pipeline.filesystems.open_atomic is the variant for Beam filesystems (gs://, s3://, ...); it
 hands local paths to this one.
 """
 

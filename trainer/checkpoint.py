@@ -137,7 +137,7 @@ def load_state(source, name: str, map_location="cpu") -> dict:
         raise UserError(f"{name} holds objects other than tensors, dicts, lists and numbers "
                         f"({str(e).splitlines()[-1][:200]}); refusing to unpickle it, since "
                         "that could run code from the file. Use a checkpoint written by "
-                        "fast-electra (trainer.train or python -m trainer.hf import)") from None
+                        "fast-electra (train, or hf import)") from None
 
 
 def load(path: str, rank: int, map_location="cpu") -> tuple[dict, dict, dict | None]:

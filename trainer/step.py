@@ -1,4 +1,4 @@
-"""One optimizer step, shared by pre-training (trainer.train), fine-tuning (trainer.finetune)
+"""One optimizer step, shared by pre-training (trainer.train), fine-tuning (fast-electra finetune)
 and the Hugging Face peer bench (bench/peer_hf.py):
 
     setup = StepSetup(model, build_optimized(task.optimized(model), cfg.train), accum,

@@ -135,7 +135,7 @@ class HFTokenizer:
     """A ``tokenizers`` fast tokenizer that speaks the project's ids: ``encode`` / ``decode``
     as SentencePieceProcessor's (no special tokens added), ids renumbered by
     ``source_order`` so that [PAD] [UNK] [CLS] [SEP] [MASK] are 0-4 everywhere in the project
-    (shards, corruption, models); ``to_source`` maps them back (``trainer.hf export`` does, so
+    (shards, corruption, models); ``to_source`` maps them back (``fast-electra hf export`` does, so
     an exported model takes the original tokenizer's ids). Special-token text in a document
     is tokenised as text, never as a special id."""
 
@@ -162,7 +162,7 @@ class HFTokenizer:
         except OSError as e:
             raise TokenizerError(f"cannot read {file}: {e.strerror}; tokenizer.kind = 'hf' needs "
                                  "tokenizer.model = a folder with tokenizer.json or the file "
-                                 "itself (python -m trainer.hf import writes one next to the "
+                                 "itself (fast-electra hf import writes one next to the "
                                  "checkpoint)") from None
         vocab = _parse_hf(text, file).get_vocab(with_added_tokens=True)
         named = role_tokens(folder)

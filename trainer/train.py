@@ -167,9 +167,7 @@ def build(cfg: RunConfig, d: distributed.Dist, accum: int) -> Run:
     parts = build_optimized(task.optimized(model), t)  # [(name, module, peak lr)]
     torch.manual_seed(dropout_seed(t.seed, d.rank))
     setup = StepSetup(wrapped, parts, accum, t.clip_grad_norm, t.precision, d.device, d.enabled)
-    # Task's default after_step (nothing) for a task class that does not derive from Task.
-    after_step = getattr(task, "after_step", functools.partial(Task.after_step, task))
-    return Run(cfg, d, task, model, setup, after_step, graphs_at_start)
+    return Run(cfg, d, task, model, setup, task.after_step, graphs_at_start)
 
 
 def resume(run: Run, path: str) -> int:

@@ -17,10 +17,10 @@ pytest.importorskip("distributed")
 from apache_beam.options.pipeline_options import StandardOptions  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
-from pipeline.beam_util import pipeline_options  # noqa: E402
 from pipeline.generate import run as generate  # noqa: E402
 from pipeline.prepare import main as prepare_main  # noqa: E402
 from pipeline.prepare import run as prepare  # noqa: E402
+from pipeline.runners import pipeline_options  # noqa: E402
 from tests.helpers import (  # noqa: E402
     IN_MEMORY,
     gen_argv,  # noqa: E402

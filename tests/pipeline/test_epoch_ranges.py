@@ -19,7 +19,8 @@ from trainer.data.manifest import ShardError
 from trainer.data.rtd_shards import RTDShards
 from trainer.data.sealed import PLAN, SEAL, plan_fingerprint
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: several multi-epoch generate runs, the module fixture's alone takes seconds.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 FOUR = ["corruption.replacement=uniform", "generate.epochs=4"]
 

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.corrupt_write import CorruptionHandler
 from pipeline.generate import run
-from pipeline.generate_fns import Layout
+from pipeline.layout import Layout
 from tests.helpers import GENERATE_SMALL as SMALL
 from tests.helpers import TINY, gen_argv
 from trainer.checkpoint import save as save_checkpoint

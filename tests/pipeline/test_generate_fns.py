@@ -12,18 +12,14 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import generate_fns
-from pipeline.beam_util import open_atomic, runs_locally
-from pipeline.corrupt_write import CorruptionHandler
-from pipeline.generate_fns import (
-    GenerateError,
-    Layout,
-    PartRows,
-    RowGroupBuffer,
-    claim_device_slot,
-    split_by_part,
-    worker_device,
-)
+from pipeline import gpu_slots
+from pipeline.corrupt_write import CorruptionHandler, RowGroupBuffer
+from pipeline.errors import GenerateError
+from pipeline.filesystems import open_atomic
+from pipeline.gpu_slots import claim_device_slot, worker_device
+from pipeline.layout import Layout
+from pipeline.packed_rows import PartRows, split_by_part
+from pipeline.runners import runs_locally
 from tests.helpers import REPO, TINY
 from trainer.config.load import load_config
 from trainer.config.sections import ConfigError
@@ -128,19 +124,19 @@ def test_worker_device_rule():
 
 
 def test_device_slots_are_unique_per_machine_and_freed_on_exit(tmp_path):
-    held = len(generate_fns._HELD_SLOTS)
+    held = len(gpu_slots._HELD_SLOTS)
     try:
         assert [claim_device_slot(str(tmp_path)) for _ in range(2)] == [0, 1]
-        child = [sys.executable, "-c", "import sys; from pipeline.generate_fns import "
+        child = [sys.executable, "-c", "import sys; from pipeline.gpu_slots import "
                  "claim_device_slot as c; print(c(sys.argv[1]))", str(tmp_path)]
         for _ in range(2):  # the first child's slot is free again once it exited
             out = subprocess.run(child, cwd=REPO, capture_output=True, text=True, check=True,
                                  env=dict(os.environ, PYTHONPATH=REPO))
             assert out.stdout.split()[-1] == "2"
     finally:
-        for f in generate_fns._HELD_SLOTS[held:]:
+        for f in gpu_slots._HELD_SLOTS[held:]:
             f.close()
-        del generate_fns._HELD_SLOTS[held:]
+        del gpu_slots._HELD_SLOTS[held:]
 
 
 def test_cuda_without_a_gpu_fails_in_the_worker_too(tmp_path):
@@ -170,6 +166,6 @@ def test_model_copies_is_validated():
 def test_runs_locally():
     assert runs_locally([]) and runs_locally(["--direct_num_workers=2"])
     assert runs_locally(["--runner", "DirectRunner"])
-    assert runs_locally(["--runner=pipeline.beam_util.LocalRunner"])
+    assert runs_locally(["--runner=pipeline.runners.LocalRunner"])
     assert not runs_locally(["--runner", "DataflowRunner", "--project", "p"])
     assert not runs_locally(["--runner=FlinkRunner", "--flink_master=host:8081"])

@@ -7,14 +7,11 @@ from __future__ import annotations
 import pytest
 
 from pipeline import corrupt_write, generate
+from pipeline.errors import GenerateError
 from pipeline.generate import fingerprint, plan_local_gpus, run
-from pipeline.generate_fns import (
-    GenerateError,
-    Layout,
-    explicit_workers,
-    local_workers,
-    with_head_precision,
-)
+from pipeline.gpu_slots import explicit_workers, local_workers
+from pipeline.head_precision import with_head_precision
+from pipeline.layout import Layout
 from tests.helpers import gen_argv
 from trainer.config.load import build_config
 from trainer.config.sections import ConfigError

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from pipeline.generate import run as generate
-from pipeline.generate_fns import Layout
+from pipeline.layout import Layout
 from pipeline.prepare import run as prepare
 from pipeline.progress import (
     Pace,
@@ -133,7 +133,7 @@ def test_reporter_error_prints_once_and_stops(tmp_path, capsys):
 
 
 def test_reporter_stops_silently_when_the_job_fails(tmp_path, capsys):
-    reporter = ProgressReporter("generate", str(tmp_path), rtd_watch(1, Layout(10, 5, 5)), 0.02)
+    reporter = ProgressReporter("generate", str(tmp_path), rtd_watch([0], Layout(10, 5, 5)), 0.02)
     with pytest.raises(RuntimeError), reporter:
         time.sleep(0.2)
         raise RuntimeError("the job failed")
@@ -152,9 +152,13 @@ def test_rtd_watch_counts_rows_of_finished_parts_only(tmp_path):
                  "epoch=0001/.tmp-part-00001.parquet-abc"]:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    reporter = ProgressReporter("generate", str(tmp_path), rtd_watch(2, layout), 0)
+    reporter = ProgressReporter("generate", str(tmp_path), rtd_watch([0, 1], layout), 0)
     assert reporter.count() == (2, 2 + 5)
     assert (reporter.watch.total_parts, reporter.watch.total_rows) == (6, 24)
+    # A range run counts only its own epochs: epoch 0's part is another run's.
+    reporter = ProgressReporter("generate", str(tmp_path), rtd_watch([1], layout), 0)
+    assert reporter.count() == (1, 5)
+    assert (reporter.watch.total_parts, reporter.watch.total_rows) == (3, 12)
 
 
 # ---------------------------------------------------------------------------------------------

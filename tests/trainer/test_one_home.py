@@ -99,7 +99,7 @@ PATTERNS = {
 }
 HOMES = {
     "rename": {"trainer/atomic.py": "the atomic file write",
-               "pipeline/beam_util.py": "the same write on non-local Beam filesystems",
+               "pipeline/filesystems.py": "the same write on non-local Beam filesystems",
                "trainer/checkpoint.py": "a checkpoint folder swapped in whole",
                "trainer/tools/hf/exporter.py": "an export folder swapped in whole",
                "trainer/tools/hf/local_mlm.py": "a model folder swapped in whole",

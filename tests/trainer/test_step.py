@@ -1,5 +1,5 @@
 """trainer.step: one optimizer step (micro-batches, accumulation, clip, guard, update), the
-step every loop shares (trainer.train, trainer.finetune, bench/peer_hf.py)."""
+step every loop shares (trainer.train, fast-electra finetune, bench/peer_hf.py)."""
 
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...],
 def grid_product(axes: list[tuple[str, list]]) -> list[list[tuple[str, object]]]:
     """Every combination of the axes' values, as ``(key, value)`` pairs in axis order; the
     last axis varies fastest (itertools.product), so points run in the order they are listed.
-    The grid of both trainer.sweep and trainer.finetune --grid."""
+    The grid of both fast-electra sweep and fast-electra finetune --grid."""
     keys = [k for k, _ in axes]
     return [list(zip(keys, combo, strict=True))
             for combo in itertools.product(*(values for _, values in axes))]

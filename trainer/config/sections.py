@@ -95,7 +95,7 @@ class TokenizerConfig:
     (e.g. the vocabulary of an imported public masked LM)."""
     model: str = ""
     """sentencepiece: an existing ``.model`` file, or empty to train one from data.input.
-    hf: a folder with tokenizer.json (an HF model folder, or the folder python -m trainer.hf
+    hf: a folder with tokenizer.json (an HF model folder, or the folder fast-electra hf
     import writes) or a tokenizer.json file."""
     vocab_size: int = 128_000
     """Vocabulary size (paper: 128K). Must equal the size of an existing tokenizer."""
@@ -162,7 +162,7 @@ class EncoderShape:
     the drop_attention augmentation) runs that call on the sdpa path."""
     layer_norm_eps: float = 1e-5
     """Epsilon of every LayerNorm (PyTorch's default; BERT / ELECTRA checkpoints use 1e-12,
-    which ``python -m trainer.hf import`` sets so that an imported model is exact)."""
+    which ``fast-electra hf import`` sets so that an imported model is exact)."""
 
 
 def shape_fields() -> tuple[str, ...]:
@@ -261,7 +261,7 @@ class GenerateConfig:
     """Where the auxiliary model runs; ``cuda`` fails (exit 2) if no GPU is visible, in the
     launcher for local runners and on each worker. Each model load on a machine takes the
     lowest free slot k (a lock file) and uses GPU k mod the GPU count
-    (``pipeline.generate_fns.worker_device``)."""
+    (``pipeline.gpu_slots.worker_device``)."""
     batch_tokens: int = 65_536
     """Tokens per inference batch: batches are max(1, batch_tokens // data.max_seq_len)
     consecutive positions of a part. Part of the fingerprint (the dropout augmentations use

@@ -1,7 +1,7 @@
 """The reader of the corpus shard sets ``pipeline.prepare`` writes: token sequences with their
 seq_id and doc_id, and the corpus unigram counts.
 
-    from trainer.data.corpus_shards import CorpusShards  # or: from trainer.shards import ...
+    from trainer.data import CorpusShards            # defined here
     corpus = CorpusShards("shards/tiny/corpus")      # refuses a set without its manifest
     corpus.verify(checksums=True)                    # row counts + sha256 of every file
     for r in corpus.rows():                          # r.seq_id, r.doc_id, r.input_ids

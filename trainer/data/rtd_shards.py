@@ -1,7 +1,7 @@
 """The reader of the RTD shard sets ``pipeline.generate`` writes (no Beam needed on a training
 node): per epoch, parts of rows in training-position order, read by position range.
 
-    from trainer.data.rtd_shards import RTDShards   # also: from trainer.shards import RTDShards
+    from trainer.data import RTDShards              # defined here
     rtd = RTDShards("shards/tiny/rtd")               # refuses a folder without manifest/plan
     rtd.num_epochs, rtd.rows_per_epoch, rtd.epoch_files(0)   # parts with position ranges
     for r in rtd.rows(epoch=0):                      # position order: r.position, r.seq_id,

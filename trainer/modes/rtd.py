@@ -8,7 +8,7 @@ global index g = step * global_batch + i is position g % N of epoch g // N. Rank
 its slice [(m*W + r) * B, (m*W + r + 1) * B) of each global batch for micro-batch m straight
 from the row groups that hold it, so any world size trains on the same stream and a resume
 at any step needs no scan. Each rank keeps its files open and decodes each row group once
-(``trainer.shards.RTDShards``); rank 0 checks every file's row count at start, the others
+(``trainer.data.RTDShards``); rank 0 checks every file's row count at start, the others
 each file's at its first read. Batches are padded on the right to their longest sequence;
 padded positions are masked out of attention and of the loss.
 """
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.config.run import RunConfig
+from trainer.data.order import micro_batch_start
 from trainer.data.rtd_format import RTDBatch, pad_rows
 from trainer.data.rtd_shards import RTDShards
 from trainer.data.sealed import EpochWait
@@ -31,6 +32,7 @@ from trainer.distributed import Dist
 from trainer.errors import UserError
 from trainer.model.encoder_config import EncoderConfig
 from trainer.model.heads import Discriminator
+from trainer.modes.base import Task
 from trainer.tokenizer import NUM_SPECIAL, PAD_ID
 
 
@@ -200,7 +202,7 @@ def open_rtd(cfg: RunConfig, verify: bool = True, checksums: bool = False,
     return rtd
 
 
-class RTDTask:
+class RTDTask(Task):
     """``train.mode = "rtd"``. The global stream is ``rows(start, count)``; subclasses that
     compute the rows instead of reading them (``fast-online``) override ``rows``/``ready``."""
 
@@ -296,8 +298,8 @@ class RTDTask:
     def micro_batch(self, step: int, micro: int, d: Dist) -> dict[str, torch.Tensor]:
         t = self.cfg.train
         self.await_step(step)
-        start = step * t.global_batch_size + (micro * d.world_size + d.rank) * \
-            t.micro_batch_size_per_rank
+        start = micro_batch_start(step, micro, d.rank, d.world_size, t.global_batch_size,
+                                  t.micro_batch_size_per_rank)
         batch = self.rows(start, t.micro_batch_size_per_rank)
         batch["sample_ids"] = torch.arange(start, start + t.micro_batch_size_per_rank)
         return batch

@@ -1,9 +1,9 @@
 """What one update costs, before a run: FLOPs and memory of the main model and the auxiliary
 model under the original joint design, Fast-ELECTRA and this project's offline trainer.
 
-    python -m trainer.cost --config configs/base.toml              # table
-    python -m trainer.cost --config configs/base.toml --json       # the same figures as JSON
-    python -m trainer.cost --config configs/base.toml --run runs/base   # + measured tokens/s
+    fast-electra cost --config configs/base.toml              # table
+    fast-electra cost --config configs/base.toml --json       # the same figures as JSON
+    fast-electra cost --config configs/base.toml --run runs/base   # + measured tokens/s
 
 Designs (per training sequence, one update = forward + backward of what is trained):
   joint    original ELECTRA: the aux MLM is trained with the main model (aux forward+backward)
@@ -115,7 +115,7 @@ def _design(main_flops: float, aux_flops: float, main_bytes: float, aux_bytes: f
 
 
 def estimate(cfg: RunConfig) -> dict:
-    """Every figure ``trainer.cost`` prints, as a JSON-ready dict (see the module docstring)."""
+    """Every figure ``fast-electra cost`` prints, as a JSON-ready dict (module docstring)."""
     main, aux = EncoderConfig.main(cfg), EncoderConfig.aux(cfg)
     S = cfg.data.max_seq_len
     main_params = count_parameters(main, head="rtd")
@@ -243,7 +243,7 @@ def format_report(est: dict) -> str:
 
 
 def run(argv: list[str] | None = None) -> dict:
-    parser = config_parser("python -m trainer.cost", __doc__)
+    parser = config_parser("fast-electra cost", __doc__)
     parser.add_argument("--json", action="store_true",
                         help="print only the figures as JSON (no resolved config)")
     parser.add_argument("--run", metavar="DIR", default="",

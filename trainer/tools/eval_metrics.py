@@ -1,4 +1,4 @@
-"""The figures ``python -m trainer.evaluate`` reports for a discriminator: RTDAccumulator (accuracy,
+"""The figures ``fast-electra evaluate`` reports for a discriminator: RTDAccumulator (accuracy,
 precision / recall / F1 of the replaced class, BCE loss, best-constant references) and its
 exact ROC-AUC (ties count 1/2), computed from counts of each distinct logit value per label,
 merged every 2^20 tokens, so memory grows with the number of distinct logits, not tokens.

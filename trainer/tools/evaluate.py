@@ -1,8 +1,8 @@
 """Evaluate trained checkpoints: RTD metrics of a discriminator on an RTD shard set, held-out
 MLM metrics of a generator on the corpus.
 
-    python -m trainer.evaluate --config configs/tiny.toml --checkpoint runs/tiny/rtd
-    python -m trainer.evaluate --config configs/tiny.toml --checkpoint runs/tiny/aux \\
+    fast-electra evaluate --config configs/tiny.toml --checkpoint runs/tiny/rtd
+    fast-electra evaluate --config configs/tiny.toml --checkpoint runs/tiny/aux \\
         --checkpoint runs/tiny/rtd/checkpoints/step_00000300 --rtd-dir shards/tiny/rtd \\
         [--epochs 0,1] [--max-sequences 2048] [--only rtd|mlm] [--json eval.json]
 
@@ -152,7 +152,7 @@ def open_shards(root: str, epochs: list[int] | None) -> tuple[RTDShards, list[in
 def trained_epochs(meta: dict, rtd: RTDShards) -> set[int]:
     """Epochs of ``rtd`` that the discriminator of ``meta`` was trained on (none unless it
     was trained on this very shard set)."""
-    if meta.get("data_fingerprint") != manifest_fingerprint(rtd.manifest):
+    if meta.get("data_fingerprint") != rtd.fingerprint:
         return set()
     seen = int(meta.get("samples_seen", 0))
     return set(range(min(-(-seen // rtd.rows_per_epoch), rtd.num_epochs)))
@@ -325,7 +325,7 @@ def report(results: list[dict], cfg: RunConfig, json_path: str | None, extra=Non
 
 
 def run(argv: list[str] | None = None) -> list[dict]:
-    parser = config_parser("python -m trainer.evaluate", __doc__)
+    parser = config_parser("fast-electra evaluate", __doc__)
     add_eval_arguments(parser)
     parser.add_argument("--rtd-dir", metavar="D",
                         help="RTD shard set (default: train.rtd_dir, else generate.rtd_dir)")

@@ -1,7 +1,7 @@
-"""`python -m trainer.tools.plan`: the data plan of a run, checked before any work.
+"""`fast-electra plan`: the data plan of a run, checked before any work.
 
-    python -m trainer.tools.plan --config configs/tiny.toml
-    python -m trainer.tools.plan --config configs/base.toml --set generate.epochs=3
+    fast-electra plan --config configs/tiny.toml
+    fast-electra plan --config configs/base.toml --set generate.epochs=3
 
 Prints the samples the run needs (train.max_steps x train.global_batch_size, across every
 rank), the samples the data plan gives (the prepared corpus's sequences x generate.epochs),
@@ -124,7 +124,7 @@ def format_plan(p: dict) -> str:
     if "total_pflops" in p:
         lines.append(f"compute            {p['total_pflops']:,.4g} PFLOP ({p['design']} design, "
                      "trainer.tools.cost's Table-1 FLOPs x samples needed); no time estimate: "
-                     "trainer.cost assumes no throughput (--run DIR measures one)")
+                     "fast-electra cost assumes no throughput (--run DIR measures one)")
     if p["feasible"] is False:
         lines.append(f"infeasible         {p['fix']}")
     elif p["feasible"]:
@@ -133,7 +133,7 @@ def format_plan(p: dict) -> str:
 
 
 def run(argv: list[str] | None = None) -> dict:
-    parser = config_parser("python -m trainer.tools.plan", __doc__)
+    parser = config_parser("fast-electra plan", __doc__)
     parser.add_argument("--json", action="store_true",
                         help="print only the figures as JSON (no resolved config)")
     args = parser.parse_args(argv)

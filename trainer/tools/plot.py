@@ -1,10 +1,10 @@
 """Plot training curves from run folders' ``metrics.jsonl``: one PNG per metric family, several
 runs overlaid (one colour per run, one line style per key).
 
-    python -m trainer.plot runs/tiny                        # -> runs/tiny/plots/*.png
-    python -m trainer.plot runs/a runs/b --out plots/ab     # overlay two runs
-    python -m trainer.plot runs/sweep-lr                    # a trainer.sweep root: all points
-    python -m trainer.plot runs/tiny --metrics loss,rtd_f1,grad_norm,tokens_per_s
+    fast-electra plot runs/tiny                        # -> runs/tiny/plots/*.png
+    fast-electra plot runs/a runs/b --out plots/ab     # overlay two runs
+    fast-electra plot runs/sweep-lr                    # a fast-electra sweep root: all points
+    fast-electra plot runs/tiny --metrics loss,rtd_f1,grad_norm,tokens_per_s
 
 Families (the default --metrics): ``loss`` (loss and every ``*_loss``, train and eval),
 ``rtd_f1`` (train and eval), ``mlm_accuracy`` (MLM and generator accuracy, train and eval),
@@ -95,7 +95,7 @@ def _runs_in(folder: str) -> list[str]:
 
 
 def find_runs(paths: list[str]) -> list[Run]:
-    """Each path is a run folder (holding metrics.jsonl) or a trainer.sweep root (its
+    """Each path is a run folder (holding metrics.jsonl) or a fast-electra sweep root (its
     ``sweep/<point>/`` folders, or that ``sweep`` folder itself)."""
     found: list[tuple[str, str]] = []  # (name, dir)
     for path in paths:
@@ -109,9 +109,9 @@ def find_runs(paths: list[str]) -> list[Run]:
             inside = _runs_in(path)
             hint = (f"it holds the runs {', '.join(inside)}: pass them as {path}/<run>"
                     if inside else "pass a train.out_dir of a run that has logged at least "
-                    "once, or a trainer.sweep root")
+                    "once, or a fast-electra sweep root")
             raise UserError(f"{path}: no {METRICS} here (nor in {sweep}/<point>/ of a "
-                            f"trainer.sweep); {hint}")
+                            f"fast-electra sweep); {hint}")
         found += [(p, os.path.join(sweep, p)) for p in points]
     names = [n for n, _ in found]
     if len(set(names)) < len(names):  # e.g. runs/a/aux and runs/b/aux: name them by path
@@ -195,10 +195,10 @@ def plot_runs(runs: list[Run], metrics: list[str], out_dir: str) -> list[str]:
 
 
 def run(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(prog="python -m trainer.plot", description=__doc__,
+    parser = argparse.ArgumentParser(prog="fast-electra plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="train.out_dir folders, or trainer.sweep roots")
+                        help="train.out_dir folders, or fast-electra sweep roots")
     parser.add_argument("--out", help="folder for the PNGs (default: <first RUN_DIR>/plots)")
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
                         help="comma-separated families or keys (default: %(default)s)")

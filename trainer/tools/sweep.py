@@ -1,7 +1,7 @@
 """Hyper-parameter sweeps over one shard set: every grid point is a normal training run in its
 own folder, launched one after another (or only printed), then a table of final metrics.
 
-    python -m trainer.sweep --config configs/tiny.toml --set train.mode=rtd \\
+    fast-electra sweep --config configs/tiny.toml --set train.mode=rtd \\
         --grid train.lr=5e-4,1e-3,2e-3 --grid train.warmup_steps=10,30 [--nproc 2] [--print]
 
 Run folders are ``<train.out_dir>/sweep/<key=value,...>/``; a point whose folder already holds
@@ -64,7 +64,7 @@ def last_record(out_dir: str) -> dict:
 
 
 def run(argv: list[str] | None = None) -> list[dict]:
-    parser = config_parser("python -m trainer.sweep", __doc__)
+    parser = config_parser("fast-electra sweep", __doc__)
     parser.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2",
                         help="values to sweep for one key (repeatable: the grid is the product)")
     parser.add_argument("--nproc", type=int, default=1, help="ranks per run (torchrun)")

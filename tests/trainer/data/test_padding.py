@@ -87,10 +87,10 @@ def test_padding_to_max_seq_len_changes_nothing(mode, mode_sets, one_thread):
     assert padded["input_ids"].shape[1] == MAX_LEN > trimmed["input_ids"].shape[1]
     loss_t, grads_t = loss_and_grads(task, trimmed)
     loss_p, grads_p = loss_and_grads(task, padded)
-    assert loss_p == pytest.approx(loss_t, abs=1e-6)
+    assert loss_p == pytest.approx(loss_t, rel=1e-6, abs=1e-6)
     assert grads_t.keys() == grads_p.keys() and len(grads_t) > 4
     for name, g in grads_t.items():
-        torch.testing.assert_close(grads_p[name], g, rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(grads_p[name], g, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_a_trim_that_drops_a_real_token_changes_the_loss(mode_sets, one_thread):

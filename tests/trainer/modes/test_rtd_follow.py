@@ -30,7 +30,8 @@ from tests.helpers import (
 )
 from trainer.checkpoint import find_latest, load_state
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: runs that follow a live generate producer, one killed with kill -9.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 FOUR = ["corruption.replacement=uniform", "generate.epochs=4"]
 BATCH = 64

@@ -1,5 +1,5 @@
 """The headline RTD metrics count ordinary tokens only: the project's metric path (rtd_counts +
-rtd_metrics, and trainer.evaluate's RTDAccumulator with its ROC-AUC and loss) against the plain
+rtd_metrics, and fast-electra evaluate's RTDAccumulator with its ROC-AUC and loss) against the plain
 numpy references of tests.reference_metrics (positions within each row's length and not
 [CLS]/[SEP]/[UNK]/...), with negative controls: each wrong variant of the reference (shifted
 threshold, padding or specials counted, the kept class as positive) disagrees with the

@@ -1,4 +1,4 @@
-"""trainer.cost: hand-computed FLOPs and memory of a tiny config, the relations between the
+"""fast-electra cost: hand-computed FLOPs and memory of a tiny config, the relations between the
 designs, the base/large figures against what the Fast-ELECTRA paper reports, and the CLI."""
 
 import json

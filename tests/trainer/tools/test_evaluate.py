@@ -1,4 +1,4 @@
-"""trainer.evaluate on real checkpoints (written by the real trainer) and real shard sets: its
+"""fast-electra evaluate on real checkpoints (written by the real trainer) and real shard sets: its
 numbers equal the held-out evaluations the trainer logs, ROC-AUC equals a brute-force pairwise
 count, and data the model cannot read is refused by name."""
 
@@ -37,7 +37,7 @@ def last_metrics(out_dir) -> dict:
 
 def gen_batches(model, cfg) -> list[dict]:
     """The generator's (B, T, V) logits on MLMTask's masked held-out batches (its fixed eval
-    seed and split: the data trainer.evaluate scores), as numpy arrays."""
+    seed and split: the data fast-electra evaluate scores), as numpy arrays."""
     d = Dist(0, 1, 0, torch.device("cpu"))
     out = []
     for b in MLMTask(cfg, d).heldout_batches(d):
@@ -108,7 +108,7 @@ def test_rtd_metrics_equal_the_trainers_held_out_eval(prepared, rtd_dir, disc_ru
     # Every figure against tests.reference_metrics on the same model's logits for the same
     # tokens (in the same batches of 7, so the logits are bit-identical); the trainer's logged
     # held-out eval (RTDTask.evaluate, batches of 16) against it too. Catches any metric
-    # helper bug that trainer.evaluate and the trainer share (both used rtd_counts).
+    # helper bug that fast-electra evaluate and the trainer share (both used rtd_counts).
     model = load_discriminator(result["checkpoint"])
     batches = disc_batches(model, RTDShards(str(rtd_dir)), 1, EVAL_SEQUENCES, 7)
     ref = rtd_reference(batches)
@@ -177,7 +177,7 @@ def test_mlm_metrics_equal_the_trainers_held_out_eval(prepared, mlm_run, capsys,
     assert rc == 0, err
     m = json.loads(out_json.read_text())["results"][0]["mlm"]
     logged = last_metrics(mlm_run)
-    # trainer.evaluate and the trainer's logged held-out eval (both MLMTask.evaluate) against
+    # fast-electra evaluate and the trainer's logged held-out eval (both MLMTask.evaluate) against
     # tests.reference_metrics on the generator's full (B, T, V) logits for the same masked
     # held-out batches: catches a loss, argmax or unigram-baseline bug they share.
     cfg = load_config(TINY, [f"data.corpus_dir={corpus_dir}", "tokenizer.vocab_size=600",

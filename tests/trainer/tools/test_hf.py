@@ -1,5 +1,5 @@
 """Hugging Face interop: real HF models (random init, built locally from config objects, never
-downloaded) through ``python -m trainer.hf import`` / ``export``, compared logit by logit."""
+downloaded) through ``fast-electra hf import`` / ``export``, compared logit by logit."""
 
 from __future__ import annotations
 

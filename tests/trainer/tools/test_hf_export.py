@@ -1,4 +1,4 @@
-"""``python -m trainer.hf export``: every encoder variant out to transformers' Auto classes
+"""``fast-electra hf export``: every encoder variant out to transformers' Auto classes
 (HF ELECTRA or the project's remote code), compared logit by logit; the remote-code model's
 HF features (heads, save_pretrained, gradient checkpointing, masks); every shipped config."""
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.corpus_parts import TokenizedDoc, split_sequences
-from pipeline.prepare import TokenizeFn
+from pipeline.prepare_steps import TokenizeFn
 from tests.helpers import corpus_lines
 from trainer.tokenizer import load_tokenizer
 from trainer.tools.hf import fast_tokenizer

@@ -1,8 +1,8 @@
 """A public masked LM with its own tokenizer as the frozen aux, through the whole flow: HF
 folders built here (a WordPiece BERT, a byte-level BPE RoBERTa with <mask> last, a WordPiece
 ELECTRA generator; tokenizers trained by ``tokenizers`` on real text, special tokens away from
-ids 0-4) -> trainer.hf import -> pipeline.prepare with tokenizer.kind = "hf" ->
-pipeline.generate -> 20 rtd steps -> trainer.hf export -> transformers' Auto classes."""
+ids 0-4) -> fast-electra hf import -> pipeline.prepare with tokenizer.kind = "hf" ->
+pipeline.generate -> 20 rtd steps -> fast-electra hf export -> transformers' Auto classes."""
 
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ def test_renumbering_is_a_permutation_with_specials_first(flow):
 
 
 def test_local_mlm_builds_a_bert_the_import_renumbers(prepared, tmp_path):
-    """trainer.hf local-mlm (make demo-hf's stand-in for a public checkpoint): a BERT folder
+    """fast-electra hf local-mlm (make demo-hf's stand-in for a public checkpoint): a BERT folder
     with BERT's special-token layout and the [aux] shape, which the import renumbers."""
     corpus_dir, _, _ = prepared
     config = tmp_path / "c.toml"

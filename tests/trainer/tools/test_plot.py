@@ -1,5 +1,5 @@
-"""trainer.plot on real runs (two rtd runs on model-free shards, in a trainer.sweep layout)
-and the optional TensorBoard output of MetricsLog."""
+"""fast-electra plot on real runs (two rtd runs on model-free shards, in a fast-electra sweep
+layout) and the optional TensorBoard output of MetricsLog."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ POINTS = ["train.lr=1e-3", "train.lr=3e-3"]
 # Its two training runs take seconds: every test that uses it is marked slow.
 @pytest.fixture(scope="module")
 def sweep_root(prepared, smoothed_rtd, tmp_path_factory):
-    """Two rtd runs on the session's smoothed_onehot set, laid out as ``trainer.sweep --grid
+    """Two rtd runs on the session's smoothed_onehot set, laid out as ``fast-electra sweep --grid
     train.lr=1e-3,3e-3`` lays them out (<out_dir>/sweep/<point>/), launched side by side to
     halve the wait: 8 steps each, eval every 4 on the held-out second epoch, so they log loss,
     rtd_f1, eval_rtd_f1, lr and temperature."""
@@ -132,7 +132,7 @@ def test_errors(sweep_root, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     assert plot_main([str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
-    assert "empty: no metrics.jsonl" in err and "trainer.sweep" in err
+    assert "empty: no metrics.jsonl" in err and "fast-electra sweep" in err
 
     run_dir = tmp_path / "damaged"
     shutil.copytree(sweep_root / "sweep" / POINTS[0], run_dir)

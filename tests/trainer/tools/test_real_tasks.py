@@ -96,7 +96,7 @@ def test_split_drops_texts_under_two_labels_and_orders_by_hash():
 
 
 def finetune_data(capsys, *argv: str) -> tuple[int, str, str]:
-    """``python -m trainer.finetune_data argv`` in this process: (exit status, stdout,
+    """``fast-electra finetune-data argv`` in this process: (exit status, stdout,
     stderr)."""
     try:
         rc = finetune_data_main(list(argv))

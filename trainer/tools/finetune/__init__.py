@@ -1,4 +1,4 @@
-"""Fine-tuning (`python -m trainer.finetune`, `python -m trainer.finetune_data`).
+"""Fine-tuning (`fast-electra finetune`, `fast-electra finetune-data`).
 
     run.py             the command: one run or a grid, resumable
     config.py          the task file ([task], [finetune], [grid])
@@ -6,5 +6,5 @@
     inputs.py          the pre-trained encoder and the task files, read once per invocation
     model.py           encoder + classification head; layer-wise lr decay
     metrics.py         accuracy, F1, MCC, Pearson, Spearman
-    demo_tasks.py      demo tasks from a prepared corpus (`python -m trainer.finetune_data`)
+    demo_tasks.py      demo tasks from a prepared corpus (`fast-electra finetune-data`)
 """

@@ -1,10 +1,10 @@
-"""``python -m trainer.finetune_data``: fine-tuning task files. The real tasks (labels written
+"""``fast-electra finetune-data``: fine-tuning task files. The real tasks (labels written
 by people) are real_tasks.py's; the corpus proxies built from a prepared corpus (see
 continuation_task, order_task) are here:
 
-    python -m trainer.finetune_data data/wordnet --task wordnet
-    python -m trainer.finetune_data shards/tiny/corpus data/continuation [--train 2000 --dev 500]
-    python -m trainer.finetune_data shards/tiny/corpus data/order --task order
+    fast-electra finetune-data data/wordnet --task wordnet
+    fast-electra finetune-data shards/tiny/corpus data/continuation [--train 2000 --dev 500]
+    fast-electra finetune-data shards/tiny/corpus data/order --task order
 """
 
 from __future__ import annotations
@@ -137,11 +137,11 @@ TASKS = {"continuation": continuation_task, "order": order_task}
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m trainer.finetune_data",
+        prog="fast-electra finetune-data",
         description="Fine-tuning task files. Real tasks (labels written by people), from "
-        "Debian packages: python -m trainer.finetune_data OUT_DIR --task wordnet|fortunes "
+        "Debian packages: fast-electra finetune-data OUT_DIR --task wordnet|fortunes "
         "[--source DIR]. " + real_tasks.__doc__.split("\n\n", 2)[2] + " Corpus proxies, from "
-        "a prepared corpus: python -m trainer.finetune_data CORPUS_DIR OUT_DIR "
+        "a prepared corpus: fast-electra finetune-data CORPUS_DIR OUT_DIR "
         "[--task continuation|order]. continuation: " + continuation_task.__doc__ +
         " order: " + order_task.__doc__)
     p.add_argument("dirs", nargs="+", metavar="[CORPUS_DIR] OUT_DIR",

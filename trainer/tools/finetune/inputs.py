@@ -1,4 +1,4 @@
-"""What every run of one ``python -m trainer.finetune`` invocation shares: the pre-trained
+"""What every run of one ``fast-electra finetune`` invocation shares: the pre-trained
 encoder and its tokenizer (Pretrained), and the task's files read and encoded once (TaskFiles,
 TaskData), with their sha256 so a finished run is recognised.
 """

@@ -1,8 +1,8 @@
 """Real labelled tasks, built offline from text that people wrote and labelled for another
 purpose, shipped by Debian packages (no download at run time):
 
-    python -m trainer.finetune_data data/wordnet --task wordnet     # apt-get install wordnet-base
-    python -m trainer.finetune_data data/fortunes --task fortunes   # apt-get install fortunes
+    fast-electra finetune-data data/wordnet --task wordnet     # apt-get install wordnet-base
+    fast-electra finetune-data data/fortunes --task fortunes   # apt-get install fortunes
 
 ``wordnet``: topic of a dictionary definition. Every noun synset of WordNet 3.0 carries the
 lexicographer file its editors filed it under (noun.animal, noun.food, ...); the text is the

@@ -1,9 +1,9 @@
 """Fine-tune a pre-trained discriminator on a GLUE-style task from local files.
 
-    python -m trainer.finetune --checkpoint runs/tiny/rtd --task configs/finetune/sst2.toml \\
+    fast-electra finetune --checkpoint runs/tiny/rtd --task configs/finetune/sst2.toml \\
         --train data/sst2/train.tsv --dev data/sst2/dev.tsv [--test data/sst2/test.tsv] \\
         --out-dir runs/finetune/sst2 [--set finetune.lr=3e-5 ...] [--from-scratch]
-    python -m trainer.finetune ... --grid       # every point of the task file's [grid]
+    fast-electra finetune ... --grid       # every point of the task file's [grid]
 
 ``--checkpoint`` is a checkpoint folder or a run folder (its latest checkpoint) of any run
 that holds a discriminator (rtd, fast-online, electra, decoupled; trainer.pretrained). The
@@ -285,7 +285,7 @@ def summary_table(rows: list[dict], metric: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.finetune", description=__doc__,
+    p = argparse.ArgumentParser(prog="fast-electra finetune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, help="task file, e.g. configs/finetune/sst2.toml")
     p.add_argument("--checkpoint", help="checkpoint folder, or a run folder (latest checkpoint)")

@@ -1,4 +1,4 @@
-"""Hugging Face interop (`python -m trainer.hf import|export`, optional extra `hf`).
+"""Hugging Face interop (`fast-electra hf import|export`, optional extra `hf`).
 
     cli.py             the command
     importer.py        an HF *ForMaskedLM folder -> an aux checkpoint

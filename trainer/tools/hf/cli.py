@@ -4,12 +4,12 @@ any trained model to transformers' Auto classes with a fast tokenizer.
     pip install -e '.[hf]'
     # a local BertForMaskedLM / RobertaForMaskedLM / ElectraForMaskedLM folder -> a checkpoint
     # that pipeline.generate (generate.aux_checkpoint) and trainer.pretrained.load_generator use
-    python -m trainer.hf import hf/my-mlm runs/my-mlm [--config configs/base.toml]
+    fast-electra hf import hf/my-mlm runs/my-mlm [--config configs/base.toml]
     python -m pipeline.generate --config configs/base.toml \\
         --set generate.aux_checkpoint=runs/my-mlm/checkpoints/step_00000000
     # a checkpoint (or run folder) -> a model folder (discriminator, the default for rtd /
     # joint runs, or generator, the default for mlm runs) + tokenizer.json
-    python -m trainer.hf export runs/base/rtd hf/my-electra [--role discriminator|generator]
+    fast-electra hf export runs/base/rtd hf/my-electra [--role discriminator|generator]
 
 Both directions are exact: the converted model computes the same logits as the original (up to
 float rounding; tests/trainer/tools/test_hf*.py check 1e-4 on import, 1e-5 on export). Export:
@@ -35,7 +35,7 @@ from trainer.tools.hf.local_mlm import build_local_mlm
 
 
 def run(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="python -m trainer.hf", description=__doc__,
+    parser = argparse.ArgumentParser(prog="fast-electra hf", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="HF *ForMaskedLM folder -> checkpoint (model_kind mlm)")

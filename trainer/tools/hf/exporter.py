@@ -1,8 +1,8 @@
 """A checkpoint of this project -> a Hugging Face model folder that ``from_pretrained`` loads,
 with a fast tokenizer that ``AutoTokenizer`` loads.
 
-    python -m trainer.hf export runs/base/rtd hf/my-electra                 # discriminator
-    python -m trainer.hf export runs/base/aux hf/my-generator --role generator
+    fast-electra hf export runs/base/rtd hf/my-electra                 # discriminator
+    fast-electra hf export runs/base/aux hf/my-generator --role generator
 
 Every checkpoint kind that ``load_discriminator`` / ``load_generator`` accept exports, in one
 of two forms:
@@ -273,7 +273,7 @@ def _write_readme(folder: str, source: str, step, role: str, cls: str, remote: b
                   "it depends on torch and transformers only. The encoder has no token type "
                   "embeddings.", ""]
     else:
-        lines += ["Converted exactly to HF ELECTRA by `python -m trainer.hf export` (Admin "
+        lines += ["Converted exactly to HF ELECTRA by `fast-electra hf export` (Admin "
                   "omegas folded into the LayerNorms and the following Linears; exact GELU). "
                   "token_type_embeddings are zeros.", ""]
     if tokenizer:

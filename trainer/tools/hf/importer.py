@@ -1,6 +1,6 @@
 """A local Hugging Face masked LM -> a checkpoint of this project (model_kind "mlm").
 
-    python -m trainer.hf import hf/my-mlm runs/my-mlm [--config configs/base.toml]
+    fast-electra hf import hf/my-mlm runs/my-mlm [--config configs/base.toml]
 
 Accepts ``BertForMaskedLM``, ``RobertaForMaskedLM`` and ``ElectraForMaskedLM`` folders
 (config.json + model.safetensors or pytorch_model.bin; read locally, never downloaded) and
@@ -24,7 +24,7 @@ disentangled attention, ALBERT's shared layers, ...) by ``model_type``.
 
 Vocabulary: every model, shard and corruption in this project has [PAD] [UNK] [CLS] [SEP]
 [MASK] at ids 0-4 (trainer.tokenizer). A model whose tokenizer already has them there (a
-SentencePiece tokenizer.model meeting the contract, e.g. a model exported by ``trainer.hf
+SentencePiece tokenizer.model meeting the contract, e.g. a model exported by ``fast-electra hf
 export``) imports as is and works on the corpus's own ids. Any other (BERT's WordPiece with
 [UNK] at 100, RoBERTa's byte BPE with <mask> last) is renumbered: its tokenizer (transformers'
 AutoTokenizer of the folder) gives ``trainer.tokenizer.source_order``, the vocabulary rows
@@ -32,7 +32,7 @@ AutoTokenizer of the folder) gives ``trainer.tokenizer.source_order``, the vocab
 checkpoint as OUT_DIR/tokenizer.json + special_tokens_map.json with tokenizer.kind = "hf" and
 tokenizer.model = OUT_DIR in the checkpoint's config. ``pipeline.prepare`` with those two keys
 tokenises the corpus with it in the same renumbered ids; ``pipeline.generate`` refuses a
-corpus of another vocabulary; ``trainer.hf export`` permutes the rows back, so exported models
+corpus of another vocabulary; ``fast-electra hf export`` permutes the rows back, so exported models
 take the original tokenizer's ids.
 
 LayerNorm eps: ours is 1e-5 (PyTorch's default, fixed in trainer.model), BERT's 1e-12. A

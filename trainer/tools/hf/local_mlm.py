@@ -2,7 +2,7 @@
 corpus's text: a stand-in, on a machine without network, for the public checkpoint a user
 would take from a model hub.
 
-    python -m trainer.hf local-mlm shards/tiny/corpus hf/tiny-bert --config configs/tiny_bert.toml
+    fast-electra hf local-mlm shards/tiny/corpus hf/tiny-bert --config configs/tiny_bert.toml
 
 Writes a ``save_pretrained`` folder (``BertForMaskedLM`` + ``BertTokenizerFast``): the
 tokenizer is a lower-casing WordPiece vocabulary of tokenizer.vocab_size trained on the

@@ -2,7 +2,7 @@
 """FastElectraConfig: the shape of a fast-electra encoder, for transformers' Auto classes.
 
 This file and modeling_fast_electra.py are written into every model folder that
-``python -m trainer.hf export`` makes for an encoder HF ELECTRA cannot hold (T5 relative
+``fast-electra hf export`` makes for an encoder HF ELECTRA cannot hold (T5 relative
 positions, pre-LN, Admin residual scales). They depend only on torch and transformers (>= 5).
 """
 

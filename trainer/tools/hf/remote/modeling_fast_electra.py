@@ -2,7 +2,7 @@
 """A fast-electra encoder in transformers' terms: FastElectraModel and its heads for
 pre-training (replaced-token detection), masked LM, sequence and token classification.
 
-Written into model folders by ``python -m trainer.hf export`` next to
+Written into model folders by ``fast-electra hf export`` next to
 configuration_fast_electra.py and loaded with ``trust_remote_code=True``. It computes what
 fast-electra's trainer.model.Encoder computes, in a form that depends only on torch and
 transformers (>= 5):
