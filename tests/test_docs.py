@@ -153,8 +153,7 @@ def heading_anchors(text: str) -> set[str]:
 
 MODULE_RUN = re.compile(r"(?:\bpython3?|/python3?|\btorchrun\b[^;&|]*?)\s+-m\s+([\w.]+)")
 SCRIPT_RUN = re.compile(r"(?:\bpython3?|/python3?)\s+((?:bench|pipeline|trainer)/[\w/]+\.py)")
-# The console script, bare or by path, and the module each command runs; not the `fast-electra`
-# of `pip install fast-electra[hf]` or `fast-electra --help`.
+# The console script, bare or by path (not `pip install fast-electra[hf]`, `fast-electra --help`).
 COMMAND_RUN = re.compile(r"(?<![\w.-])fast-electra\s+([a-z][\w-]*)")
 COMMAND_MODULES = {name: t.partition(":")[0] for name, (t, _) in COMMANDS.items()}
 
