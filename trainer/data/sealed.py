@@ -166,6 +166,6 @@ def not_sealed(root: str, epoch: int, present: int, parts: int,
     return ShardError(
         f"epoch {epoch} of the rtd shard set {root} is not sealed ({present}/{parts} parts "
         f"present; {why}), so it cannot be read: its parts may be partial. Generate it: "
-        f"python -m pipeline.generate --config {root}/config.toml --epochs {epoch}:"
+        f"fast-electra generate --config {root}/config.toml --epochs {epoch}:"
         f"{epoch + 1} (or re-run the range that was interrupted), or let the run wait for a "
         "producer with a larger train.wait_for_epochs_s")

@@ -181,5 +181,5 @@ def test_a_run_that_does_not_wait_stops_with_the_fix(reference, tmp_path):
         err = p.stderr
         assert "Traceback" not in err and "error: epoch 1 of the rtd shard set" in err, err
         assert why in err and "1/" in err
-        assert f"pipeline.generate --config {rtd}/config.toml --epochs 1:2" in err
+        assert f"fast-electra generate --config {rtd}/config.toml --epochs 1:2" in err
         assert "not a readable Parquet" not in err
