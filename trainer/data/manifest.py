@@ -183,10 +183,10 @@ def read_manifest(root: str, kind: str, name: str = MANIFEST) -> dict:
         raise ShardError(f"{root} holds a {manifest.get('kind')!r} shard set, not {kind!r}")
     want = SCHEMA_VERSIONS[kind]
     if manifest.get("schema_version") != want:
-        job = "pipeline.prepare" if kind == "corpus" else "pipeline.generate"
-        why = (" (an older sampler: its bytes are not what this version generates, and a "
+        job = "fast-electra prepare" if kind == "corpus" else "fast-electra generate"
+        why = (" (another sampler: its bytes are not what fast-electra generates, and a "
                "fast-online run would not see the same rows)" if kind == "rtd" else "")
         raise ShardError(f"{root}: {kind} schema_version {manifest.get('schema_version')} is "
-                         f"not the supported {want}{why}; regenerate it with this version: "
-                         f"{job} --overwrite")
+                         f"not the supported {want}{why}; regenerate it with the installed "
+                         f"fast-electra: {job} --config C --overwrite")
     return manifest

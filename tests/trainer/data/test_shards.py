@@ -186,7 +186,8 @@ def test_rtd_schema_version_1_is_refused_with_regenerate(rtd_set, tmp_path):
     m = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps(dict(m, schema_version=1)))
     with pytest.raises(ShardError, match="rtd schema_version 1 is not the supported 2.*"
-                                         "regenerate it.*pipeline.generate --overwrite"):
+                                         "regenerate it.*fast-electra generate --config C "
+                                         "--overwrite"):
         RTDShards(str(copy))
 
 
