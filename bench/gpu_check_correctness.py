@@ -226,7 +226,7 @@ def fast_online_rows(fx: Fixtures):
     from trainer.distributed import Dist
     from trainer.modes.fast_online import FastOnlineTask
     from trainer.modes.rtd import RTDTask
-    from trainer.train import autocast_context
+    from trainer.step import autocast_context
 
     rtd_dir, manifest = fx.device_shards()
     cfg = load_config(TINY, fx.sets(

@@ -34,8 +34,8 @@ def rtd_mfu(fx: Fixtures):
     from trainer.model.encoder_config import EncoderConfig
     from trainer.model.heads import Discriminator
     from trainer.optim import build_optimizer
+    from trainer.step import autocast_context
     from trainer.tools.cost import estimate
-    from trainer.train import autocast_context
 
     dev, s = fx.device, fx.shapes
     cfg = load_config(s.base_config, ["train.mode=rtd"])
@@ -165,7 +165,7 @@ def _padded_batch(B: int, T: int, vocab: int, dev: torch.device):
 def _train_step(model, ids, mask) -> torch.Tensor:
     """bf16 forward + backward of a loss over the real tokens' states (B, T, H) -> (B, T, H).
     A fixed random readout: a post-LN output's own mean square is constant, no gradient."""
-    from trainer.train import autocast_context
+    from trainer.step import autocast_context
 
     H = model.cfg.hidden_size
     w = torch.randn(H, generator=torch.Generator().manual_seed(1)).to(ids.device)  # (H,)

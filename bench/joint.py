@@ -39,7 +39,7 @@ from trainer.model.encoder_config import EncoderConfig
 from trainer.model.heads import MLMModel  # noqa: E402
 from trainer.modes.registry import build_task  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
-from trainer.train import autocast_context  # noqa: E402
+from trainer.step import autocast_context  # noqa: E402
 
 MODES = ("electra", "decoupled", "fast-online", "rtd")
 

@@ -42,7 +42,7 @@ import sys
 
 from pipeline.generate import run as generate
 from trainer.cli import config_parser, main_guard, resolve_config
-from trainer.data.manifest import resolve_fs, sha256_file
+from trainer.data.manifest import sha256_uri
 from trainer.errors import UserError
 from trainer.pretrained import (
     DISCRIMINATOR_KINDS,
@@ -67,7 +67,7 @@ def generator_id(path: str) -> str:
     state = os.path.join(path, "state.pt")
     if not os.path.isfile(state):
         raise UserError(f"{state} is missing: an incomplete checkpoint")
-    return f"step_{int(meta.get('step') or 0):08d}-{sha256_file(*resolve_fs(state))[:12]}"
+    return f"step_{int(meta.get('step') or 0):08d}-{sha256_uri(state)[:12]}"
 
 
 def generate_argv(config: str, overrides: list[str], generator: str, rtd_dir: str, seed: int,

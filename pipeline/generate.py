@@ -1,9 +1,9 @@
-"""Beam job: corpus sequences -> per-epoch RTD shards (DESIGN.md "Data contract").
+"""Beam job: corpus sequences -> per-epoch RTD shards (docs/design.md, "Data contract").
 
     python -m pipeline.generate --config configs/tiny.toml \\
-        --set generate.aux_checkpoint=runs/tiny-aux/checkpoints/step_00000300
-    # Dataflow, one L4 GPU per worker VM, one SDK process per VM (README: "generate on
-    # Dataflow with GPUs" has the image, the packaging and the other runners)
+        --set generate.aux_checkpoint=runs/tiny/aux/checkpoints/step_00000150
+    # Dataflow, one L4 GPU per worker VM, one SDK process per VM (docs/scaling.md has the
+    # image, the packaging and the other runners)
     python -m pipeline.generate --config configs/base.toml \\
         --set data.corpus_dir=gs://bucket/c --set generate.rtd_dir=gs://bucket/rtd \\
         --set generate.aux_checkpoint=gs://bucket/aux/step_00100000 --set generate.device=cuda \\
@@ -81,8 +81,7 @@ from trainer.data.manifest import (
     CONFIG_FILE,
     RTD_SCHEMA_VERSION,
     manifest_fingerprint,
-    resolve_fs,
-    sha256_file,
+    sha256_uri,
 )
 from trainer.data.rtd_format import token_dtype
 from trainer.data.sealed import plan_fingerprint
@@ -159,7 +158,7 @@ def check_aux(cfg: RunConfig, corpus: CorpusShards) -> dict | None:
     state_path = join(path, "state.pt")
     if not exists(state_path):
         raise GenerateError(f"{state_path} is missing: an incomplete checkpoint")
-    return {"checkpoint": path, "state_sha256": sha256_file(*resolve_fs(state_path)),
+    return {"checkpoint": path, "state_sha256": sha256_uri(state_path),
             "meta_sha256": sha256_bytes(read_bytes(join(path, "meta.json"))),
             "step": meta.get("step"), "config": meta["config"]}
 

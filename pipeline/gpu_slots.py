@@ -40,7 +40,7 @@ def worker_device(requested: str, cuda_count: int, slot: int) -> str:
         raise GenerateError(
             f"generate.device = 'cuda' but no CUDA device is visible to this worker process "
             f"(host {os.uname().nodename}); set generate.device=auto or cpu, or give the "
-            "workers GPUs (README: generate on Dataflow with GPUs; check the driver and "
+            "workers GPUs (docs/scaling.md: generate on Dataflow with GPUs; check the driver and "
             "CUDA_VISIBLE_DEVICES)")
     if requested == "cpu" or cuda_count == 0:
         return "cpu"

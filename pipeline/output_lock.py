@@ -39,7 +39,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.filesystems import exists, join, read_bytes, write_json_atomic
-from trainer.data.sealed import LOCK_FILE
+from trainer.data.sealed import LOCK_FILE, describe_holder, lock_holder
 from trainer.errors import UserError
 
 # A trainer tests a producer's liveness with a shared flock it drops at once
@@ -50,23 +50,6 @@ PROBE_GRACE_S = 0.2
 
 class OutputLockError(UserError):
     """The output folder is being written by another run."""
-
-
-def describe(holder: dict) -> str:
-    """'generate run pid 123 on host h, started 2026-...' from a lock body (the caller puts
-    'a'/'another' before it)."""
-    if not holder:
-        return "run that had not yet written its details"
-    return (f"{holder.get('job', 'pipeline')} run pid {holder.get('pid')} on host "
-            f"{holder.get('host')}, started {holder.get('started')}")
-
-
-def _parse(data: bytes) -> dict:
-    try:
-        holder = json.loads(data) if data.strip() else {}
-    except json.JSONDecodeError:
-        return {}
-    return holder if isinstance(holder, dict) else {}
 
 
 class OutputLock:
@@ -118,10 +101,10 @@ class OutputLock:
             try:
                 _flock_soon(fd)
             except BlockingIOError:
-                holder = _parse(os.pread(fd, 1 << 16, 0))
+                holder = lock_holder(os.pread(fd, 1 << 16, 0))
                 os.close(fd)
                 raise OutputLockError(
-                    f"{self.root} is being written by another {describe(holder)} (it holds "
+                    f"{self.root} is being written by another {describe_holder(holder)} (it holds "
                     f"{self.path}). Wait for that run to finish or stop it, or write to "
                     "another folder; the lock is released when its process exits, whatever "
                     "way it exits") from None
@@ -141,19 +124,19 @@ class OutputLock:
                 break
             os.close(fd)  # the holder released (deleted) it between our open and our flock
         self._fd = fd
-        previous = _parse(os.pread(fd, 1 << 16, 0))
+        previous = lock_holder(os.pread(fd, 1 << 16, 0))
         if previous:
-            print(f"{self.job}: taking over the stale lock {self.path} of a {describe(previous)}"
-                  ": that process is gone (it died without releasing it, e.g. kill -9); its "
-                  "leftovers are removed next", flush=True)
+            print(f"{self.job}: taking over the stale lock {self.path} of a "
+                  f"{describe_holder(previous)}: that process is gone (it died without "
+                  "releasing it, e.g. kill -9); its leftovers are removed next", flush=True)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(self.body, sort_keys=True).encode(), 0)
 
     def _acquire_remote(self) -> None:
         if exists(self.path):
-            holder = _parse(read_bytes(self.path))
+            holder = lock_holder(read_bytes(self.path))
             raise OutputLockError(
-                f"{self.root} is locked by a {describe(holder)} ({self.path}). On this "
+                f"{self.root} is locked by a {describe_holder(holder)} ({self.path}). On this "
                 "filesystem whether that run is still alive cannot be checked: if it is, wait "
                 "for it to finish or write to another folder; if it is gone (it crashed or was "
                 f"killed), delete {self.path} and run again")

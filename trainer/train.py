@@ -37,7 +37,7 @@ from trainer.modes.base import Task
 from trainer.modes.registry import build_task
 from trainer.optim import Optimized, build_optimized
 from trainer.resume import ResumeError, check_resume_config, resolve_resume
-from trainer.step import (  # noqa: F401 (autocast_context: the tools import it from here)
+from trainer.step import (
     StepOutput,
     StepSetup,
     Sums,

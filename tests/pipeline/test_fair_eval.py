@@ -14,7 +14,7 @@ from tests.helpers import GENERATE_SMALL as SMALL
 from tests.helpers import IN_MEMORY, RTD_KEYS, TINY, disc_batches, save_model
 from tests.reference_metrics import disagreeing, rtd_reference
 from trainer.config.load import load_config
-from trainer.data.manifest import resolve_fs, sha256_file
+from trainer.data.manifest import sha256_uri
 from trainer.data.rtd_shards import RTDShards
 from trainer.model.encoder_config import EncoderConfig
 from trainer.model.heads import Discriminator
@@ -60,7 +60,7 @@ def test_fair_eval_scores_every_discriminator_on_one_t1_set(prepared, aux_checkp
     report = json.loads((tmp_path / "fair.json").read_text())
 
     # One set, named by the generator's content, corrupted by it at T = 1 for one epoch.
-    sha = sha256_file(*resolve_fs(os.path.join(aux_checkpoint, "state.pt")))
+    sha = sha256_uri(os.path.join(aux_checkpoint, "state.pt"))
     rtd_dir = out_dir / f"step_00000004-{sha[:12]}-seed1"
     assert report["rtd_dir"] == str(rtd_dir) and os.listdir(out_dir) == [rtd_dir.name]
     rtd = RTDShards(str(rtd_dir))

@@ -19,7 +19,8 @@ from tests.helpers import (
 from trainer import checkpoint
 from trainer.config.load import load_config
 from trainer.errors import UserError
-from trainer.train import check_resume_config, grad_accum_steps, resolve_resume
+from trainer.resume import check_resume_config, resolve_resume
+from trainer.train import grad_accum_steps
 
 
 @pytest.mark.slow

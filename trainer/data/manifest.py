@@ -38,7 +38,10 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
-def sha256_file(fs: pafs.FileSystem, path: str) -> str:
+def sha256_uri(uri: str) -> str:
+    """sha256 of the file at a local path or a URI such as gs://bucket/file
+    (``trainer.digest.sha256_file`` for local paths only)."""
+    fs, path = resolve_fs(uri)
     with fs.open_input_stream(path) as f:
         return sha256_stream(f)
 
@@ -51,7 +54,8 @@ def manifest_fingerprint(manifest: dict) -> str:
 
 def check_sha256(fs: pafs.FileSystem, path: str, root: str, name: str, expected: str,
                  job: str) -> None:
-    got = sha256_file(fs, f"{path}/{name}")
+    with fs.open_input_stream(f"{path}/{name}") as f:
+        got = sha256_stream(f)
     if got != expected:
         raise ShardError(f"{root}/{name}: sha256 {got} differs from the manifest's {expected}: "
                          f"the file changed or is corrupt; re-run {job} --overwrite")

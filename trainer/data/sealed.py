@@ -82,7 +82,7 @@ def producer(fs: pafs.FileSystem, path: str, epoch: int) -> tuple[dict, bool] | 
         except FileNotFoundError:
             return None
         try:
-            body = _body(os.pread(fd, 1 << 16, 0))
+            body = lock_holder(os.pread(fd, 1 << 16, 0))
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -93,17 +93,28 @@ def producer(fs: pafs.FileSystem, path: str, epoch: int) -> tuple[dict, bool] | 
             os.close(fd)
     try:
         with fs.open_input_stream(lock) as f:
-            return _body(f.read()), True
+            return lock_holder(f.read()), True
     except FileNotFoundError:
         return None
 
 
-def _body(data: bytes) -> dict:
+def lock_holder(data: bytes) -> dict:
+    """A lock file's body (job, host, pid, started); {} while its holder has not written it
+    yet, or when it is not a JSON object."""
     try:
-        body = json.loads(data) if data.strip() else {}
+        holder = json.loads(data) if data.strip() else {}
     except json.JSONDecodeError:
         return {}
-    return body if isinstance(body, dict) else {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def describe_holder(holder: dict) -> str:
+    """'generate run pid 123 on host h, started 2026-...' from a lock body (the caller puts
+    'a'/'another' before it, or a verb after it)."""
+    if not holder:
+        return "run that had not yet written its details"
+    return (f"{holder.get('job', 'pipeline')} run pid {holder.get('pid')} on host "
+            f"{holder.get('host')}, started {holder.get('started')}")
 
 
 def parts_present(fs: pafs.FileSystem, path: str, epoch: int) -> int:
@@ -117,9 +128,7 @@ def parts_present(fs: pafs.FileSystem, path: str, epoch: int) -> int:
 def describe_producer(found: tuple[dict, bool] | None) -> str:
     if found is None or not found[1]:
         return "no live generate run holds it"
-    h = found[0]
-    return (f"{h.get('job', 'generate')} run pid {h.get('pid')} on host {h.get('host')}, "
-            f"started {h.get('started')}, is writing it")
+    return f"{describe_holder(found[0])}, is writing it"
 
 
 @dataclass

@@ -21,7 +21,7 @@ from trainer.config.run import RunConfig
 from trainer.corruption.corrupt import aux_autocast, corrupt_batch
 from trainer.data.corpus_shards import open_corpus
 from trainer.data.corpus_tokens import CorpusTokens
-from trainer.data.manifest import manifest_fingerprint, resolve_fs, sha256_file
+from trainer.data.manifest import manifest_fingerprint, sha256_uri
 from trainer.data.order import progress, unpermute
 from trainer.distributed import Dist
 from trainer.errors import UserError
@@ -48,8 +48,7 @@ class FastOnlineTask(RTDTask):
                 raise UserError(f"generate.aux_checkpoint {gen.aux_checkpoint} has a vocabulary "
                                 f"of {self.aux.cfg.vocab_size}, the corpus {corpus.root} "
                                 f"{corpus.vocab_size}: use an aux trained on this tokenizer")
-            fingerprint += ":" + sha256_file(*resolve_fs(gen.aux_checkpoint.rstrip("/")
-                                                                + "/state.pt"))
+            fingerprint += ":" + sha256_uri(gen.aux_checkpoint.rstrip("/") + "/state.pt")
         if "unigram" in c.replacement or c.augmentation == "log_interp_unigram":
             self.unigram = corpus.unigram_counts()
         self.setup(cfg, d, gen.epochs, self.n, fingerprint,

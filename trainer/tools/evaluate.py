@@ -77,8 +77,8 @@ from trainer.pretrained import (
     read_meta,
     resolve_checkpoint,
 )
+from trainer.step import autocast_context
 from trainer.tools.eval_metrics import RTDAccumulator
-from trainer.train import autocast_context
 
 
 def check_fits(model_cfg: EncoderConfig, vocab_size: int, seq_len: int, data: str,
