@@ -8,12 +8,16 @@
 
 Sections (``SECTIONS``; add one as a function ``(args, cfg) -> None`` that prints its lines):
 
-throughput  One epoch of the config's corpus: sequences/s of the Beam job (LocalRunner, 1 and
-            2 worker processes, one torch thread each; generate.part_rows 1024 unless set, as
-            parts are what the workers share out) vs a bare loop over the same sequences
-            doing the same masking + aux inference + sampling (``corrupt_batch``, one thread,
-            same batch size), as a ratio, and the cost of a second epoch with 1 worker
-            (a 2-epoch run minus the 1-epoch run: the fixed start excluded); with an aux
+throughput  --throughput-epochs (2) epochs of the config's corpus: sequences/s of the Beam job
+            (1 worker, which runs in the launcher process (runners.one_worker_in_process);
+            2 worker processes on the LocalRunner and on the DaskRunner; one torch thread
+            each; generate.part_rows 1024 unless set, as parts are what the workers share
+            out) vs a bare loop doing the same masking + aux inference + sampling
+            (``corrupt_batch``, one thread, same batch size) over the same epochs, as ratios:
+            "vs loop" against the loop in corpus order (the reference), "vs same" against the
+            loop over generate's own batches (the epoch's order: same padding). The loops and
+            the 1-worker job run --runs (3) interleaved rounds, the median is reported, with
+            each epoch job's seconds (from the launcher's "sealed epoch" lines); with an aux
             model, the speed-up of the masked-only LM head over the full-vocabulary head on
             the same batches; shard bytes per token vs raw int32 token arrays.
 sampling    Per vocabulary size (8K, 32K, 128K), over one generate batch of a random-weight
@@ -42,6 +46,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -58,10 +63,12 @@ from pipeline.generate import run  # noqa: E402
 from pipeline.generate_steps import AssignPositionsFn, index_part  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
 from trainer.config.load import load_config  # noqa: E402
+from trainer.corruption.batch import KeyedBatch  # noqa: E402
 from trainer.corruption.corrupt import corrupt_batch  # noqa: E402
 from trainer.corruption.masking import mask_positions  # noqa: E402
 from trainer.data.corpus_shards import CorpusShards  # noqa: E402
 from trainer.data.corpus_tokens import CorpusTokens  # noqa: E402
+from trainer.data.order import permute  # noqa: E402
 from trainer.data.rtd_format import token_dtype  # noqa: E402
 from trainer.pretrained import load_generator  # noqa: E402
 
@@ -82,63 +89,99 @@ def generate_argv(args, rtd_dir: str, defaults=(), forced=()) -> list[str]:
 # throughput
 # ---------------------------------------------------------------------------------------------
 
-def beam_seconds(args, rtd_dir: str, workers: int, epochs: int = 1,
-                 runner: tuple = ()) -> tuple[float, dict]:
+_SEALED = re.compile(r"generate: sealed epoch\(s\) [\d, ]+ \(([\d.]+)s\)")
+
+
+def beam_seconds(args, rtd_dir: str, workers: int, epochs: int,
+                 runner: tuple = ()) -> tuple[float, list[float], dict]:
+    """One ``pipeline.generate`` run, in this process as a user's call would be: (its seconds,
+    each epoch job's seconds (from the launcher's "sealed epoch" lines, to 0.1 s), the
+    manifest)."""
     # Parts are the unit of parallelism of the corruption step: 1024 rows make 9 parts of
     # the demo corpus, work for both workers (its default 65,536 would make one).
     argv = generate_argv(args, rtd_dir, defaults=["generate.part_rows=1024"],
                          forced=[f"generate.epochs={epochs}"])
+    out = io.StringIO()
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(out):
         manifest = run([*argv, *(runner or [f"--direct_num_workers={workers}"])])
-    return time.perf_counter() - start, manifest
+    secs = time.perf_counter() - start
+    sealed = [float(t) for t in _SEALED.findall(out.getvalue())]
+    return secs, [b - a for a, b in zip([0.0, *sealed], sealed)], manifest
+
+
+def loop_seconds(cfg, tokens, aux, counts, batch_rows: int, epoch: int, order: str) -> float:
+    """The bare loop over one epoch: ``corrupt_batch`` (mask + aux + sample) on batches of
+    ``batch_rows`` sequences, in corpus order (``order`` "corpus", the reference) or in the
+    epoch's order (``order`` "epoch": generate's very batches, so the same padding)."""
+    n = len(tokens)
+    seq = np.arange(n)
+    if order == "epoch":
+        seq = np.argsort(permute(seq, n, cfg.generate.seed, epoch))  # seq_id at each position
+    start = time.perf_counter()
+    for i in range(0, n, batch_rows):
+        seq_ids = seq[i:i + batch_rows]
+        ids, attn = tokens.batch(seq_ids)
+        u = torch.from_numpy(seq_ids / n).float()
+        batch = KeyedBatch(ids, torch.from_numpy(seq_ids), cfg.generate.seed, epoch,
+                           attention_mask=attn)
+        corrupt_batch(batch, u, cfg.corruption, aux=aux, unigram_counts=counts)
+    return time.perf_counter() - start
 
 
 def throughput(args, cfg) -> None:
     corpus = CorpusShards(cfg.data.corpus_dir)
     tokens = CorpusTokens(corpus)
-    n = len(tokens)
-    with tempfile.TemporaryDirectory() as tmp:
-        beam = {w: beam_seconds(args, os.path.join(tmp, f"rtd{w}"), w) for w in (1, 2)}
-        # The same job on dask.distributed: its own 2-process loopback cluster, started and
-        # stopped inside the timed call (pipeline/dask_runner.py).
-        dask_s = beam_seconds(args, os.path.join(tmp, "rtd_dask"), 2,
-                              runner=["--runner", "DaskRunner", "--dask_workers", "2"])[0]
-        # A second epoch's cost: the job's fixed start (checks, worker start and imports,
-        # model load) weighs on a 20-second job, not on an hours-long one.
-        two_epochs_s = beam_seconds(args, os.path.join(tmp, "rtd1x2"), 1, epochs=2)[0]
-    manifest = beam[1][1]
-    batch_rows = manifest["layout"]["batch_rows"]
-
+    n, epochs = len(tokens), args.throughput_epochs
     use_aux = cfg.corruption.replacement == "aux"
     aux = load_generator(cfg.generate.aux_checkpoint) if use_aux else None
     counts = torch.from_numpy(corpus.unigram_counts())
-    order = np.arange(n)
-    start = time.perf_counter()
-    for i in range(0, n, batch_rows):
-        seq_ids = order[i:i + batch_rows]
-        ids, attn = tokens.batch(seq_ids)
-        u = torch.from_numpy(seq_ids / n).float()
-        corrupt_batch(ids, attn, torch.from_numpy(seq_ids), 0, u, cfg.corruption,
-                      cfg.generate.seed, aux=aux, unigram_counts=counts)
-    loop_s = time.perf_counter() - start
+    batch_rows = Layout.plan(corpus.num_sequences, corpus.max_seq_len,
+                             cfg.generate.batch_tokens, 1024).batch_rows
+    # --runs rounds, interleaved (loops, then the 1-worker job), so that a busy spell of the
+    # machine weighs on all of them; each row reports its median round.
+    loops = {"corpus": [], "epoch": []}
+    one = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.runs):
+            for order, rounds in loops.items():
+                rounds.append([loop_seconds(cfg, tokens, aux, counts, batch_rows, e, order)
+                               for e in range(epochs)])
+            one.append(beam_seconds(args, os.path.join(tmp, f"rtd1_{r}"), 1, epochs))
+        two = beam_seconds(args, os.path.join(tmp, "rtd2"), 2, epochs)
+        # The same job on dask.distributed: its own 2-process loopback cluster per epoch job,
+        # started and stopped inside the timed call (pipeline/dask_runner.py).
+        dask = beam_seconds(args, os.path.join(tmp, "rtd_dask"), 2, epochs,
+                            runner=["--runner", "DaskRunner", "--dask_workers", "2"])
+    manifest = one[0][2]
 
+    def median(rows: list[list[float]]) -> list[float]:
+        """The round with the median total, as [total, epoch 0, epoch 1, ...]."""
+        rows = sorted(([sum(r), *r] for r in rows), key=lambda r: r[0])
+        return rows[len(rows) // 2]
+
+    loop, same = median(loops["corpus"]), median(loops["epoch"])
+    one_row = sorted(([s, *per] for s, per, _ in one), key=lambda r: r[0])[len(one) // 2]
     what = f"aux {cfg.generate.aux_checkpoint}" if use_aux else cfg.corruption.replacement
-    print(f"throughput: corpus {cfg.data.corpus_dir}: {n:,} sequences, vocab "
+    print(f"throughput: corpus {cfg.data.corpus_dir}: {n:,} sequences x {epochs} epochs, vocab "
           f"{corpus.vocab_size}, batches of {batch_rows} sequences, "
-          f"{manifest['layout']['parts_per_epoch']} parts, replacement {what}; "
-          f"{os.cpu_count()} cores, 1 torch thread per process")
-    print(f"{'':52s} {'seconds':>8s} {'seq/s':>9s} {'vs loop':>8s}")
-    print(f"{'bare torch loop (mask + aux + sample), 1 process':52s} {loop_s:8.2f} "
-          f"{n / loop_s:9.1f} {1.0:8.2f}x")
-    for w, (secs, _) in beam.items():
-        print(f"{f'pipeline.generate, LocalRunner, {w} worker(s)':52s} {secs:8.2f} "
-              f"{n / secs:9.1f} {loop_s / secs:8.2f}x")
-    print(f"{'pipeline.generate, DaskRunner, 2 worker(s)':52s} {dask_s:8.2f} "
-          f"{n / dask_s:9.1f} {loop_s / dask_s:8.2f}x")
-    extra_s = two_epochs_s - beam[1][0]
-    print(f"{'  1 worker, one more epoch (2-epoch run - 1-epoch)':52s} {extra_s:8.2f} "
-          f"{n / extra_s:9.1f} {loop_s / extra_s:8.2f}x")
+          f"{manifest['layout']['parts_per_epoch']} parts/epoch, replacement {what}; "
+          f"{os.cpu_count()} cores, 1 torch thread per process; median of {args.runs} "
+          "interleaved rounds where marked (*)")
+    per = " ".join(f"{f'epoch {e}':>8s}" for e in range(epochs))
+    print(f"{'':54s} {'seconds':>8s} {'seq/s':>9s} {'vs loop':>8s} {'vs same':>8s} {per}")
+
+    def row(name: str, total: float, epochs_s: list[float]) -> None:
+        cells = " ".join(f"{t:8.2f}" for t in epochs_s)
+        print(f"{name:54s} {total:8.2f} {epochs * n / total:9.1f} {loop[0] / total:7.2f}x "
+              f"{same[0] / total:7.2f}x {cells}")
+
+    row("bare torch loop, corpus order (*)", loop[0], loop[1:])
+    row("bare torch loop, generate's batches (*)", same[0], same[1:])
+    row("pipeline.generate, 1 worker, in the launcher (*)", one_row[0], one_row[1:])
+    print(f"{'  its runs':54s} " + ", ".join(f"{s:.2f}" for s, _, _ in one))
+    row("pipeline.generate, LocalRunner, 2 worker processes", two[0], two[1])
+    row("pipeline.generate, DaskRunner, 2 worker processes", dask[0], dask[1])
     if use_aux:
         masked_only, full = lm_head_seconds(cfg, tokens, aux, batch_rows)
         print(f"LM head: masked-only {masked_only:.3f} s vs full vocabulary {full:.3f} s -> "
@@ -156,9 +199,8 @@ def lm_head_seconds(cfg, tokens, aux, batch_rows: int) -> tuple[float, float]:
         for i in range(0, min(len(order), 40 * batch_rows), batch_rows):
             seq_ids = order[i:i + batch_rows]
             ids, attn = tokens.batch(seq_ids)
-            masked, selected = mask_positions(ids, torch.from_numpy(seq_ids), 0, 0,
-                                              cfg.corruption.mask_prob,
-                                              cfg.corruption.mask_token_prob)
+            masked, selected = mask_positions(KeyedBatch(ids, torch.from_numpy(seq_ids), 0, 0),
+                                              cfg.corruption)
             hidden = aux.encoder(masked, attn)
             t0 = time.perf_counter()
             aux.head(hidden, selected)
@@ -324,6 +366,11 @@ def main() -> None:
                         help="config override for every run (repeatable)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated, of: {', '.join(SECTIONS)}")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="throughput: interleaved rounds of the loops and the 1-worker "
+                             "job (the median is reported)")
+    parser.add_argument("--throughput-epochs", type=int, default=2,
+                        help="throughput: epochs per run (generate.epochs)")
     parser.add_argument("--part-rows", default="2048,8192",
                         help="memory: the generate.part_rows to compare")
     parser.add_argument("--epochs", type=int, default=2, help="memory: generate.epochs")

@@ -63,15 +63,17 @@ def compare_aux_draws(aux_a, aux_b, device_b, ids, mask, seq_ids, u, c, seed: in
     ``device_b`` (under bf16 autocast if asked) over one batch: whether the integer decisions
     agree, how many aux draws differ and (fp32) the largest distance of a differing draw's
     uniform to its CPU CDF interval's edge (0 when none differ)."""
+    from trainer.corruption.batch import KeyedBatch
     from trainer.corruption.corrupt import corrupt_batch
     from trainer.corruption.masking import mask_positions
 
-    a = corrupt_batch(ids, mask, seq_ids, epoch, u, c, seed, aux=aux_a)
+    batch = KeyedBatch(ids, seq_ids, seed, epoch, attention_mask=mask)
+    a = corrupt_batch(batch, u, c, aux=aux_a)
     auto = (torch.autocast(device_b.type, dtype=torch.bfloat16) if autocast_b
             else contextlib.nullcontext())
     with auto:
-        b = corrupt_batch(ids.to(device_b), mask.to(device_b), seq_ids, epoch, u, c, seed,
-                          aux=aux_b)
+        b = corrupt_batch(KeyedBatch(ids.to(device_b), seq_ids, seed, epoch,
+                                     attention_mask=mask.to(device_b)), u, c, aux=aux_b)
     sel, b_ids = a.selected, b.input_ids.cpu()
     differ = (a.input_ids != b_ids)[sel]  # (N,) over the selected positions
     out = {"selected_equal": torch.equal(sel, b.selected.cpu()),
@@ -80,8 +82,7 @@ def compare_aux_draws(aux_a, aux_b, device_b, ids, mask, seq_ids, u, c, seed: in
            "differences_outside_selected": int(((a.input_ids != b_ids) & ~sel).sum()),
            "max_distance_to_cdf_edge": 0.0}
     if differ.any():
-        masked = mask_positions(ids, seq_ids, seed, epoch, c.mask_prob, c.mask_token_prob,
-                                attention_mask=mask)[0]
+        masked = mask_positions(batch, c)[0]
         out["max_distance_to_cdf_edge"] = max(abs(x) for x in _near_tie_distances(
             aux_a, masked, mask, sel, a.input_ids[sel][differ], a.temperature, seq_ids, epoch,
             seed, differ))
@@ -103,6 +104,8 @@ def corruption_batch(fx: Fixtures, n: int = 256):
 
 
 def corrupt_cpu_vs_device(fx: Fixtures):
+    from trainer.config.run import MLMConfig
+    from trainer.corruption.batch import KeyedBatch
     from trainer.corruption.corrupt import corrupt_batch
     from trainer.corruption.masking import mask_positions
     from trainer.pretrained import load_generator
@@ -115,9 +118,12 @@ def corrupt_cpu_vs_device(fx: Fixtures):
     figures, notes, ok = {"sequences": len(ids)}, [], True
 
     # BERT's recipe (random tokens too), so every integer path of the masking runs.
-    m_cpu = mask_positions(ids, seq_ids, seed, epoch, c.mask_prob, 0.8, 0.1, vocab, mask)
-    m_dev = mask_positions(ids.to(dev), seq_ids.to(dev), seed, epoch, c.mask_prob, 0.8, 0.1,
-                           vocab, mask.to(dev))
+    bert = MLMConfig(mask_prob=c.mask_prob, mask_token_prob=0.8, random_token_prob=0.1)
+    batch = KeyedBatch(ids, seq_ids, seed, epoch, attention_mask=mask)
+    batch_dev = KeyedBatch(ids.to(dev), seq_ids.to(dev), seed, epoch,
+                           attention_mask=mask.to(dev))
+    m_cpu = mask_positions(batch, bert, vocab)
+    m_dev = mask_positions(batch_dev, bert, vocab)
     same_mask = all(torch.equal(a, b.cpu()) for a, b in zip(m_cpu, m_dev, strict=True))
     figures["mask_positions_equal"] = same_mask
     ok &= same_mask
@@ -125,9 +131,8 @@ def corrupt_cpu_vs_device(fx: Fixtures):
     counts = corpus.unigram_counts()
     for rep in ("uniform", "unigram"):  # closed forms in float64: exact on every device
         cc = dataclasses.replace(c, replacement=rep)
-        a = corrupt_batch(ids, mask, seq_ids, epoch, u, cc, seed, unigram_counts=counts)
-        b = corrupt_batch(ids.to(dev), mask.to(dev), seq_ids, epoch, u, cc, seed,
-                          unigram_counts=counts)
+        a = corrupt_batch(batch, u, cc, unigram_counts=counts)
+        b = corrupt_batch(batch_dev, u, cc, unigram_counts=counts)
         diff = int((a.input_ids != b.input_ids.cpu()).sum())
         figures[f"{rep}_differing_tokens"] = diff
         ok &= diff == 0

@@ -120,7 +120,7 @@ def main() -> None:
         torch.manual_seed(0)
         meta = {"step": 0, "mode": "mlm", "config": to_dict(cfg), "model_kind": "mlm"}
         aux = checkpoint.save(tmp, 0, {"model": MLMModel(EncoderConfig.aux(cfg)).state_dict()},
-                              meta, 0, 1, lambda: None)
+                              meta, checkpoint.SaveContext.single_process())
         results = {}
         for mode in MODES:
             cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--mode", mode,

@@ -5,13 +5,15 @@ SentencePiece one: the corpus's own SentencePiece model converted to tokenizer.j
 ids, so the same corpus: the cost of the HF code path alone) and a WordPiece vocabulary of the
 same size trained on the same text (a BERT-style public vocabulary).
 
-    .venv/bin/python bench/prepare.py [--mb 8] [--files 8]
+    .venv/bin/python bench/prepare.py [--mb 8] [--files 8] [--runs 3]
 
 The corpus is real prose (Python standard-library docstrings) repeated to about --mb MiB over
 --files plain-text files. The tokenizer is trained once up front and passed to every prepare
 run, so the figures are reading + tokenising + splitting + shuffling + writing Parquet; the
 loop baseline is ``sp.encode`` over the already-loaded documents (no I/O at all), i.e. the
-single-core tokenizer ceiling that the pipeline's per-worker throughput is compared to.
+single-core tokenizer ceiling that the pipeline's per-worker throughput is compared to. The
+loop and the 1- and 2-worker jobs run --runs interleaved rounds (median reported); a job with
+one local worker runs it in the launcher process (runners.one_worker_in_process).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import contextlib
 import io
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -91,6 +94,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=float, default=8.0)
     parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3,
+                        help="interleaved rounds of the loop and the local jobs (median)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         inputs = os.path.join(tmp, "inputs")
@@ -102,17 +107,23 @@ def main() -> None:
         model = os.path.join(tmp, "c0", "tokenizer.model")
         sp = load_tokenizer(model)
 
-        start = time.perf_counter()
-        loop_tokens = sum(len(sp.encode(d)) for d in docs)
-        loop_s = time.perf_counter() - start
-        assert loop_tokens == m0["num_tokens"], (loop_tokens, m0["num_tokens"])
-
-        rows = [("python loop, sp.encode only (1 core)", loop_s)]
-        for workers in (1, 2):
-            secs, m = prepare(inputs, os.path.join(tmp, f"c{workers}"), "--set",
-                              f"tokenizer.model={model}", f"--direct_num_workers={workers}")
-            assert m["num_tokens"] == loop_tokens
-            rows.append((f"prepare, LocalRunner, {workers} worker process(es)", secs))
+        # --runs rounds of the loop and the two local jobs, interleaved so that a busy spell
+        # of the machine weighs on all of them; each row is its median round.
+        timed: dict[str, list[float]] = {}
+        for r in range(args.runs):
+            start = time.perf_counter()
+            loop_tokens = sum(len(sp.encode(d)) for d in docs)
+            timed.setdefault("python loop, sp.encode only (1 core)", []).append(
+                time.perf_counter() - start)
+            assert loop_tokens == m0["num_tokens"], (loop_tokens, m0["num_tokens"])
+            for workers, name in ((1, "prepare, 1 worker (runs in the launcher)"),
+                                  (2, "prepare, LocalRunner, 2 worker processes")):
+                secs, m = prepare(inputs, os.path.join(tmp, f"c{workers}_{r}"), "--set",
+                                  f"tokenizer.model={model}", f"--direct_num_workers={workers}")
+                assert m["num_tokens"] == loop_tokens
+                timed.setdefault(name, []).append(secs)
+        rows = [(name, statistics.median(secs)) for name, secs in timed.items()]
+        loop_s = rows[0][1]
         # The same job on dask.distributed (pipeline/dask_runner.py): its own 2-process
         # loopback cluster, started and stopped inside the timed call.
         secs, m = prepare(inputs, os.path.join(tmp, "cdask"), "--set",
@@ -147,10 +158,13 @@ def main() -> None:
 
     mib = sum(len(d.encode()) for d in docs) / 2**20
     print(f"corpus: {mib:.1f} MiB of text, {len(docs):,} documents, {loop_tokens:,} tokens, "
-          f"{args.files} files; {os.cpu_count()} cores")
-    print(f"{'':48s} {'seconds':>8s} {'tokens/s':>12s} {'vs loop':>8s}")
+          f"{args.files} files; {os.cpu_count()} cores; the first three rows: median of "
+          f"{args.runs} interleaved rounds")
+    print(f"{'':48s} {'seconds':>8s} {'tokens/s':>12s} {'vs loop':>8s}  rounds")
     for name, secs in rows:
-        print(f"{name:48s} {secs:8.2f} {loop_tokens / secs:12,.0f} {loop_s / secs:8.2f}x")
+        spread = ", ".join(f"{t:.2f}" for t in timed.get(name, []))
+        print(f"{name:48s} {secs:8.2f} {loop_tokens / secs:12,.0f} {loop_s / secs:8.2f}x  "
+              f"{spread}")
     for label, hf_here in hf_rows.items():
         print(f"\ntokenizer.kind = hf, {label}: {hf_tokens[label]:,} tokens")
         print(f"{'':58s} {'seconds':>8s} {'MiB/s':>8s} {'vs SentencePiece':>17s}")

@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from trainer.config.load import load_config  # noqa: E402
-from trainer.corruption.distributions import aux_logprobs, replacement_logprobs
+from trainer.corruption.batch import KeyedBatch
+from trainer.corruption.distributions import Replacement, aux_logprobs, replacement_logprobs
 from trainer.corruption.masking import mask_positions
 from trainer.corruption.sampling import keyed_sample_uniform, sample_model_free, sample_tokens
 from trainer.model.encoder_config import EncoderConfig
@@ -65,8 +66,7 @@ def measure(cfg, vocab: int, sequences: int, repeats: int) -> dict[str, float]:
     ids = torch.randint(NUM_SPECIAL, vocab, (sequences, T), generator=g)
     attn = torch.ones_like(ids, dtype=torch.bool)
     seq_ids = torch.arange(sequences)
-    masked, selected = mask_positions(ids, seq_ids, 0, 0, cfg.corruption.mask_prob,
-                                      cfg.corruption.mask_token_prob)
+    masked, selected = mask_positions(KeyedBatch(ids, seq_ids, 0, 0), cfg.corruption)
     b_idx, t_idx = selected.nonzero(as_tuple=True)
     n = len(b_idx)
     with torch.inference_mode():
@@ -86,12 +86,12 @@ def measure(cfg, vocab: int, sequences: int, repeats: int) -> dict[str, float]:
         out["aux forward"] = best_seconds(
             lambda: aux(masked, attn, positions_mask=selected), repeats)
         for kind in ("unigram", "smoothed_onehot"):
+            rep = Replacement(kind, vocab, 0.35, counts)
             out[f"{kind} closed"] = best_seconds(
-                lambda k=kind: sample_model_free(k, u, original, vocab, temp, weight, 0.35,
-                                                 counts), repeats)
+                lambda r=rep: sample_model_free(r, u, original, temp, weight), repeats)
             out[f"{kind} dense"] = best_seconds(
-                lambda k=kind: sample_tokens(replacement_logprobs(
-                    k, original, vocab, unigram_counts=counts), 0, 0, seq, pos, temp), repeats)
+                lambda r=rep: sample_tokens(replacement_logprobs(r, original), 0, 0, seq, pos,
+                                            temp), repeats)
     return out
 
 

@@ -27,9 +27,9 @@ ZSTD_LEVEL = 3
 
 
 class TokenizedDoc(NamedTuple):
-    """One tokenised document in flight between Tokenize and WriteParts. Beam moves it as a
-    plain tuple of ints and bytes (``tuple(doc)``), which its fast coder encodes without
-    pickling; ``TokenizedDoc(*t)`` restores the names."""
+    """One tokenised document as the corpus keeps it (``TokenizeFn.tokenize_document``, the
+    input of ``part_rows``); between Tokenize and WriteParts documents travel as
+    ``DocsPack``s."""
 
     file_index: int
     """Place of the document's file in the input list."""
@@ -47,6 +47,30 @@ class TokenizedDoc(NamedTuple):
     @property
     def tokens(self) -> int:
         return len(self.ids) // 4
+
+
+class DocsPack(NamedTuple):
+    """Tokenised documents of one input file bound for one part, in flight between Tokenize
+    and WriteParts as columns: a tuple of one int and five byte strings, whatever the number
+    of documents (Beam's fast coder moves it without pickling, and its cost per element and
+    per step is paid once per pack, not per document). ``DocsPack(*t)`` restores the
+    names."""
+
+    file_index: int
+    """Place of the documents' file in the input list."""
+    doc_index: bytes
+    """Place of each document in its file, little-endian int64, ascending."""
+    tokens: bytes
+    """Kept token ids per document (little-endian int64): the lengths of ``ids``' pieces."""
+    dropped_tokens: bytes
+    """Tokens of a short tail dropped per document (little-endian int64)."""
+    text_bytes: bytes
+    """UTF-8 bytes of each document's text (little-endian int64)."""
+    ids: bytes
+    """The documents' kept token ids (no specials), concatenated, little-endian int32."""
+
+    def column(self, name: str) -> np.ndarray:
+        return np.frombuffer(getattr(self, name), "<i4" if name == "ids" else "<i8")
 
 
 @dataclass(frozen=True)
@@ -110,7 +134,8 @@ def plan_parts(counts: dict[PartKey, tuple[int, int]]) -> dict[PartKey, PartPlan
 
 
 def part_rows(docs: list[TokenizedDoc], plan: PartPlan, max_seq_len: int):
-    """(seq_ids, doc_ids, sequences) of one part in corpus order."""
+    """(seq_ids, doc_ids, sequences) of one part in corpus order, one array per sequence (the
+    reference for ``part_arrays``, which WritePartFn uses)."""
     seq_ids, doc_ids, seqs = [], [], []
     doc_id = plan.doc_id_start
     for doc in sorted(docs, key=lambda d: (d.file_index, d.doc_index)):
@@ -122,6 +147,33 @@ def part_rows(docs: list[TokenizedDoc], plan: PartPlan, max_seq_len: int):
     return seq_ids, doc_ids, seqs
 
 
+def part_arrays(tokens: np.ndarray, ids: np.ndarray, plan: PartPlan, max_seq_len: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``part_rows`` as whole-part arrays, without a Python step per sequence: the part's
+    documents in corpus order as their kept token counts (``tokens``) and their ids
+    concatenated (``ids``) -> (seq_ids int64, doc_ids int64, offsets int32 (sequences + 1),
+    values int32), sequence i being ``values[offsets[i]:offsets[i + 1]]``: each document cut
+    into [CLS] piece [SEP] sequences of at most ``max_seq_len``, as ``part_rows`` does."""
+    tokens = np.asarray(tokens, np.int64)
+    body = max_seq_len - 2
+    seqs_per_doc = -(-tokens // body)
+    n = int(seqs_per_doc.sum())
+    doc_of_seq = np.repeat(np.arange(len(tokens)), seqs_per_doc)
+    piece = np.arange(n) - np.repeat(np.cumsum(seqs_per_doc) - seqs_per_doc, seqs_per_doc)
+    lengths = np.minimum(body, tokens[doc_of_seq] - piece * body) + 2
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    # The pieces of the documents in order are their tokens in order: values is that stream
+    # with [CLS] and [SEP] around each piece.
+    values = np.empty(int(offsets[-1]), np.int32)
+    ordinary = np.ones(len(values), bool)
+    ordinary[offsets[:-1]] = ordinary[offsets[1:] - 1] = False
+    values[offsets[:-1]], values[offsets[1:] - 1] = CLS_ID, SEP_ID
+    values[ordinary] = ids
+    return (plan.seq_id_start + np.arange(n, dtype=np.int64),
+            plan.doc_id_start + doc_of_seq.astype(np.int64), offsets, values)
+
+
 def encode_part(seq_ids: list[int], doc_ids: list[int], seqs: list[np.ndarray],
                 row_group_rows: int) -> bytes:
     """One part as Parquet bytes: CORPUS_SCHEMA, zstd, ``row_group_rows`` rows per group."""
@@ -129,7 +181,15 @@ def encode_part(seq_ids: list[int], doc_ids: list[int], seqs: list[np.ndarray],
     offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     values = np.concatenate(seqs) if seqs else np.zeros(0, np.int32)
-    input_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32()),
+    return encode_part_arrays(np.asarray(seq_ids, np.int64), np.asarray(doc_ids, np.int64),
+                              offsets, values, row_group_rows)
+
+
+def encode_part_arrays(seq_ids: np.ndarray, doc_ids: np.ndarray, offsets: np.ndarray,
+                       values: np.ndarray, row_group_rows: int) -> bytes:
+    """``encode_part`` of ``part_arrays``' arrays (the same bytes for the same rows)."""
+    input_ids = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+                                         pa.array(values, pa.int32()),
                                          type=CORPUS_SCHEMA.field("input_ids").type)
     table = pa.Table.from_arrays(
         [pa.array(seq_ids, pa.int64()), pa.array(doc_ids, pa.int64()), input_ids],

@@ -52,16 +52,17 @@ class Corrupter:
         temperature (B,) float32; the device)."""
         import torch
 
+        from trainer.corruption.batch import KeyedBatch
         from trainer.corruption.corrupt import aux_autocast, corrupt_batch
 
         ids, valid = pad_rows(tokens, lengths, PAD_ID, np.int64)  # (B, T) each
         u = progress(epoch, positions, self.num_sequences, self.epochs,
                      self.corruption.granularity)
         with aux_autocast(self.device):
-            out = corrupt_batch(torch.from_numpy(ids).to(self.device),
-                                torch.from_numpy(valid).to(self.device),
-                                torch.from_numpy(np.asarray(seq_ids, np.int64)), epoch,
-                                torch.from_numpy(u), self.corruption, self.seed, aux=self.aux,
+            batch = KeyedBatch(torch.from_numpy(ids).to(self.device),
+                               torch.from_numpy(np.asarray(seq_ids, np.int64)), self.seed,
+                               epoch, attention_mask=torch.from_numpy(valid).to(self.device))
+            out = corrupt_batch(batch, torch.from_numpy(u), self.corruption, aux=self.aux,
                                 unigram_counts=self.unigram, vocab_size=self.vocab_size)
         return (out.input_ids.cpu().numpy()[valid].astype(np.int32),
                 out.labels.cpu().numpy()[valid].astype(np.uint8),

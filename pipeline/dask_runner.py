@@ -5,9 +5,9 @@
 ``pip install -e '.[dask]'``):
 
     # a local dask.distributed cluster of 2 worker processes, started and stopped by the job
-    python -m pipeline.prepare --config configs/tiny.toml --runner DaskRunner --dask_workers 2
+    fast-electra prepare --config configs/tiny.toml --runner DaskRunner --dask_workers 2
     # an existing cluster (dask scheduler / dask worker tcp://host:8786 on the machines)
-    python -m pipeline.generate --config configs/tiny.toml --runner DaskRunner \\
+    fast-electra generate --config configs/tiny.toml --runner DaskRunner \\
         --dask_client_address tcp://host:8786
 
 Why a subclass and not Beam's runner as it is:

@@ -73,10 +73,32 @@ def parse_epochs(spec: str | None, epochs: int) -> range:
     return range(a, b)
 
 
-def plan_header(cfg: RunConfig, corpus: CorpusShards, aux: dict | None, layout: Layout,
-                corpus_fp: str, dtype: str, fp: dict) -> dict:
+@dataclass(frozen=True)
+class PlanSources:
+    """What plan.json is made of: a generate run's inputs, as generate opened and checked them,
+    and what it derived from them before the job."""
+
+    cfg: RunConfig
+    """The resolved run config: [corruption], [generate] and data.row_group_rows."""
+    corpus: CorpusShards
+    """The corpus the set corrupts."""
+    aux: dict | None
+    """The aux checkpoint as generate describes it (path, sha256s, step, config); None when
+    the replacements need no aux."""
+    layout: Layout
+    """How an epoch is cut into batches and parts."""
+    corpus_fp: str
+    """The sha256 of the corpus's manifest."""
+    dtype: str
+    """The numpy dtype the shards store token ids as."""
+    fingerprint: dict
+    """Everything that decides the shard bytes (generate.fingerprint)."""
+
+
+def plan_header(src: PlanSources) -> dict:
     """plan.json: everything manifest.json holds that is known before any part is written;
     the manifest adds the totals and the parts (trainer.data.sealed.SET_TOTALS)."""
+    cfg, corpus, layout, dtype = src.cfg, src.corpus, src.layout, src.dtype
     gen = cfg.generate
     corruption = to_dict(cfg)["corruption"]
     return {
@@ -84,12 +106,12 @@ def plan_header(cfg: RunConfig, corpus: CorpusShards, aux: dict | None, layout: 
         "kind": "rtd",
         "sampler": SAMPLER,
         "created_by": f"fast-electra {version('fast-electra')}",
-        "corpus": {"dir": corpus.root, "manifest_sha256": corpus_fp,
+        "corpus": {"dir": corpus.root, "manifest_sha256": src.corpus_fp,
                    "num_sequences": corpus.num_sequences, "vocab_size": corpus.vocab_size,
                    "special_ids": corpus.manifest["tokenizer"]["special_ids"],
                    "tokenizer_sha256": corpus.manifest["tokenizer"]["sha256"],
                    "max_seq_len": corpus.max_seq_len},
-        "aux": aux,
+        "aux": src.aux,
         "corruption": corruption,
         "schedule": {k: corruption[k] for k in ("schedule", "t0", "tau", "granularity")}
         | {"u": "(e * N + p) / (E * N)" if corruption["granularity"] == "sample"
@@ -108,7 +130,7 @@ def plan_header(cfg: RunConfig, corpus: CorpusShards, aux: dict | None, layout: 
         "encoding": {"input_ids": f"raw {dtype} bytes",
                      "labels": "np.packbits(bitorder='little'), length from input_ids",
                      "compression": f"zstd level {ZSTD_LEVEL}"},
-        "fingerprint": fp,
+        "fingerprint": src.fingerprint,
     }
 
 
@@ -148,7 +170,7 @@ def seal_epoch(element: tuple, sealing: EpochSealing) -> dict:
     rtd_dir, expected = sealing.rtd_dir, sealing.parts_per_epoch
     if len(parts) != expected:
         raise GenerateError(f"{rtd_dir}: {len(parts)} parts of epoch {epoch} were written, "
-                            f"{expected} expected; re-run pipeline.generate --epochs "
+                            f"{expected} expected; re-run fast-electra generate --epochs "
                             f"{epoch}:{epoch + 1}")
     plan_path = join(rtd_dir, PLAN)
     if not exists(plan_path) or plan_fingerprint(json.loads(read_bytes(plan_path))) != \

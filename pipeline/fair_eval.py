@@ -1,7 +1,7 @@
 """Fair RTD evaluation: every discriminator scored on the same data, made by ONE standalone
 generator at T = 1 (DecoupledOptim, Dong et al. 2023, appendix D).
 
-    python -m pipeline.fair_eval --config configs/tiny.toml \\
+    fast-electra fair-eval --config configs/tiny.toml \\
         --generator runs/tiny/aux \\
         --checkpoint runs/tiny/rtd --checkpoint runs/tiny/electra \\
         [--out-dir shards/fair] [--seed 1] [--max-sequences 4096] [--json fair.json] \\
@@ -50,7 +50,13 @@ from trainer.pretrained import (
     read_meta,
     resolve_checkpoint,
 )
-from trainer.tools.evaluate import add_eval_arguments, eval_device, evaluate_checkpoint, report
+from trainer.tools.evaluate import (
+    EvalOptions,
+    add_eval_arguments,
+    eval_device,
+    evaluate_checkpoint,
+    report,
+)
 
 # Masks and samples are keyed by (seed, epoch, seq_id): with the training sets' default seed 0,
 # epoch 0 of the evaluation set would mask the very positions epoch 0 of training did.
@@ -83,7 +89,7 @@ def generate_argv(config: str, overrides: list[str], generator: str, rtd_dir: st
 
 
 def run(argv: list[str] | None = None) -> list[dict]:
-    parser = config_parser("python -m pipeline.fair_eval", __doc__)
+    parser = config_parser("fast-electra fair-eval", __doc__)
     parser.add_argument("--generator", required=True, metavar="GEN_CKPT",
                         help="the one generator: checkpoint or run folder of an mlm (or joint) "
                              "run")
@@ -112,12 +118,12 @@ def run(argv: list[str] | None = None) -> list[dict]:
     generate(generate_argv(args.config, args.overrides, gen_path, rtd_dir, args.seed,
                            passthrough))
 
+    options = EvalOptions(rtd_dir, [0], args.max_sequences, only="rtd")
     device = eval_device(cfg)
     results = []
     for path in checkpoints:
         print(f"fair_eval: {path} on {device}", flush=True)
-        results.append(evaluate_checkpoint(path, cfg, device, rtd_dir, [0], args.max_sequences,
-                                           only="rtd"))
+        results.append(evaluate_checkpoint(path, cfg, device, options))
     report(results, cfg, args.json, {"generator": gen_path, "rtd_dir": rtd_dir,
                                      "recipe": "DecoupledOptim appendix D: one generator, T = 1"})
     return results

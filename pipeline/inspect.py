@@ -1,10 +1,10 @@
 """Print a summary of a shard set (RTD or corpus) from its manifest.
 
-    python -m pipeline.inspect shards/tiny/rtd            # epochs, rows, replaced fraction,
-                                                          # temperature range per epoch, aux
-    python -m pipeline.inspect shards/tiny/rtd --verify   # also check every file's sha256
-    python -m pipeline.inspect shards/tiny/corpus
-    python -m pipeline.inspect shards/tiny/rtd --plot shards/tiny/rtd-schedule.png
+    fast-electra inspect shards/tiny/rtd            # epochs, rows, replaced fraction,
+                                                    # temperature range per epoch, aux
+    fast-electra inspect shards/tiny/rtd --verify   # also check every file's sha256
+    fast-electra inspect shards/tiny/corpus
+    fast-electra inspect shards/tiny/rtd --plot shards/tiny/rtd-schedule.png
 
 Reads only manifest.json (plus the files with ``--verify``); needs no Beam. ``--plot`` draws,
 over training progress u, each part's temperature range next to the configured schedule, and
@@ -129,7 +129,7 @@ def corpus_summary(corpus: CorpusShards) -> list[str]:
 
 
 def run(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.inspect", description=__doc__,
+    parser = argparse.ArgumentParser(prog="fast-electra inspect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", help="a shard set folder (the one holding manifest.json)")
     parser.add_argument("--verify", action="store_true",
@@ -156,8 +156,9 @@ def run(argv: list[str] | None = None) -> list[str]:
             raise ShardError(
                 f"{args.dir} is an rtd shard set still being generated: epoch(s) "
                 f"{shards.sealed_epochs() or 'none'} of {shards.num_epochs} sealed (plan.json, "
-                "no manifest.json yet). pipeline.inspect reads complete sets: run it again "
-                "once every epoch is sealed (pipeline.generate --epochs A:B writes the rest)")
+                "no manifest.json yet). fast-electra inspect reads complete sets: run it again "
+                "once every epoch is sealed (fast-electra generate --epochs A:B writes the "
+                "rest)")
         lines = rtd_summary(shards)
     else:
         raise ShardError(f"{args.dir}/{MANIFEST}: unknown kind {kind!r}")

@@ -6,11 +6,13 @@
         --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp
 
 Steps: list the inputs -> train (or load and check) the SentencePiece tokenizer in the launcher
--> ReadDocuments (one file per element; compressed files cannot be split) -> TokenizeAndSplit
-(documents into [CLS] ... [SEP] sequences of at most data.max_seq_len) -> WriteCorpusParts
-(GroupByPart, zstd Parquet, temp name + rename) -> Finalize (unigram counts, then
-manifest.json, written last: a folder without it is an incomplete corpus). The three middle
-steps are composite transforms of pipeline/prepare_steps.py.
+-> ReadDocuments (one file per element; compressed files cannot be split; documents travel in
+batches) -> TokenizeAndSplit (documents into [CLS] ... [SEP] sequences of at most
+data.max_seq_len) -> WriteCorpusParts (GroupByPart, zstd Parquet, temp name + rename, then the
+entries and unigram counts collected) -> Finalize (unigram counts, then manifest.json, written
+last: a folder without it is an incomplete corpus). The three middle steps are composite
+transforms of pipeline/prepare_steps.py. With one local worker the job runs in this process
+(runners.one_worker_in_process).
 
 Re-running with the same config and inputs is a no-op; a folder that holds a different corpus
 is refused unless ``--overwrite``. Leftovers of an interrupted run are removed first.
@@ -27,13 +29,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.pvalue import AsList, AsSingleton
+from apache_beam.pvalue import AsList
 
 from pipeline.corpus_parts import group_files
 from pipeline.filesystems import exists, join, read_bytes, write_atomic, write_json_atomic
 from pipeline.job import JobOutput, claim_output, parse_job_args, run_as_main, run_job
 from pipeline.prepare_steps import ReadDocuments, TokenizeAndSplit, WriteCorpusParts
 from pipeline.progress import corpus_progress
+from pipeline.runners import one_worker_in_process
 from pipeline.shard_sets import holds_output_locks
 from pipeline.sources import InputError, check_undecodable, expand_inputs, resolve_format
 from pipeline.tokenizer_train import train_tokenizer
@@ -73,9 +76,11 @@ class CorpusContext:
     header: dict
 
 
-def finalize(parts: list[dict], unigram: np.ndarray, reports: list,
+def finalize(written: tuple[list[dict], np.ndarray], reports: list,
              context: CorpusContext) -> dict:
-    """Write the unigram counts, then manifest.json (last: it marks the set complete)."""
+    """WriteCorpusParts' (part entries, unigram counts) -> write the unigram counts, then
+    manifest.json (last: it marks the set complete)."""
+    parts, unigram = written
     corpus_dir = context.corpus_dir
     inputs = [dict(report, bytes=context.inputs[i][1]) for i, report in sorted(reports)]
     # Before anything is written: a mostly undecodable file (binary data read as text) would
@@ -116,22 +121,19 @@ def build(p: beam.Pipeline, files: list[tuple[str, int]], cfg: RunConfig,
     file_groups = group_files([size for _, size in files], data.part_text_bytes)
     read = (
         p
-        | "ListInputs" >> beam.Create([(i, path) for i, (path, _) in enumerate(files)])
+        # ReadDocuments spreads the files over the workers itself (no second reshuffle).
+        | "ListInputs" >> beam.Create([(i, path) for i, (path, _) in enumerate(files)],
+                                      reshuffle=False)
         | "ReadDocuments" >> ReadDocuments(data)
     )
-    written = (
+    return (
         read["docs"]
         | "TokenizeAndSplit" >> TokenizeAndSplit(
             data, join(context.corpus_dir, tokenizer["file"]), file_groups,
             tokenizer.get("source_special_ids"))
         | "WriteCorpusParts" >> WriteCorpusParts(context.corpus_dir, data,
                                                  cfg.tokenizer.vocab_size)
-    )
-    return (
-        written["parts"]
-        | "CollectParts" >> beam.combiners.ToList()
-        | "Finalize" >> beam.Map(finalize, unigram=AsSingleton(written["unigram"]),
-                                 reports=AsList(read["reports"]), context=context)
+        | "Finalize" >> beam.Map(finalize, reports=AsList(read["reports"]), context=context)
     )
 
 
@@ -269,8 +271,11 @@ def run(argv: list[str] | None = None) -> dict:
             "config": {"data": to_dict(cfg)["data"], "tokenizer": to_dict(cfg)["tokenizer"]},
         },
     )
-    return run_job(lambda p: build(p, files, cfg, context), beam_argv, output,
-                   corpus_progress(corpus_dir, files, cfg.data.part_text_bytes, args.progress_s))
+    # One local worker runs in this process (runners.one_worker_in_process).
+    return run_job(lambda p: build(p, files, cfg, context), one_worker_in_process(beam_argv),
+                   output,
+                   corpus_progress(corpus_dir, files, cfg.data.part_text_bytes,
+                                   args.progress_s))
 
 
 def main(argv: list[str] | None = None) -> int:

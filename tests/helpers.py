@@ -252,8 +252,8 @@ def write_rtd_set(root, n=RTD_SET_ROWS, epochs=RTD_SET_EPOCHS, part_rows=RTD_SET
 def save_model(out_dir, model: torch.nn.Module, cfg, kind: str) -> str:
     """A step-1 checkpoint of ``model`` alone (no optimizer state), as rank 0 of 1 writes it."""
     meta = {"step": 1, "mode": cfg.train.mode, "config": to_dict(cfg), "model_kind": kind}
-    return checkpoint.save(str(out_dir), 1, {"model": model.state_dict()}, meta, 0, 1,
-                           lambda: None)
+    return checkpoint.save(str(out_dir), 1, {"model": model.state_dict()}, meta,
+                           checkpoint.SaveContext.single_process())
 
 
 # What fast-electra evaluate reports per epoch, each recomputed by tests.reference_metrics; the

@@ -6,7 +6,7 @@ resolved config, the data set's manifest sha256). It is written under a temporar
 file fsynced, then renamed: a crash leaves either the previous checkpoint or the new one, never
 a half-written folder that looks complete. The last ``train.keep_checkpoints`` are kept.
 
-    path = save(out_dir, step, state, meta, rank, world, barrier)
+    path = save(out_dir, step, state, meta, SaveContext(rank, keep, barrier))
     latest = find_latest(out_dir)                       # None when there is none
     state, meta, rng = load(path, rank)
 """
@@ -20,6 +20,7 @@ import random
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -78,10 +79,32 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(out_dir: str, step: int, state: dict, meta: dict, rank: int, keep: int,
-         barrier: Callable[[], None]) -> str:
+def _no_other_rank() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class SaveContext:
+    """The ranks that save a checkpoint together (``save`` is a collective) and what rank 0
+    prunes once the new one is in place."""
+
+    rank: int
+    """This process's rank: rank 0 writes state and meta, renames the folder and prunes."""
+    keep: int
+    """How many of the newest checkpoints rank 0 keeps (train.keep_checkpoints)."""
+    barrier: Callable[[], None]
+    """Returns once every rank of the run has reached it."""
+
+    @classmethod
+    def single_process(cls, keep: int = 1) -> SaveContext:
+        """A save with no other rank to wait for."""
+        return cls(rank=0, keep=keep, barrier=_no_other_rank)
+
+
+def save(out_dir: str, step: int, state: dict, meta: dict, ctx: SaveContext) -> str:
     """Collective: every rank calls it. Rank 0 writes model/optimizer state and meta, each
     rank its RNG state; rank 0 then renames the folder into place and prunes old ones."""
+    rank, barrier = ctx.rank, ctx.barrier
     final = step_dir(out_dir, step)
     tmp = os.path.join(out_dir, CHECKPOINTS, f".tmp-step_{step:08d}")
     if rank == 0:
@@ -103,7 +126,7 @@ def save(out_dir: str, step: int, state: dict, meta: dict, rank: int, keep: int,
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(os.path.dirname(final))
-        for old in list_steps(out_dir)[:-keep]:
+        for old in list_steps(out_dir)[:-ctx.keep]:
             shutil.rmtree(step_dir(out_dir, old), ignore_errors=True)
     barrier()
     return final

@@ -1,7 +1,7 @@
 """What every command shares: ``--config``/``--set``/``--help-config``, printing the resolved
 config, and turning a ``UserError`` into a one-line message instead of a traceback.
 
-    parser = config_parser("python -m pipeline.prepare", __doc__)
+    parser = config_parser("fast-electra prepare", __doc__)
     args, rest = parser.parse_known_args(argv)
     cfg = resolve_config(args)            # validated, printed
 """

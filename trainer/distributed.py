@@ -1,7 +1,7 @@
 """Process-group setup from the torchrun environment, and the few collectives the loop needs.
 
     torchrun --nproc_per_node 2 -m trainer.train --config configs/tiny.toml   # DDP, 2 ranks
-    python -m trainer.train --config configs/tiny.toml                        # 1 process
+    fast-electra train --config configs/tiny.toml                             # 1 process
 
 nccl on GPU, gloo on CPU. Without torchrun's variables the run is a single process and no
 process group is created.

@@ -1,7 +1,7 @@
 """The trainer: one loop for every mode, launched with torchrun (DDP) or as one process.
 
     torchrun --nproc_per_node 2 -m trainer.train --config configs/tiny.toml --set train.mode=mlm
-    python -m trainer.train --config configs/tiny.toml --set train.mode=mlm      # 1 process
+    fast-electra train --config configs/tiny.toml --set train.mode=mlm           # 1 process
     torchrun ... -m trainer.train --config C --resume           # = --set train.resume=auto
 
 train.micro_batch_size_per_rank * grad_accum * world size must equal train.global_batch_size
@@ -216,8 +216,9 @@ def save_checkpoint(run: Run, step: int) -> None:
     meta = {"step": step, "samples_seen": step * t.global_batch_size, "mode": t.mode,
             "world_size": d.world_size, "config": to_dict(run.cfg),
             "data_fingerprint": run.task.data_fingerprint, "model_kind": run.task.model_kind}
-    checkpoint.save(t.out_dir, step, state, meta, d.rank, t.keep_checkpoints,
-                    lambda: distributed.barrier(d))
+    checkpoint.save(t.out_dir, step, state, meta,
+                    checkpoint.SaveContext(d.rank, t.keep_checkpoints,
+                                           lambda: distributed.barrier(d)))
 
 
 def check_finite(run: Run, done: int, out: StepOutput) -> None:

@@ -19,6 +19,7 @@ from bench.gpu_check_correctness import _near_tie_distances, compare_aux_draws
 from bench.gpu_check_fixtures import NEAR_TIE
 from tests.helpers import REPO, TINY
 from trainer.config.load import load_config
+from trainer.corruption.batch import KeyedBatch
 from trainer.corruption.corrupt import corrupt_batch
 from trainer.corruption.masking import mask_positions
 from trainer.model.encoder_config import EncoderConfig
@@ -96,11 +97,11 @@ def test_near_tie_measure_has_power():
     aux = MLMModel(EncoderConfig.aux(cfg)).eval()
     ids, mask, seq_ids, u = _random_batch(vocab)
     c, seed, epoch = cfg.corruption, 7, 0
-    out = corrupt_batch(ids, mask, seq_ids, epoch, u, c, seed, aux=aux)
+    batch = KeyedBatch(ids, seq_ids, seed, epoch, attention_mask=mask)
+    out = corrupt_batch(batch, u, c, aux=aux)
     assert float(out.temperature[0]) == pytest.approx(2.0)  # u = 0: the start of the schedule
     sel = out.selected
-    masked = mask_positions(ids, seq_ids, seed, epoch, c.mask_prob, c.mask_token_prob,
-                            attention_mask=mask)[0]
+    masked = mask_positions(batch, c)[0]
     every = torch.ones(int(sel.sum()), dtype=torch.bool)
     dist = _near_tie_distances(aux, masked, mask, sel, out.input_ids[sel], out.temperature,
                                seq_ids, epoch, seed, every)

@@ -7,11 +7,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.corpus_parts import (
+    PartPlan,
+    TokenizedDoc,
     encode_part,
+    encode_part_arrays,
     group_files,
     kept_tokens,
     num_sequences,
+    part_arrays,
     part_key,
+    part_rows,
     plan_parts,
     split_sequences,
 )
@@ -67,3 +72,25 @@ def test_encode_part_round_trip(tmp_path):
     assert table.column("input_ids").to_pylist() == [s.tolist() for s in seqs]
     assert table.column("seq_id").to_pylist() == [5, 6]
     assert encode_part([5, 6], [1, 1], seqs, row_group_rows=1) == data  # deterministic bytes
+
+
+@pytest.mark.parametrize("max_seq_len", [8, 9, 128])
+def test_part_arrays_are_part_rows_without_a_step_per_sequence(max_seq_len):
+    """The whole-part arrays WritePartFn encodes hold the rows of the per-sequence reference,
+    and encode to the same bytes: documents of every length around the piece size, one
+    without tokens (it still takes a doc_id), in corpus order."""
+    rng = np.random.default_rng(max_seq_len)
+    body = max_seq_len - 2
+    sizes = [1, body - 1, body, body + 1, 2 * body, 0, *rng.integers(1, 400, 20).tolist()]
+    docs = [TokenizedDoc(0, i, rng.integers(5, 8000, n).astype("<i4").tobytes(), 0, 0, 0)
+            for i, n in enumerate(sizes)]
+    plan = PartPlan(3, 1000, 70)
+    seq_ids, doc_ids, seqs = part_rows(docs[::-1], plan, max_seq_len)
+    tokens = np.array([d.tokens for d in docs])
+    ids = np.frombuffer(b"".join(d.ids for d in docs), "<i4")
+    seq_ids2, doc_ids2, offsets, values = part_arrays(tokens, ids, plan, max_seq_len)
+    assert seq_ids2.tolist() == seq_ids and doc_ids2.tolist() == doc_ids
+    assert [values[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == \
+        [s.tolist() for s in seqs]
+    assert encode_part_arrays(seq_ids2, doc_ids2, offsets, values, 16) == \
+        encode_part(seq_ids, doc_ids, seqs, 16)

@@ -14,8 +14,10 @@ from pipeline.generate import run
 from pipeline.layout import Layout
 from tests.helpers import GENERATE_SMALL as SMALL
 from tests.helpers import TINY, gen_argv
+from trainer.checkpoint import SaveContext
 from trainer.checkpoint import save as save_checkpoint
 from trainer.config.load import load_config, to_dict
+from trainer.corruption.batch import KeyedBatch
 from trainer.corruption.corrupt import corrupt_batch
 from trainer.corruption.schedules import schedule_value
 from trainer.data.corpus_shards import CorpusShards
@@ -92,9 +94,9 @@ def test_samples_equal_corrupt_batch_one_at_a_time(prepared, aux_rtd, aux_checkp
     for e in range(2):
         for r in list(rtd.rows(epoch=e))[::97]:
             ids = torch.from_numpy(corpus[r.seq_id].astype(np.int64))[None]
-            out = corrupt_batch(ids, torch.ones_like(ids, dtype=torch.bool),
-                                torch.tensor([r.seq_id]), e,
-                                (e * n + r.position) / (2 * n), cfg.corruption, 7, aux=aux)
+            batch = KeyedBatch(ids, torch.tensor([r.seq_id]), 7, e,
+                               attention_mask=torch.ones_like(ids, dtype=torch.bool))
+            out = corrupt_batch(batch, (e * n + r.position) / (2 * n), cfg.corruption, aux=aux)
             assert np.array_equal(out.input_ids[0].numpy(), r.input_ids)
             assert float(out.temperature[0]) == r.temperature
 
@@ -107,8 +109,8 @@ def test_a_joint_checkpoints_generator_is_the_aux(prepared, tmp_path):
     torch.manual_seed(0)
     joint = JointModel(cfg)
     meta = {"step": 1, "mode": "electra", "config": to_dict(cfg), "model_kind": "joint"}
-    path = save_checkpoint(str(tmp_path / "electra"), 1, {"model": joint.state_dict()}, meta, 0,
-                           1, lambda: None)
+    path = save_checkpoint(str(tmp_path / "electra"), 1, {"model": joint.state_dict()}, meta,
+                           SaveContext.single_process())
     manifest = run(gen_argv(corpus_dir, tmp_path / "rtd", f"generate.aux_checkpoint={path}",
                             "generate.device=cpu"))
     assert manifest["aux"]["checkpoint"] == path
@@ -178,8 +180,8 @@ def test_rows_equal_corrupt_batch_on_fixed_batches(prepared, aux_checkpoint, tmp
             ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
             for i, seq in enumerate(seqs):
                 ids[i, :len(seq)] = torch.from_numpy(seq.astype(np.int64))
-            out = corrupt_batch(ids, ids != 0, torch.from_numpy(seq_ids), e,
-                                (e * n + positions) / (2 * n), cfg.corruption, 5, aux=aux)
+            batch = KeyedBatch(ids, torch.from_numpy(seq_ids), 5, e, attention_mask=ids != 0)
+            out = corrupt_batch(batch, (e * n + positions) / (2 * n), cfg.corruption, aux=aux)
             for i, p in enumerate(positions - lo):
                 length = len(seqs[i])
                 assert got.seq_ids[p] == seq_ids[i]

@@ -1,10 +1,11 @@
 """The per-element steps of pipeline.generate as plain functions (no Beam run): packing rows by
 output part, a part's rows in position order, the row-group buffer, the atomic hashing writer,
-the worker's device rule and the model-sharing settings."""
+the worker's device rule, the model-sharing settings and where one local worker runs."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pipeline.filesystems import open_atomic
 from pipeline.gpu_slots import claim_device_slot, worker_device
 from pipeline.layout import Layout
 from pipeline.packed_rows import PartRows, split_by_part
-from pipeline.runners import runs_locally
+from pipeline.runners import _beam_log_level, one_worker_in_process, runs_locally
 from tests.helpers import REPO, TINY
 from trainer.config.load import load_config
 from trainer.config.sections import ConfigError
@@ -169,3 +170,41 @@ def test_runs_locally():
     assert runs_locally(["--runner=pipeline.runners.LocalRunner"])
     assert not runs_locally(["--runner", "DataflowRunner", "--project", "p"])
     assert not runs_locally(["--runner=FlinkRunner", "--flink_master=host:8081"])
+
+
+def test_one_local_worker_runs_in_the_launcher(monkeypatch):
+    """One local worker runs in the launcher's process (FnApiRunner in_memory), unless a
+    running mode or another runner is named; several keep their processes."""
+    monkeypatch.setattr("multiprocessing.cpu_count", lambda: 2)
+    in_memory = "--direct_running_mode=in_memory"
+    assert one_worker_in_process(["--direct_num_workers=1"])[0] == in_memory
+    assert one_worker_in_process(["--direct_num_workers", "1", "--x"])[0] == in_memory
+    assert one_worker_in_process(["--direct_num_workers=1",
+                                  "--runner=pipeline.runners.LocalRunner"])[0] == in_memory
+    for kept in (["--direct_num_workers=2"], [],  # [] is one per core: 2 here
+                 ["--direct_num_workers=1", "--direct_running_mode=multi_processing"],
+                 ["--direct_num_workers=1", "--runner", "DaskRunner"],
+                 ["--direct_num_workers=1", "--runner", "DataflowRunner", "--project", "p"]):
+        assert one_worker_in_process(kept) == kept
+    monkeypatch.setattr("multiprocessing.cpu_count", lambda: 1)
+    assert one_worker_in_process([])[0] == in_memory
+
+
+def test_a_worker_in_the_launcher_logs_at_the_workers_level(caplog):
+    """In the launcher's process, Beam's own records below --default_sdk_harness_log_level
+    (CRITICAL by default) are dropped for the job, as a worker process would not log them;
+    everyone else's records, and Beam's once the job is done, still are."""
+    beam_file = os.path.join(os.sep, "x", "apache_beam", "ml", "inference", "base.py")
+
+    def log(path: str, level: int = logging.WARNING) -> None:
+        logging.getLogger().handle(logging.makeLogRecord(
+            {"name": "root", "levelno": level, "levelname": logging.getLevelName(level),
+             "pathname": path, "msg": f"from {path}"}))
+
+    with caplog.at_level(logging.INFO), _beam_log_level("CRITICAL"):
+        log(beam_file)
+        log(beam_file, logging.CRITICAL)
+        log("/x/pipeline/generate.py")
+    log(beam_file)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"from {beam_file}", "from /x/pipeline/generate.py", f"from {beam_file}"]

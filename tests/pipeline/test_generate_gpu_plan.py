@@ -1,6 +1,6 @@
-"""generate on GPU hosts, without a GPU: the local runner's default worker count, the
-generate.head_precision setting (validation, CPU refusal, fingerprint) and that fp32, the
-default, writes the very bytes it always did on a CPU."""
+"""generate on GPU hosts, without a GPU: the local runner's default worker count, where one
+local worker runs, the generate.head_precision setting (validation, CPU refusal, fingerprint)
+and that fp32, the default, writes the very bytes it always did on a CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import corrupt_write, generate
 from pipeline.errors import GenerateError
-from pipeline.generate import fingerprint, plan_local_gpus, run
+from pipeline.generate import fingerprint, on_cpu, plan_local_gpus, run
 from pipeline.gpu_slots import explicit_workers, local_workers
 from pipeline.head_precision import with_head_precision
 from pipeline.layout import Layout
@@ -62,6 +62,17 @@ def test_plan_local_gpus(monkeypatch):
     assert plan_local_gpus(_cfg(device="auto"), ["--x"]) == ["--x"]  # CPU: Beam's default
     with pytest.raises(GenerateError, match="generate.head_precision"):
         plan_local_gpus(_cfg(device="auto", head_precision="bf16"), [])
+
+
+def test_only_a_cpu_worker_runs_in_the_launcher(monkeypatch):
+    """generate lets one local worker run in the launcher only on the CPU: a GPU worker
+    claims a device slot per model load for its process's life (one per epoch job)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert on_cpu("cpu") and not on_cpu("auto") and not on_cpu("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert on_cpu("auto")
 
 
 def test_head_precision_validation():

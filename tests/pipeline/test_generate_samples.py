@@ -15,7 +15,8 @@ from pipeline.generate import run
 from tests.helpers import GENERATE_SMALL as SMALL
 from tests.helpers import TINY, gen_argv
 from trainer.config.load import load_config
-from trainer.corruption.distributions import aux_logprobs, replacement_logprobs
+from trainer.corruption.batch import KeyedBatch
+from trainer.corruption.distributions import Replacement, aux_logprobs, replacement_logprobs
 from trainer.corruption.masking import mask_positions
 from trainer.corruption.schedules import schedule_value
 from trainer.data.corpus_shards import CorpusShards
@@ -45,8 +46,8 @@ def replacement_moments(rtd_dir, corpus_dir, cfg, logprobs_of, temperature_of=No
         for j, r in enumerate(chunk):
             ids[j, :len(r.input_ids)] = torch.from_numpy(original[r.seq_id].astype(np.int64))
         attn = ids != 0
-        masked, selected = mask_positions(ids, seq_ids, 7, 0, cfg.corruption.mask_prob,
-                                          cfg.corruption.mask_token_prob, attention_mask=attn)
+        masked, selected = mask_positions(KeyedBatch(ids, seq_ids, 7, 0, attention_mask=attn),
+                                          cfg.corruption)
         b, t = selected.nonzero(as_tuple=True)
         temps = torch.tensor([temperature_of(r) for r in chunk])[b]  # (N,)
         p = (logprobs_of(masked, attn, selected, ids[b, t]) / temps[:, None]).softmax(-1)
@@ -102,7 +103,7 @@ def test_aux_samples_follow_the_tempered_aux_distribution(prepared, confident_au
             return aux_logprobs(aux(masked, attn, positions_mask=selected))
 
     def uniform_of(masked, attn, selected, original):
-        return replacement_logprobs("uniform", original, 600)
+        return replacement_logprobs(Replacement("uniform", 600), original)
 
     by_position = dict(zip(rows.positions.tolist(), schedule_t.tolist(), strict=True))
     right = replacement_moments(rtd_dir, corpus_dir, cfg, aux_logprobs_of,
@@ -124,9 +125,9 @@ def test_model_free_samples_follow_their_distribution(prepared, tmp_path, replac
     counts = CorpusShards(str(corpus_dir)).unigram_counts()
 
     def model_free(kind):
+        rep = Replacement(kind, 600, cfg.corruption.smoothed_onehot_alpha, counts)
         return lambda masked, attn, selected, original: replacement_logprobs(
-            kind, original, 600, weight=torch.zeros(len(original)),
-            alpha=cfg.corruption.smoothed_onehot_alpha, unigram_counts=counts)
+            rep, original, weight=torch.zeros(len(original)))
 
     for obs, exp, std in replacement_moments(rtd_dir, corpus_dir, cfg, model_free(replacement)):
         assert abs(obs - exp) < 5 * std, (obs, exp, std)

@@ -232,7 +232,7 @@ def test_corpus_reader_tells_a_rewrite_of_the_same_set_from_a_replacement(prepar
     with pytest.raises(ShardError, match="corpus shard set .* was replaced .* changed"):
         corpus.read_table(0)
     manifest.unlink()
-    with pytest.raises(ShardError, match=r"manifest.json is gone: e.g. pipeline.prepare "
+    with pytest.raises(ShardError, match=r"manifest.json is gone: e.g. fast-electra prepare "
                                          "--overwrite"):
         next(iter(corpus.rows()))
 

@@ -33,7 +33,7 @@ def test_rng_states_round_trip_through_a_weights_only_load(tmp_path):
     random.gauss(0, 1)  # leaves a cached gaussian in Python's and numpy's states
     np.random.normal()
     path = checkpoint.save(str(tmp_path), 5, {"model": {"w": torch.ones(2)}}, {"step": 5},
-                           rank=0, keep=2, barrier=lambda: None)
+                           checkpoint.SaveContext.single_process(keep=2))
     want = draws()
     # Every file of the checkpoint loads under weights_only=True on its own.
     torch.load(f"{path}/rng_rank0.pt", weights_only=True)
@@ -44,8 +44,8 @@ def test_rng_states_round_trip_through_a_weights_only_load(tmp_path):
 
 
 def test_crafted_pickle_in_rng_file_is_refused_and_never_runs(tmp_path):
-    path = checkpoint.save(str(tmp_path), 1, {"model": {}}, {"step": 1}, rank=0, keep=2,
-                           barrier=lambda: None)
+    path = checkpoint.save(str(tmp_path), 1, {"model": {}}, {"step": 1},
+                           checkpoint.SaveContext.single_process(keep=2))
     marker = tmp_path / "marker"
     torch.save({"torch": WritesMarker(str(marker))}, f"{path}/rng_rank0.pt")
     with pytest.raises(UserError, match=r"rng_rank0\.pt holds objects other than tensors.*"
@@ -56,6 +56,6 @@ def test_crafted_pickle_in_rng_file_is_refused_and_never_runs(tmp_path):
 
 
 def test_missing_rng_file_of_another_rank_resumes_without_it(tmp_path):
-    path = checkpoint.save(str(tmp_path), 1, {"model": {}}, {"step": 1}, rank=0, keep=2,
-                           barrier=lambda: None)
+    path = checkpoint.save(str(tmp_path), 1, {"model": {}}, {"step": 1},
+                           checkpoint.SaveContext.single_process(keep=2))
     assert checkpoint.load(path, 1)[2] is None  # a run with more ranks than the checkpoint's

@@ -48,7 +48,7 @@ def test_truncated_corpus_file_is_a_shard_error_at_verify(corpus_copy):
     copy, name = corpus_copy
     truncate(copy / name)
     with pytest.raises(ShardError, match=f"{name} is not a readable Parquet file .*truncated "
-                                         "or corrupt; re-run pipeline.prepare --overwrite"):
+                                         "or corrupt; re-run fast-electra prepare --overwrite"):
         CorpusShards(str(copy)).verify()
 
 
@@ -75,7 +75,7 @@ def test_truncated_rtd_file_is_a_shard_error_at_verify(rtd_copy):
     root, entry = rtd_copy
     truncate(root / entry["name"])
     with pytest.raises(ShardError, match=f"{entry['name']} is not a readable Parquet file .*"
-                                         "re-run pipeline.generate --overwrite"):
+                                         "re-run fast-electra generate --overwrite"):
         RTDShards(str(root)).verify()
 
 

@@ -253,35 +253,6 @@ MAX_LINES, MAX_PARAMS = 80, 6
 # work. The test below also fails when one of them no longer exceeds its limit, so that a fixed
 # function leaves this list and cannot grow back unnoticed.
 LIMIT_ALLOWLIST = {
-    "pipeline.epoch_seal.plan_header":
-        "plan.json's fields come from seven sources (config, corpus, aux, layout, fingerprints, "
-        "dtype) passed loose, not yet one job context",
-    "trainer.checkpoint.save":
-        "a collective: rank, keep and barrier are the distributed context, to come as one",
-    "trainer.corruption.corrupt._aux_hidden":
-        "the batch's keys (seed, epoch, seq_ids) that seed its dropout come loose, not as a "
-        "batch object",
-    "trainer.corruption.corrupt.corrupt_batch":
-        "the one corruption entry of generate's DoFn and of fast-online: batch tensors, keys "
-        "and optional aux inputs loose, to become a batch object",
-    "trainer.corruption.distributions.replacement_logprobs":
-        "one keyword-only input per replacement kind (weight, alpha, unigram_counts, "
-        "aux_logits)",
-    "trainer.corruption.masking.mask_positions":
-        "the masking rates are passed one by one, not as the CorruptionConfig they come from",
-    "trainer.corruption.sampling.sample_model_free":
-        "replacement_logprobs' inputs plus the uniforms and temperature, loose",
-    "trainer.modes.joint.JointModel.forward":
-        "an nn.Module forward taking the micro-batch's tensors one by one",
-    "trainer.modes.rtd.RTDTask.setup":
-        "the stream's shape and its error wording (what, fix) passed loose",
-    "trainer.tools.evaluate.evaluate_rtd":
-        "the command's options (batch size, device, precision, max_sequences) passed one by one",
-    "trainer.tools.evaluate.evaluate_checkpoint":
-        "fast-electra evaluate's and fair-eval's options passed one by one",
-    "trainer.tools.hf.exporter._write_readme": "the README's template fields, one parameter each",
-    "trainer.tools.hf.local_mlm.build_local_mlm":
-        "fast-electra hf local-mlm's command-line options passed one by one",
     "trainer.tools.hf.remote.modeling_fast_electra.FastElectraModel.forward":
         "Hugging Face's forward signature, which AutoModel callers pass by name",
     "trainer.tools.hf.remote.modeling_fast_electra.FastElectraForPreTraining.forward":

@@ -78,8 +78,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
     load_generator(honest)
     meta = {"step": 1, "mode": "mlm", "config": to_dict(cfg), "model_kind": "mlm"}
     evil = checkpoint.save(str(tmp_path / "evil"), 1,
-                           {"model": model.state_dict(), "extra": _RunsCode()}, meta, 0, 1,
-                           lambda: None)
+                           {"model": model.state_dict(), "extra": _RunsCode()}, meta,
+                           checkpoint.SaveContext.single_process())
     _RAN.clear()
     with pytest.raises(UserError, match="refusing to unpickle"):
         load_generator(evil)

@@ -2,6 +2,7 @@
 and online (the joint and fast-online modes) use (imports config/, model/, tokenizer.py).
 
     keyed_rng.py       counter-based randomness keyed by (seed, epoch, seq_id, position)
+    batch.py           KeyedBatch: a batch's token rows and the keys of their draws
     schedules.py       curriculum schedules T(u)
     masking.py         which positions are corrupted; drop_token
     distributions.py   replacement distributions as log-probabilities

@@ -5,12 +5,14 @@ augmentations.py), runs the frozen aux at the selected positions or a model-free
 (the Beam ``generate`` job) and online (the trainer's joint / fast-online modes), so that both
 produce the same bytes for the same (seed, epoch, seq_id).
 
+    from trainer.corruption.batch import KeyedBatch
     from trainer.corruption.corrupt import corrupt_batch
     from trainer.corruption.schedules import schedule_value
 
-    out = corrupt_batch(input_ids, attention_mask,   # (B, T) long / bool, [CLS] at index 0
-                        seq_ids, epoch, u,            # (B,) long, int, (B,) fraction done
-                        cfg.corruption, seed, aux=aux_model, unigram_counts=None)
+    batch = KeyedBatch(input_ids, seq_ids, seed, epoch,  # (B, T) long, [CLS] at 0; (B,) long
+                       attention_mask=attention_mask)    # (B, T) bool
+    out = corrupt_batch(batch, u, cfg.corruption,        # u: (B,) fraction of training done
+                        aux=aux_model, unigram_counts=None)
     out.input_ids, out.labels                         # (B, T) corrupted ids, uint8 RTD labels
     out.temperature                                   # (B,) float32 schedule value used
     schedule_value("exponential", 0.0, t0=2.0, tau=0.1)  # -> 2.0 (Eq. 2)
@@ -64,13 +66,19 @@ per batch (the mean strength of its samples; consecutive samples have nearly equ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from trainer.config.sections import CorruptionConfig
 from trainer.corruption.augmentations import plan_augmentation, validate_corruption
-from trainer.corruption.distributions import aux_logprobs, log_interp, unigram_logprobs
+from trainer.corruption.batch import KeyedBatch
+from trainer.corruption.distributions import (
+    Replacement,
+    aux_logprobs,
+    log_interp,
+    unigram_logprobs,
+)
 from trainer.corruption.keyed_rng import (
     STREAM_DROPOUT,
     keyed_bits,
@@ -104,20 +112,22 @@ def aux_autocast(device: torch.device | str):
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
 
-def _aux_hidden(aux, input_ids, attention_mask, selected, plan, seed, epoch, seq_ids
-                ) -> torch.Tensor:
+def _aux_hidden(aux, aux_in: KeyedBatch, selected: torch.Tensor, plan) -> torch.Tensor:
     """The frozen aux encoder's hidden states at the selected positions (N, H), in the
-    caller's autocast. The dropout augmentations pass their rates and a generator for this
+    caller's autocast; aux_in: the aux's input rows (masked, with drop_token's [UNK]s) and the
+    batch's keys. The dropout augmentations pass their rates and a generator for this
     call (``DropoutPlan``): the shared model is never switched to train mode or re-rated, and
     no global RNG is touched, so RunInference threads sharing one model cannot disturb each
     other. Dropout masks cannot be keyed per sequence, so the generator is seeded from the
     batch's keys: reproducible for the same batch (e.g. a Beam retry)."""
     generator = None
     if plan.hidden_dropout > 0 or plan.attention_dropout > 0:
-        generator = torch.Generator(device=input_ids.device)
-        generator.manual_seed(int(keyed_bits(seed, epoch, seq_ids, STREAM_DROPOUT, (1,)).sum()))
+        generator = torch.Generator(device=aux_in.input_ids.device)
+        generator.manual_seed(int(keyed_bits(aux_in.seed, aux_in.epoch, aux_in.seq_ids,
+                                             STREAM_DROPOUT, (1,)).sum()))
     dropout = DropoutPlan(plan.hidden_dropout, plan.attention_dropout, generator)
-    return aux.encoder(input_ids, attention_mask, dropout=dropout)[selected]  # (N, H)
+    return aux.encoder(aux_in.input_ids, aux_in.attention_mask,
+                       dropout=dropout)[selected]  # (N, H)
 
 
 def _aux_head_fp32(aux, hidden: torch.Tensor) -> torch.Tensor:
@@ -127,16 +137,15 @@ def _aux_head_fp32(aux, hidden: torch.Tensor) -> torch.Tensor:
         return aux.head(hidden.float())  # (n, V) float32
 
 
-def corrupt_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_ids: torch.Tensor,
-                  epoch: int, u, cfg: CorruptionConfig, seed: int, aux=None,
-                  unigram_counts=None, vocab_size: int | None = None) -> CorruptedBatch:
+def corrupt_batch(batch: KeyedBatch, u, cfg: CorruptionConfig, aux=None, unigram_counts=None,
+                  vocab_size: int | None = None) -> CorruptedBatch:
     """Mask, sample replacements and label one batch; the same code offline and online.
 
-    input_ids (B, T) long (left-aligned, [CLS] first), attention_mask (B, T), seq_ids (B,)
-    long, u: float or (B,) training progress per sample (granularity is the caller's: pass the
-    epoch's u for every sample for ``epoch``), aux: the frozen ``MLMModel`` (replacement
-    ``aux`` only; model-free replacements never touch a model), unigram_counts (V,) for the
-    unigram-based kinds, vocab_size when neither aux nor unigram_counts fixes it.
+    batch: its rows with an attention_mask; u: float or (B,) training progress per sample
+    (granularity is the caller's: pass the epoch's u for every sample for ``epoch``), aux: the
+    frozen ``MLMModel`` (replacement ``aux`` only; model-free replacements never touch a
+    model), unigram_counts (V,) for the unigram-based kinds, vocab_size when neither aux nor
+    unigram_counts fixes it.
     The aux model runs under inference_mode with its LM head only at selected positions; every
     sample is drawn by ``sample_tokens`` at the selected positions, including those that kept
     their original token in the aux input (ELECTRA). Labels are 1 where the sample differs from the
@@ -158,33 +167,35 @@ def corrupt_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_ids
         raise ValueError("corrupt_batch: the vocabulary size must be given (vocab_size, aux or "
                          f"unigram_counts) and agree; got {known}")
     V = next(iter(known.values()))
+    input_ids, seed, epoch = batch.input_ids, batch.seed, batch.epoch
     B, T = input_ids.shape
     dev = input_ids.device
-    seq_ids = seq_ids.to(dev).long()
+    batch = replace(batch, seq_ids=batch.seq_ids.to(dev).long())
     u = torch.as_tensor(u, dtype=torch.float64).cpu().expand(B)
     # On the host in float64: the schedule value (and any threshold derived from it) must not
     # depend on the device's float32 exp.
     plan = plan_augmentation(cfg, schedule_value(cfg.schedule, u, cfg.t0, cfg.tau))
 
     with torch.inference_mode():
-        masked, selected = mask_positions(input_ids, seq_ids, seed, epoch, cfg.mask_prob,
-                                          cfg.mask_token_prob, attention_mask=attention_mask)
+        masked, selected = mask_positions(batch, cfg)
         b_idx, t_idx = selected.nonzero(as_tuple=True)  # (N,) each, batch-then-time order
         original = input_ids[b_idx, t_idx]  # (N,)
-        sel_ids = seq_ids[b_idx]  # (N,)
+        sel_ids = batch.seq_ids[b_idx]  # (N,)
         temp = plan.temperature.float().to(dev)[b_idx]  # (N,)
         weight = plan.weight.float().to(dev)[b_idx]  # (N,)
         sampled = torch.empty_like(original)
         if rep != "aux":
             u_draw = keyed_sample_uniform(seed, epoch, sel_ids, t_idx)  # (N,) float64
-            sampled = sample_model_free(rep, u_draw, original, V, temp, weight,
-                                        cfg.smoothed_onehot_alpha, unigram_counts)
+            sampled = sample_model_free(
+                Replacement(rep, V, cfg.smoothed_onehot_alpha, unigram_counts), u_draw,
+                original, temp, weight)
         elif original.numel():
-            aux_in = masked
+            aux_ids = masked
             if aug == "drop_token":
-                aux_in = drop_tokens(masked, selected, seq_ids, seed, epoch, plan.drop_token)
-            hidden = _aux_hidden(aux, aux_in, attention_mask, selected, plan, seed, epoch,
-                                 seq_ids)  # (N, H)
+                aux_ids = drop_tokens(masked, selected, batch.seq_ids, seed, epoch,
+                                      plan.drop_token)
+            aux_in = replace(batch, input_ids=aux_ids)
+            hidden = _aux_hidden(aux, aux_in, selected, plan)  # (N, H)
             # Row chunks: at no time more than a bounded (n, V) block of logits exists.
             for rows in _row_chunks(original.numel(), V, dev):
                 lp = aux_logprobs(_aux_head_fp32(aux, hidden[rows]))  # (n, V) float32

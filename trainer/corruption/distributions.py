@@ -7,7 +7,9 @@ draw from.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from trainer.tokenizer import NUM_SPECIAL
@@ -15,6 +17,33 @@ from trainer.tokenizer import NUM_SPECIAL
 INTERP_REPLACEMENTS = {"uniform->smoothed_onehot": "uniform",
                        "unigram->smoothed_onehot": "unigram"}
 MODEL_FREE = ("uniform", "unigram", "smoothed_onehot", *INTERP_REPLACEMENTS)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: the counts compare by identity, never by value
+class Replacement:
+    """A replacement distribution as ``corruption.replacement`` names it, with the settings and
+    corpus statistics its kind reads; what varies per position (the original token, the p1
+    weight, the aux logits, the temperature) is passed with each call."""
+
+    kind: str
+    """``corruption.replacement``: ``aux`` or one of MODEL_FREE."""
+    vocab_size: int
+    """V, the width of every (N, V) row."""
+    alpha: float = 0.35
+    """``corruption.smoothed_onehot_alpha``: the smoothed one-hot's mass on the original."""
+    unigram_counts: torch.Tensor | np.ndarray | None = None  # (V,) int
+    """The corpus term frequencies (``CorpusShards.unigram_counts()``), for the unigram kinds."""
+
+    def __post_init__(self):
+        # Host-side facts only: the counts' length is metadata, never a device read.
+        if self.kind != "aux" and self.kind not in MODEL_FREE:
+            raise ValueError(f"unknown replacement {self.kind!r}")
+        if "unigram" in self.kind and self.unigram_counts is None:
+            raise ValueError(f"replacement {self.kind!r} needs unigram_counts")
+        shape = None if self.unigram_counts is None else tuple(np.shape(self.unigram_counts))
+        if shape is not None and shape != (self.vocab_size,):
+            raise ValueError(f"Replacement: unigram counts of shape {shape} for a vocabulary "
+                             f"of {self.vocab_size}")
 
 
 def special_mask(vocab_size: int, device=None) -> torch.Tensor:
@@ -81,27 +110,23 @@ def log_interp(logp1: torch.Tensor, logp2: torch.Tensor, weight) -> torch.Tensor
     return _wsum(w, logp1, logp2).log_softmax(-1)
 
 
-def replacement_logprobs(replacement: str, original: torch.Tensor, vocab_size: int, *,
-                         weight=None, alpha: float = 0.35, unigram_counts=None,
+def replacement_logprobs(rep: Replacement, original: torch.Tensor, weight=None,
                          aux_logits: torch.Tensor | None = None) -> torch.Tensor:
     """The replacement distribution (N, V) at N selected positions whose original tokens are
-    original (N,). ``weight`` (float or (N,)) is the weight of p1 for the ``p1->p2`` kinds."""
+    original (N,). ``weight`` (float or (N,)) is the weight of p1 for the ``p1->p2`` kinds;
+    aux_logits (N, V) are the aux model's, for kind ``aux``."""
     n, dev = original.shape[0], original.device
-    if replacement == "aux":
+    if rep.kind == "aux":
         if aux_logits is None:
             raise ValueError("replacement 'aux' needs aux_logits")
         return aux_logprobs(aux_logits)
-    if replacement == "uniform":
-        return uniform_logprobs(n, vocab_size, dev)
-    if replacement == "unigram":
-        if unigram_counts is None:
-            raise ValueError("replacement 'unigram' needs unigram_counts")
-        return unigram_logprobs(unigram_counts, n, dev)
-    if replacement == "smoothed_onehot":
-        return smoothed_onehot_logprobs(original, vocab_size, alpha)
-    if replacement in INTERP_REPLACEMENTS:
-        first, _ = replacement.split("->")
-        lp1 = replacement_logprobs(first, original, vocab_size, unigram_counts=unigram_counts)
-        lp2 = smoothed_onehot_logprobs(original, vocab_size, alpha)
-        return log_interp(lp1, lp2, 1.0 if weight is None else weight)
-    raise ValueError(f"unknown replacement {replacement!r}")
+    if rep.kind == "uniform":
+        return uniform_logprobs(n, rep.vocab_size, dev)
+    if rep.kind == "unigram":
+        return unigram_logprobs(rep.unigram_counts, n, dev)
+    if rep.kind == "smoothed_onehot":
+        return smoothed_onehot_logprobs(original, rep.vocab_size, rep.alpha)
+    first, _ = rep.kind.split("->")  # an INTERP_REPLACEMENTS kind: Replacement checked it
+    lp1 = replacement_logprobs(replace(rep, kind=first), original)
+    lp2 = smoothed_onehot_logprobs(original, rep.vocab_size, rep.alpha)
+    return log_interp(lp1, lp2, 1.0 if weight is None else weight)

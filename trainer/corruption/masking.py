@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import torch
 
+from trainer.config.run import MLMConfig
+from trainer.config.sections import CorruptionConfig
+from trainer.corruption.batch import KeyedBatch
 from trainer.corruption.keyed_rng import (
     STREAM_DROP_TOKEN,
     STREAM_MASK_KIND,
@@ -18,30 +21,33 @@ from trainer.corruption.keyed_rng import (
 from trainer.tokenizer import MASK_ID, NUM_SPECIAL, UNK_ID
 
 
-def mask_positions(input_ids: torch.Tensor, seq_ids: torch.Tensor, seed: int, epoch: int,
-                   mask_prob: float, mask_token_prob: float, random_token_prob: float = 0.0,
-                   vocab_size: int | None = None, attention_mask: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_positions(batch: KeyedBatch, rates: CorruptionConfig | MLMConfig,
+                   vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Select positions to predict and build the masked input.
 
-    input_ids (B, T) long, seq_ids (B,) long. Returns (masked_input_ids (B, T), selected (B, T)
-    bool). Exactly max(1, round(mask_prob * n)) (half up) of a sequence's n normal tokens (ids >=
-    NUM_SPECIAL, inside attention_mask) are selected (ELECTRA / BERT select an exact count,
-    which keeps short sequences from getting none): every sequence with a normal token
-    contributes at least one prediction; specials ([PAD], [UNK], [CLS], [SEP], [MASK]) never.
-    Of the selected, each independently becomes [MASK] with probability mask_token_prob, a
-    uniformly random normal token with random_token_prob (needs vocab_size), or keeps the
-    original: ELECTRA's recipe is 0.85 / 0 / 0.15, BERT's MLM recipe 0.8 / 0.1 / 0.1.
+    Returns (masked_input_ids (B, T), selected (B, T) bool). Exactly max(1, round(mask_prob *
+    n)) (half up) of a sequence's n normal tokens (ids >= NUM_SPECIAL, inside the batch's
+    attention_mask) are selected (ELECTRA / BERT select an exact count, which keeps short
+    sequences from getting none): every sequence with a normal token contributes at least one
+    prediction; specials ([PAD], [UNK], [CLS], [SEP], [MASK]) never. Of the selected, each
+    independently becomes [MASK] with probability mask_token_prob, a uniformly random normal
+    token with random_token_prob (needs vocab_size), or keeps the original. The rates are
+    those of the section that sets them: ``corruption`` (ELECTRA's recipe, 0.85 / 0 / 0.15) or
+    ``mlm`` (BERT's, 0.8 / 0.1 / 0.1).
     """
+    mask_prob, mask_token_prob = rates.mask_prob, rates.mask_token_prob
+    # ELECTRA's corruption masks or keeps; a random token at selection is BERT's alone.
+    random_token_prob = rates.random_token_prob if isinstance(rates, MLMConfig) else 0.0
     if mask_token_prob + random_token_prob > 1.0 + 1e-12 or random_token_prob < 0.0:
         raise ValueError(f"mask_token_prob ({mask_token_prob}) + random_token_prob "
                          f"({random_token_prob}) must be <= 1")
     if random_token_prob > 0.0 and (vocab_size is None or vocab_size <= NUM_SPECIAL):
         raise ValueError("random_token_prob > 0 needs vocab_size > NUM_SPECIAL")
+    input_ids, seq_ids, seed, epoch = batch.input_ids, batch.seq_ids, batch.seed, batch.epoch
     B, T = input_ids.shape
     normal = input_ids >= NUM_SPECIAL  # (B, T)
-    if attention_mask is not None:
-        normal &= attention_mask.bool()
+    if batch.attention_mask is not None:
+        normal &= batch.attention_mask.bool()
     # Exact count round(mask_prob * n), half up, in integers so no device float enters:
     # mask_prob to 2**-32, plus 2**-16 of slack so a decimal half such as 0.15 * 50 = 7.5
     # rounds up as written although the float 0.15 is slightly below 0.15.

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from trainer.corruption.distributions import _wsum, unigram_logprobs
+from trainer.corruption.distributions import Replacement, _wsum, unigram_logprobs
 from trainer.corruption.keyed_rng import (
     STREAM_SAMPLE,
     keyed_bits,
@@ -156,12 +156,12 @@ def _unigram_power(u: torch.Tensor, log_unigram: torch.Tensor, power: torch.Tens
     return out
 
 
-def sample_model_free(replacement: str, u: torch.Tensor, original: torch.Tensor,
-                      vocab_size: int, temperature: torch.Tensor, weight: torch.Tensor,
-                      alpha: float, unigram_counts=None) -> torch.Tensor:
-    """Exact draws from ``replacement_logprobs(replacement, original, ...) / T`` at keyed
-    uniforms u (N,) float64 (``keyed_sample_uniform``), in closed form. temperature, weight
-    (N,): the plan's T and the p1 weight of the ``p1->p2`` kinds. Returns (N,) long."""
+def sample_model_free(rep: Replacement, u: torch.Tensor, original: torch.Tensor,
+                      temperature: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Exact draws from ``replacement_logprobs(rep, original, weight) / T`` at keyed uniforms u
+    (N,) float64 (``keyed_sample_uniform``), in closed form. temperature, weight (N,): the
+    plan's T and the p1 weight of the ``p1->p2`` kinds. Returns (N,) long."""
+    replacement, vocab_size, alpha = rep.kind, rep.vocab_size, rep.alpha
     dev = u.device
     t = temperature.double().to(dev)
     w = weight.double().to(dev)
@@ -169,7 +169,7 @@ def sample_model_free(replacement: str, u: torch.Tensor, original: torch.Tensor,
     if replacement == "uniform":  # flat at any temperature
         return NUM_SPECIAL + (u * (vocab_size - NUM_SPECIAL)).long()
     if replacement in ("unigram", "unigram->smoothed_onehot"):
-        log_unigram = unigram_logprobs(unigram_counts, 1, dev)[0].double()  # (V,)
+        log_unigram = unigram_logprobs(rep.unigram_counts, 1, dev)[0].double()  # (V,)
         if replacement == "unigram":
             return _unigram_power(u, log_unigram, 1.0 / t)
         lu_o = log_unigram[original]

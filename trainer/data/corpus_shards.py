@@ -95,12 +95,12 @@ class CorpusShards:
         """Check every file the manifest lists: present, row count, and with ``checksums``
         its sha256 (a full read). Raises ShardError naming the first bad file."""
         try:
-            verify_files(self.fs, self.path, self.root, self.files, "pipeline.prepare",
+            verify_files(self.fs, self.path, self.root, self.files, "fast-electra prepare",
                          checksums)
             if checksums:
                 for entry in (self.manifest["tokenizer"], self.manifest["unigram"]):
                     check_sha256(self.fs, self.path, self.root, entry["file"], entry["sha256"],
-                                 "pipeline.prepare")
+                                 "fast-electra prepare")
         except ShardError:
             self.watch.check(MANIFEST)  # a replaced set is the better explanation
             raise
@@ -113,7 +113,7 @@ class CorpusShards:
             table = pf.read()
         except (pa.ArrowInvalid, OSError) as e:  # a footer intact over corrupt pages
             self.watch.check(entry["name"])
-            raise unreadable(self.root, entry["name"], "pipeline.prepare", e) from None
+            raise unreadable(self.root, entry["name"], "fast-electra prepare", e) from None
         finally:
             pf.close()
         self.watch.check(entry["name"])
@@ -133,7 +133,7 @@ class CorpusShards:
                 batch = next(batches, None)
             except (pa.ArrowInvalid, OSError) as e:  # a footer intact over corrupt pages
                 self.watch.check(entry["name"])
-                raise unreadable(self.root, entry["name"], "pipeline.prepare", e) from None
+                raise unreadable(self.root, entry["name"], "fast-electra prepare", e) from None
             if batch is None:
                 return
             self.watch.check(entry["name"])

@@ -100,7 +100,7 @@ def verify_files(fs: pafs.FileSystem, path: str, root: str, entries: list[dict],
             check_sha256(fs, path, root, entry["name"], entry["sha256"], job)
 
 
-JOBS = {"corpus": "pipeline.prepare", "rtd": "pipeline.generate"}
+JOBS = {"corpus": "fast-electra prepare", "rtd": "fast-electra generate"}
 
 
 class ManifestWatch:
@@ -178,7 +178,7 @@ def read_manifest(root: str, kind: str, name: str = MANIFEST) -> dict:
         raise ShardError(
             f"{root} has no {MANIFEST}: the {kind} shard set is incomplete (an interrupted or "
             f"failed run) or was never made. Run the pipeline step that writes it "
-            f"({'pipeline.prepare' if kind == 'corpus' else 'pipeline.generate'}) again"
+            f"({'fast-electra prepare' if kind == 'corpus' else 'fast-electra generate'}) again"
         ) from None
     except json.JSONDecodeError as e:
         raise ShardError(f"{root}/{name} is not valid JSON ({e}); re-run the pipeline "

@@ -197,7 +197,7 @@ class RTDShards:
         try:
             for entry in self.files[rank::world]:
                 time.sleep(delay)
-                verify_files(self.fs, self.path, self.root, [entry], "pipeline.generate",
+                verify_files(self.fs, self.path, self.root, [entry], "fast-electra generate",
                              checksums)
         except ShardError:
             self.watch.check(self.watch.name)  # a replaced set is the better explanation
@@ -228,7 +228,7 @@ class RTDShards:
         if i < 0 or not position < entries[i]["position_end"]:
             raise ShardError(f"{self.root}/{MANIFEST} lists no file holding position "
                              f"{position} of epoch {epoch}: the shard set is inconsistent; "
-                             "re-run pipeline.generate --overwrite")
+                             "re-run fast-electra generate --overwrite")
         return entries[i]
 
     def _part(self, entry: dict) -> _OpenPart:
@@ -265,7 +265,7 @@ class RTDShards:
             table = part.file.read_row_group(g, **kw)
         except (pa.ArrowInvalid, OSError) as e:
             self.watch.check(entry["name"])
-            raise unreadable(self.root, entry["name"], "pipeline.generate", e) from None
+            raise unreadable(self.root, entry["name"], "fast-electra generate", e) from None
         self.watch.check(entry["name"])
         return table
 

@@ -65,7 +65,7 @@ def read_seal(fs: pafs.FileSystem, path: str, root: str, epoch: int, plan_fp: st
         return None
     except json.JSONDecodeError as e:
         raise ShardError(f"{root}/{epoch_dir(epoch)}/{SEAL} is not valid JSON ({e}); re-run "
-                         f"pipeline.generate --epochs {epoch}:{epoch + 1}") from None
+                         f"fast-electra generate --epochs {epoch}:{epoch + 1}") from None
     if seal.get("plan") != plan_fp or seal.get("epoch") != epoch:
         return None
     return seal

@@ -17,7 +17,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from trainer.config.run import RunConfig
+from trainer.config.run import MLMConfig, RunConfig
+from trainer.config.sections import CorruptionConfig
+from trainer.corruption.batch import KeyedBatch
 from trainer.corruption.distributions import unigram_logprobs
 from trainer.corruption.masking import mask_positions
 from trainer.data.corpus_shards import open_corpus
@@ -94,10 +96,9 @@ class CorpusTask(Task):
 
     eval_seed = _EVAL_SEED
 
-    def __init__(self, cfg: RunConfig, d: Dist, mask_prob: float, mask_token_prob: float,
-                 random_token_prob: float):
+    def __init__(self, cfg: RunConfig, d: Dist, masking: MLMConfig | CorruptionConfig):
         self.cfg, self.device = cfg, d.device
-        self.masking = (mask_prob, mask_token_prob, random_token_prob)
+        self.masking = masking
         corpus = open_corpus(cfg)
         self.data_fingerprint = manifest_fingerprint(corpus.manifest)
         self.tokens = CorpusTokens(corpus, cfg.data.cache_dir)
@@ -123,15 +124,13 @@ class CorpusTask(Task):
     def _masked(self, seq_ids: np.ndarray, epochs: np.ndarray, seed: int
                 ) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = self.tokens.batch(seq_ids)  # (B, T) each
-        mask_prob, mask_token_prob, random_token_prob = self.masking
         masked = input_ids.clone()
         selected = torch.zeros_like(input_ids, dtype=torch.bool)
         sid = torch.from_numpy(seq_ids)
         for e in np.unique(epochs):  # a global batch can straddle an epoch boundary
             rows = torch.from_numpy(epochs == e)
             masked[rows], selected[rows] = mask_positions(
-                input_ids[rows], sid[rows], seed=seed, epoch=int(e), mask_prob=mask_prob,
-                mask_token_prob=mask_token_prob, random_token_prob=random_token_prob,
+                KeyedBatch(input_ids[rows], sid[rows], seed, int(e)), self.masking,
                 vocab_size=self.cfg.tokenizer.vocab_size)
         tensors = {"input_ids": masked, "original_ids": input_ids,
                    "attention_mask": attention_mask, "selected": selected,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from trainer.config.run import RunConfig
+from trainer.corruption.batch import KeyedBatch
 from trainer.corruption.corrupt import aux_autocast, corrupt_batch
 from trainer.data.corpus_shards import open_corpus
 from trainer.data.corpus_tokens import CorpusTokens
@@ -25,7 +26,7 @@ from trainer.data.manifest import manifest_fingerprint, sha256_uri
 from trainer.data.order import progress, unpermute
 from trainer.distributed import Dist
 from trainer.errors import UserError
-from trainer.modes.rtd import RTDTask
+from trainer.modes.rtd import RTDTask, SampleStream
 from trainer.pretrained import load_generator
 
 
@@ -51,9 +52,9 @@ class FastOnlineTask(RTDTask):
             fingerprint += ":" + sha256_uri(gen.aux_checkpoint.rstrip("/") + "/state.pt")
         if "unigram" in c.replacement or c.augmentation == "log_interp_unigram":
             self.unigram = corpus.unigram_counts()
-        self.setup(cfg, d, gen.epochs, self.n, fingerprint,
-                   f"fast-online on {corpus.root}", "raise generate.epochs or lower "
-                   "train.max_steps")
+        self.setup(cfg, d, SampleStream(gen.epochs, self.n, fingerprint,
+                                        f"fast-online on {corpus.root}",
+                                        "raise generate.epochs or lower train.max_steps"))
 
     def rows(self, start: int, count: int) -> dict[str, torch.Tensor]:
         g = np.arange(start, start + count, dtype=np.int64)
@@ -82,10 +83,10 @@ class FastOnlineTask(RTDTask):
         for e in epochs.unique().tolist():
             rows = (epochs == e).to(ids.device)
             with aux_autocast(ids.device):
-                out = corrupt_batch(ids[rows], mask[rows], b["seq_ids"][rows], int(e),
-                                    b["u"][rows.cpu()], self.cfg.corruption,
-                                    self.cfg.generate.seed, aux=self.aux,
-                                    unigram_counts=self.unigram,
+                batch = KeyedBatch(ids[rows], b["seq_ids"][rows], self.cfg.generate.seed,
+                                   int(e), attention_mask=mask[rows])
+                out = corrupt_batch(batch, b["u"][rows.cpu()], self.cfg.corruption,
+                                    aux=self.aux, unigram_counts=self.unigram,
                                     vocab_size=self.cfg.tokenizer.vocab_size)
             # Clones: inference-mode tensors cannot be saved for the discriminator's backward.
             corrupted[rows] = out.input_ids.clone()

@@ -28,6 +28,7 @@ the generator is still trained, so its MLM accuracy stays comparable, but not sa
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -77,6 +78,35 @@ def embedding_topk_logprobs(table: torch.Tensor, original: torch.Tensor, k: int
     return logp.scatter_(1, near, -math.log(k))
 
 
+@dataclass(frozen=True)
+class JointInputs:
+    """A masked micro-batch as ``JointModel.forward`` takes it: a dataclass of tensors, which
+    DDP passes to the module as it is."""
+
+    masked_ids: torch.Tensor
+    """(B, T) the sequences with the selected positions masked: the generator's input."""
+    original_ids: torch.Tensor
+    """(B, T) the sequences as the corpus holds them."""
+    attention_mask: torch.Tensor
+    """(B, T) bool, True on the real tokens."""
+    selected: torch.Tensor
+    """(B, T) bool, the positions the generator predicts and its samples replace."""
+    seq_ids: torch.Tensor
+    """(B,) each row's sequence id, a key of its sampling noise."""
+    epochs: torch.Tensor
+    """(B,) each row's epoch, a key of its sampling noise (a batch may straddle two)."""
+    targets: torch.Tensor | None = None
+    """(N,) original_ids at selected, gathered on the host (the batch's labels); its length is
+    the selected count, so the step reads nothing back from the device. None: that count is
+    read back (a host sync: for callers outside training)."""
+
+    @classmethod
+    def of(cls, b: dict[str, torch.Tensor]) -> JointInputs:
+        """From a batch of ``CorpusTask`` (its ``input_ids`` are the masked ones)."""
+        return cls(b["input_ids"], b["original_ids"], b["attention_mask"], b["selected"],
+                   b["seq_ids"], b["epochs"], targets=b["labels"])
+
+
 class JointModel(nn.Module):
     """Generator + discriminator, one forward for both (DDP sees one module)."""
 
@@ -107,23 +137,17 @@ class JointModel(nn.Module):
                  "gen_count": torch.tensor(float(len(targets)))}
         return F.cross_entropy(g_logits.float(), targets), g_logits, stats
 
-    def forward(self, masked_ids, original_ids, attention_mask, selected, seq_ids, epochs,
-                seed: int, exit_index: int | torch.Tensor = -1,
-                targets: torch.Tensor | None = None):
-        """masked_ids/original_ids/attention_mask/selected (B, T); seq_ids, epochs (B,).
-        Returns (generator loss, rtd_loss, stats); exit_index picks the early-exit generator's
-        exit that samples (the deepest by default; a 0-d device tensor is chosen on the
-        device). targets (N,): original_ids at selected, gathered on the host (the batch's
-        labels); its length is the selected count, so the step reads nothing back from the
-        device. Without it that count is read back (a host sync: for callers outside
-        training)."""
-        if targets is None:
-            targets = original_ids[selected]
+    def forward(self, batch: JointInputs, seed: int, exit_index: int | torch.Tensor = -1):
+        """(generator loss, rtd_loss, stats) of ``batch``; exit_index picks the early-exit
+        generator's exit that samples (the deepest by default; a 0-d device tensor is chosen
+        on the device)."""
+        original_ids, attention_mask = batch.original_ids, batch.attention_mask
+        targets = original_ids[batch.selected] if batch.targets is None else batch.targets
         T = original_ids.shape[1]
-        index = selected_index(selected, len(targets))  # (N,) flat, batch-then-time order
+        index = selected_index(batch.selected, len(targets))  # (N,) flat, batch-then-time
         rows, cols = index // T, index % T  # (N,) each
-        mlm_loss, g_logits, stats = self.generate(masked_ids, attention_mask, index, targets,
-                                                  exit_index)
+        mlm_loss, g_logits, stats = self.generate(batch.masked_ids, attention_mask, index,
+                                                  targets, exit_index)
         # Only Emb-Gen reads the table (under gdes, .weight is a fresh (V, H) sum).
         table = self.discriminator.encoder.word_emb.weight if self.topk else None  # (V, H)
         with torch.no_grad():
@@ -131,7 +155,7 @@ class JointModel(nn.Module):
                 else aux_logprobs(g_logits.detach())  # (N, V), specials excluded
             # Keyed noise with each row's own epoch (a batch may straddle two): one call, the
             # draws those of one call per epoch, since a row's draw depends on its keys only.
-            sampled = sample_tokens(logp, seed, epochs[rows], seq_ids[rows], cols,
+            sampled = sample_tokens(logp, seed, batch.epochs[rows], batch.seq_ids[rows], cols,
                                     torch.ones(len(targets), device=logp.device))  # (N,)
             corrupted = original_ids.flatten().scatter(0, index, sampled).view_as(original_ids)
             labels = (corrupted != original_ids) & attention_mask  # (B, T)
@@ -163,7 +187,7 @@ class JointTask(CorpusTask):
 
     def __init__(self, cfg: RunConfig, d: Dist):
         c = cfg.corruption  # ELECTRA's recipe: 15% selected, 85% [MASK], 15% kept
-        super().__init__(cfg, d, c.mask_prob, c.mask_token_prob, 0.0)
+        super().__init__(cfg, d, c)
         self.model = self.build_model(cfg)
         init_priors_(self.model, self.unigram_counts,
                      expected_replaced_fraction(self.unigram_counts, c.mask_prob))
@@ -190,8 +214,7 @@ class JointTask(CorpusTask):
         return -1
 
     def _run(self, model, b, seed, exit_index: int | torch.Tensor = -1):
-        return model(b["input_ids"], b["original_ids"], b["attention_mask"], b["selected"],
-                     b["seq_ids"], b["epochs"], seed, exit_index, targets=b["labels"])
+        return model(JointInputs.of(b), seed, exit_index)
 
     def loss(self, model, b):
         mlm_loss, rtd_loss, stats = self._run(model, b, self.cfg.train.seed, self.exit_choice(b))

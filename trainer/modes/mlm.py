@@ -24,8 +24,7 @@ class MLMTask(CorpusTask):
     model_kind = "mlm"
 
     def __init__(self, cfg: RunConfig, d: Dist):
-        m = cfg.mlm
-        super().__init__(cfg, d, m.mask_prob, m.mask_token_prob, m.random_token_prob)
+        super().__init__(cfg, d, cfg.mlm)
         self.model = MLMModel(EncoderConfig.aux(cfg))
         init_priors_(self.model, self.unigram_counts)
         counts = self.unigram_counts.astype(np.float64)

@@ -202,6 +202,23 @@ def open_rtd(cfg: RunConfig, verify: bool = True, checksums: bool = False,
     return rtd
 
 
+@dataclass(frozen=True)
+class SampleStream:
+    """The global stream of samples a discriminator trains on, as ``RTDTask.setup`` checks it
+    against the run and names it to the user."""
+
+    num_epochs: int
+    """Epochs of the stream."""
+    samples_per_epoch: int
+    """Samples in each epoch."""
+    fingerprint: str
+    """Identifies the stream's data: a resume on other data is refused."""
+    what: str
+    """How messages name the stream, e.g. "rtd on <rtd_dir>"."""
+    fix: str
+    """What a user does when the stream is too short for train.max_steps."""
+
+
 class RTDTask(Task):
     """``train.mode = "rtd"``. The global stream is ``rows(start, count)``; subclasses that
     compute the rows instead of reading them (``fast-online``) override ``rows``/``ready``."""
@@ -221,20 +238,20 @@ class RTDTask(Task):
             print(f"train: {self.rtd.root} is still being generated: epoch(s) "
                   f"{self.rtd.sealed_epochs() or 'none'} of {self.rtd.num_epochs} sealed; each "
                   "epoch is waited for before it is read", flush=True)
-        self.setup(cfg, d, self.rtd.num_epochs, self.rtd.rows_per_epoch,
-                   self.rtd.fingerprint, f"rtd on {self.rtd.root}", RTD_FIX)
+        self.setup(cfg, d, SampleStream(self.rtd.num_epochs, self.rtd.rows_per_epoch,
+                                        self.rtd.fingerprint, f"rtd on {self.rtd.root}",
+                                        RTD_FIX))
 
-    def setup(self, cfg: RunConfig, d: Dist, num_epochs: int, samples_per_epoch: int,
-              fingerprint: str, what: str, fix: str) -> None:
-        """The discriminator, the step budget and the held-out epoch of a stream of
-        ``num_epochs`` x ``samples_per_epoch`` samples."""
+    def setup(self, cfg: RunConfig, d: Dist, stream: SampleStream) -> None:
+        """The discriminator, the step budget and the held-out epoch of ``stream``."""
+        num_epochs, samples_per_epoch = stream.num_epochs, stream.samples_per_epoch
         self.cfg, self.device = cfg, d.device
-        self.data_fingerprint = fingerprint
+        self.data_fingerprint = stream.fingerprint
         self.num_epochs, self.samples_per_epoch = num_epochs, samples_per_epoch
         plan = DataPlan.of(cfg, num_epochs, samples_per_epoch)
         total, steps = plan.available, plan.steps_possible(num_epochs)
         if not plan.feasible:
-            raise UserError(plan.shortfall(f"{what} holds", fix))
+            raise UserError(plan.shortfall(f"{stream.what} holds", stream.fix))
         self.model = Discriminator(EncoderConfig.main(cfg))
         fraction = self.replaced_fraction()
         self.model.head.init_prior_(fraction)
@@ -242,7 +259,7 @@ class RTDTask(Task):
         self.heldout_epoch = plan.heldout_epoch
         if d.is_main:
             u_end = cfg.train.max_steps * cfg.train.global_batch_size / total
-            print(f"train: {what}: {num_epochs} epoch(s) x {samples_per_epoch:,} samples, "
+            print(f"train: {stream.what}: {num_epochs} epoch(s) x {samples_per_epoch:,} samples, "
                   f"{cfg.train.max_steps} of {steps} possible steps; discriminator "
                   f"{self.model.num_parameters():,} parameters, its RTD bias at the prior "
                   f"log-odds of {fraction:.2%} replaced", flush=True)

@@ -48,6 +48,7 @@ import dataclasses
 import json
 import os
 import sys
+from typing import Literal
 
 import torch
 
@@ -118,10 +119,11 @@ def rtd_batches(rtd: RTDShards, epoch: int, count: int, batch_size: int,
     return Prefetcher(make, 0, -(-count // batch_size), 1, pin=device.type == "cuda")
 
 
-def evaluate_rtd(model: Discriminator, rtd: RTDShards, epochs: list[int], batch_size: int,
-                 device: torch.device, precision: str, max_sequences: int | None = None
-                 ) -> dict:
-    """{"epochs": {epoch: metrics}, "all": metrics over those epochs}."""
+def evaluate_rtd(model: Discriminator, rtd: RTDShards, epochs: list[int], cfg: RunConfig,
+                 device: torch.device, max_sequences: int | None = None) -> dict:
+    """{"epochs": {epoch: metrics}, "all": metrics over those epochs}, in batches of
+    train.micro_batch_size_per_rank under train.precision."""
+    batch_size, precision = cfg.train.micro_batch_size_per_rank, cfg.train.precision
     total = RTDAccumulator(device)
     per_epoch = {}
     for epoch in epochs:
@@ -199,10 +201,26 @@ def heldout_warnings(meta: dict, cfg: RunConfig, corpus: CorpusShards) -> list[s
 # One checkpoint, many checkpoints, the table
 # ---------------------------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """What ``fast-electra evaluate`` (and ``fast-electra fair-eval``) measure, beyond the run
+    config: the options of their command lines."""
+
+    rtd_dir: str | None = None
+    """The RTD shard set (--rtd-dir); None: train.rtd_dir, else generate.rtd_dir."""
+    epochs: list[int] | None = None
+    """The RTD epochs to evaluate (--epochs); None: every epoch of the set."""
+    max_sequences: int | None = None
+    """RTD: the first N positions of each epoch; MLM: at most N held-out sequences
+    (--max-sequences); None: all, and train.eval_sequences."""
+    only: Literal["rtd", "mlm"] | None = None
+    """Only this part (--only); None: every part the checkpoint's models support."""
+
+
 def evaluate_checkpoint(path: str, cfg: RunConfig, device: torch.device,
-                        rtd_dir: str | None = None, epochs: list[int] | None = None,
-                        max_sequences: int | None = None, only: str | None = None) -> dict:
-    """Every metric the checkpoint's models support (or only ``rtd`` / ``mlm``)."""
+                        options: EvalOptions) -> dict:
+    """Every metric the checkpoint's models support (or only ``options.only``)."""
+    only, max_sequences = options.only, options.max_sequences
     path = resolve_checkpoint(path)
     meta = read_meta(path, "model", (*DISCRIMINATOR_KINDS, *GENERATOR_KINDS))
     kind = meta["model_kind"]
@@ -215,13 +233,12 @@ def evaluate_checkpoint(path: str, cfg: RunConfig, device: torch.device,
     result = {"checkpoint": path, "model_kind": kind, "mode": meta.get("mode"),
               "step": meta.get("step")}
     if kind in DISCRIMINATOR_KINDS and only in (None, "rtd"):
-        root = rtd_dir or cfg.train.rtd_dir or cfg.generate.rtd_dir
-        rtd, chosen = open_shards(root, epochs)
+        root = options.rtd_dir or cfg.train.rtd_dir or cfg.generate.rtd_dir
+        rtd, chosen = open_shards(root, options.epochs)
         check_fits(discriminator_config(meta), rtd.vocab_size,
                    rtd.manifest["corpus"]["max_seq_len"], f"the RTD shard set {root}", path)
         model = load_discriminator(path, device)
-        rtd_result = evaluate_rtd(model, rtd, chosen, cfg.train.micro_batch_size_per_rank,
-                                  device, cfg.train.precision, max_sequences)
+        rtd_result = evaluate_rtd(model, rtd, chosen, cfg, device, max_sequences)
         seen = trained_epochs(meta, rtd)
         for e, m in rtd_result["epochs"].items():
             m["trained_on"] = e in seen
@@ -337,13 +354,13 @@ def run(argv: list[str] | None = None) -> list[dict]:
     if args.max_sequences is not None and args.max_sequences < 1:
         raise UserError(f"--max-sequences must be >= 1, got {args.max_sequences}")
     cfg = resolve_config(args)
-    epochs = parse_epochs(args.epochs)
+    options = EvalOptions(args.rtd_dir, parse_epochs(args.epochs), args.max_sequences,
+                          args.only)
     device = eval_device(cfg)
     results = []
     for path in args.checkpoint:
         print(f"evaluate: {path} on {device}", flush=True)
-        results.append(evaluate_checkpoint(path, cfg, device, args.rtd_dir, epochs,
-                                           args.max_sequences, args.only))
+        results.append(evaluate_checkpoint(path, cfg, device, options))
     report(results, cfg, args.json)
     return results
 

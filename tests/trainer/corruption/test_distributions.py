@@ -7,6 +7,7 @@ import torch
 
 from tests.trainer.corruption.helpers import V
 from trainer.corruption.distributions import (
+    Replacement,
     log_interp,
     replacement_logprobs,
     smoothed_onehot_logprobs,
@@ -32,8 +33,8 @@ def test_distributions_normalised_zero_on_specials():
     counts = torch.randint(0, 1000, (V,), generator=g)
     for kind in ("aux", "uniform", "unigram", "smoothed_onehot", "uniform->smoothed_onehot",
                  "unigram->smoothed_onehot"):
-        lp = replacement_logprobs(kind, orig, V, weight=torch.full((7,), 0.3),
-                                    unigram_counts=counts, aux_logits=logits)
+        lp = replacement_logprobs(Replacement(kind, V, unigram_counts=counts), orig,
+                                  weight=torch.full((7,), 0.3), aux_logits=logits)
         assert lp.shape == (7, V)
         p = _check_distribution(lp)
         assert bool((p[:, NUM_SPECIAL:] > 0).all())
@@ -80,8 +81,8 @@ def test_log_interp_endpoints_and_midpoint():
     assert torch.allclose(mid[1], lp1[1], atol=1e-5)
     # The named replacements are the same interpolation; alpha = 1 (a zero outside the
     # original) does not produce NaN at the p1 endpoint.
-    rep = replacement_logprobs("unigram->smoothed_onehot", orig, V, weight=0.25,
-                                 unigram_counts=counts)
+    rep = replacement_logprobs(Replacement("unigram->smoothed_onehot", V, unigram_counts=counts),
+                               orig, weight=0.25)
     assert torch.allclose(rep[0], expect, atol=1e-5)
     delta = smoothed_onehot_logprobs(orig, V, 1.0)
     assert torch.allclose(log_interp(lp1, delta, 1.0), lp1, atol=1e-5)

@@ -8,9 +8,14 @@ from decimal import Decimal
 import pytest
 import torch
 
-from tests.trainer.corruption.helpers import V, make_batch, pad_to
+from tests.trainer.corruption.helpers import V, cfg, make_batch, pad_to
+from trainer.config.run import MLMConfig
+from trainer.corruption.batch import KeyedBatch
 from trainer.corruption.masking import drop_tokens, mask_positions
 from trainer.tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, UNK_ID
+
+ELECTRA = cfg(mask_prob=0.15, mask_token_prob=0.85)
+BERT = MLMConfig(mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1)
 
 # --- masking ---------------------------------------------------------------------------------
 
@@ -20,7 +25,7 @@ def test_masking_selects_exact_share_of_normal_tokens_never_specials():
     ids[1, 2] = MASK_ID
     ids[2, :3] = torch.tensor([CLS_ID, SEP_ID, PAD_ID])  # no normal token at all
     ids[2, 3:] = PAD_ID
-    masked, sel = mask_positions(ids, torch.arange(300), 0, 0, 0.15, 0.85)
+    masked, sel = mask_positions(KeyedBatch(ids, torch.arange(300), 0, 0), ELECTRA)
     assert not bool(sel[ids < NUM_SPECIAL].any())
     normal = (ids >= NUM_SPECIAL).sum(1)
     expect = [max(1, int(Decimal(n) * Decimal("0.15") + Decimal("0.5"))) if n else 0
@@ -35,13 +40,14 @@ def test_masking_selects_exact_share_of_normal_tokens_never_specials():
     # An attention mask removes positions from the candidates.
     attn = attn.clone()
     attn[:, 10:] = False
-    _, sel2 = mask_positions(ids, torch.arange(300), 0, 0, 0.15, 0.85, attention_mask=attn)
+    _, sel2 = mask_positions(KeyedBatch(ids, torch.arange(300), 0, 0, attention_mask=attn),
+                             ELECTRA)
     assert not bool(sel2[:, 10:].any())
 
 
 def test_masking_85_15_split():
     ids, _ = make_batch(400, 64, seed=2)
-    masked, sel = mask_positions(ids, torch.arange(400), 3, 0, 0.15, 0.85)
+    masked, sel = mask_positions(KeyedBatch(ids, torch.arange(400), 3, 0), ELECTRA)
     n = int(sel.sum())
     is_mask = masked[sel] == MASK_ID
     kept = masked[sel] == ids[sel]
@@ -51,8 +57,7 @@ def test_masking_85_15_split():
 
 def test_masking_80_10_10_split():
     ids, _ = make_batch(600, 64, seed=3)
-    masked, sel = mask_positions(ids, torch.arange(600), 3, 0, 0.15, 0.8,
-                                   random_token_prob=0.1, vocab_size=V)
+    masked, sel = mask_positions(KeyedBatch(ids, torch.arange(600), 3, 0), BERT, vocab_size=V)
     n = int(sel.sum())
     got, orig = masked[sel], ids[sel]
     is_mask = got == MASK_ID
@@ -66,21 +71,21 @@ def test_masking_80_10_10_split():
     assert abs(float(rand.mean()) - (NUM_SPECIAL + V - 1) / 2) < 5 * 85 / math.sqrt(rand.numel())
     assert int(rand.max()) > V - 20
     with pytest.raises(ValueError, match="vocab_size"):
-        mask_positions(ids, torch.arange(600), 3, 0, 0.15, 0.8, random_token_prob=0.1)
+        mask_positions(KeyedBatch(ids, torch.arange(600), 3, 0), BERT)
 
 
 def test_masking_is_batch_and_padding_independent_and_keyed():
     ids, _ = make_batch(6, 40, seed=4)
     seq = torch.tensor([10, 11, 12, 13, 14, 15])
-    big_m, big_s = mask_positions(pad_to(ids, 64), seq, 5, 2, 0.15, 0.85)
+    big_m, big_s = mask_positions(KeyedBatch(pad_to(ids, 64), seq, 5, 2), ELECTRA)
     for b in range(6):
-        m, s = mask_positions(ids[b:b + 1], seq[b:b + 1], 5, 2, 0.15, 0.85)
+        m, s = mask_positions(KeyedBatch(ids[b:b + 1], seq[b:b + 1], 5, 2), ELECTRA)
         assert torch.equal(m[0], big_m[b, :40]) and torch.equal(s[0], big_s[b, :40])
     assert not bool(big_s[:, 40:].any())
-    again = mask_positions(pad_to(ids, 64), seq, 5, 2, 0.15, 0.85)
+    again = mask_positions(KeyedBatch(pad_to(ids, 64), seq, 5, 2), ELECTRA)
     assert torch.equal(again[0], big_m) and torch.equal(again[1], big_s)
     for seed, epoch in ((6, 2), (5, 3)):
-        _, other = mask_positions(pad_to(ids, 64), seq, seed, epoch, 0.15, 0.85)
+        _, other = mask_positions(KeyedBatch(pad_to(ids, 64), seq, seed, epoch), ELECTRA)
         assert not torch.equal(other, big_s)
         assert torch.equal(other.sum(1), big_s.sum(1))  # same counts, other positions
 
@@ -88,7 +93,7 @@ def test_masking_is_batch_and_padding_independent_and_keyed():
 def test_drop_tokens():
     ids, _ = make_batch(200, 64, seed=5)
     seq = torch.arange(200)
-    _, sel = mask_positions(ids, seq, 0, 0, 0.15, 0.85)
+    _, sel = mask_positions(KeyedBatch(ids, seq, 0, 0), ELECTRA)
     dropped = drop_tokens(ids, sel, seq, 0, 0, 0.4)
     eligible = (ids >= NUM_SPECIAL) & ~sel
     changed = dropped != ids

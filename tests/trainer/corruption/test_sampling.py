@@ -12,6 +12,7 @@ import torch
 from tests.trainer.corruption.helpers import V
 from trainer.corruption import sampling as S
 from trainer.corruption.distributions import (
+    Replacement,
     aux_logprobs,
     replacement_logprobs,
     unigram_logprobs,
@@ -172,15 +173,13 @@ def test_model_free_samplers_draw_exactly_the_dense_distribution(case):
     original = torch.full((n,), o)
     seq, pos = torch.arange(n) // 50, torch.arange(n) % 50
     u = keyed_sample_uniform(5, 1, seq, pos)
-    counts = _zipf_counts()
+    rep = Replacement(kind, V, 0.35, _zipf_counts())
 
     def dense(t, w) -> torch.Tensor:
-        lp = replacement_logprobs(kind, original[:1], V, weight=w, alpha=0.35,
-                                    unigram_counts=counts)[0]
+        lp = replacement_logprobs(rep, original[:1], weight=w)[0]
         return (lp / t).softmax(-1).double()
 
-    s = sample_model_free(kind, u, original, V, torch.full((n,), t), torch.full((n,), w),
-                            0.35, counts)
+    s = sample_model_free(rep, u, original, torch.full((n,), t), torch.full((n,), w))
     assert int((s < NUM_SPECIAL).sum()) == 0
     p = dense(t, w)
     top = p.argsort(descending=True)[:12]
@@ -210,13 +209,13 @@ def test_model_free_samplers_are_per_row():
     w = torch.arange(n) % 3 / 2
     for kind in ("unigram", "unigram->smoothed_onehot", "smoothed_onehot",
                  "uniform->smoothed_onehot", "uniform"):
-        both = sample_model_free(kind, u, original, V, t, w, 0.35, counts)
-        alone = torch.cat([sample_model_free(kind, u[i:i + 1], original[i:i + 1], V,
-                                               t[i:i + 1], w[i:i + 1], 0.35, counts)
+        rep = Replacement(kind, V, 0.35, counts)
+        both = sample_model_free(rep, u, original, t, w)
+        alone = torch.cat([sample_model_free(rep, u[i:i + 1], original[i:i + 1], t[i:i + 1],
+                                             w[i:i + 1])
                            for i in range(n)])
         assert torch.equal(both, alone), kind
-        lp = replacement_logprobs(kind, original, V, weight=w, alpha=0.35,
-                                    unigram_counts=counts)
+        lp = replacement_logprobs(rep, original, weight=w)
         assert torch.equal(both, sample_tokens(lp, 9, 2, seq, pos, t)), kind
 
 

@@ -171,7 +171,7 @@ def test_a_file_whose_row_count_differs_is_refused_at_its_first_read(rtd_set, tm
     rtd = RTDShards(str(copy))  # a rank that did not verify: no footer read yet
     assert len(rtd.read_range(1, 0, PART_ROWS)) == PART_ROWS  # other files read fine
     with pytest.raises(ShardError, match=f"{bad} has {PART_ROWS - 1} rows, the manifest says "
-                                         f"{PART_ROWS}; re-run pipeline.generate --overwrite"):
+                                         f"{PART_ROWS}; re-run fast-electra generate --overwrite"):
         rtd.read_range(1, PART_ROWS - 10, PART_ROWS + 10)
     with pytest.raises(ShardError, match=f"{bad} has {PART_ROWS - 1} rows"):
         RTDShards(str(copy)).verify()  # what the verifying rank sees up front

@@ -13,13 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.corruption.batch import KeyedBatch
 from trainer.corruption.corrupt import aux_autocast, corrupt_batch
 from trainer.corruption.distributions import aux_logprobs
 from trainer.corruption.sampling import sample_tokens
 from trainer.model.heads import MLMHead, MLMModel
 from trainer.modes.early_exit import EarlyExitGenerator, EarlyExitModel, EarlyExitTask
 from trainer.modes.fast_online import FastOnlineTask
-from trainer.modes.joint import JointModel, JointTask, embedding_topk_logprobs
+from trainer.modes.joint import JointInputs, JointModel, JointTask, embedding_topk_logprobs
 from trainer.modes.mlm import MLMTask
 from trainer.modes.rtd import RTDTask, ordinary_mask
 
@@ -84,9 +85,9 @@ def fast_online_ready(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     for e in epochs.unique().tolist():
         rows = (epochs == e).to(ids.device)
         with aux_autocast(ids.device):
-            out = corrupt_batch(ids[rows], mask[rows], b["seq_ids"][rows], int(e),
-                                b["u"][rows.cpu()], self.cfg.corruption,
-                                self.cfg.generate.seed, aux=self.aux,
+            batch = KeyedBatch(ids[rows], b["seq_ids"][rows], self.cfg.generate.seed, int(e),
+                               attention_mask=mask[rows])
+            out = corrupt_batch(batch, b["u"][rows.cpu()], self.cfg.corruption, aux=self.aux,
                                 unigram_counts=self.unigram,
                                 vocab_size=self.cfg.tokenizer.vocab_size)
         corrupted[rows] = out.input_ids.clone()
@@ -121,8 +122,10 @@ def joint_generate(self, masked_ids, attention_mask, selected, targets, exit_ind
     return F.cross_entropy(g_logits.float(), targets), g_logits, stats
 
 
-def joint_forward(self, masked_ids, original_ids, attention_mask, selected, seq_ids, epochs,
-                  seed: int, exit_index: int = -1):
+def joint_forward(self, batch: JointInputs, seed: int, exit_index: int = -1):
+    masked_ids, original_ids, attention_mask = (batch.masked_ids, batch.original_ids,
+                                                batch.attention_mask)
+    selected, seq_ids, epochs = batch.selected, batch.seq_ids, batch.epochs
     targets = original_ids[selected]  # (N,)
     mlm_loss, g_logits, stats = self.generate(masked_ids, attention_mask, selected, targets,
                                               exit_index)
@@ -156,8 +159,8 @@ def joint_exit_index(self, b) -> int:
 
 
 def joint_run(self, model, b, seed, exit_index: int = -1):
-    return model(b["input_ids"], b["original_ids"], b["attention_mask"], b["selected"],
-                 b["seq_ids"], b["epochs"], seed, exit_index)
+    return model(JointInputs(b["input_ids"], b["original_ids"], b["attention_mask"],
+                             b["selected"], b["seq_ids"], b["epochs"]), seed, exit_index)
 
 
 def joint_loss(self, model, b):

@@ -73,8 +73,8 @@ def test_early_exit_checkpoint_hands_its_last_exit_on_as_an_aux(tmp_path):
     torch.manual_seed(0)
     model = EarlyExitModel(cfg).eval()
     meta = {"step": 1, "mode": "early-exit", "config": to_dict(cfg), "model_kind": "early-exit"}
-    path = checkpoint.save(str(tmp_path), 1, {"model": model.state_dict()}, meta, 0, 1,
-                           lambda: None)
+    path = checkpoint.save(str(tmp_path), 1, {"model": model.state_dict()}, meta,
+                           checkpoint.SaveContext.single_process())
     gen = load_generator(path)
     ids = torch.randint(5, 600, (2, 12))
     mask = torch.ones_like(ids, dtype=torch.bool)

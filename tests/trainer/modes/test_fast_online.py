@@ -70,6 +70,7 @@ def test_online_rows_ignore_the_trainers_autocast(prepared, aux_checkpoint, aux_
     confident (tied embeddings x 30: the LM head's logits x 30, the encoder unchanged) so that
     bf16's rounding moves draws; control: corrupt_batch with the aux under bf16 does change
     rows, so the equality is not vacuous."""
+    from trainer.corruption.batch import KeyedBatch
     from trainer.corruption.corrupt import corrupt_batch
 
     corpus_dir, _, _ = prepared
@@ -83,8 +84,9 @@ def test_online_rows_ignore_the_trainers_autocast(prepared, aux_checkpoint, aux_
     fp32 = online.ready(clean)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = online.ready(clean)
-        bf16 = corrupt_batch(clean["input_ids"], clean["attention_mask"], clean["seq_ids"], 0,
-                             clean["u"], cfg.corruption, cfg.generate.seed, aux=online.aux,
+        batch = KeyedBatch(clean["input_ids"], clean["seq_ids"], cfg.generate.seed, 0,
+                           attention_mask=clean["attention_mask"])
+        bf16 = corrupt_batch(batch, clean["u"], cfg.corruption, aux=online.aux,
                              vocab_size=cfg.tokenizer.vocab_size)
     for key in ("input_ids", "labels"):
         assert torch.equal(got[key], fp32[key]), key

@@ -110,7 +110,8 @@ def disc_checkpoint(prepared, tmp_path_factory):
     model = Discriminator(EncoderConfig.main(cfg))
     out = str(tmp_path_factory.mktemp("disc"))
     meta = {"step": 1, "mode": "rtd", "config": to_dict(cfg), "model_kind": "discriminator"}
-    checkpoint.save(out, 1, {"model": model.state_dict()}, meta, 0, 1, lambda: None)
+    checkpoint.save(out, 1, {"model": model.state_dict()}, meta,
+                    checkpoint.SaveContext.single_process())
     return out, str(corpus_dir)
 
 
@@ -285,7 +286,8 @@ def test_rescale_applies_to_pretrained_encoders_only(disc_checkpoint, keyword_fi
     state = torch.load(os.path.join(checkpoint.find_latest(ckpt), "state.pt"))
     state["model"]["encoder.word_emb.weight"] *= 3.0
     meta = json.loads(open(os.path.join(checkpoint.find_latest(ckpt), "meta.json")).read())
-    checkpoint.save(str(grown), 1, {"model": state["model"]}, meta, 0, 1, lambda: None)
+    checkpoint.save(str(grown), 1, {"model": state["model"]}, meta,
+                    checkpoint.SaveContext.single_process())
     pre = open_pretrained(str(grown), os.path.join(disc_checkpoint[1], TOKENIZER_FILE), False)
     assert pre.encoder.word_emb.weight.pow(2).mean().sqrt().item() == pytest.approx(0.06,
                                                                                     rel=0.05)

@@ -44,8 +44,8 @@ def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def save_checkpoint(out_dir, model, cfg, kind: str) -> str:
     meta = {"step": 7, "mode": cfg.train.mode, "config": to_dict(cfg), "model_kind": kind}
-    return checkpoint.save(str(out_dir), 7, {"model": model.state_dict()}, meta, 0, 1,
-                           lambda: None)
+    return checkpoint.save(str(out_dir), 7, {"model": model.state_dict()}, meta,
+                           checkpoint.SaveContext.single_process())
 
 
 def variant_config(corpus_dir, position: str, layer_norm: str, mode: str = "rtd", *extra):

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.corpus_parts import TokenizedDoc, split_sequences
+from pipeline.corpus_parts import split_sequences
 from pipeline.prepare_steps import TokenizeFn
 from tests.helpers import corpus_lines
 from trainer.tokenizer import load_tokenizer
@@ -27,8 +27,8 @@ ODD = ["", " ", "  two  spaces  ", "\ttab\tand\nnewline\n", "line\r\nbreak", "\u
 
 def prepare_ids(fn: TokenizeFn, text: str) -> list[int]:
     """The token ids pipeline.prepare stores for ``text`` (its TokenizeFn, no specials)."""
-    out = list(fn.process((0, 0, 0, text)))
-    return [] if not out else np.frombuffer(TokenizedDoc(*out[0][1]).ids, "<i4").tolist()
+    doc = fn.tokenize_document(0, 0, text)
+    return [] if doc is None else np.frombuffer(doc.ids, "<i4").tolist()
 
 
 @pytest.fixture(scope="module")

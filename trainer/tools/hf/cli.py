@@ -3,9 +3,9 @@ any trained model to transformers' Auto classes with a fast tokenizer.
 
     pip install -e '.[hf]'
     # a local BertForMaskedLM / RobertaForMaskedLM / ElectraForMaskedLM folder -> a checkpoint
-    # that pipeline.generate (generate.aux_checkpoint) and trainer.pretrained.load_generator use
+    # that fast-electra generate (generate.aux_checkpoint) and trainer.pretrained.load_generator use
     fast-electra hf import hf/my-mlm runs/my-mlm [--config configs/base.toml]
-    python -m pipeline.generate --config configs/base.toml \\
+    fast-electra generate --config configs/base.toml \\
         --set generate.aux_checkpoint=runs/my-mlm/checkpoints/step_00000000
     # a checkpoint (or run folder) -> a model folder (discriminator, the default for rtd /
     # joint runs, or generator, the default for mlm runs) + tokenizer.json
@@ -31,7 +31,7 @@ from trainer.config.load import load_config
 from trainer.tools.hf.common import require_transformers
 from trainer.tools.hf.exporter import export_model
 from trainer.tools.hf.importer import import_mlm
-from trainer.tools.hf.local_mlm import build_local_mlm
+from trainer.tools.hf.local_mlm import LocalMLMOptions, build_local_mlm
 
 
 def run(argv: list[str] | None = None) -> str:
@@ -65,8 +65,8 @@ def run(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     require_transformers().utils.logging.disable_progress_bar()  # one summary line instead
     if args.command == "local-mlm":
-        path = build_local_mlm(args.corpus_dir, args.out_dir, load_config(args.config),
-                               args.steps)
+        path = build_local_mlm(LocalMLMOptions(args.corpus_dir, args.out_dir, args.steps),
+                               load_config(args.config))
         print(f"hf local-mlm: wrote {path}")
         return path
     if args.command == "import":

@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 
 import torch
 
@@ -256,18 +257,38 @@ def build_hf_model(model: torch.nn.Module, enc: EncoderConfig, role: str, path: 
     return hf.eval()
 
 
-def _write_readme(folder: str, source: str, step, role: str, cls: str, remote: bool,
-                  tokenizer: bool, vocab: HFTokenizer | None) -> None:
-    trust = ", trust_remote_code=True" if remote else ""
-    lines = [f"# {cls} exported by fast-electra", "",
-             f"Source checkpoint: `{source}` (step {step}), role: {role}.", "",
+@dataclass(frozen=True)
+class ReadmeFields:
+    """What an exported folder's README.md says about the export."""
+
+    source: str
+    """The checkpoint folder exported."""
+    step: int | None
+    """Its training step (meta.json's)."""
+    role: str
+    """The model exported: generator or discriminator."""
+    cls: str
+    """The transformers class of the exported model."""
+    remote: bool
+    """Whether the folder holds its own model code (loaded with trust_remote_code)."""
+    tokenizer: bool
+    """Whether the corpus's SentencePiece tokenizer is written beside the model."""
+    vocab: HFTokenizer | None
+    """The Hugging Face tokenizer the model was trained with, written as it was; None for a
+    SentencePiece corpus."""
+
+
+def _write_readme(folder: str, r: ReadmeFields) -> None:
+    trust = ", trust_remote_code=True" if r.remote else ""
+    lines = [f"# {r.cls} exported by fast-electra", "",
+             f"Source checkpoint: `{r.source}` (step {r.step}), role: {r.role}.", "",
              "```python",
              "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
              "tok = AutoTokenizer.from_pretrained(folder)",
              "model = AutoModelForSequenceClassification.from_pretrained(folder, "
              f"num_labels=2{trust})",
              "```", ""]
-    if remote:
+    if r.remote:
         lines += ["The model code is `modeling_fast_electra.py` in this folder (T5 relative "
                   "positions shared by all layers, or pre-LN, which HF ELECTRA cannot hold); "
                   "it depends on torch and transformers only. The encoder has no token type "
@@ -276,13 +297,13 @@ def _write_readme(folder: str, source: str, step, role: str, cls: str, remote: b
         lines += ["Converted exactly to HF ELECTRA by `fast-electra hf export` (Admin "
                   "omegas folded into the LayerNorms and the following Linears; exact GELU). "
                   "token_type_embeddings are zeros.", ""]
-    if tokenizer:
+    if r.tokenizer:
         lines += ["`tokenizer.json` encodes text as the corpus's SentencePiece model "
                   "(`tokenizer.model`, also here) does, as `[CLS] text [SEP]` and "
                   "`[CLS] a [SEP] b [SEP]`; [PAD] [UNK] [CLS] [SEP] [MASK] are ids 0-4.", ""]
-    if vocab is not None:
+    if r.vocab is not None:
         lines += [f"`tokenizer.json` is the tokenizer the model was trained with "
-                  f"(`{vocab.source}`), with its own ids and templates.", ""]
+                  f"(`{r.vocab.source}`), with its own ids and templates.", ""]
     with open(os.path.join(folder, "README.md"), "w") as f:
         f.write("\n".join(lines))
 
@@ -319,8 +340,8 @@ def export_model(checkpoint: str, out_dir: str, role: str | None = None,
     if vocab is not None:  # the source tokenizer as it was, with its own templates
         write_tokenizer_files(tmp, vocab.json, json.loads(vocab.special_tokens_map()),
                               enc.max_seq_len, token_type_ids=not remote)
-    _write_readme(tmp, path, meta.get("step"), role, type(hf).__name__, remote,
-                  tokenizer is not None, vocab)
+    _write_readme(tmp, ReadmeFields(path, meta.get("step"), role, type(hf).__name__, remote,
+                                    tokenizer is not None, vocab))
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)  # empty, or --overwrite
     os.replace(tmp, out_dir)

@@ -351,6 +351,7 @@ def import_mlm(hf_dir: str, out_dir: str, config_path: str | None = None,
                                            "source_special_ids": vocab.source_ids}
         write_text_atomic(os.path.join(out_dir, HF_TOKENIZER_FILE), vocab.json)
         write_text_atomic(os.path.join(out_dir, HF_SPECIALS_FILE), vocab.special_tokens_map())
-    path = checkpoint.save(out_dir, 0, {"model": state}, meta, 0, 1, lambda: None)
+    path = checkpoint.save(out_dir, 0, {"model": state}, meta,
+                           checkpoint.SaveContext.single_process())
     write_text_atomic(os.path.join(out_dir, "config.toml"), to_toml(cfg))
     return path

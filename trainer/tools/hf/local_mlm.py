@@ -16,6 +16,7 @@ steps. Deterministic on CPU for a given seed.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -70,8 +71,28 @@ def wordpiece(texts: list[str], vocab_size: int, transformers,
         cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
-def build_local_mlm(corpus_dir: str, out_dir: str, cfg: RunConfig, steps: int,
-                    batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> str:
+@dataclass(frozen=True)
+class LocalMLMOptions:
+    """What ``fast-electra hf local-mlm`` builds and how it trains it; the model's shape and
+    the vocabulary size come from the run config."""
+
+    corpus_dir: str
+    """The prepared corpus whose text the tokenizer and the model are trained on."""
+    out_dir: str
+    """The folder to write (save_pretrained); it must not exist or be empty."""
+    steps: int
+    """AdamW steps."""
+    batch_size: int = 64
+    """Sequences per step."""
+    lr: float = 1e-3
+    """Peak learning rate (linear warm-up over a tenth of the steps, then linear decay)."""
+    seed: int = 0
+    """Seeds the initialisation, the masking and the order of the sequences."""
+
+
+def build_local_mlm(opts: LocalMLMOptions, cfg: RunConfig) -> str:
+    corpus_dir, out_dir, steps = opts.corpus_dir, opts.out_dir, opts.steps
+    batch_size, lr, seed = opts.batch_size, opts.lr, opts.seed
     transformers = require_transformers()
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise UserError(f"{out_dir} exists and is not empty; give a new folder")
