@@ -192,6 +192,9 @@ class Transfer:
         if encoder == "mlm":
             return self.train(f"mlm-x{k}", "configs/tiny_aux.toml", steps, [])
         plan = [f"generate.epochs={self.epochs_for(steps)}"]
+        done = os.path.join(self.out, "runs", f"{encoder}-x{k}")
+        if run_finished(done, steps):  # its shard set may be gone: a finished run needs none
+            return checkpoint.find_latest(done)
         if encoder == "rtd":
             return self.train(f"rtd-x{k}", "configs/tiny.toml", steps,
                               [f"train.rtd_dir={self.shards(k)}", *plan])
