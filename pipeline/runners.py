@@ -54,10 +54,8 @@ class LocalRunner(PipelineRunner):
         provision = fn_runner.ExtendedProvisionInfo(
             beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
         level = everything.get("default_sdk_harness_log_level")
-        if everything.get("direct_running_mode") != "in_memory" or not level:
-            return fn_runner.FnApiRunner(provision_info=provision).run_pipeline(pipeline,
-                                                                                options)
-        with _beam_log_level(level):
+        in_memory = everything.get("direct_running_mode") == "in_memory"
+        with _beam_log_level(level) if in_memory and level else contextlib.nullcontext():
             return fn_runner.FnApiRunner(provision_info=provision).run_pipeline(pipeline,
                                                                                 options)
 
