@@ -1,7 +1,7 @@
 """The papers' claims at CPU scale in one command, each beside the paper's figure.
 
     python -m bench.paper --quick                  # <= 12 min on 2 cores: 1 seed, 32 steps
-    python -m bench.paper                          # the full plan: 3 seeds, 300 steps
+    python -m bench.paper                          # the full plan: 3 seeds, 600 steps
     python -m bench.paper --corpus shards/x/corpus # any prepared corpus (else the embedded one)
     python -m bench.paper --task configs/finetune/sst2.toml --train T.tsv --dev D.tsv
 

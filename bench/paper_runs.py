@@ -58,7 +58,7 @@ class Plan:
 
 
 PLANS = {
-    "full": Plan("full", steps=300, batch=32, seeds=3, cost_reps=5, cost_steps=6,
+    "full": Plan("full", steps=600, batch=32, seeds=3, cost_reps=5, cost_steps=6,
                  sweep_steps=150, sweep_points=4, aux_steps=0, ft_train=1000, ft_dev=400,
                  fair_sequences=2048, eval_every=100),
     "quick": Plan("quick", steps=32, batch=32, seeds=1, cost_reps=3, cost_steps=3,
