@@ -8,13 +8,16 @@ What each check catches:
   results.json files: a difference taken between unpaired seeds, or of the wrong runs;
 - compute doubles with the budget: a budget that did not reach the pre-training run;
 - resume: a second invocation starts nothing; with one fine-tuning result deleted, exactly
-  that run starts again (the negative control: the evidence can show a re-run).
+  that run starts again (the negative control: the evidence can show a re-run); with the 2x
+  shard set deleted too, its finished pre-training run is reused as it is (a resume that
+  regenerated the shards of a finished run would start generate/x2 as well).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -70,7 +73,9 @@ def test_transfer_bench_rows_pairing_and_resume(prepared, aux_checkpoint, tmp_pa
     assert again.returncode == 0, again.stderr[-3000:]
     assert "bench.transfer: 0 sub-run(s) started" in again.stdout
     (out / "finetune" / "fortunes" / "mlm-x2" / "seed1" / "results.json").unlink()
+    shutil.rmtree(out / "shards" / "x2")
     third = bench(out, prepared[0], aux_checkpoint)
     assert third.returncode == 0, third.stderr[-3000:]
     assert "bench.transfer: 1 sub-run(s) started" in third.stdout
     assert "run finetune/fortunes/mlm-x2/seed1" in third.stdout
+    assert not (out / "shards" / "x2").exists()
