@@ -72,15 +72,18 @@ demo-hf: $(STAMP)
 	@echo "demo-hf: BERT aux hf/tiny-bert (imported: runs/tiny-bert/aux), corpus and RTD shards" \
 	    "shards/tiny-bert/, discriminator runs/tiny-bert/rtd, exported hf/tiny-bert-rtd"
 
-# The real fine-tuning tasks (fast-electra finetune-data --task wordnet|fortunes) are built
-# from two Debian packages; installed here where apt-get runs as root, else their tests skip.
+# The real fine-tuning tasks (fast-electra finetune-data --task wordnet|fortunes) and the English
+# pre-training corpus (fast-electra corpus-data) are built from three Debian packages; installed
+# here where apt-get runs as root, else their tests skip.
 task-sources:
-	@if [ -e /usr/share/wordnet/data.noun ] && [ -e /usr/share/games/fortunes/computers ]; then :; \
+	@if [ -e /usr/share/wordnet/data.noun ] && [ -e /usr/share/games/fortunes/computers ] \
+	    && [ -e /usr/share/dictd/gcide.dict.dz ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	        --no-install-recommends wordnet-base fortunes >/dev/null; \
-	else echo "make: the real fine-tuning tasks need Debian's wordnet-base and fortunes" \
-	    "(sudo apt-get install wordnet-base fortunes); their tests skip without them"; fi
+	        --no-install-recommends wordnet-base fortunes dict-gcide >/dev/null; \
+	else echo "make: the real fine-tuning tasks and the English corpus need Debian's" \
+	    "wordnet-base, fortunes and dict-gcide (sudo apt-get install wordnet-base fortunes" \
+	    "dict-gcide); their tests skip without them"; fi
 
 test: $(STAMP) task-sources
 	$(VENV)/bin/ruff check .

@@ -23,6 +23,8 @@ PROG = "fast-electra"
 # (everything after its name) and returns the exit status.
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("pipeline.prepare:main", "Beam job: raw text -> tokenised corpus shards"),
+    "corpus-data": ("pipeline.gcide:main",
+                    "build an English pre-training corpus (Webster 1913, Debian dict-gcide)"),
     "generate": ("pipeline.generate:main",
                  "Beam job: corpus -> per-epoch RTD shards from a frozen aux"),
     "inspect": ("pipeline.inspect:main", "summary of a shard set (RTD or corpus)"),
