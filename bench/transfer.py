@@ -43,6 +43,7 @@ from trainer import checkpoint
 from trainer.atomic import write_text_atomic
 from trainer.cli import main_guard
 from trainer.data.corpus_shards import CorpusShards
+from trainer.data.manifest import ShardError
 from trainer.pretrained import (
     DISCRIMINATOR_KINDS,
     GENERATOR_KINDS,
@@ -104,6 +105,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def tokenizer_matches(corpus_a: str, corpus_b: str) -> bool:
+    """Whether two prepared corpora share a tokenizer (the same folder when one is gone)."""
+    if os.path.realpath(corpus_a) == os.path.realpath(corpus_b):
+        return True
+    try:
+        shas = [CorpusShards(c).manifest["tokenizer"]["sha256"] for c in (corpus_a, corpus_b)]
+    except ShardError:
+        return False
+    return shas[0] == shas[1]
+
+
 class Transfer:
     """Paths and sub-runs of one bench folder; a finished sub-run is never started again."""
 
@@ -118,8 +130,22 @@ class Transfer:
                 raise BenchError(f"--{flag} {getattr(args, flag)} not found{demo}")
         self.corpus_dir = os.path.abspath(args.corpus)
         self.aux = os.path.abspath(resolve_checkpoint(args.aux))
+        for flag in ("aux", *(["rtd"] if args.rtd else [])):
+            self.check_vocabulary(flag, resolve_checkpoint(getattr(args, flag)))
         # Beam's in-process runner: one part per epoch, which one worker writes.
         self.beam = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+    def check_vocabulary(self, flag: str, ckpt: str) -> None:
+        """Every encoder of one bench shares the vocabulary of --corpus: scratch and the kx runs
+        are built on it, so a --aux or --rtd from another corpus would compare models that read
+        the tasks through different tokenizers."""
+        meta = read_meta(ckpt, "model", (*DISCRIMINATOR_KINDS, *GENERATOR_KINDS))
+        own = os.path.join(REPO, checkpoint_config(meta).data.corpus_dir)
+        if not tokenizer_matches(own, self.corpus_dir):
+            raise BenchError(f"--{flag} {ckpt} was trained on the corpus {own}, whose tokenizer "
+                             f"is not that of --corpus {self.corpus_dir}: pass the {flag} "
+                             "trained on --corpus" + (" (or --rtd '' to train it here)"
+                                                      if flag == "rtd" else ""))
 
     # -- tasks ---------------------------------------------------------------------------
 

@@ -10,7 +10,11 @@ What each check catches:
 - resume: a second invocation starts nothing; with one fine-tuning result deleted, exactly
   that run starts again (the negative control: the evidence can show a re-run); with the 2x
   shard set deleted too, its finished pre-training run is reused as it is (a resume that
-  regenerated the shards of a finished run would start generate/x2 as well).
+  regenerated the shards of a finished run would start generate/x2 as well);
+- an --aux trained on another corpus's tokenizer is refused (exit 2, naming --aux) before any
+  sub-run starts, while a copy of the aux's own corpus is accepted: a check on paths alone
+  would refuse the copy, no check at all would fine-tune encoders that read the tasks through
+  different vocabularies.
 """
 
 from __future__ import annotations
@@ -79,3 +83,23 @@ def test_transfer_bench_rows_pairing_and_resume(prepared, aux_checkpoint, tmp_pa
     assert "bench.transfer: 1 sub-run(s) started" in third.stdout
     assert "run finetune/fortunes/mlm-x2/seed1" in third.stdout
     assert not (out / "shards" / "x2").exists()
+
+
+def test_transfer_bench_refuses_an_encoder_of_another_vocabulary(prepared, aux_checkpoint,
+                                                                  tmp_path):
+    from bench.transfer import tokenizer_matches
+
+    same = tmp_path / "same"
+    shutil.copytree(prepared[0], same)
+    assert tokenizer_matches(str(prepared[0]), str(same))
+    other = tmp_path / "other"
+    shutil.copytree(prepared[0], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["tokenizer"]["sha256"] = "0" * 64  # another corpus's tokenizer
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    assert not tokenizer_matches(str(prepared[0]), str(other))
+    out = tmp_path / "transfer"
+    refused = bench(out, other, aux_checkpoint)
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "--aux" in refused.stderr and "tokenizer" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (out / "runs").exists()
