@@ -95,7 +95,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the frozen aux (run or checkpoint; the demo's): generate and "
                         "fast-online use it, and it is the 1x mlm encoder")
     p.add_argument("--rtd", default=DEMO["rtd"],
-                   help="the 1x rtd discriminator (the demo's); empty: train it here")
+                   help="the 1x rtd discriminator (the demo's; trained on --corpus); empty: "
+                        "train it here")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help="config override of every pre-training "
                    "run (e.g. the model's size)")
