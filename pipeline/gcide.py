@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from collections.abc import Iterator
 
 from trainer.atomic import write_text_atomic
 from trainer.cli import main_guard
-from trainer.digest import sha256_file
+from trainer.digest import sha256_bytes, sha256_file
 from trainer.errors import UserError
 
 GCIDE_DIR = "/usr/share/dictd"
@@ -161,7 +160,7 @@ def build(out_dir: str, source: str = GCIDE_DIR, exclude: tuple[str, ...] = (),
         elif banned and not banned.isdisjoint(ngrams(text)):
             counts["overlapping"] += 1
         else:
-            key = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            key = sha256_bytes(text.encode("utf-8"))
             candidates.append((key, order, text))
     chosen, size = [], 0
     for _, order, text in sorted(candidates):
