@@ -2,7 +2,7 @@
 initialisation on real labelled tasks, at several pre-training budgets.
 
     make demo                                 # the corpus, aux, shards and 1x discriminator
-    .venv/bin/python -m bench.transfer --quick          # 1x: rtd, mlm, scratch (~10 min)
+    .venv/bin/python -m bench.transfer --quick          # 1x: rtd, mlm, scratch (~16 min)
     .venv/bin/python -m bench.transfer                  # 1x, 4x, 16x; every encoder
     .venv/bin/python -m bench.transfer --budgets 1,4 --encoders rtd,scratch
 
