@@ -141,6 +141,14 @@ def shard_files(folder) -> list[str]:
     return sorted(out)
 
 
+def part_started(folder) -> bool:
+    """Whether a part file or a part's temporary exists under a shard-set folder: the point
+    where a killed run leaves output behind (other files' temporaries, such as the
+    tokenizer's or config.toml's, are renamed out of the pattern at once)."""
+    return any(os.path.basename(n).startswith(("part-", ".tmp-part-"))
+               for n in shard_files(folder))
+
+
 def bare_rtd_rows(root, epoch: int) -> list[tuple[int, int, np.ndarray, np.ndarray, float]]:
     """(position, seq_id, input_ids, labels, temperature) of every row of ``epoch`` of the RTD
     set at ``root``, in position order, by a plain pyarrow read decoded as shards/README.md

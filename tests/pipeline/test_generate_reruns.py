@@ -18,7 +18,7 @@ import torch
 
 from pipeline.generate import main, run
 from pipeline.inspect import main as inspect_main
-from tests.helpers import gen_argv, kill_9_when, shard_files
+from tests.helpers import gen_argv, kill_9_when, part_started, shard_files
 from trainer.data.manifest import ShardError
 from trainer.data.rtd_shards import RTDShards
 
@@ -176,12 +176,10 @@ def test_killed_run_leaves_no_manifest_and_rerun_completes(prepared, aux_checkpo
     rtd_dir = tmp_path / "rtd"
     sets = [f"generate.aux_checkpoint={aux_checkpoint}", "generate.epochs=3"]
     argv = gen_argv(corpus_dir, rtd_dir, *sets, beam=("--direct_num_workers=2",))
-    # Killed once the Beam job has written a part or a temporary: the leftovers must exist
-    # (fails if the kill landed before anything was written, or after the run finished) and
-    # the re-run must clear the ones it does not rewrite.
-    # (in an epoch folder: the root's temporaries of config.toml and plan.json come first).
-    kill_9_when("pipeline.generate", argv,
-                lambda: any(f.startswith("epoch=") for f in shard_files(rtd_dir)))
+    # Killed once the Beam job has written a part or a part's temporary: the leftovers must
+    # exist (fails if the kill landed before anything was written, or after the run finished)
+    # and the re-run must clear the ones it does not rewrite.
+    kill_9_when("pipeline.generate", argv, lambda: part_started(rtd_dir))
     leftovers = shard_files(rtd_dir)
     assert leftovers and not (rtd_dir / "manifest.json").exists()
     partial = RTDShards(str(rtd_dir))  # a set in progress: its plan, no manifest

@@ -11,7 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.prepare import main, run
-from tests.helpers import IN_MEMORY, kill_9_when, prepare_argv, shard_files, write_corpus
+from tests.helpers import (
+    IN_MEMORY,
+    kill_9_when,
+    part_started,
+    prepare_argv,
+    shard_files,
+    write_corpus,
+)
 from trainer.data.corpus_shards import CorpusShards
 from trainer.data.manifest import ShardError
 from trainer.tokenizer import CLS_ID, SEP_ID, load_tokenizer
@@ -122,10 +129,10 @@ def test_killed_run_leaves_no_manifest_and_rerun_recovers(prose, tmp_path):
     corpus_dir = tmp_path / "corpus"
     argv = prepare_argv(inputs, corpus_dir, "--direct_num_workers=2",
                         "--set", "data.part_text_bytes=100000")
-    # Killed once the Beam job has written a part or a temporary: the leftovers must exist
-    # (fails if the kill landed before anything was written, or after the run finished) and
-    # the re-run must clear the ones it does not rewrite.
-    kill_9_when("pipeline.prepare", argv, lambda: shard_files(corpus_dir) != [])
+    # Killed once the Beam job has written a part or a part's temporary: the leftovers must
+    # exist (fails if the kill landed before anything was written, or after the run finished)
+    # and the re-run must clear the ones it does not rewrite.
+    kill_9_when("pipeline.prepare", argv, lambda: part_started(corpus_dir))
     assert shard_files(corpus_dir) and not (corpus_dir / "manifest.json").exists()
     with pytest.raises(ShardError, match="incomplete"):
         CorpusShards(str(corpus_dir))
