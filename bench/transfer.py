@@ -124,14 +124,15 @@ class Transfer:
         self.args, self.plan = args, plan
         self.out = os.path.abspath(args.out)
         self.runner = Runner(os.path.join(self.out, "logs"), args.jobs, args.in_process)
-        for flag in ("corpus", "aux", *(["rtd"] if args.rtd else [])):
+        encoders = ("aux", *(["rtd"] if args.rtd else []))  # given as runs or checkpoints
+        for flag in ("corpus", *encoders):
             if not os.path.exists(getattr(args, flag)):
                 demo = " (the demo's: run `make demo` first)" \
                     if getattr(args, flag) == DEMO[flag] else ""
                 raise BenchError(f"--{flag} {getattr(args, flag)} not found{demo}")
         self.corpus_dir = os.path.abspath(args.corpus)
         self.aux = os.path.abspath(resolve_checkpoint(args.aux))
-        for flag in ("aux", *(["rtd"] if args.rtd else [])):
+        for flag in encoders:
             self.check_vocabulary(flag, resolve_checkpoint(getattr(args, flag)))
         # Beam's in-process runner: one part per epoch, which one worker writes.
         self.beam = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]

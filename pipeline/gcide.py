@@ -42,6 +42,10 @@ GCIDE_DIR = "/usr/share/dictd"
 NGRAM = 8
 """Shared word run that marks an entry as overlapping an excluded text (as in GPT-3's
 decontamination, which used 13 on far longer documents; glosses are short)."""
+MAX_BYTES = 1_800_000
+"""Text kept by default: the default corpus's number of sequences (about 9,000)."""
+MIN_WORDS = 8
+"""Shorter entries (a bare cross-reference, a one-word gloss) are dropped by default."""
 
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _DROP_SOURCES = ("WordNet", "PJC")
@@ -120,7 +124,10 @@ def words(text: str) -> list[str]:
 
 
 def ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
-    w = words(text)
+    return word_runs(words(text), n)
+
+
+def word_runs(w: list[str], n: int = NGRAM) -> set[tuple[str, ...]]:
     return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
 
 
@@ -146,7 +153,7 @@ def excluded_ngrams(paths: list[str]) -> set[tuple[str, ...]]:
 
 
 def build(out_dir: str, source: str = GCIDE_DIR, exclude: tuple[str, ...] = (),
-          max_bytes: int = 1_800_000, min_words: int = 8) -> dict:
+          max_bytes: int = MAX_BYTES, min_words: int = MIN_WORDS) -> dict:
     """Write ``out_dir``/gcide.txt and source.json; return the counts."""
     if max_bytes <= 0 or min_words < 1:
         raise CorpusDataError("--max-bytes must be > 0 and --min-words >= 1")
@@ -155,19 +162,20 @@ def build(out_dir: str, source: str = GCIDE_DIR, exclude: tuple[str, ...] = (),
     candidates = []
     for order, text in enumerate(entries(source)):
         counts["entries"] += 1
-        if len(words(text)) < min_words:
+        w = words(text)
+        if len(w) < min_words:
             counts["short"] += 1
-        elif banned and not banned.isdisjoint(ngrams(text)):
+        elif banned and not banned.isdisjoint(word_runs(w)):
             counts["overlapping"] += 1
         else:
-            key = sha256_bytes(text.encode("utf-8"))
-            candidates.append((key, order, text))
+            raw = text.encode("utf-8")
+            candidates.append((sha256_bytes(raw), order, text, len(raw)))
     chosen, size = [], 0
-    for _, order, text in sorted(candidates):
+    for _, order, text, nbytes in sorted(candidates):
         if size >= max_bytes:
             break
         chosen.append((order, text))
-        size += len(text.encode("utf-8")) + 2
+        size += nbytes + 2
     chosen.sort()
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "gcide.txt")
@@ -192,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exclude", action="append", default=[], metavar="PATH",
                    help=f"a file or folder of texts no entry may share {NGRAM} words in a row "
                         "with (repeatable; e.g. data/wordnet)")
-    p.add_argument("--max-bytes", type=int, default=1_800_000, help="text to keep")
-    p.add_argument("--min-words", type=int, default=8, help="shorter entries are dropped")
+    p.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="text to keep")
+    p.add_argument("--min-words", type=int, default=MIN_WORDS,
+                   help="shorter entries are dropped")
 
     def go(argv):
         args = p.parse_args(argv)
